@@ -1,0 +1,23 @@
+//! Compiles `proto/` with protox (pure Rust, no system protoc) and generates the tonic
+//! client and server. The encoded descriptor set is written to OUT_DIR for reflection.
+
+use std::{env, path::PathBuf};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto");
+    // sqlx::migrate! embeds the SQL files at compile time.
+    println!("cargo:rerun-if-changed=migrations");
+    let mut compiler = protox::Compiler::new(["proto"])?;
+    compiler.include_imports(true).include_source_info(true);
+    compiler.open_file("protocol/secret/v1/secret.proto")?;
+    let out = PathBuf::from(env::var("OUT_DIR")?);
+    std::fs::write(
+        out.join("secret_descriptor.bin"),
+        compiler.encode_file_descriptor_set(),
+    )?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(compiler.file_descriptor_set())?;
+    Ok(())
+}

@@ -1,0 +1,94 @@
+//! Command-line interface: `secretd [serve|migrate|mint-token]`.
+//!
+//! Flags override the config file and the environment; each flag's environment twin is the
+//! config key in upper case with a `SECRETD_` prefix (see `config.rs`).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Overrides;
+
+/// secretd: the SecretService of a chat homeserver.
+#[derive(Debug, Parser)]
+#[command(name = "secretd", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do; `serve` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gRPC server (runs migrations first).
+    Serve(ServeArgs),
+    /// Run the database migrations and exit.
+    Migrate(CommonArgs),
+    /// Print a JWT for a user, signed with the secret the server would use.
+    MintToken(MintTokenArgs),
+}
+
+/// Flags every subcommand takes.
+#[derive(Debug, Args, Default, Clone)]
+pub struct CommonArgs {
+    /// Config file (TOML). Default: `secretd.toml` in the working directory, if present.
+    #[arg(long, env = "SECRETD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Database URL: `postgres://…` or `sqlite://PATH` (default: SQLite in the data dir).
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// Data directory (SQLite file, generated JWT secret). Default `./data`.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Flags of `serve`.
+#[derive(Debug, Args, Default, Clone)]
+pub struct ServeArgs {
+    /// Common flags.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Listen address. Default `127.0.0.1:50051`.
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Prometheus metrics address (e.g. `127.0.0.1:9100`). Default: off.
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
+}
+
+/// Flags of `mint-token`.
+#[derive(Debug, Args, Clone)]
+pub struct MintTokenArgs {
+    /// Common flags.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The user id to put in `sub`.
+    #[arg(long)]
+    pub user: u64,
+    /// Lifetime of the token in seconds.
+    #[arg(long, default_value_t = 86_400)]
+    pub ttl: u64,
+}
+
+impl CommonArgs {
+    /// The command-line layer of the configuration.
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            database_url: self.database_url.clone(),
+            data_dir: self.data_dir.clone(),
+            ..Overrides::default()
+        }
+    }
+}
+
+impl ServeArgs {
+    /// The command-line layer of the configuration.
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            listen: self.listen.clone(),
+            metrics_listen: self.metrics_listen.clone(),
+            ..self.common.overrides()
+        }
+    }
+}

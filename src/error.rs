@@ -1,0 +1,147 @@
+//! The service's error type and its mapping onto gRPC statuses.
+//!
+//! Every variant carries a sentence a person can act on. Database failures are logged
+//! with their detail and reach the client as UNAVAILABLE (the database cannot be reached:
+//! retry) or INTERNAL (a server bug), never with SQL text.
+
+use tonic::{Code, Status, metadata::MetadataValue};
+
+/// Metadata key carrying the stream's head ratchet counter on a refused post.
+pub const HEAD_COUNTER_KEY: &str = "secretd-head-counter";
+/// Metadata key carrying the stream's head event id on a refused post.
+pub const HEAD_EVENT_ID_KEY: &str = "secretd-head-event-id";
+
+/// An error the service reports to a client.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed (bad id, size limits, bad key).
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The thing asked for does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The caller may not do this (not a member, not the owner).
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The system is not in a state that allows this (e.g. invitee without a key).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// A post's ratchet counter is not acceptable at the stream's head.
+    #[error(
+        "ratchet counter {counter} is not acceptable: the stream's head counter is {head_counter} \
+         (head event id {head_event_id}); post with a counter in {} ..= {} after fetching \
+         the events you missed",
+        head_counter + 1,
+        head_counter.saturating_add(*max_gap)
+    )]
+    CounterRejected {
+        /// The counter the client sent.
+        counter: u64,
+        /// The stream's last accepted counter.
+        head_counter: u64,
+        /// The stream's last event id.
+        head_event_id: u64,
+        /// The configured `max_counter_gap`.
+        max_gap: u64,
+    },
+    /// The thing the client tried to create exists already.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// A compare-and-set lost.
+    #[error("{0}")]
+    Aborted(String),
+    /// A documented limit was reached.
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// Not built (yet).
+    #[error("{0}")]
+    Unimplemented(String),
+    /// The server or its database is not available right now; retry.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bug on the server side; details are in the server log.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// The gRPC status code of this error.
+    pub fn code(&self) -> Code {
+        match self {
+            Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::NotFound(_) => Code::NotFound,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
+            Error::FailedPrecondition(_) | Error::CounterRejected { .. } => {
+                Code::FailedPrecondition
+            }
+            Error::AlreadyExists(_) => Code::AlreadyExists,
+            Error::Aborted(_) => Code::Aborted,
+            Error::ResourceExhausted(_) => Code::ResourceExhausted,
+            Error::Unimplemented(_) => Code::Unimplemented,
+            Error::Unavailable(_) => Code::Unavailable,
+            Error::Internal(_) => Code::Internal,
+        }
+    }
+
+    /// Shorthand for an INVALID_ARGUMENT error.
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        Error::InvalidArgument(msg.into())
+    }
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Status {
+        let mut status = Status::new(err.code(), err.to_string());
+        if let Error::CounterRejected {
+            head_counter,
+            head_event_id,
+            ..
+        } = err
+        {
+            let md = status.metadata_mut();
+            md.insert(HEAD_COUNTER_KEY, MetadataValue::from(head_counter));
+            md.insert(HEAD_EVENT_ID_KEY, MetadataValue::from(head_event_id));
+        }
+        status
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(err: sqlx::Error) -> Self {
+        match &err {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed => {
+                tracing::warn!(error = %err, "database unavailable");
+                Error::Unavailable(
+                    "the database is unavailable right now; retry in a few seconds".into(),
+                )
+            }
+            sqlx::Error::Database(db) if is_transient(db.code().as_deref()) => {
+                tracing::warn!(error = %err, "transient database error");
+                Error::Unavailable("the database is busy or shutting down; retry".into())
+            }
+            _ => {
+                tracing::error!(error = %err, "database error");
+                Error::Internal("internal error: the server logged the details".into())
+            }
+        }
+    }
+}
+
+/// SQLSTATE codes (Postgres) and result codes (SQLite) that mean "try again".
+fn is_transient(code: Option<&str>) -> bool {
+    matches!(
+        code,
+        // serialization_failure, deadlock_detected, admin/crash shutdown, cannot_connect_now
+        Some("40001" | "40P01" | "57P01" | "57P02" | "57P03")
+        // SQLITE_BUSY, SQLITE_LOCKED
+        | Some("5" | "6")
+    )
+}
+
+/// Result alias for the service.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

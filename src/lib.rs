@@ -1,0 +1,21 @@
+//! secretd: the SecretService of a chat homeserver.
+//!
+//! The crate is one binary (`secretd`, see `main.rs`) built on this library. The module map
+//! is in `ARCHITECTURE.md`; the contract the code meets is `DESIGN.md` (shared) and the
+//! proto file in `proto/`.
+
+pub mod auth;
+pub mod cli;
+pub mod commit;
+pub mod config;
+pub mod error;
+pub mod hub;
+pub mod keycheck;
+pub mod pgnotify;
+pub mod proto;
+pub mod server;
+pub mod service;
+pub mod store;
+pub mod telemetry;
+pub mod time;
+pub mod wire;

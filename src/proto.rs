@@ -1,0 +1,69 @@
+//! Generated protobuf types and the tonic client/server for `protocol.secret.v1`, plus
+//! [`PreEncoded`], the frame type that lets one encoding of an event go to many
+//! subscribers.
+
+#![allow(missing_docs, clippy::all)]
+
+tonic::include_proto!("protocol.secret.v1");
+
+/// The encoded `FileDescriptorSet` of the proto (with imports), for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("secret_descriptor");
+
+/// Fully qualified gRPC path prefix of the service (`/protocol.secret.v1.SecretService/`).
+pub const SERVICE_PATH_PREFIX: &str = "/protocol.secret.v1.SecretService/";
+
+/// A protobuf message that is already encoded.
+///
+/// The fan-out hub encodes each event once (as a `StreamMessagePostingResponse`) and hands
+/// the same bytes to every subscriber; tonic writes them into each response body as they
+/// are. It is only ever sent; decoding one yields an empty value.
+#[derive(Clone, Default, PartialEq)]
+pub struct PreEncoded(pub bytes::Bytes);
+
+impl PreEncoded {
+    /// Encodes a message once, for sending any number of times.
+    pub fn encode<M: prost::Message>(message: &M) -> Self {
+        PreEncoded(bytes::Bytes::from(message.encode_to_vec()))
+    }
+
+    /// The encoded length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True for an empty message (all fields default).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for PreEncoded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PreEncoded({} bytes)", self.0.len())
+    }
+}
+
+impl prost::Message for PreEncoded {
+    fn encode_raw(&self, buf: &mut impl bytes::BufMut) {
+        buf.put_slice(&self.0);
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: prost::encoding::WireType,
+        buf: &mut impl bytes::Buf,
+        ctx: prost::encoding::DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        // Send-only: a decoder (never used) just skips the fields.
+        prost::encoding::skip_field(wire_type, tag, buf, ctx)
+    }
+
+    fn encoded_len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn clear(&mut self) {
+        self.0 = bytes::Bytes::new();
+    }
+}

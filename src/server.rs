@@ -1,0 +1,245 @@
+//! Server wiring: store, hub, group commit, change listener, gRPC services (SecretService
+//! behind authentication, health, reflection), gRPC-Web + CORS, keepalive, metrics and
+//! graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use uuid::Uuid;
+
+use crate::auth::{AuthInterceptor, Verifier};
+use crate::commit::{Committer, Writers};
+use crate::config::Settings;
+use crate::hub::Hub;
+use crate::service::AppState;
+use crate::service::router::SecretRouter;
+use crate::store::{self, Backend, DynStore};
+
+/// Runs `secretd migrate`.
+pub async fn migrate_only(settings: &Settings) -> anyhow::Result<()> {
+    let url = settings.effective_database_url();
+    store::migrate(&url).await?;
+    tracing::info!(store = %redact(&url), "migrations are up to date");
+    Ok(())
+}
+
+/// Runs `secretd serve` until SIGTERM or Ctrl-C, then shuts down gracefully.
+pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(&settings.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.listen))?;
+    let running = start(settings, listener).await?;
+    wait_for_signal().await;
+    tracing::info!(
+        "shutting down: ending open streams with UNAVAILABLE, finishing in-flight writes"
+    );
+    running.stop().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// A started server.
+pub struct Running {
+    addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    writers: Writers,
+    store: DynStore,
+    grace: Duration,
+}
+
+impl Running {
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Graceful stop: refuse new calls, end open streams with UNAVAILABLE, let in-flight
+    /// calls finish (for at most `shutdown_grace_secs`), commit queued posts, close the
+    /// database.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        let mut server = self.server;
+        if tokio::time::timeout(self.grace, &mut server).await.is_err() {
+            tracing::warn!("in-flight calls did not finish within the grace period; closing them");
+            server.abort();
+        }
+        self.writers.drain().await;
+        self.store.close().await;
+    }
+}
+
+/// Starts the server on an already bound listener (tests bind 127.0.0.1:0).
+pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<Running> {
+    let settings = Arc::new(settings);
+    let addr = listener.local_addr()?;
+    let verifier = Arc::new(Verifier::from_settings(&settings)?);
+    let url = settings.effective_database_url();
+    let replica = Uuid::new_v4();
+    let store = store::open(&url, settings.db_max_connections, replica).await?;
+    let backend = store.backend();
+    let hub = Hub::new(store.clone(), settings.fanout_ring_events);
+    let writers = match backend {
+        // SQLite has one writer: more tasks would only queue on its connection.
+        Backend::Sqlite => 1,
+        Backend::Postgres => settings.commit_writers,
+    };
+    let (committer, writer_tasks) = Committer::start(
+        store.clone(),
+        hub.clone(),
+        writers,
+        settings.commit_max_batch,
+        settings.max_counter_gap,
+    );
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    if backend == Backend::Postgres {
+        tokio::spawn(crate::pgnotify::run_listener(
+            url.clone(),
+            replica,
+            hub.clone(),
+            shutdown_rx.clone(),
+        ));
+    }
+    if !settings.metrics_listen.is_empty() {
+        let maddr: SocketAddr = settings.metrics_listen.parse().map_err(|e| {
+            anyhow::anyhow!(
+                "metrics_listen {:?} is not an address: {e}",
+                settings.metrics_listen
+            )
+        })?;
+        crate::telemetry::install_exporter(maddr)?;
+        tracing::info!(%maddr, "Prometheus metrics at http://{maddr}/metrics");
+    }
+
+    let state = Arc::new(AppState {
+        store: store.clone(),
+        hub,
+        committer,
+        settings: settings.clone(),
+        shutdown: shutdown_rx.clone(),
+    });
+    let secret = InterceptedService::new(SecretRouter::new(state), AuthInterceptor::new(verifier));
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<SecretRouter>().await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let cors = cors_layer(&settings.cors_allowed_origins)?;
+    let signal = shutdown_rx.clone();
+    let router = tonic::transport::Server::builder()
+        .accept_http1(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(
+            settings.keepalive_interval_secs.max(1),
+        )))
+        .http2_keepalive_timeout(Some(Duration::from_secs(
+            settings.keepalive_timeout_secs.max(1),
+        )))
+        .tcp_nodelay(true)
+        .trace_fn(|req| tracing::info_span!("rpc", path = %req.uri().path()))
+        .layer(cors)
+        .layer(tonic_web::GrpcWebLayer::new())
+        .add_service(secret)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+    let server = tokio::spawn(router.serve_with_incoming_shutdown(
+        TcpListenerStream::new(listener),
+        async move {
+            crate::service::shutting_down(signal).await;
+            health.set_not_serving::<SecretRouter>().await;
+        },
+    ));
+    tracing::info!(
+        store = backend.name(),
+        database = %redact(&url),
+        "secretd listening on {addr}"
+    );
+    Ok(Running {
+        addr,
+        shutdown: shutdown_tx,
+        server,
+        writers: writer_tasks,
+        store,
+        grace: Duration::from_secs(settings.shutdown_grace_secs),
+    })
+}
+
+fn cors_layer(origins: &[String]) -> anyhow::Result<CorsLayer> {
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        let list = origins
+            .iter()
+            .map(|o| {
+                o.parse()
+                    .map_err(|e| anyhow::anyhow!("cors origin {o:?}: {e}"))
+            })
+            .collect::<anyhow::Result<Vec<http::HeaderValue>>>()?;
+        AllowOrigin::list(list)
+    };
+    Ok(CorsLayer::new()
+        .allow_origin(allow)
+        .allow_headers(tower_http::cors::Any)
+        .allow_methods([http::Method::POST, http::Method::OPTIONS])
+        .expose_headers([
+            http::HeaderName::from_static("grpc-status"),
+            http::HeaderName::from_static("grpc-message"),
+            http::HeaderName::from_static("grpc-status-details-bin"),
+            http::HeaderName::from_static(crate::error::HEAD_COUNTER_KEY),
+            http::HeaderName::from_static(crate::error::HEAD_EVENT_ID_KEY),
+        ]))
+}
+
+/// The database URL without its password, for logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &creds[..colon],
+                    &url[at..]
+                ),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}

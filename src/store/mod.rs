@@ -1,0 +1,395 @@
+//! Storage: one trait, [`Store`], with a Postgres backend (`postgres.rs`, production and
+//! scale-out) and a bundled-SQLite backend (`sqlite.rs`, the embedded default). Both run
+//! their embedded migrations at start and pass the same test suite.
+//!
+//! Ordering and membership are enforced here, inside the database transaction: an append
+//! locks the stream's head row, checks that the sender is a member, applies the counter
+//! rules (`append.rs`) and assigns the next dense event id in the same transaction, so id
+//! order is commit order. Leaving or removing a member locks the same rows and bumps the
+//! streams' `member_epoch`, which the fan-out uses to re-check access (see `hub.rs`).
+
+mod append;
+pub mod postgres;
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use uuid::Uuid;
+
+pub use append::plan_batch;
+
+use crate::error::{Error, Result};
+use crate::keycheck::CanonicalKey;
+
+/// Which database a store talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Bundled SQLite file (single process).
+    Sqlite,
+    /// Postgres (any number of replicas).
+    Postgres,
+}
+
+impl Backend {
+    /// A short lower-case name for logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// A stored public key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredKey {
+    /// SPKI DER.
+    pub spki_der: Vec<u8>,
+    /// SHA-256 of `spki_der`.
+    pub fingerprint: Vec<u8>,
+    /// When it was posted (µs since the epoch).
+    pub posted_at: i64,
+}
+
+/// What posting a public key did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PostKeyOutcome {
+    /// The key was already current.
+    Unchanged,
+    /// The key is now current.
+    Changed,
+}
+
+/// The three ids of a channel pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PairIds {
+    /// The pair.
+    pub pair_id: Uuid,
+    /// Its message stream.
+    pub message_id: Uuid,
+    /// Its state stream.
+    pub state_id: Uuid,
+}
+
+impl PairIds {
+    /// Fresh random ids.
+    pub fn generate() -> Self {
+        PairIds {
+            pair_id: Uuid::new_v4(),
+            message_id: Uuid::new_v4(),
+            state_id: Uuid::new_v4(),
+        }
+    }
+
+    /// Both streams of the pair.
+    pub fn streams(&self) -> [Uuid; 2] {
+        [self.message_id, self.state_id]
+    }
+}
+
+/// A channel pair and its members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairInfo {
+    /// Ids.
+    pub ids: PairIds,
+    /// Owner's user id.
+    pub owner: i64,
+    /// Members, ascending.
+    pub members: Vec<i64>,
+}
+
+/// A stored invite.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InviteRecord {
+    /// Dense per invitee, from 1.
+    pub invite_id: i64,
+    /// The invitee.
+    pub to_user: i64,
+    /// The pair invited into.
+    pub pair: PairIds,
+    /// The inviter.
+    pub from_user: i64,
+    /// Opaque invite bytes.
+    pub body: Vec<u8>,
+    /// When it was sent (µs).
+    pub sent_at: i64,
+}
+
+/// One post waiting to be appended.
+#[derive(Debug, Clone)]
+pub struct AppendRequest {
+    /// Target stream.
+    pub stream_id: Uuid,
+    /// The authenticated sender.
+    pub sender: i64,
+    /// Ratchet counter (1 ..= i64::MAX).
+    pub counter: i64,
+    /// Ciphertext.
+    pub body: Bytes,
+}
+
+/// A stored event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    /// Its stream.
+    pub stream_id: Uuid,
+    /// Dense position in the stream, from 1.
+    pub event_id: i64,
+    /// Ratchet counter.
+    pub counter: i64,
+    /// Sender's user id.
+    pub sender: i64,
+    /// Server time of acceptance (µs).
+    pub posted_at: i64,
+    /// Ciphertext.
+    pub body: Bytes,
+}
+
+/// A successful append.
+#[derive(Debug, Clone)]
+pub enum Appended {
+    /// Stored now. `member_epoch` is the stream's membership epoch at commit.
+    New {
+        /// The event as stored.
+        event: StoredEvent,
+        /// The stream's `member_epoch` when the event was appended.
+        member_epoch: i64,
+    },
+    /// An exact retry of an event stored earlier.
+    Retry {
+        /// The original event id.
+        event_id: i64,
+    },
+}
+
+impl Appended {
+    /// The event id to answer with.
+    pub fn event_id(&self) -> i64 {
+        match self {
+            Appended::New { event, .. } => event.event_id,
+            Appended::Retry { event_id } => *event_id,
+        }
+    }
+}
+
+/// A member's view of a stream's head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamAccess {
+    /// Newest event id (0 = empty).
+    pub head_event_id: i64,
+    /// Membership epoch at the time of the check.
+    pub member_epoch: i64,
+}
+
+/// Which page of a stream to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Page {
+    /// Events with id > the value, ascending.
+    After(i64),
+    /// The last events with id < the value, ascending.
+    Before(i64),
+}
+
+/// A page of events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventPage {
+    /// Ascending.
+    pub events: Vec<StoredEvent>,
+    /// More exist in the paging direction.
+    pub has_more: bool,
+    /// Stream head at the time of the read.
+    pub head_event_id: i64,
+    /// The stream's membership epoch at the time of the read (the reader was a member).
+    pub member_epoch: i64,
+}
+
+/// Events read for the fan-out, with the stream's membership epoch at read time (never
+/// older than the epoch any of these events was appended under).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EventRun {
+    /// Ascending.
+    pub events: Vec<StoredEvent>,
+    /// The stream's current membership epoch.
+    pub member_epoch: i64,
+}
+
+/// Everything the service needs from a database.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Which backend this is.
+    fn backend(&self) -> Backend;
+
+    /// Makes `key` the user's current key (or does nothing if it already is). A key the
+    /// user had before and replaced is ALREADY_EXISTS.
+    async fn post_public_key(
+        &self,
+        user: i64,
+        key: &CanonicalKey,
+        now: i64,
+    ) -> Result<PostKeyOutcome>;
+    /// The user's keys, newest first (empty if none).
+    async fn fetch_public_keys(&self, user: i64) -> Result<Vec<StoredKey>>;
+    /// Stores the private-key blob; compare-and-set on `expected` (0 = none stored yet).
+    /// Returns the new version.
+    async fn post_private_key(
+        &self,
+        user: i64,
+        blob: &[u8],
+        expected: Option<u64>,
+        now: i64,
+    ) -> Result<u64>;
+    /// The blob and its version.
+    async fn fetch_private_key(&self, user: i64) -> Result<Option<(Vec<u8>, u64)>>;
+
+    /// Creates a pair with `owner` as owner and only member.
+    async fn create_pair(&self, owner: i64, ids: &PairIds, now: i64) -> Result<()>;
+    /// Stores an invite from a member and makes the invitee a member.
+    async fn send_invite(
+        &self,
+        from: i64,
+        pair: Uuid,
+        to: i64,
+        body: &[u8],
+        now: i64,
+    ) -> Result<InviteRecord>;
+    /// The user's invites with id > `after`, oldest first, at most `limit`.
+    async fn fetch_invites(&self, user: i64, after: i64, limit: usize)
+    -> Result<Vec<InviteRecord>>;
+    /// The id of the user's newest invite (0 = none).
+    async fn last_invite_id(&self, user: i64) -> Result<i64>;
+    /// Pairs the user is a member of, oldest first.
+    async fn list_pairs(&self, user: i64) -> Result<Vec<PairInfo>>;
+    /// Removes the user from the pair (ownership passes on if they owned it).
+    async fn leave_pair(&self, user: i64, pair: Uuid) -> Result<PairIds>;
+    /// The owner removes another member.
+    async fn remove_member(&self, owner: i64, pair: Uuid, user: i64) -> Result<PairIds>;
+
+    /// Appends a batch of posts in one transaction. The outer error means nothing was
+    /// written; otherwise each post has its own outcome, in the order given.
+    async fn append_batch(
+        &self,
+        batch: &[AppendRequest],
+        max_gap: i64,
+        now: i64,
+    ) -> Result<Vec<Result<Appended>>>;
+    /// Checks that the user may read the stream and returns its head.
+    async fn stream_access(&self, user: i64, stream: Uuid) -> Result<StreamAccess>;
+    /// A page of a stream's history for a member.
+    async fn fetch_events(
+        &self,
+        user: i64,
+        stream: Uuid,
+        page: Page,
+        limit: usize,
+    ) -> Result<EventPage>;
+    /// Events with `after < id <= up_to`, ascending, at most `limit`, without an access
+    /// check (the fan-out checks access itself via the epoch).
+    async fn read_events(
+        &self,
+        stream: Uuid,
+        after: i64,
+        up_to: i64,
+        limit: usize,
+    ) -> Result<EventRun>;
+    /// Current heads of the given streams (unknown streams are left out).
+    async fn stream_heads(&self, streams: &[Uuid]) -> Result<Vec<(Uuid, i64)>>;
+    /// Closes the connections.
+    async fn close(&self);
+}
+
+/// A shared, dynamically chosen store.
+pub type DynStore = Arc<dyn Store>;
+
+/// Opens the store named by `url` (`postgres://`, `postgresql://`, `sqlite:`) and runs its
+/// migrations. `replica_id` tags this process's change notifications (Postgres).
+pub async fn open(url: &str, max_connections: u32, replica_id: Uuid) -> anyhow::Result<DynStore> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(
+            postgres::PgStore::open(url, max_connections, replica_id).await?,
+        ))
+    } else if url.starts_with("sqlite:") {
+        Ok(Arc::new(
+            sqlite::SqliteStore::open(url, max_connections).await?,
+        ))
+    } else {
+        anyhow::bail!(
+            "database_url {url:?} is neither postgres://… nor sqlite://…; leave it empty for \
+             the embedded SQLite file in the data directory"
+        )
+    }
+}
+
+/// Runs the migrations of the store named by `url` and closes it.
+pub async fn migrate(url: &str) -> anyhow::Result<()> {
+    let store = open(url, 1, Uuid::new_v4()).await?;
+    store.close().await;
+    Ok(())
+}
+
+/// The one error for "no such stream, or not yours": both look the same so that ids of
+/// other users' rooms leak nothing.
+pub fn stream_denied() -> Error {
+    Error::PermissionDenied(
+        "you are not a member of a channel pair with this stream (or it does not exist)".into(),
+    )
+}
+
+/// The one error for "no such pair, or not yours" (see [`stream_denied`]).
+pub fn pair_denied() -> Error {
+    Error::PermissionDenied(
+        "you are not a member of this channel pair (or it does not exist)".into(),
+    )
+}
+
+/// The error for a compare-and-set on the private key that lost.
+pub fn version_mismatch(expected: u64, current: Option<u64>) -> Error {
+    match current {
+        Some(current) => Error::Aborted(format!(
+            "expected_version is {expected} but the stored private key is at version \
+             {current}; fetch it, reconcile, and retry with expected_version {current}"
+        )),
+        None => Error::Aborted(format!(
+            "expected_version is {expected} but no private key is stored yet; retry with \
+             expected_version 0 (or leave it unset)"
+        )),
+    }
+}
+
+/// The error for reposting a key the user already replaced.
+pub fn retired_key() -> Error {
+    Error::AlreadyExists(
+        "this key is one of your past keys; a retired key never becomes current again: \
+         generate a new key pair"
+            .into(),
+    )
+}
+
+/// The error for an invitee without a public key.
+pub fn no_public_key(user: i64) -> Error {
+    Error::FailedPrecondition(format!(
+        "user {user} has not posted a public key yet, so an invite cannot be encrypted to \
+         them; ask them to sign in on a device first"
+    ))
+}
+
+/// The error for removing someone who is not a member.
+pub fn not_a_member(user: i64) -> Error {
+    Error::NotFound(format!("user {user} is not a member of this channel pair"))
+}
+
+/// Checks that `caller` (a member, the pair's owner being `owner`) may remove `target`.
+pub fn check_removal(caller: i64, owner: i64, target: i64) -> Result<()> {
+    if caller == target {
+        return Err(Error::invalid(
+            "you cannot remove yourself; use LeaveChannelPair to leave the pair",
+        ));
+    }
+    if caller != owner {
+        return Err(Error::PermissionDenied(
+            "only the owner of the channel pair may remove members".into(),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,77 @@
+//! Logs (tracing, text or JSON) and Prometheus metrics.
+//!
+//! Metrics are recorded through the `metrics` facade; `serve` installs the Prometheus
+//! exporter when `metrics_listen` is set (else recording is a no-op).
+
+use std::net::SocketAddr;
+
+use tracing_subscriber::EnvFilter;
+
+use crate::config::Settings;
+
+/// Installs the global tracing subscriber (`RUST_LOG` overrides `log_level`).
+pub fn init(settings: &Settings) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&settings.log_level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if settings.log_format == "json" {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// Starts the Prometheus endpoint on `addr` (`GET /metrics`).
+pub fn install_exporter(addr: SocketAddr) -> anyhow::Result<()> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .install()
+        .map_err(|e| anyhow::anyhow!("cannot start the metrics endpoint on {addr}: {e}"))?;
+    metrics::describe_counter!(
+        "secretd_rpc_total",
+        "RPCs answered, by method and status code"
+    );
+    metrics::describe_histogram!(
+        "secretd_commit_batch_posts",
+        "Posts per group-commit transaction"
+    );
+    metrics::describe_gauge!(
+        "secretd_stream_connections",
+        "Open StreamMessagePosting calls"
+    );
+    metrics::describe_gauge!("secretd_subscriptions", "Live stream subscriptions");
+    metrics::describe_gauge!(
+        "secretd_listener_connected",
+        "1 while the Postgres change listener is connected"
+    );
+    Ok(())
+}
+
+/// Counts an answered RPC.
+pub fn rpc(method: &'static str, code: tonic::Code) {
+    metrics::counter!("secretd_rpc_total", "method" => method, "code" => format!("{code:?}"))
+        .increment(1);
+}
+
+/// Records the size of a group-commit batch.
+pub fn batch(posts: usize) {
+    metrics::histogram!("secretd_commit_batch_posts").record(posts as f64);
+}
+
+/// Adjusts the open-connections gauge.
+pub fn connections(delta: i64) {
+    metrics::gauge!("secretd_stream_connections").increment(delta as f64);
+}
+
+/// Adjusts the live-subscriptions gauge.
+pub fn subscriptions(delta: i64) {
+    metrics::gauge!("secretd_subscriptions").increment(delta as f64);
+}
+
+/// Sets the listener-connected gauge.
+pub fn listener_connected(up: bool) {
+    metrics::gauge!("secretd_listener_connected").set(if up { 1.0 } else { 0.0 });
+}
