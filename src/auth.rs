@@ -76,7 +76,14 @@ impl Verifier {
         };
         let mut validation = Validation::new(algorithm);
         validation.leeway = 30;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        let mut required = vec!["exp", "sub"];
+        if !settings.jwt_issuer.is_empty() {
+            required.push("iss");
+        }
+        if !settings.jwt_audience.is_empty() {
+            required.push("aud");
+        }
+        validation.set_required_spec_claims(&required);
         if settings.jwt_issuer.is_empty() {
             validation.iss = None;
         } else {
@@ -111,7 +118,7 @@ impl Verifier {
                         "the token is signed with an algorithm this server does not accept"
                     }
                     ErrorKind::MissingRequiredClaim(_) => {
-                        "the token lacks a required claim (`sub` and `exp` are required)"
+                        "the token lacks a required claim (`sub`, `exp`, and `iss`/`aud` when configured)"
                     }
                     _ => "the bearer token is not a well-formed JWT",
                 };

@@ -27,6 +27,20 @@ pub enum Command {
     Migrate(CommonArgs),
     /// Print a JWT for a user, signed with the secret the server would use.
     MintToken(MintTokenArgs),
+    /// Ask a running server's gRPC health service; exit 0 when it is serving (for
+    /// container health checks).
+    Health(HealthArgs),
+}
+
+/// Flags of `health`.
+#[derive(Debug, Args, Clone)]
+pub struct HealthArgs {
+    /// Address of the server.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub addr: String,
+    /// Seconds to wait for an answer.
+    #[arg(long, default_value_t = 3)]
+    pub timeout: u64,
 }
 
 /// Flags every subcommand takes.

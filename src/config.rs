@@ -102,7 +102,50 @@ pub struct Overrides {
 /// working directory when present), then `SECRETD_*` environment variables, then
 /// `overrides`.
 pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Settings, config::ConfigError> {
-    let mut builder = config::Config::builder()
+    let mut builder = with_defaults()?;
+    builder = match file {
+        Some(path) => builder.add_source(config::File::from(path).required(true)),
+        None => builder.add_source(config::File::with_name(DEFAULT_CONFIG_FILE).required(false)),
+    };
+    // Every SECRETD_* variable is a setting (so a misspelt one is an error), except
+    // SECRETD_CONFIG, which names the config file itself.
+    let env: config::Map<String, String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("SECRETD_") && k != "SECRETD_CONFIG")
+        .collect();
+    builder = builder.add_source(
+        config::Environment::with_prefix("SECRETD")
+            .prefix_separator("_")
+            .try_parsing(true)
+            .list_separator(",")
+            .with_list_parse_key("cors_allowed_origins")
+            .source(Some(env)),
+    );
+    builder = builder
+        .set_override_option("listen", overrides.listen.clone())?
+        .set_override_option("database_url", overrides.database_url.clone())?
+        .set_override_option(
+            "data_dir",
+            overrides.data_dir.as_ref().map(|p| p.display().to_string()),
+        )?
+        .set_override_option("metrics_listen", overrides.metrics_listen.clone())?;
+    let settings: Settings = builder.build()?.try_deserialize()?;
+    settings.validate()?;
+    Ok(settings)
+}
+
+/// The built-in defaults alone (no file, no environment): what tests and embedders start
+/// from.
+pub fn defaults() -> Settings {
+    with_defaults()
+        .and_then(|b| b.build())
+        .and_then(|c| c.try_deserialize())
+        .expect("the built-in defaults are valid")
+}
+
+type Builder = config::builder::ConfigBuilder<config::builder::DefaultState>;
+
+fn with_defaults() -> Result<Builder, config::ConfigError> {
+    config::Config::builder()
         .set_default("listen", DEFAULT_LISTEN)?
         .set_default("database_url", "")?
         .set_default("data_dir", DEFAULT_DATA_DIR)?
@@ -126,29 +169,7 @@ pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Settings, conf
         .set_default("keepalive_timeout_secs", 10)?
         .set_default("cors_allowed_origins", vec!["*"])?
         .set_default("fanout_ring_events", 256)?
-        .set_default("connection_buffer", 16)?;
-    builder = match file {
-        Some(path) => builder.add_source(config::File::from(path).required(true)),
-        None => builder.add_source(config::File::with_name(DEFAULT_CONFIG_FILE).required(false)),
-    };
-    builder = builder.add_source(
-        config::Environment::with_prefix("SECRETD")
-            .prefix_separator("_")
-            .try_parsing(true)
-            .list_separator(",")
-            .with_list_parse_key("cors_allowed_origins"),
-    );
-    builder = builder
-        .set_override_option("listen", overrides.listen.clone())?
-        .set_override_option("database_url", overrides.database_url.clone())?
-        .set_override_option(
-            "data_dir",
-            overrides.data_dir.as_ref().map(|p| p.display().to_string()),
-        )?
-        .set_override_option("metrics_listen", overrides.metrics_listen.clone())?;
-    let settings: Settings = builder.build()?.try_deserialize()?;
-    settings.validate()?;
-    Ok(settings)
+        .set_default("connection_buffer", 16)
 }
 
 impl Settings {

@@ -273,12 +273,11 @@ impl Hub {
             }
             st.watchers.is_empty()
         };
-        if empty {
-            if let Some(current) = streams.get(&slot.stream) {
-                if Arc::ptr_eq(current, slot) {
-                    streams.remove(&slot.stream);
-                }
-            }
+        if empty
+            && let Some(current) = streams.get(&slot.stream)
+            && Arc::ptr_eq(current, slot)
+        {
+            streams.remove(&slot.stream);
         }
     }
 

@@ -57,14 +57,14 @@ pub fn canonicalize(input: &[u8]) -> Result<CanonicalKey, Error> {
              (\"RSA PUBLIC KEY\"), as DER or PEM",
         )
     };
-    let trimmed = input.trim_ascii_start();
+    let trimmed = input.trim_ascii();
     let pem_storage;
     let (der, pem_label): (&[u8], Option<&str>) = if trimmed.starts_with(b"-----BEGIN") {
         let (label, der) = pem::decode_vec(trimmed).map_err(|_| not_rsa())?;
         pem_storage = (label.to_string(), der);
         (&pem_storage.1, Some(pem_storage.0.as_str()))
     } else {
-        (input, None)
+        (input, None) // DER is binary: taken exactly as sent
     };
     let pkcs1: &[u8] = match pem_label {
         Some("PUBLIC KEY") => spki_payload(der).ok_or_else(not_rsa)?,

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use secretd::cli::{Cli, Command, ServeArgs};
+use secretd::cli::{Cli, Command, HealthArgs, ServeArgs};
 use secretd::{auth, config, server, telemetry};
 
 fn main() -> ExitCode {
@@ -11,10 +11,14 @@ fn main() -> ExitCode {
     let command = cli
         .command
         .unwrap_or_else(|| Command::Serve(ServeArgs::default()));
+    if let Command::Health(args) = &command {
+        return health(args);
+    }
     let (file, overrides) = match &command {
         Command::Serve(args) => (args.common.config.clone(), args.overrides()),
         Command::Migrate(args) => (args.config.clone(), args.overrides()),
         Command::MintToken(args) => (args.common.config.clone(), args.common.overrides()),
+        Command::Health(_) => unreachable!("handled above"),
     };
     let settings = match config::load(file.as_deref(), &overrides) {
         Ok(s) => s,
@@ -57,6 +61,54 @@ fn main() -> ExitCode {
         Err(err) => {
             tracing::error!("{err:#}");
             eprintln!("secretd: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `secretd health`: exit 0 when the server at `--addr` reports SERVING.
+fn health(args: &HealthArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("secretd: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = args.addr.clone();
+    let check = async move {
+        use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .connect()
+            .await?;
+        let status = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await?
+            .into_inner()
+            .status();
+        Ok::<_, Box<dyn std::error::Error>>(status)
+    };
+    let limit = std::time::Duration::from_secs(args.timeout);
+    match runtime.block_on(async move { tokio::time::timeout(limit, check).await }) {
+        Ok(Ok(tonic_health::pb::health_check_response::ServingStatus::Serving)) => {
+            println!("SERVING");
+            ExitCode::SUCCESS
+        }
+        Ok(Ok(status)) => {
+            println!("{}", status.as_str_name());
+            ExitCode::FAILURE
+        }
+        Ok(Err(err)) => {
+            eprintln!("secretd: health check of {} failed: {err}", args.addr);
+            ExitCode::FAILURE
+        }
+        Err(_) => {
+            eprintln!("secretd: health check of {} timed out", args.addr);
             ExitCode::FAILURE
         }
     }

@@ -152,10 +152,10 @@ pub async fn run_listener<S: ChangeSink>(
             };
             match next {
                 Ok(Some(notification)) => {
-                    if let Some((from, changes)) = decode(notification.payload()) {
-                        if from != replica {
-                            sink.apply(changes).await;
-                        }
+                    if let Some((from, changes)) = decode(notification.payload())
+                        && from != replica
+                    {
+                        sink.apply(changes).await;
                     }
                 }
                 // The connection dropped (try_recv reports it as None): reconnect and

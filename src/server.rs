@@ -32,11 +32,14 @@ pub async fn migrate_only(settings: &Settings) -> anyhow::Result<()> {
 
 /// Runs `secretd serve` until SIGTERM or Ctrl-C, then shuts down gracefully.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    // Install the signal handlers before announcing readiness, so a SIGTERM that follows
+    // the ready line at once is still a graceful stop.
+    let signal = termination_signal()?;
     let listener = TcpListener::bind(&settings.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.listen))?;
     let running = start(settings, listener).await?;
-    wait_for_signal().await;
+    signal.await;
     tracing::info!(
         "shutting down: ending open streams with UNAVAILABLE, finishing in-flight writes"
     );
@@ -45,25 +48,25 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// A future that resolves on SIGTERM or Ctrl-C (SIGINT); the handlers are installed now.
+fn termination_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
+        })
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }
 

@@ -379,15 +379,15 @@ impl Session {
                 Read::UpToDate => break,
             }
         }
-        if let Some(sub) = self.subs.get_mut(&stream) {
-            if sub.catch_up_to.is_some_and(|t| sub.cursor >= t) {
-                sub.catch_up_to = None;
-                let caught = wire::frame(Event::CaughtUp(CaughtUp {
-                    stream_id: sub.name.clone(),
-                    head_event_id: sub.cursor as u64,
-                }));
-                self.send(caught).await?;
-            }
+        if let Some(sub) = self.subs.get_mut(&stream)
+            && sub.catch_up_to.is_some_and(|t| sub.cursor >= t)
+        {
+            sub.catch_up_to = None;
+            let caught = wire::frame(Event::CaughtUp(CaughtUp {
+                stream_id: sub.name.clone(),
+                head_event_id: sub.cursor as u64,
+            }));
+            self.send(caught).await?;
         }
         Ok(())
     }

@@ -209,18 +209,18 @@ mod tests {
             .iter()
             .map(|o| o.as_ref().map(|a| a.event_id()).map_err(|e| e.code()))
             .collect();
-        use tonic::Code::*;
+        use tonic::Code;
         assert_eq!(
             ids,
             vec![
                 Ok(5),
                 Ok(5),
-                Err(AlreadyExists),
+                Err(Code::AlreadyExists),
                 Ok(4),
-                Err(FailedPrecondition),
+                Err(Code::FailedPrecondition),
                 Ok(6),
-                Err(FailedPrecondition),
-                Err(PermissionDenied)
+                Err(Code::FailedPrecondition),
+                Err(Code::PermissionDenied)
             ]
         );
         assert_eq!(plan.inserts.len(), 2);

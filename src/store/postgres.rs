@@ -167,10 +167,10 @@ impl Store for PgStore {
             .bind(user)
             .fetch_optional(&mut *tx)
             .await?;
-            if let Some((_, fp)) = &current {
-                if fp[..] == key.fingerprint[..] {
-                    return Ok(PostKeyOutcome::Unchanged);
-                }
+            if let Some((_, fp)) = &current
+                && fp[..] == key.fingerprint[..]
+            {
+                return Ok(PostKeyOutcome::Unchanged);
             }
             let retired: Option<i64> = sqlx::query_scalar(
                 "SELECT seq FROM public_keys WHERE user_id = $1 AND fingerprint = $2",

@@ -35,12 +35,12 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5));
-        if let Some(dir) = options.get_filename().parent() {
-            if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir).map_err(|e| {
-                    anyhow::anyhow!("cannot create the data directory {}: {e}", dir.display())
-                })?;
-            }
+        if let Some(dir) = options.get_filename().parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                anyhow::anyhow!("cannot create the data directory {}: {e}", dir.display())
+            })?;
         }
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
@@ -146,10 +146,10 @@ impl Store for SqliteStore {
         .bind(user)
         .fetch_optional(&mut *tx)
         .await?;
-        if let Some((_, fp)) = &current {
-            if fp[..] == key.fingerprint[..] {
-                return Ok(PostKeyOutcome::Unchanged);
-            }
+        if let Some((_, fp)) = &current
+            && fp[..] == key.fingerprint[..]
+        {
+            return Ok(PostKeyOutcome::Unchanged);
         }
         let retired: Option<i64> =
             sqlx::query_scalar("SELECT seq FROM public_keys WHERE user_id = ? AND fingerprint = ?")
@@ -205,10 +205,10 @@ impl Store for SqliteStore {
                 .bind(user)
                 .fetch_optional(&mut *tx)
                 .await?;
-        if let Some(expected) = expected {
-            if current.unwrap_or(0) as u64 != expected {
-                return Err(version_mismatch(expected, current.map(|v| v as u64)));
-            }
+        if let Some(expected) = expected
+            && current.unwrap_or(0) as u64 != expected
+        {
+            return Err(version_mismatch(expected, current.map(|v| v as u64)));
         }
         let version = current.unwrap_or(0) + 1;
         sqlx::query(

@@ -1,0 +1,232 @@
+//! The `secretd` binary: subcommands, flags, environment twins, config file, exit codes.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use secretd::proto::secret_service_client::SecretServiceClient;
+use secretd::proto::{FetchKeyRequest, PostKeyRequest};
+
+fn secretd(args: &[&str], cwd: &std::path::Path, envs: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_secretd"));
+    cmd.args(args).current_dir(cwd);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run secretd")
+}
+
+async fn client_for(addr: &str, token: String) -> Client {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    SecretServiceClient::with_interceptor(channel, Bearer(Some(token)))
+}
+
+async fn terminate(mut p: ServerProcess) -> std::process::ExitStatus {
+    let pid = p.child.id().expect("running").to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    tokio::time::timeout(Duration::from_secs(15), p.child.wait())
+        .await
+        .expect("exits within 15 s after SIGTERM")
+        .unwrap()
+}
+
+#[tokio::test]
+async fn mint_token_signs_with_the_secret_serve_uses() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_arg = data.display().to_string();
+    // mint-token before the first start creates the secret, mode 0600...
+    let out = secretd(
+        &["mint-token", "--user", "42", "--data-dir", &data_arg],
+        dir.path(),
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_eq!(token.split('.').count(), 3, "{token}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(data.join("jwt-secret"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    // ...and the server started on the same data dir accepts its tokens.
+    let p = spawn_binary(
+        &["serve", "--data-dir", &data_arg, "--listen", "127.0.0.1:0"],
+        &[],
+        dir.path(),
+    )
+    .await;
+    let mut c = client_for(&p.addr, token).await;
+    c.post_key(PostKeyRequest {
+        key_data: key_pem(1),
+    })
+    .await
+    .unwrap();
+    let k = c
+        .fetch_key(FetchKeyRequest {
+            user_id: 42,
+            homeserver: String::new(),
+        })
+        .await
+        .unwrap();
+    assert!(k.into_inner().current_key.is_some());
+    // A token minted later with the same flags works as well.
+    let out = secretd(
+        &[
+            "mint-token",
+            "--user",
+            "43",
+            "--ttl",
+            "60",
+            "--data-dir",
+            &data_arg,
+        ],
+        dir.path(),
+        &[],
+    );
+    let mut c43 = client_for(
+        &p.addr,
+        String::from_utf8(out.stdout).unwrap().trim().to_string(),
+    )
+    .await;
+    c43.post_key(PostKeyRequest {
+        key_data: key_pem(2),
+    })
+    .await
+    .unwrap();
+    let health = secretd(&["health", "--addr", &p.addr], dir.path(), &[]);
+    assert!(health.status.success());
+    assert_eq!(String::from_utf8_lossy(&health.stdout).trim(), "SERVING");
+    let addr = p.addr.clone();
+    let status = terminate(p).await;
+    assert!(status.success(), "exit after SIGTERM: {status:?}");
+    let health = secretd(
+        &["health", "--addr", &addr, "--timeout", "2"],
+        dir.path(),
+        &[],
+    );
+    assert!(
+        !health.status.success(),
+        "health must fail when the server is gone"
+    );
+    assert!(data.join("secretd.db").exists());
+}
+
+#[tokio::test]
+async fn defaults_env_twins_config_file_and_flags_layer_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("secretd.toml"),
+        "listen = \"127.0.0.1:0\"\ndata_dir = \"from-file\"\nserver_name = \"file.example\"\n",
+    )
+    .unwrap();
+    // The file alone.
+    let p = spawn_binary(&[], &[("SECRETD_JWT_SECRET", "s3cret")], dir.path()).await;
+    assert!(dir.path().join("from-file/secretd.db").exists());
+    assert!(terminate(p).await.success());
+    // Environment beats the file (and a numeric-looking string is still a string).
+    let p = spawn_binary(
+        &["serve"],
+        &[
+            ("SECRETD_DATA_DIR", "from-env"),
+            ("SECRETD_JWT_SECRET", "12345"),
+        ],
+        dir.path(),
+    )
+    .await;
+    assert!(dir.path().join("from-env/secretd.db").exists());
+    let token = secretd::auth::sign_hs256(b"12345", 7, 60, "", "").unwrap();
+    let mut c = client_for(&p.addr, token).await;
+    c.post_key(PostKeyRequest {
+        key_data: key_pem(1),
+    })
+    .await
+    .unwrap();
+    assert!(terminate(p).await.success());
+    // Flags beat the environment.
+    let p = spawn_binary(
+        &["serve", "--data-dir", "from-flag"],
+        &[
+            ("SECRETD_DATA_DIR", "from-env"),
+            ("SECRETD_JWT_SECRET", "x"),
+        ],
+        dir.path(),
+    )
+    .await;
+    assert!(dir.path().join("from-flag/secretd.db").exists());
+    assert!(terminate(p).await.success());
+}
+
+#[tokio::test]
+async fn configuration_errors_exit_2_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    for (why, envs) in [
+        ("not a number", vec![("SECRETD_MAX_COUNTER_GAP", "lots")]),
+        ("misspelt variable", vec![("SECRETD_LISTN", "127.0.0.1:0")]),
+        ("bad algorithm", vec![("SECRETD_JWT_ALGORITHM", "none")]),
+    ] {
+        let out = secretd(&["serve"], dir.path(), &envs);
+        assert_eq!(out.status.code(), Some(2), "{why}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("configuration error"), "{why}: {err}");
+    }
+    std::fs::write(dir.path().join("bad.toml"), "lisen = \"x\"\n").unwrap();
+    let out = secretd(&["serve", "--config", "bad.toml"], dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lisen"));
+    // A database URL of an unknown kind fails at start with a clear message.
+    let out = secretd(
+        &[
+            "serve",
+            "--database-url",
+            "mysql://x",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        dir.path(),
+        &[("SECRETD_JWT_SECRET", "x")],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("neither postgres"));
+}
+
+#[tokio::test]
+async fn migrate_runs_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("m/secretd.db").display());
+    let out = secretd(&["migrate", "--database-url", &url], dir.path(), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join("m/secretd.db").exists());
+    if let Some(Backend::Postgres(pg)) = Backend::postgres() {
+        let out = secretd(&["migrate", "--database-url", &pg], dir.path(), &[]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
