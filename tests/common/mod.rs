@@ -379,3 +379,65 @@ pub async fn spawn_binary(args: &[&str], envs: &[(&str, &str)], cwd: &Path) -> S
         stderr_lines: rx,
     }
 }
+
+/// A TCP proxy in front of a server that can stop passing the server's answers on, to
+/// play a client whose request arrived but whose response never came back.
+pub struct Proxy {
+    pub addr: std::net::SocketAddr,
+    blackhole: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Starts a proxy to `upstream` on 127.0.0.1.
+    pub async fn start(upstream: std::net::SocketAddr) -> Proxy {
+        use std::sync::Arc;
+        use std::sync::atomic::AtomicBool;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let blackhole = Arc::new(AtomicBool::new(false));
+        let bh = blackhole.clone();
+        let task = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((down, _)) = listener.accept().await {
+                let up = tokio::net::TcpStream::connect(upstream).await.unwrap();
+                let (mut dr, mut dw) = down.into_split();
+                let (mut ur, mut uw) = up.into_split();
+                conns.push(tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut dr, &mut uw).await;
+                }));
+                let bh = bh.clone();
+                conns.push(tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = match ur.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        if !bh.load(Ordering::SeqCst) && dw.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                }));
+            }
+            drop(conns);
+        });
+        Proxy {
+            addr,
+            blackhole,
+            task,
+        }
+    }
+
+    /// From now on, the server's bytes are swallowed.
+    pub fn swallow_responses(&self) {
+        self.blackhole.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

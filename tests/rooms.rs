@@ -1,0 +1,634 @@
+//! Channel pairs, membership and invites, on SQLite and Postgres.
+
+mod common;
+
+use common::*;
+use secretd::proto::*;
+use tonic::Code;
+
+both_backends!(
+    a_new_pair_belongs_to_its_creator,
+    invites_make_members_and_are_kept,
+    invite_rejections,
+    self_invites_work,
+    invites_page_oldest_first,
+    leaving_and_ownership_passing_on,
+    removal_rules,
+    authorization_matrix,
+    unknown_ids_look_like_foreign_ids,
+);
+
+async fn list(c: &mut Client) -> Vec<ChannelPairInfo> {
+    c.list_channel_pairs(ListChannelPairsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .pairs
+}
+
+fn uuid_ok(s: &str) -> bool {
+    s.len() == 36 && uuid::Uuid::try_parse(s).is_ok_and(|u| u.hyphenated().to_string() == s)
+}
+
+async fn a_new_pair_belongs_to_its_creator(b: Backend) {
+    let s = TestServer::start(b).await;
+    let owner = random_user();
+    let mut c = s.client(owner).await;
+    let p1 = new_pair(&mut c).await;
+    let p2 = new_pair(&mut c).await;
+    for id in [&p1.pair_id, &p1.message_id, &p1.state_id] {
+        assert!(uuid_ok(id), "{id}");
+    }
+    assert!(p1.pair_id != p1.message_id && p1.message_id != p1.state_id);
+    let pairs = list(&mut c).await;
+    assert_eq!(pairs.len(), 2);
+    assert_eq!(pairs[0].pair.as_ref(), Some(&p1), "oldest first");
+    assert_eq!(pairs[1].pair.as_ref(), Some(&p2));
+    assert_eq!(pairs[0].owner, owner);
+    assert_eq!(pairs[0].members, vec![owner]);
+    // Both streams take posts independently.
+    assert_eq!(post(&mut c, &p1.message_id, 1, b"m").await.unwrap(), 1);
+    assert_eq!(post(&mut c, &p1.state_id, 1, b"s").await.unwrap(), 1);
+    // Someone else sees nothing.
+    let mut other = s.client(random_user()).await;
+    assert!(list(&mut other).await.is_empty());
+    s.stop().await;
+}
+
+async fn invites_make_members_and_are_kept(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (a, bb) = (random_user(), random_user());
+    let mut ca = s.client(a).await;
+    let mut cb = s.client(bb).await;
+    let pair = new_pair(&mut ca).await;
+    give_key(&mut cb).await;
+    let sealed = vec![0xabu8; 64 * 1024];
+    let r = ca
+        .send_invite(SendInviteRequest {
+            pair_id: pair.pair_id.clone(),
+            user_id: bb,
+            homeserver: "localhost".into(),
+            invite: sealed.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.invite_id, 1);
+    // B is a member of both streams at once.
+    assert!(post(&mut cb, &pair.message_id, 1, b"hi").await.is_ok());
+    assert!(post(&mut cb, &pair.state_id, 1, b"trust").await.is_ok());
+    let pairs = list(&mut cb).await;
+    assert_eq!(pairs.len(), 1);
+    assert_eq!(pairs[0].owner, a);
+    let mut members = vec![a, bb];
+    members.sort();
+    assert_eq!(pairs[0].members, members);
+    // The invite is durable: fetched twice, identical.
+    for _ in 0..2 {
+        let inv = cb
+            .fetch_invites(FetchInvitesRequest {
+                after_invite_id: 0,
+                limit: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!inv.has_more);
+        assert_eq!(inv.invites.len(), 1);
+        let i = &inv.invites[0];
+        assert_eq!(i.invite_id, 1);
+        assert_eq!(i.pair.as_ref(), Some(&pair));
+        assert_eq!(i.from_user, a);
+        assert_eq!(i.invite, sealed);
+        assert!(i.sent_at.unwrap().seconds > 1_700_000_000);
+    }
+    // The inviter's own invite list is untouched.
+    let mine = ca
+        .fetch_invites(FetchInvitesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(mine.invites.is_empty());
+    // Invites survive a restart.
+    drop((ca, cb));
+    let s = s.restart().await;
+    let mut cb = s.client(bb).await;
+    let inv = cb
+        .fetch_invites(FetchInvitesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(inv.invites.len(), 1);
+    s.stop().await;
+}
+
+async fn invite_rejections(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (a, keyless, outsider) = (random_user(), random_user(), random_user());
+    let mut ca = s.client(a).await;
+    let mut co = s.client(outsider).await;
+    let pair = new_pair(&mut ca).await;
+    let req = |pair_id: &str, user: u64, hs: &str, invite: Vec<u8>| SendInviteRequest {
+        pair_id: pair_id.into(),
+        user_id: user,
+        homeserver: hs.into(),
+        invite,
+    };
+    // The invitee needs a public key.
+    let st = expect_code(
+        ca.send_invite(req(&pair.pair_id, keyless, "", b"x".to_vec()))
+            .await,
+        Code::FailedPrecondition,
+    );
+    assert!(
+        st.message().contains(&keyless.to_string()),
+        "{}",
+        st.message()
+    );
+    let mut ck = s.client(keyless).await;
+    assert!(
+        list(&mut ck).await.is_empty(),
+        "a refused invite adds no member"
+    );
+    expect_code(
+        ca.send_invite(req(&pair.pair_id, keyless, "", vec![]))
+            .await,
+        Code::InvalidArgument,
+    );
+    give_key(&mut ck).await;
+    expect_code(
+        ca.send_invite(req(&pair.pair_id, keyless, "", vec![1; 64 * 1024 + 1]))
+            .await,
+        Code::InvalidArgument,
+    );
+    expect_code(
+        ca.send_invite(req(&pair.pair_id, 0, "", b"x".to_vec()))
+            .await,
+        Code::InvalidArgument,
+    );
+    expect_code(
+        ca.send_invite(req("not-a-uuid", keyless, "", b"x".to_vec()))
+            .await,
+        Code::InvalidArgument,
+    );
+    expect_code(
+        ca.send_invite(req(
+            &pair.pair_id.to_uppercase(),
+            keyless,
+            "",
+            b"x".to_vec(),
+        ))
+        .await,
+        Code::InvalidArgument,
+    );
+    let st = expect_code(
+        ca.send_invite(req(
+            &pair.pair_id,
+            keyless,
+            "elsewhere.example",
+            b"x".to_vec(),
+        ))
+        .await,
+        Code::Unimplemented,
+    );
+    assert!(st.message().contains("federation"));
+    // Only members invite.
+    give_key(&mut co).await;
+    expect_code(
+        co.send_invite(req(&pair.pair_id, outsider, "", b"x".to_vec()))
+            .await,
+        Code::PermissionDenied,
+    );
+    assert!(list(&mut co).await.is_empty());
+    // Nothing of the refused invites was stored; a good one still works.
+    assert!(
+        ck.fetch_invites(FetchInvitesRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .invites
+            .is_empty()
+    );
+    let ok = ca
+        .send_invite(req(&pair.pair_id, keyless, "", b"x".to_vec()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ok.invite_id, 1);
+    s.stop().await;
+}
+
+async fn self_invites_work(b: Backend) {
+    let s = TestServer::start(b).await;
+    let a = random_user();
+    let mut ca = s.client(a).await;
+    let pair = new_pair(&mut ca).await;
+    give_key(&mut ca).await;
+    let r = ca
+        .send_invite(SendInviteRequest {
+            pair_id: pair.pair_id.clone(),
+            user_id: a,
+            homeserver: String::new(),
+            invite: b"keys for my laptop".to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.invite_id, 1);
+    // A second device of the same user finds it.
+    let mut laptop = s.client(a).await;
+    let inv = laptop
+        .fetch_invites(FetchInvitesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(inv.invites[0].invite, b"keys for my laptop");
+    assert_eq!(inv.invites[0].from_user, a);
+    let pairs = list(&mut laptop).await;
+    assert_eq!(pairs.len(), 1);
+    assert_eq!(pairs[0].members, vec![a]);
+    s.stop().await;
+}
+
+async fn invites_page_oldest_first(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (a, bb) = (random_user(), random_user());
+    let mut ca = s.client(a).await;
+    let mut cb = s.client(bb).await;
+    give_key(&mut cb).await;
+    let mut pairs = Vec::new();
+    for i in 0..25u8 {
+        let p = new_pair(&mut ca).await;
+        let r = ca
+            .send_invite(SendInviteRequest {
+                pair_id: p.pair_id.clone(),
+                user_id: bb,
+                homeserver: String::new(),
+                invite: vec![i],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.invite_id, i as u64 + 1, "dense per invitee");
+        pairs.push(p);
+    }
+    let mut seen = Vec::new();
+    let mut after = 0;
+    let mut pages = Vec::new();
+    loop {
+        let page = cb
+            .fetch_invites(FetchInvitesRequest {
+                after_invite_id: after,
+                limit: 10,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        pages.push((page.invites.len(), page.has_more));
+        after = page.invites.last().map_or(after, |i| i.invite_id);
+        seen.extend(page.invites);
+        if !pages.last().unwrap().1 {
+            break;
+        }
+    }
+    assert_eq!(pages, vec![(10, true), (10, true), (5, false)]);
+    let bodies: Vec<u8> = seen.iter().map(|i| i.invite[0]).collect();
+    assert_eq!(bodies, (0..25).collect::<Vec<u8>>());
+    assert_eq!(
+        seen.iter()
+            .map(|i| i.pair.clone().unwrap())
+            .collect::<Vec<_>>(),
+        pairs
+    );
+    // limit 0 means 100; a huge limit is clamped, not refused.
+    let all = cb
+        .fetch_invites(FetchInvitesRequest {
+            after_invite_id: 0,
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((all.invites.len(), all.has_more), (25, false));
+    let all = cb
+        .fetch_invites(FetchInvitesRequest {
+            after_invite_id: 0,
+            limit: u32::MAX,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(all.invites.len(), 25);
+    let none = cb
+        .fetch_invites(FetchInvitesRequest {
+            after_invite_id: 25,
+            limit: 10,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((none.invites.len(), none.has_more), (0, false));
+    let none = cb
+        .fetch_invites(FetchInvitesRequest {
+            after_invite_id: u64::MAX,
+            limit: 10,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(none.invites.is_empty());
+    s.stop().await;
+}
+
+async fn leaving_and_ownership_passing_on(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (a, bb, c) = (random_user(), random_user(), random_user());
+    let mut ca = s.client(a).await;
+    let mut cb = s.client(bb).await;
+    let mut cc = s.client(c).await;
+    let pair = new_pair(&mut ca).await;
+    invite(&mut ca, &mut cb, &pair, bb).await;
+    invite(&mut ca, &mut cc, &pair, c).await;
+    post(&mut ca, &pair.message_id, 1, b"hello").await.unwrap();
+    // B leaves: loses access at once.
+    cb.leave_channel_pair(LeaveChannelPairRequest {
+        pair_id: pair.pair_id.clone(),
+    })
+    .await
+    .unwrap();
+    expect_code(
+        post(&mut cb, &pair.message_id, 2, b"x").await,
+        Code::PermissionDenied,
+    );
+    expect_code(
+        cb.fetch_messages(FetchMessagesRequest {
+            stream_id: pair.message_id.clone(),
+            ..Default::default()
+        })
+        .await,
+        Code::PermissionDenied,
+    );
+    assert!(list(&mut cb).await.is_empty());
+    expect_code(
+        cb.leave_channel_pair(LeaveChannelPairRequest {
+            pair_id: pair.pair_id.clone(),
+        })
+        .await,
+        Code::PermissionDenied,
+    );
+    // The owner leaves: ownership passes to the longest-standing member (C, since B left).
+    ca.leave_channel_pair(LeaveChannelPairRequest {
+        pair_id: pair.pair_id.clone(),
+    })
+    .await
+    .unwrap();
+    let pairs = list(&mut cc).await;
+    assert_eq!(pairs[0].owner, c);
+    assert_eq!(pairs[0].members, vec![c]);
+    // The new owner can remove, the old one cannot do anything.
+    invite(&mut cc, &mut cb, &pair, bb).await;
+    cc.remove_member(RemoveMemberRequest {
+        pair_id: pair.pair_id.clone(),
+        user_id: bb,
+    })
+    .await
+    .unwrap();
+    expect_code(
+        ca.remove_member(RemoveMemberRequest {
+            pair_id: pair.pair_id.clone(),
+            user_id: c,
+        })
+        .await,
+        Code::PermissionDenied,
+    );
+    // The history stays for those still in.
+    assert_eq!(fetch_all(&mut cc, &pair.message_id).await.len(), 1);
+    // The last member leaves: nobody can see the pair any more.
+    cc.leave_channel_pair(LeaveChannelPairRequest {
+        pair_id: pair.pair_id.clone(),
+    })
+    .await
+    .unwrap();
+    assert!(list(&mut cc).await.is_empty());
+    expect_code(
+        post(&mut cc, &pair.message_id, 2, b"x").await,
+        Code::PermissionDenied,
+    );
+    expect_code(
+        cc.leave_channel_pair(LeaveChannelPairRequest {
+            pair_id: "zz".into(),
+        })
+        .await,
+        Code::InvalidArgument,
+    );
+    s.stop().await;
+}
+
+async fn removal_rules(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (a, bb, c) = (random_user(), random_user(), random_user());
+    let mut ca = s.client(a).await;
+    let mut cb = s.client(bb).await;
+    let mut cc = s.client(c).await;
+    let pair = new_pair(&mut ca).await;
+    invite(&mut ca, &mut cb, &pair, bb).await;
+    invite(&mut ca, &mut cc, &pair, c).await;
+    let rm = |user: u64| RemoveMemberRequest {
+        pair_id: pair.pair_id.clone(),
+        user_id: user,
+    };
+    // Only the owner removes.
+    let st = expect_code(cb.remove_member(rm(c)).await, Code::PermissionDenied);
+    assert!(st.message().contains("owner"));
+    expect_code(ca.remove_member(rm(a)).await, Code::InvalidArgument);
+    expect_code(ca.remove_member(rm(random_user())).await, Code::NotFound);
+    expect_code(ca.remove_member(rm(0)).await, Code::InvalidArgument);
+    // C is still a member after all that.
+    assert!(
+        post(&mut cc, &pair.message_id, 1, b"still here")
+            .await
+            .is_ok()
+    );
+    ca.remove_member(rm(c)).await.unwrap();
+    expect_code(
+        post(&mut cc, &pair.message_id, 2, b"gone").await,
+        Code::PermissionDenied,
+    );
+    expect_code(
+        cc.fetch_messages(FetchMessagesRequest {
+            stream_id: pair.state_id.clone(),
+            ..Default::default()
+        })
+        .await,
+        Code::PermissionDenied,
+    );
+    expect_code(ca.remove_member(rm(c)).await, Code::NotFound);
+    // Re-invited, C is back.
+    invite(&mut ca, &mut cc, &pair, c).await;
+    assert!(post(&mut cc, &pair.message_id, 2, b"back").await.is_ok());
+    s.stop().await;
+}
+
+/// Every pair- or stream-scoped RPC for one caller; returns each status code.
+async fn pair_scoped_codes(
+    c: &mut Client,
+    pair: &ChannelPair,
+    someone: u64,
+) -> Vec<(&'static str, Code)> {
+    let code = |r: Result<(), tonic::Status>| r.err().map_or(Code::Ok, |s| s.code());
+    vec![
+        (
+            "SendInvite",
+            code(
+                c.send_invite(SendInviteRequest {
+                    pair_id: pair.pair_id.clone(),
+                    user_id: someone,
+                    homeserver: String::new(),
+                    invite: b"x".to_vec(),
+                })
+                .await
+                .map(|_| ()),
+            ),
+        ),
+        (
+            "PostMessage(message)",
+            code(post(c, &pair.message_id, 99, b"x").await.map(|_| ())),
+        ),
+        (
+            "PostMessage(state)",
+            code(post(c, &pair.state_id, 99, b"x").await.map(|_| ())),
+        ),
+        (
+            "FetchMessages(message)",
+            code(
+                c.fetch_messages(FetchMessagesRequest {
+                    stream_id: pair.message_id.clone(),
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ()),
+            ),
+        ),
+        (
+            "FetchMessages(state, backwards)",
+            code(
+                c.fetch_messages(FetchMessagesRequest {
+                    stream_id: pair.state_id.clone(),
+                    before_event_id: 5,
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ()),
+            ),
+        ),
+        (
+            "RemoveMember",
+            code(
+                c.remove_member(RemoveMemberRequest {
+                    pair_id: pair.pair_id.clone(),
+                    user_id: someone,
+                })
+                .await
+                .map(|_| ()),
+            ),
+        ),
+        (
+            "LeaveChannelPair",
+            code(
+                c.leave_channel_pair(LeaveChannelPairRequest {
+                    pair_id: pair.pair_id.clone(),
+                })
+                .await
+                .map(|_| ()),
+            ),
+        ),
+    ]
+}
+
+async fn authorization_matrix(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (owner, member, removed, stranger, departed_owner) = (
+        random_user(),
+        random_user(),
+        random_user(),
+        random_user(),
+        random_user(),
+    );
+    let mut co = s.client(owner).await;
+    let mut cm = s.client(member).await;
+    let mut cr = s.client(removed).await;
+    let mut cs = s.client(stranger).await;
+    let mut cd = s.client(departed_owner).await;
+    let pair = new_pair(&mut co).await;
+    invite(&mut co, &mut cm, &pair, member).await;
+    invite(&mut co, &mut cr, &pair, removed).await;
+    co.remove_member(RemoveMemberRequest {
+        pair_id: pair.pair_id.clone(),
+        user_id: removed,
+    })
+    .await
+    .unwrap();
+    // A second pair whose owner leaves.
+    let pair2 = new_pair(&mut cd).await;
+    invite(&mut cd, &mut cm, &pair2, member).await;
+    cd.leave_channel_pair(LeaveChannelPairRequest {
+        pair_id: pair2.pair_id.clone(),
+    })
+    .await
+    .unwrap();
+    give_key(&mut cs).await;
+
+    for (who, client, p) in [
+        ("non-member", &mut cs, &pair),
+        ("removed member", &mut cr, &pair),
+        ("departed owner", &mut cd, &pair2),
+    ] {
+        for (rpc, code) in pair_scoped_codes(client, p, member).await {
+            assert_eq!(code, Code::PermissionDenied, "{who} calling {rpc}");
+        }
+        assert!(
+            list(client)
+                .await
+                .iter()
+                .all(|i| i.pair.as_ref() != Some(p)),
+            "{who} lists the pair"
+        );
+    }
+    // Nothing they tried changed anything: the members still work, history is empty.
+    assert!(fetch_all(&mut cm, &pair.message_id).await.is_empty());
+    assert!(fetch_all(&mut cm, &pair2.state_id).await.is_empty());
+    let info = list(&mut cm).await;
+    assert_eq!(info.len(), 2);
+    let mut expected = vec![owner, member];
+    expected.sort();
+    assert_eq!(info[0].members, expected);
+    assert_eq!(
+        info[1].owner, member,
+        "ownership of pair2 passed to the member"
+    );
+    s.stop().await;
+}
+
+async fn unknown_ids_look_like_foreign_ids(b: Backend) {
+    let s = TestServer::start(b).await;
+    let mut owner = s.client(random_user()).await;
+    let mut stranger = s.client(random_user()).await;
+    let real = new_pair(&mut owner).await;
+    let fake = ChannelPair {
+        message_id: uuid::Uuid::new_v4().to_string(),
+        state_id: uuid::Uuid::new_v4().to_string(),
+        pair_id: uuid::Uuid::new_v4().to_string(),
+    };
+    let on_real = pair_scoped_codes(&mut stranger, &real, 1).await;
+    let on_fake = pair_scoped_codes(&mut stranger, &fake, 1).await;
+    assert_eq!(on_real, on_fake);
+    // Same message too.
+    let a = post(&mut stranger, &real.message_id, 1, b"x")
+        .await
+        .unwrap_err();
+    let b2 = post(&mut stranger, &fake.message_id, 1, b"x")
+        .await
+        .unwrap_err();
+    assert_eq!(a.message(), b2.message());
+    s.stop().await;
+}
