@@ -9,7 +9,9 @@
 
 use std::time::Duration;
 
-use sqlx::postgres::PgListener;
+use std::str::FromStr;
+
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use uuid::Uuid;
 
 use crate::store::PairIds;
@@ -101,6 +103,12 @@ pub fn decode(payload: &str) -> Option<(Uuid, Vec<Change>)> {
     Some((replica, changes))
 }
 
+/// The `application_name` of a replica's listener connection (so operators, and the
+/// tests that cut it on purpose, can find it in `pg_stat_activity`).
+pub fn listener_name(replica: Uuid) -> String {
+    format!("secretd-listener-{}", replica.simple())
+}
+
 /// What the listener reports to the fan-out.
 pub trait ChangeSink: Send + Sync + 'static {
     /// Changes made by another replica.
@@ -120,7 +128,12 @@ pub async fn run_listener<S: ChangeSink>(
     let mut backoff = Duration::from_millis(100);
     loop {
         let connected = async {
-            let mut l = PgListener::connect(&url).await?;
+            let options =
+                PgConnectOptions::from_str(&url)?.application_name(&listener_name(replica));
+            let pool = PgPoolOptions::new()
+                .max_connections(1)
+                .connect_lazy_with(options);
+            let mut l = PgListener::connect_with(&pool).await?;
             l.ignore_pool_close_event(true);
             l.listen(CHANNEL).await?;
             Ok::<_, sqlx::Error>(l)

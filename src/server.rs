@@ -73,6 +73,7 @@ fn termination_signal() -> anyhow::Result<impl std::future::Future<Output = ()>>
 /// A started server.
 pub struct Running {
     addr: SocketAddr,
+    replica: Uuid,
     shutdown: watch::Sender<bool>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     writers: Writers,
@@ -84,6 +85,11 @@ impl Running {
     /// The address the server listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// This process's replica id (tags its change notifications).
+    pub fn replica_id(&self) -> Uuid {
+        self.replica
     }
 
     /// Graceful stop: refuse new calls, end open streams with UNAVAILABLE, let in-flight
@@ -194,6 +200,7 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
     );
     Ok(Running {
         addr,
+        replica,
         shutdown: shutdown_tx,
         server,
         writers: writer_tasks,

@@ -41,7 +41,7 @@ async fn poster(mut c: Client, stream: String, who: usize, posts: usize) -> Vec<
                 Err(st) if matches!(st.code(), Code::FailedPrecondition | Code::AlreadyExists) => {
                     refusals += 1;
                     assert!(refusals < 100_000, "poster {who} starves");
-                    if who % 2 == 0 && st.code() == Code::FailedPrecondition {
+                    if who.is_multiple_of(2) && st.code() == Code::FailedPrecondition {
                         // Resync from the head named in the trailers.
                         let head: u64 = st
                             .metadata()

@@ -370,11 +370,11 @@ impl Session {
                         budget -= 1;
                     }
                 }
-                Read::FromDatabase { head } => {
-                    budget = budget.saturating_sub(self.page_from_db(stream, head).await?);
+                Read::FromDatabase { .. } => {
+                    budget = budget.saturating_sub(self.page_from_db(stream).await?);
                 }
                 Read::UpToDate if cursor < db_head => {
-                    budget = budget.saturating_sub(self.page_from_db(stream, db_head).await?);
+                    budget = budget.saturating_sub(self.page_from_db(stream).await?);
                 }
                 Read::UpToDate => break,
             }
@@ -407,8 +407,9 @@ impl Session {
     }
 
     /// Reads one page after the cursor from the database (checking access in the same
-    /// read) and sends it. Returns how many events were sent.
-    async fn page_from_db(&mut self, stream: Uuid, bound: i64) -> Result<usize, Stop> {
+    /// read) and sends it. Returns how many events were sent (at least 1, so a caller's
+    /// budget always shrinks).
+    async fn page_from_db(&mut self, stream: Uuid) -> Result<usize, Stop> {
         let Some(sub) = self.subs.get(&stream) else {
             return Ok(0);
         };
@@ -435,10 +436,7 @@ impl Session {
                 sub.cursor = last.event_id;
             }
             sub.verified_epoch = sub.verified_epoch.max(page.member_epoch);
-            sub.db_head = sub
-                .db_head
-                .max(page.head_event_id)
-                .max(bound.min(page.head_event_id));
+            sub.db_head = sub.db_head.max(page.head_event_id);
             if sent == 0 {
                 // Nothing after the cursor is stored: never spin on a head we cannot reach.
                 sub.db_head = sub.cursor;

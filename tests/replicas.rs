@@ -1,0 +1,303 @@
+//! Several secretd processes on one Postgres behave as one: a post on one reaches
+//! subscribers on all, invites and removals cross replicas, and a dropped change listener
+//! reconnects and repairs every local subscription from the database.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::*;
+use secretd::proto::*;
+use tonic::Code;
+
+fn pg() -> Option<Backend> {
+    Backend::postgres()
+}
+
+/// Reads `stream` from `after` until event `last`, returning the event ids in order.
+async fn read_until(sub: &mut Subscription, last: u64) -> Vec<u64> {
+    let mut ids = Vec::new();
+    while ids.last().copied().unwrap_or(0) < last {
+        match sub.next_within(60).await.unwrap().unwrap() {
+            Event::Message(m) => ids.push(m.event_id),
+            Event::CaughtUp(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    ids
+}
+
+async fn kill_listener(server: &TestServer) -> usize {
+    let Backend::Postgres(url) = &server.backend else {
+        unreachable!()
+    };
+    let pool = sqlx::PgPool::connect(url).await.unwrap();
+    let name = secretd::pgnotify::listener_name(server.replica_id());
+    let killed: Vec<(bool,)> = sqlx::query_as(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+    )
+    .bind(name)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    killed.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn posts_on_one_replica_reach_subscribers_on_another_across_a_listener_drop() {
+    let Some(b) = pg() else { return };
+    let _serial = SERIAL.lock().await;
+    let a = TestServer::start(b.clone()).await;
+    let bsrv = TestServer::start(b).await;
+    let owner = random_user();
+    let mut on_a = a.client(owner).await;
+    let pair = new_pair(&mut on_a).await;
+    let st = pair.message_id.clone();
+    const POSTERS: usize = 3;
+    const EACH: usize = 500;
+    const TOTAL: u64 = (POSTERS * EACH) as u64;
+    // Subscribers on replica A: one live, one resuming from 0, one from the middle later.
+    let mut live = Subscription::open(&mut on_a).await.unwrap();
+    live.manage(&[&st], &[], &[]);
+    assert!(matches!(live.next().await, Event::CaughtUp(c) if c.head_event_id == 0));
+    let mut from0 = Subscription::open(&mut a.client(owner).await)
+        .await
+        .unwrap();
+    from0.manage(&[], &[], &[(&st, 0)]);
+    // Posters on replica B.
+    let mut posters = Vec::new();
+    for who in 0..POSTERS {
+        let u = random_user();
+        let mut cu = bsrv.client(u).await;
+        invite(&mut bsrv.client(owner).await, &mut cu, &pair, u).await;
+        let st = st.clone();
+        posters.push(tokio::spawn(async move {
+            post_all(
+                &mut cu,
+                &st,
+                (0..EACH).map(|i| format!("{who}/{i}").into_bytes()),
+            )
+            .await
+        }));
+    }
+    // In the middle of the writes, cut A's listener connection.
+    let mut probe = a.client(owner).await;
+    loop {
+        let head = probe
+            .fetch_messages(FetchMessagesRequest {
+                stream_id: st.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .head_event_id;
+        if head >= TOTAL / 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        kill_listener(&a).await,
+        1,
+        "A's listener connection was found and cut"
+    );
+    let mut middle = Subscription::open(&mut a.client(owner).await)
+        .await
+        .unwrap();
+    middle.manage(&[], &[], &[(&st, TOTAL / 4)]);
+    let mut acked = HashSet::new();
+    for p in posters {
+        acked.extend(p.await.unwrap());
+    }
+    assert_eq!(acked.len() as u64, TOTAL);
+    let expected: Vec<u64> = (1..=TOTAL).collect();
+    assert_eq!(
+        read_until(&mut live, TOTAL).await,
+        expected,
+        "live subscriber on A"
+    );
+    assert_eq!(
+        read_until(&mut from0, TOTAL).await,
+        expected,
+        "resume from 0 on A"
+    );
+    assert_eq!(
+        read_until(&mut middle, TOTAL).await,
+        (TOTAL / 4 + 1..=TOTAL).collect::<Vec<_>>()
+    );
+    // After the repair the listener is back: a new post on B arrives live on A.
+    post(&mut bsrv.client(owner).await, &st, 1_000_000, b"after")
+        .await
+        .unwrap_err();
+    let head_counter = fetch_all(&mut probe, &st)
+        .await
+        .last()
+        .unwrap()
+        .message
+        .as_ref()
+        .unwrap()
+        .id;
+    post(
+        &mut bsrv.client(owner).await,
+        &st,
+        head_counter + 1,
+        b"after",
+    )
+    .await
+    .unwrap();
+    let Event::Message(m) = live.next().await else {
+        panic!()
+    };
+    assert_eq!(m.event_id, TOTAL + 1);
+    assert!(live.quiet_for(200).await);
+    bsrv.stop().await;
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn invites_and_removals_cross_replicas() {
+    let Some(b) = pg() else { return };
+    let _serial = SERIAL.lock().await;
+    let a = TestServer::start(b.clone()).await;
+    let bsrv = TestServer::start(b).await;
+    let (owner, guest) = (random_user(), random_user());
+    let mut owner_b = bsrv.client(owner).await;
+    let mut guest_a = a.client(guest).await;
+    give_key(&mut guest_a).await;
+    let pair = new_pair(&mut owner_b).await;
+    // The guest's call is on A; the invite is sent on B.
+    let mut sub = Subscription::open(&mut guest_a).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    owner_b
+        .send_invite(SendInviteRequest {
+            pair_id: pair.pair_id.clone(),
+            user_id: guest,
+            homeserver: String::new(),
+            invite: b"welcome".to_vec(),
+        })
+        .await
+        .unwrap();
+    let Event::Invite(i) = sub.next().await else {
+        panic!("invite expected on A")
+    };
+    assert_eq!(i.invite, b"welcome");
+    sub.manage(&[&pair.message_id, &pair.state_id], &[], &[]);
+    for _ in 0..2 {
+        assert!(matches!(sub.next().await, Event::CaughtUp(_)));
+    }
+    post(&mut owner_b, &pair.state_id, 1, b"state")
+        .await
+        .unwrap();
+    assert!(matches!(sub.next().await, Event::Message(m) if m.stream_id == pair.state_id));
+    // Removed on B: the subscriptions on A end, and later posts never reach A's guest.
+    owner_b
+        .remove_member(RemoveMemberRequest {
+            pair_id: pair.pair_id.clone(),
+            user_id: guest,
+        })
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        assert!(
+            matches!(sub.next().await, Event::SubscriptionError(e) if e.code == Code::PermissionDenied as i32)
+        );
+    }
+    post(&mut owner_b, &pair.message_id, 1, b"private")
+        .await
+        .unwrap();
+    assert!(sub.quiet_for(300).await);
+    bsrv.stop().await;
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn events_committed_while_the_listener_is_down_are_repaired() {
+    let Some(b) = pg() else { return };
+    let Backend::Postgres(url) = &b else {
+        unreachable!()
+    };
+    let _serial = SERIAL.lock().await;
+    let a = TestServer::start(b.clone()).await;
+    let bsrv = TestServer::start(b.clone()).await;
+    let owner = random_user();
+    let mut on_b = bsrv.client(owner).await;
+    let pair = new_pair(&mut on_b).await;
+    let st = pair.message_id.clone();
+    let mut sub = Subscription::open(&mut a.client(owner).await)
+        .await
+        .unwrap();
+    sub.manage(&[&st], &[], &[]);
+    assert!(matches!(sub.next().await, Event::CaughtUp(_)));
+    post_all(&mut on_b, &st, (0..10u8).map(|i| vec![i])).await;
+    assert_eq!(read_until(&mut sub, 10).await, (1..=10).collect::<Vec<_>>());
+    // Keep A's listener out: no new connections to the database, then cut it.
+    let db: String = {
+        let p = sqlx::PgPool::connect(url).await.unwrap();
+        let db = sqlx::query_scalar("SELECT current_database()")
+            .fetch_one(&p)
+            .await
+            .unwrap();
+        p.close().await;
+        db
+    };
+    // A database cannot close itself to connections: do it from the maintenance database.
+    let opts: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
+    let admin = sqlx::PgPool::connect_with(opts.database("postgres"))
+        .await
+        .unwrap();
+    let mut conn = admin.acquire().await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "ALTER DATABASE \"{db}\" WITH ALLOW_CONNECTIONS false"
+    )))
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    let outage = async {
+        let name = secretd::pgnotify::listener_name(a.replica_id());
+        let killed: Vec<(bool,)> = sqlx::query_as(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+        )
+        .bind(&name)
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+        assert_eq!(killed.len(), 1);
+        // Posts committed on B while nobody on A can hear about them.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for (counter, i) in (11..).zip(0..20u8) {
+            post(&mut on_b, &st, counter, &[100 + i]).await.unwrap();
+        }
+        assert!(
+            sub.quiet_for(500).await,
+            "nothing can arrive while the listener is down"
+        );
+    };
+    use futures_util::FutureExt;
+    let result = std::panic::AssertUnwindSafe(outage).catch_unwind().await;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "ALTER DATABASE \"{db}\" WITH ALLOW_CONNECTIONS true"
+    )))
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+    // The listener reconnects and repairs: the 20 missed events arrive, in order, once.
+    assert_eq!(
+        read_until(&mut sub, 30).await,
+        (11..=30).collect::<Vec<_>>()
+    );
+    assert!(sub.quiet_for(300).await);
+    drop(conn);
+    admin.close().await;
+    bsrv.stop().await;
+    a.stop().await;
+}
+
+/// The outage test blocks new connections to the shared database; the other tests of
+/// this file wait for it.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
