@@ -134,13 +134,14 @@ impl From<sqlx::Error> for Error {
 
 /// SQLSTATE codes (Postgres) and result codes (SQLite) that mean "try again".
 fn is_transient(code: Option<&str>) -> bool {
-    matches!(
-        code,
-        // serialization_failure, deadlock_detected, admin/crash shutdown, cannot_connect_now
-        Some("40001" | "40P01" | "57P01" | "57P02" | "57P03")
-        // SQLITE_BUSY, SQLITE_LOCKED
-        | Some("5" | "6")
-    )
+    let Some(code) = code else { return false };
+    // Postgres: connection exceptions (class 08), serialization failure, deadlock,
+    // too many connections, admin/crash shutdown, cannot connect now, database not
+    // accepting connections (55000 only arises at connect for our statements).
+    code.starts_with("08")
+        || matches!(code, "40001" | "40P01" | "53300" | "57P01" | "57P02" | "57P03" | "55000")
+        // SQLite: SQLITE_BUSY, SQLITE_LOCKED
+        || matches!(code, "5" | "6")
 }
 
 /// Result alias for the service.

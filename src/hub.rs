@@ -126,6 +126,13 @@ impl Pending {
     pub fn is_empty(&self) -> bool {
         self.streams.is_empty() && !self.invites && self.recheck.is_empty()
     }
+
+    /// Forgets everything, keeping the allocations.
+    pub fn clear(&mut self) {
+        self.streams.clear();
+        self.invites = false;
+        self.recheck.clear();
+    }
 }
 
 /// The hub's handle on one StreamMessagePosting call.
@@ -134,6 +141,7 @@ pub struct Connection {
     user: i64,
     notify: Notify,
     pending: Mutex<Pending>,
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl Connection {
@@ -145,6 +153,28 @@ impl Connection {
     /// Takes everything pending.
     pub fn take_pending(&self) -> Pending {
         std::mem::take(&mut *lock(&self.pending))
+    }
+
+    /// Swaps everything pending into `into` (which must be empty): no allocation once
+    /// both sides have grown to their working size.
+    pub fn swap_pending(&self, into: &mut Pending) {
+        std::mem::swap(&mut *lock(&self.pending), into);
+    }
+
+    /// Marks the call as over (client gone or server stopping) and wakes its session.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.notify.notify_one();
+    }
+
+    /// True once [`Connection::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Wakes the session without marking anything (e.g. a control message is queued).
+    pub fn wake(&self) {
+        self.notify.notify_one();
     }
 
     /// Waits until woken (returns at once if woken since the last wait).
@@ -227,6 +257,7 @@ impl Hub {
             user,
             notify: Notify::new(),
             pending: Mutex::new(Pending::default()),
+            closed: std::sync::atomic::AtomicBool::new(false),
         });
         let mut users = lock(&self.users);
         let list = users.entry(user).or_default();

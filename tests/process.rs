@@ -104,7 +104,8 @@ async fn sigterm_ends_streams_with_unavailable_and_keeps_acknowledged_posts(b: B
         .unwrap();
     assert!(exit.success(), "exit status {exit:?}");
     let took = t0.elapsed();
-    assert!(took < Duration::from_secs(12), "stopped in {took:?}");
+    // Well within the 10 s grace period: nothing held the shutdown up.
+    assert!(took < Duration::from_secs(5), "stopped in {took:?}");
     let mut results = Vec::new();
     for p in posters {
         results.push(p.await.unwrap());

@@ -233,6 +233,16 @@ async fn events_committed_while_the_listener_is_down_are_repaired() {
     assert!(matches!(sub.next().await, Event::CaughtUp(_)));
     post_all(&mut on_b, &st, (0..10u8).map(|i| vec![i])).await;
     assert_eq!(read_until(&mut sub, 10).await, (1..=10).collect::<Vec<_>>());
+    // Fill B's connection pool now: during the outage it cannot open new connections.
+    let mut warm = Vec::new();
+    for _ in 0..16 {
+        let mut c = bsrv.client(owner).await;
+        let st = st.clone();
+        warm.push(tokio::spawn(async move { fetch_all(&mut c, &st).await }));
+    }
+    for w in warm {
+        w.await.unwrap();
+    }
     // Keep A's listener out: no new connections to the database, then cut it.
     let db: String = {
         let p = sqlx::PgPool::connect(url).await.unwrap();

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use tokio::sync::mpsc;
@@ -22,7 +22,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use uuid::Uuid;
 
 use crate::error::Error;
-use crate::hub::{Connection, ConnectionGuard, Frame, Read, Slot};
+use crate::hub::{Connection, ConnectionGuard, Frame, Pending, Read, Slot};
 use crate::proto::stream_message_posting_response::Event;
 use crate::proto::{CaughtUp, ManageStream, PreEncoded, SubscriptionError};
 use crate::service::{AppState, shutting_down};
@@ -67,32 +67,79 @@ impl tonic::server::StreamingService<ManageStream> for Handler {
                      (max_connections_per_user); close one or retry later"
                 ))
             })?;
+            let conn = guard.connection().clone();
             let (tx, rx) = mpsc::channel(state.settings.connection_buffer);
-            let shutdown = state.shutdown.clone();
+            let (control_tx, control_rx) = mpsc::unbounded_channel();
+            let end = Arc::new(Mutex::new(None));
+            let stop = Box::pin(shutting_down(state.shutdown.clone()));
+            let (alive, session_gone) = tokio::sync::oneshot::channel::<()>();
+            tokio::spawn(read_inbound(
+                req.into_inner(),
+                control_tx,
+                conn.clone(),
+                session_gone,
+            ));
             let session = Session {
-                conn: guard.connection().clone(),
+                _alive: alive,
+                conn: conn.clone(),
                 guard,
                 user,
                 out: tx,
+                end: end.clone(),
                 subs: HashMap::new(),
                 invite_cursor: 0,
                 state,
             };
-            tokio::spawn(session.run(req.into_inner()));
-            let stop = Box::pin(shutting_down(shutdown));
+            tokio::spawn(session.run(control_rx));
             Ok(Response::new(Outbound {
                 rx: ReceiverStream::new(rx),
                 stop: Some(stop),
+                conn,
+                end,
             }))
         })
     }
 }
 
+/// Forwards the client's ManageStream messages to the session. The session itself waits
+/// on one thing only (its hub wake-up), so a delivery costs one task wake. Ends (dropping
+/// the request stream, so the HTTP/2 stream closes) when the session is gone.
+async fn read_inbound(
+    mut inbound: Streaming<ManageStream>,
+    control: mpsc::UnboundedSender<ManageStream>,
+    conn: Arc<Connection>,
+    mut session_gone: tokio::sync::oneshot::Receiver<()>,
+) {
+    loop {
+        let message = tokio::select! {
+            m = inbound.message() => m,
+            _ = &mut session_gone => return,
+        };
+        match message {
+            Ok(Some(m)) => {
+                if control.send(m).is_err() {
+                    return;
+                }
+                conn.wake();
+            }
+            // The client finished sending; the session keeps serving until it hangs up.
+            Ok(None) => return,
+            Err(_) => {
+                conn.close();
+                return;
+            }
+        }
+    }
+}
+
 /// The response stream: the session's frames, cut short by a final UNAVAILABLE as soon
-/// as the server begins shutting down (even when the client's buffer is full).
+/// as the server begins shutting down (even when the client's buffer is full), and ended
+/// with the session's final status if it stopped on an error.
 pub struct Outbound {
     rx: ReceiverStream<Result<PreEncoded, Status>>,
     stop: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    conn: Arc<Connection>,
+    end: Arc<Mutex<Option<Status>>>,
 }
 
 impl Stream for Outbound {
@@ -111,11 +158,21 @@ impl Stream for Outbound {
                 }
             }
         }
-        let item = Pin::new(&mut self.rx).poll_next(cx);
-        if let Poll::Ready(None) = item {
-            self.stop = None;
+        match Pin::new(&mut self.rx).poll_next(cx) {
+            Poll::Ready(None) => {
+                self.stop = None;
+                let end = self.end.lock().unwrap_or_else(|e| e.into_inner()).take();
+                Poll::Ready(end.map(Err))
+            }
+            other => other,
         }
-        item
+    }
+}
+
+impl Drop for Outbound {
+    fn drop(&mut self) {
+        // The call is over (client gone, or ended): let the session go.
+        self.conn.close();
     }
 }
 
@@ -145,20 +202,23 @@ enum Stop {
 type Flow = Result<(), Stop>;
 
 struct Session {
+    /// Dropped with the session: tells the inbound reader to stop.
+    _alive: tokio::sync::oneshot::Sender<()>,
     state: Arc<AppState>,
     guard: ConnectionGuard,
     conn: Arc<Connection>,
     user: i64,
     out: mpsc::Sender<Result<PreEncoded, Status>>,
+    /// The status the call ends with if the session stops on an error.
+    end: Arc<Mutex<Option<Status>>>,
     subs: HashMap<Uuid, Sub>,
     invite_cursor: i64,
 }
 
 impl Session {
-    async fn run(mut self, mut inbound: Streaming<ManageStream>) {
-        let flow = self.serve(&mut inbound).await;
-        if let Err(Stop::With(status)) = flow {
-            let _ = self.out.try_send(Err(status));
+    async fn run(mut self, control: mpsc::UnboundedReceiver<ManageStream>) {
+        if let Err(Stop::With(status)) = self.serve(control).await {
+            *self.end.lock().unwrap_or_else(|e| e.into_inner()) = Some(status);
         }
         for (_, sub) in self.subs.drain() {
             self.state.hub.unwatch(&self.conn, &sub.slot);
@@ -166,41 +226,39 @@ impl Session {
         drop(self.guard);
     }
 
-    async fn serve(&mut self, inbound: &mut Streaming<ManageStream>) -> Flow {
+    async fn serve(&mut self, mut control: mpsc::UnboundedReceiver<ManageStream>) -> Flow {
         self.invite_cursor = self
             .state
             .store
             .last_invite_id(self.user)
             .await
             .map_err(db_stop)?;
-        let stop = shutting_down(self.state.shutdown.clone());
-        tokio::pin!(stop);
-        let mut inbound_open = true;
+        let mut work = Pending::default();
         loop {
-            let pending = self.conn.take_pending();
-            if !pending.is_empty() {
-                for stream in pending.recheck {
+            if self.conn.is_closed() {
+                return Err(Stop::Quietly);
+            }
+            let mut busy = false;
+            while let Ok(m) = control.try_recv() {
+                self.manage(m).await?;
+                busy = true;
+            }
+            self.conn.swap_pending(&mut work);
+            if !work.is_empty() {
+                busy = true;
+                for &stream in &work.recheck {
                     self.recheck(stream).await?;
                 }
-                if pending.invites {
+                if work.invites {
                     self.deliver_invites().await?;
                 }
-                for stream in pending.streams {
+                for &stream in &work.streams {
                     self.deliver(stream).await?;
                 }
-                continue;
+                work.clear();
             }
-            tokio::select! {
-                biased;
-                _ = &mut stop => return Err(Stop::Quietly),
-                _ = self.out.closed() => return Err(Stop::Quietly),
-                message = inbound.message(), if inbound_open => match message {
-                    Ok(Some(m)) => self.manage(m).await?,
-                    // The client finished sending; keep serving until it hangs up.
-                    Ok(None) => inbound_open = false,
-                    Err(_) => return Err(Stop::Quietly),
-                },
-                _ = self.conn.woken() => {}
+            if !busy {
+                self.conn.woken().await;
             }
         }
     }

@@ -61,7 +61,13 @@ pub fn lookups_needed(batch: &[AppendRequest], heads: &HashMap<Uuid, HeadRow>) -
     out
 }
 
-/// Applies the counter rules to each post in arrival order.
+/// Applies the counter rules to the posts of a batch.
+///
+/// Posts to one stream are applied in counter order, ties (retries) in arrival order.
+/// Every post of a batch was in flight at the same time, so this is one of the arrival
+/// orders that could have happened; it spares clients that race on a stream the refusals
+/// an unlucky queue order would cause (a post overtaken by a larger counter must be
+/// re-sent). Outcomes are returned in batch order.
 ///
 /// `heads` holds the locked head rows (a missing stream is unknown), `is_member` answers
 /// whether a sender may post to a stream, `existing` holds the stored events found by
@@ -78,13 +84,17 @@ pub fn plan_batch(
     let mut moving: HashMap<Uuid, HeadRow> = HashMap::new();
     // (stream, counter) -> index into plan.inserts, for retries inside one batch.
     let mut fresh: HashMap<(Uuid, i64), usize> = HashMap::new();
-    for post in batch {
+    let mut order: Vec<usize> = (0..batch.len()).collect();
+    order.sort_by_key(|&i| (batch[i].stream_id, batch[i].counter)); // stable: ties keep arrival order
+    let mut outcomes: Vec<Option<Result<Appended>>> = vec![None; batch.len()];
+    for i in order {
+        let post = &batch[i];
         let Some(committed) = heads.get(&post.stream_id) else {
-            plan.outcomes.push(Err(stream_denied()));
+            outcomes[i] = Some(Err(stream_denied()));
             continue;
         };
         if !is_member(post.stream_id, post.sender) {
-            plan.outcomes.push(Err(stream_denied()));
+            outcomes[i] = Some(Err(stream_denied()));
             continue;
         }
         let head = moving.entry(post.stream_id).or_insert(*committed);
@@ -135,8 +145,12 @@ pub fn plan_batch(
                 member_epoch: head.member_epoch,
             })
         };
-        plan.outcomes.push(outcome);
+        outcomes[i] = Some(outcome);
     }
+    plan.outcomes = outcomes
+        .into_iter()
+        .map(|o| o.expect("every post has an outcome"))
+        .collect();
     let mut heads_out: Vec<(Uuid, i64, i64)> = moving
         .into_iter()
         .filter(|(id, h)| {
@@ -175,7 +189,7 @@ mod tests {
     }
 
     #[test]
-    fn rules_apply_in_arrival_order_within_a_batch() {
+    fn counter_rules_within_a_batch() {
         let s = Uuid::new_v4();
         let heads = HashMap::from([(
             s,
@@ -232,6 +246,43 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn a_batch_applies_each_stream_in_counter_order() {
+        let (s, t) = (Uuid::new_v4(), Uuid::new_v4());
+        let row = HeadRow {
+            head_event_id: 4,
+            head_counter: 10,
+            member_epoch: 0,
+        };
+        let heads = HashMap::from([(s, row), (t, row)]);
+        // Arrival order 13, 12, 11 (and an interleaved stream): all accepted, ids by counter.
+        let batch = [
+            post(s, 1, 13, b"c"),
+            post(t, 1, 11, b"x"),
+            post(s, 1, 12, b"b"),
+            post(s, 1, 11, b"a"),
+            post(s, 1, 12, b"b"),
+        ];
+        let plan = plan_batch(&batch, &heads, |_, _| true, &HashMap::new(), 1024, 0);
+        let ids: Vec<i64> = plan
+            .outcomes
+            .iter()
+            .map(|o| o.as_ref().unwrap().event_id())
+            .collect();
+        assert_eq!(ids, vec![7, 5, 6, 5, 6]);
+        assert!(matches!(
+            plan.outcomes[4],
+            Ok(Appended::Retry { event_id: 6 })
+        ));
+        let stored: Vec<(i64, &[u8])> = plan
+            .inserts
+            .iter()
+            .filter(|e| e.stream_id == s)
+            .map(|e| (e.event_id, &e.body[..]))
+            .collect();
+        assert_eq!(stored, vec![(5, &b"a"[..]), (6, b"b"), (7, b"c")]);
     }
 
     #[test]

@@ -1,0 +1,483 @@
+//! The benchmark scenarios.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use secretd::proto::stream_message_posting_response::Event;
+use secretd::proto::{ManageStream, PostKeyRequest, SendInviteRequest, StreamCursor};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::Code;
+
+use crate::Args;
+use crate::support::*;
+
+/// `post` (P posters over S streams, each stream owned by one poster, so counters never
+/// conflict) and `hot` (P posters on one stream sharing a counter, refused counters
+/// retried with a fresh one, as clients would).
+pub async fn posting(args: &Args, hot: bool) -> anyhow::Result<Report> {
+    let pool = Pool::connect(args).await?;
+    let posters = args.posters.unwrap_or(64).max(1);
+    let streams = if hot { 1 } else { args.streams.max(posters) };
+    let body = vec![0xa5u8; args.payload];
+    // Setup: each poster is a user owning its share of the streams (hot: one shared
+    // owner and stream).
+    let hot_owner = pool.new_user();
+    let hot_stream = if hot {
+        Some(new_pair(&mut pool.client(hot_owner, 0)).await?.message_id)
+    } else {
+        None
+    };
+    let mut setups = Vec::new();
+    for p in 0..posters {
+        let pool = pool.clone();
+        let hot_stream = hot_stream.clone();
+        let mine = streams / posters + usize::from(p < streams % posters);
+        setups.push(tokio::spawn(async move {
+            let user = if hot { hot_owner } else { pool.new_user() };
+            let mut c = pool.client(user, p);
+            let mut list = Vec::new();
+            match hot_stream {
+                Some(s) => list.push(s),
+                None => {
+                    for _ in 0..mine {
+                        list.push(new_pair(&mut c).await?.message_id);
+                    }
+                }
+            }
+            Ok::<_, anyhow::Error>((c, list))
+        }));
+    }
+    let mut setup = Vec::new();
+    for s in setups {
+        setup.push(s.await??);
+    }
+    let acked = Arc::new(AtomicU64::new(0));
+    let rejected = Arc::new(AtomicU64::new(0));
+    let shared_counter = Arc::new(AtomicU64::new(0));
+    let duration = Duration::from_secs(args.duration);
+    let progress = Progress::start(
+        if hot { "hot" } else { "post" },
+        acked.clone(),
+        duration,
+        false,
+    );
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut tasks = Vec::new();
+    for (mut c, list) in setup {
+        let (acked, rejected, shared, body) = (
+            acked.clone(),
+            rejected.clone(),
+            shared_counter.clone(),
+            body.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Latencies::default();
+            let mut counters = vec![0u64; list.len()];
+            let mut i = 0;
+            while Instant::now() < deadline {
+                let k = i % list.len();
+                i += 1;
+                let counter = if hot {
+                    shared.fetch_add(1, Ordering::Relaxed) + 1
+                } else {
+                    counters[k] + 1
+                };
+                let t = Instant::now();
+                match post(&mut c, &list[k], counter, body.clone()).await {
+                    Ok(_) => {
+                        lat.record(t.elapsed());
+                        counters[k] = counter;
+                        acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(st) if hot && st.code() == Code::FailedPrecondition => {
+                        rejected.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(st) => return Err(anyhow::anyhow!("post failed: {st}")),
+                }
+            }
+            Ok(lat)
+        }));
+    }
+    let mut lat = Latencies::default();
+    for t in tasks {
+        lat.extend(t.await??);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    drop(progress);
+    let n = acked.load(Ordering::Relaxed);
+    let mut r = Report::new(if hot { "hot" } else { "post" }, args);
+    r.set("posters", posters);
+    r.set("streams", streams);
+    r.set("payload", args.payload);
+    r.set("acked", n);
+    r.set("posts_per_sec", round(n as f64 / elapsed));
+    if hot {
+        r.set("rejected", rejected.load(Ordering::Relaxed));
+    }
+    r.latencies(&mut lat);
+    Ok(r)
+}
+
+/// Gives `count` new users a key and membership of `pair`, returning their ids.
+async fn members(
+    pool: &Arc<Pool>,
+    owner: u64,
+    pair: &str,
+    count: usize,
+) -> anyhow::Result<Vec<u64>> {
+    let mut out = Vec::with_capacity(count);
+    let mut ids: Vec<u64> = (0..count).map(|_| pool.new_user()).collect();
+    while !ids.is_empty() {
+        let chunk: Vec<u64> = ids.drain(..ids.len().min(64)).collect();
+        let mut tasks = Vec::new();
+        for (i, user) in chunk.into_iter().enumerate() {
+            let (pool, pair) = (pool.clone(), pair.to_string());
+            tasks.push(tokio::spawn(async move {
+                pool.client(user, i)
+                    .post_key(PostKeyRequest {
+                        key_data: PUBLIC_KEY.to_vec(),
+                    })
+                    .await?;
+                pool.client(owner, i)
+                    .send_invite(SendInviteRequest {
+                        pair_id: pair,
+                        user_id: user,
+                        homeserver: String::new(),
+                        invite: b"bench".to_vec(),
+                    })
+                    .await?;
+                Ok::<_, tonic::Status>(user)
+            }));
+        }
+        for t in tasks {
+            out.push(t.await??);
+        }
+    }
+    Ok(out)
+}
+
+/// Opens a StreamMessagePosting call with one ManageStream.
+async fn open_call(
+    c: &mut Client,
+    manage: ManageStream,
+) -> anyhow::Result<(
+    mpsc::UnboundedSender<ManageStream>,
+    tonic::Streaming<secretd::proto::StreamMessagePostingResponse>,
+)> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tx.send(manage).ok();
+    let stream = c
+        .stream_message_posting(UnboundedReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    Ok((tx, stream))
+}
+
+/// `fanout`: one stream, M live subscribers (each its own user and call), posts at
+/// `--rate` per second (0 = one poster as fast as it can); subscribers measure
+/// post→receive latency and check they saw every event in order.
+pub async fn fanout(args: &Args) -> anyhow::Result<Report> {
+    let m = args.subscribers.unwrap_or(1000).max(1);
+    let mut conn_args = args.clone();
+    conn_args.connections = args.connections.max(m.div_ceil(100));
+    let pool = Pool::connect(&conn_args).await?;
+    let owner = pool.new_user();
+    let mut oc = pool.client(owner, 0);
+    let pair = new_pair(&mut oc).await?;
+    let users = members(&pool, owner, &pair.pair_id, m).await?;
+    let epoch = Instant::now();
+    let (last_tx, last_rx) = watch::channel(0u64);
+    let ready = Arc::new(AtomicU64::new(0));
+    let delivered = Arc::new(AtomicU64::new(0));
+    let mut subs = Vec::new();
+    for (i, user) in users.into_iter().enumerate() {
+        let mut c = pool.client(user, i);
+        let (stream, mut last_rx, ready, delivered) = (
+            pair.message_id.clone(),
+            last_rx.clone(),
+            ready.clone(),
+            delivered.clone(),
+        );
+        subs.push(tokio::spawn(async move {
+            let manage = ManageStream {
+                subscribe_to: vec![stream],
+                ..Default::default()
+            };
+            let (_keep, mut rx) = open_call(&mut c, manage).await?;
+            let mut lat = Latencies::default();
+            let mut next = 1u64;
+            let mut in_order = true;
+            let mut last_at = 0u64;
+            loop {
+                let target = *last_rx.borrow();
+                if target > 0 && next > target {
+                    break;
+                }
+                let msg = tokio::select! {
+                    m = rx.message() => m?,
+                    _ = last_rx.changed() => continue,
+                };
+                match msg.and_then(|m| m.event) {
+                    Some(Event::CaughtUp(_)) => {
+                        ready.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Some(Event::Message(pm)) => {
+                        let now = now_nanos(epoch);
+                        let body = pm.message.map(|m| m.message).unwrap_or_default();
+                        let sent = u64::from_be_bytes(
+                            body.get(..8)
+                                .and_then(|b| b.try_into().ok())
+                                .unwrap_or([0; 8]),
+                        );
+                        lat.record(Duration::from_nanos(now.saturating_sub(sent)));
+                        in_order &= pm.event_id == next;
+                        next = pm.event_id + 1;
+                        last_at = now;
+                        delivered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Some(other) => bail!("unexpected {other:?}"),
+                    None => bail!("the call ended"),
+                }
+            }
+            Ok::<_, anyhow::Error>((lat, in_order, next - 1, last_at))
+        }));
+    }
+    let wait_start = Instant::now();
+    while (ready.load(Ordering::Relaxed) as usize) < m {
+        if wait_start.elapsed() > Duration::from_secs(60) {
+            bail!(
+                "only {} of {m} subscribers became live",
+                ready.load(Ordering::Relaxed)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Post.
+    let duration = Duration::from_secs(args.duration);
+    let progress = Progress::start("fanout", delivered.clone(), duration, false);
+    let first_post = now_nanos(epoch);
+    let mut counter = 0u64;
+    let mut interval = (args.rate > 0).then(|| {
+        let mut i = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate as f64));
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        i
+    });
+    let deadline = Instant::now() + duration;
+    while Instant::now() < deadline {
+        if let Some(i) = interval.as_mut() {
+            i.tick().await;
+        }
+        counter += 1;
+        let mut body = vec![0u8; args.payload.max(8)];
+        body[..8].copy_from_slice(&now_nanos(epoch).to_be_bytes());
+        post(&mut oc, &pair.message_id, counter, body).await?;
+    }
+    let _ = last_tx.send(counter);
+    let mut lat = Latencies::default();
+    let mut complete = true;
+    let mut last_delivery = first_post;
+    for s in subs {
+        match tokio::time::timeout(Duration::from_secs(60), s).await {
+            Ok(joined) => {
+                let (l, in_order, got, last_at) = joined??;
+                complete &= in_order && got == counter && l.0.len() as u64 == counter;
+                last_delivery = last_delivery.max(last_at);
+                lat.extend(l);
+            }
+            Err(_) => complete = false,
+        }
+    }
+    drop(progress);
+    let deliveries = lat.0.len() as u64;
+    let secs = (last_delivery - first_post) as f64 / 1e9;
+    let mut r = Report::new("fanout", args);
+    r.set("subscribers", m);
+    r.set("rate", args.rate);
+    r.set("payload", args.payload.max(8));
+    r.set("posts", counter);
+    r.set("deliveries", deliveries);
+    r.set(
+        "deliveries_per_sec",
+        round(deliveries as f64 / secs.max(1e-9)),
+    );
+    r.set("complete", complete);
+    r.latencies(&mut lat);
+    Ok(r)
+}
+
+/// `idle`: K idle subscriptions (10 per call, one user per call, each its own streams);
+/// reports the server's RSS growth per subscription.
+pub async fn idle(args: &Args) -> anyhow::Result<Report> {
+    let pid = args
+        .server_pid
+        .context("idle needs --server-pid (the server's process id)")?;
+    const PER_CALL: usize = 10;
+    let k = args.subscribers.unwrap_or(10_000).max(PER_CALL);
+    let calls = k.div_ceil(PER_CALL);
+    let mut conn_args = args.clone();
+    conn_args.connections = args.connections.max(calls.div_ceil(100));
+    let pool = Pool::connect(&conn_args).await?;
+    // Setup: each call's user owns PER_CALL pairs.
+    let mut setups = Vec::new();
+    let users: Vec<u64> = (0..calls).map(|_| pool.new_user()).collect();
+    for chunk in users.chunks(calls.div_ceil(64)) {
+        let (pool, chunk) = (pool.clone(), chunk.to_vec());
+        setups.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            for (i, u) in chunk.into_iter().enumerate() {
+                let mut c = pool.client(u, i);
+                let mut streams = Vec::new();
+                for _ in 0..PER_CALL {
+                    streams.push(new_pair(&mut c).await?.message_id);
+                }
+                out.push((u, streams));
+            }
+            Ok::<_, anyhow::Error>(out)
+        }));
+    }
+    let mut plan = Vec::new();
+    for s in setups {
+        plan.extend(s.await??);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = rss_kib(pid)?;
+    let live = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (done_tx, done_rx) = watch::channel(false);
+    let mut holders = Vec::new();
+    for (i, (user, streams)) in plan.into_iter().enumerate() {
+        let mut c = pool.client(user, i);
+        let (live, mut done_rx) = (live.clone(), done_rx.clone());
+        holders.push(tokio::spawn(async move {
+            let manage = ManageStream {
+                subscribe_to: streams,
+                ..Default::default()
+            };
+            let (_keep, mut rx) = open_call(&mut c, manage).await?;
+            let mut caught = 0;
+            while caught < PER_CALL {
+                match rx.message().await?.and_then(|m| m.event) {
+                    Some(Event::CaughtUp(_)) => caught += 1,
+                    other => bail!("unexpected {other:?}"),
+                }
+            }
+            live.fetch_add(PER_CALL as u64, Ordering::Relaxed);
+            let _ = done_rx.wait_for(|d| *d).await;
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    let t0 = Instant::now();
+    while (live.load(Ordering::Relaxed) as usize) < calls * PER_CALL {
+        if t0.elapsed() > Duration::from_secs(120) {
+            bail!(
+                "only {} subscriptions became live",
+                live.load(Ordering::Relaxed)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let open_secs = t0.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(pid)?;
+    stop.store(true, Ordering::Relaxed);
+    let _ = done_tx.send(true);
+    for h in holders {
+        h.await??;
+    }
+    let subs = (calls * PER_CALL) as u64;
+    let mut r = Report::new("idle", args);
+    r.set("subscriptions", subs);
+    r.set("calls", calls);
+    r.set("rss_before_kib", before);
+    r.set("rss_after_kib", after);
+    r.set(
+        "rss_per_sub_kib",
+        round(after.saturating_sub(before) as f64 / subs as f64),
+    );
+    r.set("open_secs", round(open_secs));
+    Ok(r)
+}
+
+/// `catchup`: writes a backlog of B events on one stream, then resumes it from 0 on a new
+/// call and measures events/s until CaughtUp.
+pub async fn catchup(args: &Args) -> anyhow::Result<Report> {
+    let pool = Pool::connect(args).await?;
+    let owner = pool.new_user();
+    let pair = new_pair(&mut pool.client(owner, 0)).await?;
+    let stream = pair.message_id.clone();
+    let b = args.backlog.max(1);
+    let writers = args.posters.unwrap_or(32).max(1);
+    let shared = Arc::new(AtomicU64::new(0));
+    let acked = Arc::new(AtomicU64::new(0));
+    let progress = Progress::start("backlog", acked.clone(), Duration::from_secs(10), false);
+    let mut tasks = Vec::new();
+    for i in 0..writers {
+        let (mut c, stream, shared, acked) = (
+            pool.client(owner, i),
+            stream.clone(),
+            shared.clone(),
+            acked.clone(),
+        );
+        let body = vec![0x3cu8; args.payload];
+        tasks.push(tokio::spawn(async move {
+            while acked.load(Ordering::Relaxed) < b {
+                let counter = shared.fetch_add(1, Ordering::Relaxed) + 1;
+                match post(&mut c, &stream, counter, body.clone()).await {
+                    Ok(_) => {
+                        acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(st) if st.code() == Code::FailedPrecondition => {}
+                    Err(st) => return Err(anyhow::anyhow!("backlog post failed: {st}")),
+                }
+            }
+            Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    drop(progress);
+    let total = acked.load(Ordering::Relaxed);
+    // Resume from 0 on a fresh connection.
+    let mut fresh = args.clone();
+    fresh.connections = 1;
+    let reader = Pool::connect(&fresh).await?;
+    let mut c = reader.client(owner, 0);
+    let t0 = Instant::now();
+    let manage = ManageStream {
+        resume_from: vec![StreamCursor {
+            stream_id: stream.clone(),
+            after_event_id: 0,
+        }],
+        ..Default::default()
+    };
+    let (_keep, mut rx) = open_call(&mut c, manage).await?;
+    let mut next = 1u64;
+    let mut in_order = true;
+    let head = loop {
+        match rx.message().await?.and_then(|m| m.event) {
+            Some(Event::Message(m)) => {
+                in_order &= m.event_id == next;
+                next = m.event_id + 1;
+            }
+            Some(Event::CaughtUp(c)) => break c.head_event_id,
+            other => bail!("unexpected {other:?}"),
+        }
+    };
+    let secs = t0.elapsed().as_secs_f64();
+    let mut r = Report::new("catchup", args);
+    r.set("backlog", total);
+    r.set("payload", args.payload);
+    r.set("events", next - 1);
+    r.set(
+        "complete",
+        in_order && head == next - 1 && next - 1 >= total,
+    );
+    r.set("seconds", round(secs));
+    r.set("events_per_sec", round((next - 1) as f64 / secs));
+    Ok(r)
+}
