@@ -13,7 +13,9 @@
 //! appended after someone was removed never reaches them, even from another replica.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use futures_util::task::AtomicWaker;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
@@ -110,10 +112,11 @@ impl Slot {
     }
 }
 
-/// Work a connection has been woken for.
+/// Work for a call's session task (the slow path).
 #[derive(Default, Debug)]
-pub struct Pending {
-    /// Streams with news.
+pub struct SessionWork {
+    /// Streams whose subscription the session owns for now (catch-up from the database,
+    /// membership re-check before a newer epoch).
     pub streams: HashSet<Uuid>,
     /// New invites may exist.
     pub invites: bool,
@@ -121,7 +124,7 @@ pub struct Pending {
     pub recheck: HashSet<Uuid>,
 }
 
-impl Pending {
+impl SessionWork {
     /// Nothing to do.
     pub fn is_empty(&self) -> bool {
         self.streams.is_empty() && !self.invites && self.recheck.is_empty()
@@ -136,12 +139,21 @@ impl Pending {
 }
 
 /// The hub's handle on one StreamMessagePosting call.
+///
+/// A call has two consumers: its response stream (polled by the HTTP/2 stack; serves live
+/// subscriptions straight from the rings, so a delivery costs one task wake) and its
+/// session task (control messages, database catch-up, access re-checks, invites). A
+/// publish marks the stream in `live` and wakes the response stream; everything else
+/// wakes the session.
 pub struct Connection {
     id: u64,
     user: i64,
     notify: Notify,
-    pending: Mutex<Pending>,
-    closed: std::sync::atomic::AtomicBool,
+    outbound: AtomicWaker,
+    live: Mutex<HashSet<Uuid>>,
+    session: Mutex<SessionWork>,
+    closed: AtomicBool,
+    stopping: AtomicBool,
 }
 
 impl Connection {
@@ -150,18 +162,18 @@ impl Connection {
         self.user
     }
 
-    /// Takes everything pending.
-    pub fn take_pending(&self) -> Pending {
-        std::mem::take(&mut *lock(&self.pending))
-    }
-
-    /// Swaps everything pending into `into` (which must be empty): no allocation once
+    /// Swaps the streams with news into `into` (which must be empty): no allocation once
     /// both sides have grown to their working size.
-    pub fn swap_pending(&self, into: &mut Pending) {
-        std::mem::swap(&mut *lock(&self.pending), into);
+    pub fn swap_live(&self, into: &mut HashSet<Uuid>) {
+        std::mem::swap(&mut *lock(&self.live), into);
     }
 
-    /// Marks the call as over (client gone or server stopping) and wakes its session.
+    /// Swaps the session's work into `into` (which must be empty).
+    pub fn swap_session_work(&self, into: &mut SessionWork) {
+        std::mem::swap(&mut *lock(&self.session), into);
+    }
+
+    /// Marks the call as over (client gone) and wakes its session.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.notify.notify_one();
@@ -172,29 +184,62 @@ impl Connection {
         self.closed.load(Ordering::Acquire)
     }
 
+    /// True once the server began shutting down.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
     /// Wakes the session without marking anything (e.g. a control message is queued).
     pub fn wake(&self) {
         self.notify.notify_one();
     }
 
-    /// Waits until woken (returns at once if woken since the last wait).
+    /// Waits until the session is woken (returns at once if woken since the last wait).
     pub async fn woken(&self) {
         self.notify.notified().await
     }
 
-    /// Marks a stream as having news and wakes the connection.
+    /// Registers the response stream's waker (call before looking for work).
+    pub fn register_outbound(&self, waker: &std::task::Waker) {
+        self.outbound.register(waker);
+    }
+
+    /// Wakes the response stream.
+    pub fn wake_outbound(&self) {
+        self.outbound.wake();
+    }
+
+    /// Marks a stream as having news for the response stream and wakes it.
     pub fn wake_stream(&self, stream: Uuid) {
-        lock(&self.pending).streams.insert(stream);
+        lock(&self.live).insert(stream);
+        self.outbound.wake();
+    }
+
+    /// Marks a stream as having news again without waking anyone (the response stream
+    /// that calls this is about to return a frame and be polled again).
+    pub fn requeue_live(&self, stream: Uuid) {
+        lock(&self.live).insert(stream);
+    }
+
+    /// Hands a stream's subscription to the session task and wakes it.
+    pub fn wake_session_for(&self, stream: Uuid) {
+        lock(&self.session).streams.insert(stream);
         self.notify.notify_one();
     }
 
     fn wake_invites(&self) {
-        lock(&self.pending).invites = true;
+        lock(&self.session).invites = true;
         self.notify.notify_one();
     }
 
     fn wake_recheck(&self, streams: &[Uuid]) {
-        lock(&self.pending).recheck.extend(streams.iter().copied());
+        lock(&self.session).recheck.extend(streams.iter().copied());
+        self.notify.notify_one();
+    }
+
+    fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.outbound.wake();
         self.notify.notify_one();
     }
 }
@@ -233,6 +278,7 @@ pub struct Hub {
     streams: Mutex<HashMap<Uuid, Arc<Slot>>>,
     users: Mutex<HashMap<i64, Vec<Arc<Connection>>>>,
     next_id: AtomicU64,
+    stopping: AtomicBool,
 }
 
 impl Hub {
@@ -246,6 +292,7 @@ impl Hub {
             streams: Mutex::new(HashMap::new()),
             users: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
+            stopping: AtomicBool::new(false),
         })
     }
 
@@ -256,8 +303,11 @@ impl Hub {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             user,
             notify: Notify::new(),
-            pending: Mutex::new(Pending::default()),
-            closed: std::sync::atomic::AtomicBool::new(false),
+            outbound: AtomicWaker::new(),
+            live: Mutex::new(HashSet::new()),
+            session: Mutex::new(SessionWork::default()),
+            closed: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
         });
         let mut users = lock(&self.users);
         let list = users.entry(user).or_default();
@@ -265,11 +315,26 @@ impl Hub {
             return None;
         }
         list.push(conn.clone());
+        // Read under the users lock, so a concurrent stop_all cannot miss this call.
+        if self.stopping.load(Ordering::Acquire) {
+            conn.stop();
+        }
         crate::telemetry::connections(1);
         Some(ConnectionGuard {
             hub: self.clone(),
             conn,
         })
+    }
+
+    /// Graceful shutdown: every open call (and any registered later) ends with
+    /// UNAVAILABLE at once.
+    pub fn stop_all(&self) {
+        self.stopping.store(true, Ordering::Release);
+        for list in lock(&self.users).values() {
+            for c in list {
+                c.stop();
+            }
+        }
     }
 
     /// Starts watching a stream; the returned slot is what the connection reads from.
@@ -529,8 +594,11 @@ mod tests {
             );
         }
         // Both connections were woken for the stream.
-        assert!(g1.connection().take_pending().streams.contains(&stream));
-        assert!(g2.connection().take_pending().streams.contains(&stream));
+        for g in [&g1, &g2] {
+            let mut live = HashSet::new();
+            g.connection().swap_live(&mut live);
+            assert!(live.contains(&stream));
+        }
     }
 
     #[tokio::test]

@@ -473,10 +473,7 @@ pub async fn catchup(args: &Args) -> anyhow::Result<Report> {
     r.set("backlog", total);
     r.set("payload", args.payload);
     r.set("events", next - 1);
-    r.set(
-        "complete",
-        in_order && head == next - 1 && next - 1 >= total,
-    );
+    r.set("complete", in_order && head == next - 1 && next > total);
     r.set("seconds", round(secs));
     r.set("events_per_sec", round((next - 1) as f64 / secs));
     Ok(r)

@@ -1,0 +1,274 @@
+//! StreamMessagePosting: one bidirectional call carrying any number of subscriptions and
+//! the caller's new invites.
+//!
+//! A call has two halves sharing one [`Call`] (its subscriptions with their cursors and a
+//! small queue of frames ready to send):
+//!
+//! - the **response stream** ([`Outbound`], this file), polled by the HTTP/2 stack. The
+//!   hub wakes it when a watched stream has news; it serves every *live* subscription
+//!   straight from the stream's ring of frames encoded once, advancing the cursor. One
+//!   delivery is one task wake and a reference-count increment.
+//! - the **session task** (`session.rs`): control messages, catch-up from the database,
+//!   access re-checks, invites. A subscription that is not live (resuming, fallen behind
+//!   the ring, or meeting a newer membership epoch) belongs to the session until it has
+//!   caught up with the ring; then it is handed back.
+//!
+//! Both halves append to the ready queue and move cursors under the same lock, so the
+//! frames of a stream leave in event-id order. The queue holds at most `connection_buffer`
+//! frames (plus one database page): a client that stops reading stops the response stream
+//! from being polled, its cursors stay put, and nothing is dropped or buffered without
+//! bound. Response headers are sent as soon as the call is accepted.
+
+mod session;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+
+use tokio::sync::{Notify, mpsc};
+use tokio_stream::Stream;
+use tonic::{Code, Request, Response, Status, Streaming};
+use uuid::Uuid;
+
+use crate::hub::{Connection, Read, Slot};
+use crate::proto::{ManageStream, PreEncoded};
+use crate::service::AppState;
+
+/// The streaming-call handler plugged into [`super::router::SecretRouter`].
+pub struct Handler {
+    state: Arc<AppState>,
+}
+
+impl Handler {
+    /// A handler over the shared state.
+    pub fn new(state: Arc<AppState>) -> Self {
+        Handler { state }
+    }
+}
+
+type CallFuture = Pin<Box<dyn Future<Output = Result<Response<Outbound>, Status>> + Send>>;
+
+impl tonic::server::StreamingService<ManageStream> for Handler {
+    type Response = PreEncoded;
+    type ResponseStream = Outbound;
+    type Future = CallFuture;
+
+    fn call(&mut self, req: Request<Streaming<ManageStream>>) -> Self::Future {
+        let state = self.state.clone();
+        Box::pin(async move {
+            let user = crate::auth::Caller::of(&req)?;
+            let limit = state.settings.max_connections_per_user;
+            let guard = state.hub.register(user, limit).ok_or_else(|| {
+                crate::telemetry::rpc("StreamMessagePosting", Code::ResourceExhausted);
+                Status::resource_exhausted(format!(
+                    "you already have {limit} open StreamMessagePosting calls on this server \
+                     (max_connections_per_user); close one or retry later"
+                ))
+            })?;
+            let conn = guard.connection().clone();
+            let call = Arc::new(Call {
+                inner: Mutex::new(CallInner::default()),
+                room: Notify::new(),
+                cap: state.settings.connection_buffer.max(1),
+            });
+            let (control_tx, control_rx) = mpsc::unbounded_channel();
+            let (alive, session_gone) = tokio::sync::oneshot::channel::<()>();
+            tokio::spawn(read_inbound(
+                req.into_inner(),
+                control_tx,
+                conn.clone(),
+                session_gone,
+            ));
+            tokio::spawn(
+                session::Session::new(state, guard, call.clone(), alive, user).run(control_rx),
+            );
+            Ok(Response::new(Outbound {
+                call,
+                conn,
+                live: HashSet::new(),
+                done: false,
+            }))
+        })
+    }
+}
+
+/// Forwards the client's ManageStream messages to the session. Ends (dropping the request
+/// stream, so the HTTP/2 stream closes) when the session is gone.
+async fn read_inbound(
+    mut inbound: Streaming<ManageStream>,
+    control: mpsc::UnboundedSender<ManageStream>,
+    conn: Arc<Connection>,
+    mut session_gone: tokio::sync::oneshot::Receiver<()>,
+) {
+    loop {
+        let message = tokio::select! {
+            m = inbound.message() => m,
+            _ = &mut session_gone => return,
+        };
+        match message {
+            Ok(Some(m)) => {
+                if control.send(m).is_err() {
+                    return;
+                }
+                conn.wake();
+            }
+            // The client finished sending; the call goes on until it hangs up.
+            Ok(None) => return,
+            Err(_) => {
+                conn.close();
+                return;
+            }
+        }
+    }
+}
+
+/// State shared by a call's response stream and its session task.
+pub(crate) struct Call {
+    inner: Mutex<CallInner>,
+    /// Signalled when the response stream took frames and the session waits for room.
+    room: Notify,
+    /// `connection_buffer`: frames the ready queue holds before producers wait.
+    cap: usize,
+}
+
+#[derive(Default)]
+pub(crate) struct CallInner {
+    subs: HashMap<Uuid, Sub>,
+    ready: VecDeque<PreEncoded>,
+    /// The session waits for room in `ready`.
+    waiting_for_room: bool,
+    /// The session has stopped; `end` is the status to finish with, if any.
+    finished: bool,
+    end: Option<Status>,
+}
+
+impl Call {
+    fn lock(&self) -> MutexGuard<'_, CallInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One subscription of a call.
+pub(crate) struct Sub {
+    /// The stream id as the client wrote it (for CaughtUp and errors).
+    name: String,
+    slot: Arc<Slot>,
+    /// Last event id delivered (queued for sending).
+    cursor: i64,
+    /// Newest event id known committed from this call's own database reads.
+    db_head: i64,
+    /// Membership epoch at which access was last verified.
+    verified_epoch: i64,
+    /// Send CaughtUp once the cursor reaches this.
+    catch_up_to: Option<i64>,
+    /// Served by the response stream from the ring (else the session owns it).
+    live: bool,
+}
+
+/// The response stream of a call: serves live subscriptions from the rings and hands
+/// anything else to the session. Ends with UNAVAILABLE as soon as the server begins
+/// shutting down (even when the client's buffer is full), or with the session's final
+/// status if it stopped on an error.
+pub struct Outbound {
+    call: Arc<Call>,
+    conn: Arc<Connection>,
+    /// Reused buffer for the streams with news.
+    live: HashSet<Uuid>,
+    done: bool,
+}
+
+impl Stream for Outbound {
+    type Item = Result<PreEncoded, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if this.conn.is_stopping() {
+            this.done = true;
+            return Poll::Ready(Some(Err(Status::unavailable(
+                "the server is shutting down; reconnect and resume from the last event id you \
+                 received on each stream",
+            ))));
+        }
+        // Register before looking for work, so a wake in between is not lost.
+        this.conn.register_outbound(cx.waker());
+        loop {
+            let mut inner = this.call.lock();
+            if let Some(frame) = inner.ready.pop_front() {
+                if inner.waiting_for_room {
+                    inner.waiting_for_room = false;
+                    this.call.room.notify_one();
+                }
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            if inner.finished {
+                this.done = true;
+                return Poll::Ready(inner.end.take().map(Err));
+            }
+            this.conn.swap_live(&mut this.live);
+            if this.live.is_empty() {
+                return Poll::Pending;
+            }
+            serve_live(&mut inner, &mut this.live, &this.conn, this.call.cap);
+        }
+    }
+}
+
+impl Drop for Outbound {
+    fn drop(&mut self) {
+        // The call is over (client gone, or ended): let the session go.
+        self.conn.close();
+        self.call.room.notify_one();
+    }
+}
+
+/// Moves frames of live subscriptions with news from the rings into the ready queue.
+fn serve_live(inner: &mut CallInner, streams: &mut HashSet<Uuid>, conn: &Connection, cap: usize) {
+    let CallInner { subs, ready, .. } = inner;
+    for stream in streams.drain() {
+        if ready.len() >= cap {
+            // Full: come back to this stream on the next poll.
+            conn.requeue_live(stream);
+            continue;
+        }
+        let Some(sub) = subs.get_mut(&stream) else {
+            continue;
+        };
+        if !sub.live {
+            continue; // the session owns it and hands it back when caught up
+        }
+        let room = cap - ready.len();
+        match sub.slot.read_after(sub.cursor, room) {
+            Read::Frames(frames) => {
+                let full = frames.len() == room;
+                for frame in frames {
+                    if frame.member_epoch > sub.verified_epoch {
+                        // Membership changed since we last checked: the session re-checks
+                        // access in the database before this frame may go out.
+                        sub.live = false;
+                        conn.wake_session_for(stream);
+                        break;
+                    }
+                    sub.cursor = frame.event_id;
+                    ready.push_back(frame.bytes);
+                }
+                if full && sub.live {
+                    conn.requeue_live(stream);
+                }
+            }
+            Read::FromDatabase { .. } => {
+                sub.live = false;
+                conn.wake_session_for(stream);
+            }
+            Read::UpToDate if sub.cursor < sub.db_head => {
+                sub.live = false;
+                conn.wake_session_for(stream);
+            }
+            Read::UpToDate => {}
+        }
+    }
+}
