@@ -10,7 +10,8 @@
 //! secret the server was started with. With `--json` each scenario prints one JSON object
 //! on stdout; otherwise a table, with a progress line on stderr for longer runs.
 
-mod scenarios;
+mod listening;
+mod posting;
 mod support;
 
 use clap::{Parser, ValueEnum};
@@ -81,11 +82,11 @@ pub enum Scenario {
 async fn main() {
     let args = Args::parse();
     let result = match args.scenario {
-        Scenario::Post => scenarios::posting(&args, false).await,
-        Scenario::Hot => scenarios::posting(&args, true).await,
-        Scenario::Fanout => scenarios::fanout(&args).await,
-        Scenario::Idle => scenarios::idle(&args).await,
-        Scenario::Catchup => scenarios::catchup(&args).await,
+        Scenario::Post => posting::posting(&args, false).await,
+        Scenario::Hot => posting::posting(&args, true).await,
+        Scenario::Fanout => listening::fanout(&args).await,
+        Scenario::Idle => listening::idle(&args).await,
+        Scenario::Catchup => posting::catchup(&args).await,
     };
     match result {
         Ok(report) => report.print(args.json),

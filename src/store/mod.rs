@@ -9,6 +9,7 @@
 //! streams' `member_epoch`, which the fan-out uses to re-check access (see `hub.rs`).
 
 mod append;
+mod errors;
 pub mod postgres;
 pub mod sqlite;
 
@@ -19,8 +20,9 @@ use bytes::Bytes;
 use uuid::Uuid;
 
 pub use append::plan_batch;
+pub use errors::*;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::keycheck::CanonicalKey;
 
 /// Which database a store talks to.
@@ -51,6 +53,19 @@ pub struct StoredKey {
     pub fingerprint: Vec<u8>,
     /// When it was posted (µs since the epoch).
     pub posted_at: i64,
+}
+
+/// A `public_keys` row as selected by both backends: (spki_der, fingerprint, posted_at).
+pub(crate) type KeyRow = (Vec<u8>, Vec<u8>, i64);
+
+impl From<KeyRow> for StoredKey {
+    fn from((spki_der, fingerprint, posted_at): KeyRow) -> Self {
+        StoredKey {
+            spki_der,
+            fingerprint,
+            posted_at,
+        }
+    }
 }
 
 /// What posting a public key did.
@@ -115,6 +130,29 @@ pub struct InviteRecord {
     pub body: Vec<u8>,
     /// When it was sent (µs).
     pub sent_at: i64,
+}
+
+/// An `invites` row joined with its pair, as selected by both backends: (invite_id,
+/// pair_id, message_id, state_id, from_user, body, sent_at).
+pub(crate) type InviteRow = (i64, Uuid, Uuid, Uuid, i64, Vec<u8>, i64);
+
+impl InviteRecord {
+    /// Builds a record from an [`InviteRow`] of `to_user`'s invites.
+    pub(crate) fn from_row(to_user: i64, row: InviteRow) -> Self {
+        let (invite_id, pair_id, message_id, state_id, from_user, body, sent_at) = row;
+        InviteRecord {
+            invite_id,
+            to_user,
+            pair: PairIds {
+                pair_id,
+                message_id,
+                state_id,
+            },
+            from_user,
+            body,
+            sent_at,
+        }
+    }
 }
 
 /// One post waiting to be appended.
@@ -215,12 +253,9 @@ pub struct EventRun {
     pub member_epoch: i64,
 }
 
-/// Everything the service needs from a database.
+/// Users' public keys and private-key backups.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
-    /// Which backend this is.
-    fn backend(&self) -> Backend;
-
+pub trait KeyStore: Send + Sync {
     /// Makes `key` the user's current key (or does nothing if it already is). A key the
     /// user had before and replaced is ALREADY_EXISTS.
     async fn post_public_key(
@@ -242,7 +277,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<u64>;
     /// The blob and its version.
     async fn fetch_private_key(&self, user: i64) -> Result<Option<(Vec<u8>, u64)>>;
+}
 
+/// Channel pairs, membership and invites.
+#[async_trait]
+pub trait RoomStore: Send + Sync {
     /// Creates a pair with `owner` as owner and only member.
     async fn create_pair(&self, owner: i64, ids: &PairIds, now: i64) -> Result<()>;
     /// Stores an invite from a member and makes the invitee a member.
@@ -265,7 +304,11 @@ pub trait Store: Send + Sync + 'static {
     async fn leave_pair(&self, user: i64, pair: Uuid) -> Result<PairIds>;
     /// The owner removes another member.
     async fn remove_member(&self, owner: i64, pair: Uuid, user: i64) -> Result<PairIds>;
+}
 
+/// Stream events: ordered appends and reads.
+#[async_trait]
+pub trait EventStore: Send + Sync {
     /// Appends a batch of posts in one transaction. The outer error means nothing was
     /// written; otherwise each post has its own outcome, in the order given.
     async fn append_batch(
@@ -295,6 +338,14 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<EventRun>;
     /// Current heads of the given streams (unknown streams are left out).
     async fn stream_heads(&self, streams: &[Uuid]) -> Result<Vec<(Uuid, i64)>>;
+}
+
+/// Everything the service needs from a database. Each backend implements the parts in
+/// its own files (`keys.rs`, `rooms.rs`, `events.rs`).
+#[async_trait]
+pub trait Store: KeyStore + RoomStore + EventStore + 'static {
+    /// Which backend this is.
+    fn backend(&self) -> Backend;
     /// Closes the connections.
     async fn close(&self);
 }
@@ -325,71 +376,5 @@ pub async fn open(url: &str, max_connections: u32, replica_id: Uuid) -> anyhow::
 pub async fn migrate(url: &str) -> anyhow::Result<()> {
     let store = open(url, 1, Uuid::new_v4()).await?;
     store.close().await;
-    Ok(())
-}
-
-/// The one error for "no such stream, or not yours": both look the same so that ids of
-/// other users' rooms leak nothing.
-pub fn stream_denied() -> Error {
-    Error::PermissionDenied(
-        "you are not a member of a channel pair with this stream (or it does not exist)".into(),
-    )
-}
-
-/// The one error for "no such pair, or not yours" (see [`stream_denied`]).
-pub fn pair_denied() -> Error {
-    Error::PermissionDenied(
-        "you are not a member of this channel pair (or it does not exist)".into(),
-    )
-}
-
-/// The error for a compare-and-set on the private key that lost.
-pub fn version_mismatch(expected: u64, current: Option<u64>) -> Error {
-    match current {
-        Some(current) => Error::Aborted(format!(
-            "expected_version is {expected} but the stored private key is at version \
-             {current}; fetch it, reconcile, and retry with expected_version {current}"
-        )),
-        None => Error::Aborted(format!(
-            "expected_version is {expected} but no private key is stored yet; retry with \
-             expected_version 0 (or leave it unset)"
-        )),
-    }
-}
-
-/// The error for reposting a key the user already replaced.
-pub fn retired_key() -> Error {
-    Error::AlreadyExists(
-        "this key is one of your past keys; a retired key never becomes current again: \
-         generate a new key pair"
-            .into(),
-    )
-}
-
-/// The error for an invitee without a public key.
-pub fn no_public_key(user: i64) -> Error {
-    Error::FailedPrecondition(format!(
-        "user {user} has not posted a public key yet, so an invite cannot be encrypted to \
-         them; ask them to sign in on a device first"
-    ))
-}
-
-/// The error for removing someone who is not a member.
-pub fn not_a_member(user: i64) -> Error {
-    Error::NotFound(format!("user {user} is not a member of this channel pair"))
-}
-
-/// Checks that `caller` (a member, the pair's owner being `owner`) may remove `target`.
-pub fn check_removal(caller: i64, owner: i64, target: i64) -> Result<()> {
-    if caller == target {
-        return Err(Error::invalid(
-            "you cannot remove yourself; use LeaveChannelPair to leave the pair",
-        ));
-    }
-    if caller != owner {
-        return Err(Error::PermissionDenied(
-            "only the owner of the channel pair may remove members".into(),
-        ));
-    }
     Ok(())
 }

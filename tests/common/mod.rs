@@ -4,19 +4,16 @@
 //! Postgres tests run when `DATABASE_URL` is set. With `CI_REQUIRE_POSTGRES=1` (CI)
 //! a missing `DATABASE_URL` fails them instead of skipping.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use secretd::config::Settings;
 use secretd::proto::secret_service_client::SecretServiceClient;
 use secretd::proto::{self, ChannelPair, EncryptedMessage, PostMessageRequest};
 use secretd::server::Running;
 use tempfile::TempDir;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
@@ -339,227 +336,8 @@ pub async fn fetch_all(client: &mut Client, stream: &str) -> Vec<proto::PostedMe
     }
 }
 
-/// A secretd binary running as a child process.
-pub struct ServerProcess {
-    pub child: tokio::process::Child,
-    pub addr: String,
-    pub stderr_lines: tokio::sync::mpsc::UnboundedReceiver<String>,
-}
+mod processes;
+mod streams;
 
-/// Starts the real `secretd` binary with `args` and `envs`; waits for its ready line.
-pub async fn spawn_binary(args: &[&str], envs: &[(&str, &str)], cwd: &Path) -> ServerProcess {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_secretd"));
-    cmd.args(args)
-        .current_dir(cwd)
-        .env_remove("RUST_LOG")
-        .env("SECRETD_LOG_FORMAT", "text")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("spawn secretd");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut lines = BufReader::new(stderr).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            let _ = tx.send(line);
-        }
-    });
-    let addr = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = rx.recv().await {
-            if let Some(rest) = line.split("secretd listening on ").nth(1) {
-                return rest.split_whitespace().next().unwrap_or("").to_string();
-            }
-        }
-        panic!("secretd exited before it was ready");
-    })
-    .await
-    .expect("secretd ready within 60 s");
-    ServerProcess {
-        child,
-        addr,
-        stderr_lines: rx,
-    }
-}
-
-/// A TCP proxy in front of a server that can stop passing the server's answers on, to
-/// play a client whose request arrived but whose response never came back.
-pub struct Proxy {
-    pub addr: std::net::SocketAddr,
-    blackhole: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Proxy {
-    /// Starts a proxy to `upstream` on 127.0.0.1.
-    pub async fn start(upstream: std::net::SocketAddr) -> Proxy {
-        use std::sync::Arc;
-        use std::sync::atomic::AtomicBool;
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let blackhole = Arc::new(AtomicBool::new(false));
-        let bh = blackhole.clone();
-        let task = tokio::spawn(async move {
-            let mut conns = Vec::new();
-            while let Ok((down, _)) = listener.accept().await {
-                let up = tokio::net::TcpStream::connect(upstream).await.unwrap();
-                let (mut dr, mut dw) = down.into_split();
-                let (mut ur, mut uw) = up.into_split();
-                conns.push(tokio::spawn(async move {
-                    let _ = tokio::io::copy(&mut dr, &mut uw).await;
-                }));
-                let bh = bh.clone();
-                conns.push(tokio::spawn(async move {
-                    let mut buf = vec![0u8; 16 * 1024];
-                    loop {
-                        let n = match ur.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => n,
-                        };
-                        if !bh.load(Ordering::SeqCst) && dw.write_all(&buf[..n]).await.is_err() {
-                            return;
-                        }
-                    }
-                }));
-            }
-            drop(conns);
-        });
-        Proxy {
-            addr,
-            blackhole,
-            task,
-        }
-    }
-
-    /// From now on, the server's bytes are swallowed.
-    pub fn swallow_responses(&self) {
-        self.blackhole.store(true, Ordering::SeqCst);
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// One StreamMessagePosting call seen from the client.
-pub struct Subscription {
-    tx: tokio::sync::mpsc::UnboundedSender<proto::ManageStream>,
-    pub rx: tonic::Streaming<proto::StreamMessagePostingResponse>,
-}
-
-/// What the server sent, flattened.
-pub use proto::stream_message_posting_response::Event;
-
-impl Subscription {
-    /// Opens the call; returns once the response headers arrived.
-    pub async fn open(client: &mut Client) -> Result<Subscription, Status> {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let rx = client
-            .stream_message_posting(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
-            .await?
-            .into_inner();
-        Ok(Subscription { tx, rx })
-    }
-
-    /// Sends a ManageStream.
-    pub fn manage(&self, subscribe: &[&str], unsubscribe: &[&str], resume: &[(&str, u64)]) {
-        self.tx
-            .send(proto::ManageStream {
-                subscribe_to: subscribe.iter().map(|s| s.to_string()).collect(),
-                unsubscribe_to: unsubscribe.iter().map(|s| s.to_string()).collect(),
-                resume_from: resume
-                    .iter()
-                    .map(|(s, a)| proto::StreamCursor {
-                        stream_id: s.to_string(),
-                        after_event_id: *a,
-                    })
-                    .collect(),
-            })
-            .expect("call open");
-    }
-
-    /// The next thing the server sends (panics after `secs` seconds of silence).
-    pub async fn next_within(&mut self, secs: u64) -> Result<Option<Event>, Status> {
-        match tokio::time::timeout(Duration::from_secs(secs), self.rx.message()).await {
-            Ok(r) => r.map(|m| m.map(|m| m.event.expect("every response carries an event"))),
-            Err(_) => panic!("nothing from the server within {secs} s"),
-        }
-    }
-
-    /// The next event (10 s at most).
-    pub async fn next(&mut self) -> Event {
-        self.next_within(10)
-            .await
-            .expect("stream ok")
-            .expect("stream open")
-    }
-
-    /// True if the server sends nothing for `millis` ms.
-    pub async fn quiet_for(&mut self, millis: u64) -> bool {
-        tokio::time::timeout(Duration::from_millis(millis), self.rx.message())
-            .await
-            .is_err()
-    }
-
-    /// Reads until CaughtUp for `stream`, returning the events before it.
-    pub async fn until_caught_up(&mut self, stream: &str) -> (Vec<proto::PostedMessage>, u64) {
-        let mut events = Vec::new();
-        loop {
-            match self.next().await {
-                Event::Message(m) => events.push(m),
-                Event::CaughtUp(c) if c.stream_id == stream => return (events, c.head_event_id),
-                other => panic!("unexpected {other:?} before CaughtUp"),
-            }
-        }
-    }
-}
-
-/// Posts `bodies` on `stream` as one client would: on a refused counter it resyncs from
-/// the trailers and tries again. Returns the acknowledged event ids.
-pub async fn post_all(
-    c: &mut Client,
-    stream: &str,
-    bodies: impl IntoIterator<Item = Vec<u8>>,
-) -> Vec<u64> {
-    let mut counter = 1u64;
-    let mut ids = Vec::new();
-    for body in bodies {
-        loop {
-            match post(c, stream, counter, &body).await {
-                Ok(id) => {
-                    ids.push(id);
-                    counter += 1;
-                    break;
-                }
-                Err(st)
-                    if st.code() == Code::FailedPrecondition
-                        || st.code() == Code::AlreadyExists =>
-                {
-                    let head = match st.metadata().get("secretd-head-counter") {
-                        Some(v) => v.to_str().unwrap().parse::<u64>().unwrap(),
-                        None => counter, // ALREADY_EXISTS: someone took this counter
-                    };
-                    counter = head.max(counter) + 1;
-                }
-                Err(other) => panic!("post failed: {other:?}"),
-            }
-        }
-    }
-    ids
-}
-
-/// The VmRSS of a process in KiB.
-pub fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
+pub use processes::*;
+pub use streams::*;

@@ -19,6 +19,7 @@
 //! from being polled, its cursors stay put, and nothing is dropped or buffered without
 //! bound. Response headers are sent as soon as the call is accepted.
 
+mod catchup;
 mod session;
 
 use std::collections::{HashMap, HashSet, VecDeque};

@@ -9,53 +9,32 @@ use uuid::Uuid;
 
 use super::{Call, Sub};
 use crate::error::Error;
-use crate::hub::{ConnectionGuard, Read, SessionWork};
+use crate::hub::{ConnectionGuard, SessionWork};
 use crate::proto::stream_message_posting_response::Event;
-use crate::proto::{CaughtUp, ManageStream, PreEncoded, SubscriptionError};
+use crate::proto::{ManageStream, PreEncoded, SubscriptionError};
 use crate::service::AppState;
-use crate::store::Page;
 use crate::wire::{self, parse_id};
 
-/// Events read from the database per page when the ring does not cover a cursor.
-const DB_PAGE: usize = 256;
-/// Pages read for one subscription before the session looks at its other work.
-const PAGES_PER_ROUND: usize = 4;
 /// Invites read per page.
 const INVITE_PAGE: usize = 100;
 
 /// Why a session stops.
-enum Stop {
+pub(super) enum Stop {
     /// The client went away: just end.
     Quietly,
     /// End the call with this status (the client resumes by cursor).
     With(Status),
 }
 
-type Flow = Result<(), Stop>;
-
-/// What catch-up does next, decided under the call's lock.
-enum Next {
-    /// Frames were queued; look again.
-    Again,
-    /// The ready queue is full: wait for the client to read.
-    WaitForRoom,
-    /// A frame carries this membership epoch, newer than the one verified.
-    Recheck(i64),
-    /// Read a page after this cursor from the database.
-    Page(i64),
-    /// Caught up with the ring: the subscription is live again.
-    Live,
-    /// The subscription is gone.
-    Gone,
-}
+pub(super) type Flow = Result<(), Stop>;
 
 pub(super) struct Session {
     /// Dropped with the session: tells the inbound reader to stop.
     _alive: tokio::sync::oneshot::Sender<()>,
-    state: Arc<AppState>,
-    guard: ConnectionGuard,
-    call: Arc<Call>,
-    user: i64,
+    pub(super) state: Arc<AppState>,
+    pub(super) guard: ConnectionGuard,
+    pub(super) call: Arc<Call>,
+    pub(super) user: i64,
     invite_cursor: i64,
 }
 
@@ -153,7 +132,7 @@ impl Session {
         Ok(())
     }
 
-    async fn wait_for_room(&self) -> Flow {
+    pub(super) async fn wait_for_room(&self) -> Flow {
         self.guard.connection().wake_outbound();
         self.call.room.notified().await;
         if self.guard.connection().is_closed() {
@@ -276,7 +255,7 @@ impl Session {
     }
 
     /// Ends a subscription because access was lost, telling the client.
-    async fn revoke(&self, stream: Uuid) -> Flow {
+    pub(super) async fn revoke(&self, stream: Uuid) -> Flow {
         let removed = self.call.lock().subs.remove(&stream);
         if let Some(sub) = removed {
             self.state.hub.unwatch(self.guard.connection(), &sub.slot);
@@ -292,7 +271,7 @@ impl Session {
 
     /// Re-checks access to a stream (after a membership change, or before a frame with a
     /// newer membership epoch goes out).
-    async fn recheck(&self, stream: Uuid) -> Flow {
+    pub(super) async fn recheck(&self, stream: Uuid) -> Flow {
         if !self.call.lock().subs.contains_key(&stream) {
             return Ok(());
         }
@@ -307,127 +286,6 @@ impl Session {
             Err(Error::PermissionDenied(_)) => self.revoke(stream).await,
             Err(e) => Err(db_stop(e)),
         }
-    }
-
-    /// Brings a subscription the session owns up to the ring, then makes it live.
-    async fn catch_up(&self, stream: Uuid) -> Flow {
-        let conn = self.guard.connection().clone();
-        let mut pages = 0;
-        loop {
-            let next = self.step(stream);
-            match next {
-                Next::Again => {}
-                Next::WaitForRoom => self.wait_for_room().await?,
-                Next::Recheck(epoch) => {
-                    self.recheck(stream).await?;
-                    // Still a member now, and epochs only grow: the frame's epoch (taken
-                    // when it was appended or read) is covered by this check.
-                    if let Some(sub) = self.call.lock().subs.get_mut(&stream) {
-                        sub.verified_epoch = sub.verified_epoch.max(epoch);
-                    }
-                }
-                Next::Page(cursor) => {
-                    if pages == PAGES_PER_ROUND {
-                        conn.wake_session_for(stream); // come back after the other work
-                        return Ok(());
-                    }
-                    pages += 1;
-                    self.page_from_db(stream, cursor).await?;
-                }
-                Next::Live => {
-                    conn.wake_stream(stream); // anything published meanwhile goes out now
-                    return Ok(());
-                }
-                Next::Gone => return Ok(()),
-            }
-        }
-    }
-
-    /// One step of catch-up under the lock: queue ring frames, or say what to do.
-    fn step(&self, stream: Uuid) -> Next {
-        let mut inner = self.call.lock();
-        let cap = self.call.cap;
-        let super::CallInner {
-            subs,
-            ready,
-            waiting_for_room,
-            ..
-        } = &mut *inner;
-        let Some(sub) = subs.get_mut(&stream) else {
-            return Next::Gone;
-        };
-        if ready.len() >= cap {
-            *waiting_for_room = true;
-            return Next::WaitForRoom;
-        }
-        match sub.slot.read_after(sub.cursor, cap - ready.len()) {
-            Read::Frames(frames) => {
-                for frame in frames {
-                    if frame.member_epoch > sub.verified_epoch {
-                        return Next::Recheck(frame.member_epoch);
-                    }
-                    sub.cursor = frame.event_id;
-                    ready.push_back(frame.bytes);
-                }
-                Next::Again
-            }
-            Read::FromDatabase { .. } => Next::Page(sub.cursor),
-            Read::UpToDate if sub.cursor < sub.db_head => Next::Page(sub.cursor),
-            Read::UpToDate => {
-                if sub.catch_up_to.is_some_and(|t| sub.cursor >= t) {
-                    sub.catch_up_to = None;
-                    ready.push_back(wire::frame(Event::CaughtUp(CaughtUp {
-                        stream_id: sub.name.clone(),
-                        head_event_id: sub.cursor as u64,
-                    })));
-                }
-                sub.live = true;
-                Next::Live
-            }
-        }
-    }
-
-    /// Reads one page after `cursor` from the database (checking access in the same read)
-    /// and queues it.
-    async fn page_from_db(&self, stream: Uuid, cursor: i64) -> Flow {
-        let page = match self
-            .state
-            .store
-            .fetch_events(self.user, stream, Page::After(cursor), DB_PAGE)
-            .await
-        {
-            Ok(p) => p,
-            Err(Error::PermissionDenied(_)) => return self.revoke(stream).await,
-            Err(e) => return Err(db_stop(e)),
-        };
-        let frames: Vec<(i64, PreEncoded)> = page
-            .events
-            .iter()
-            .map(|e| (e.event_id, wire::event_frame(e)))
-            .collect();
-        {
-            let mut inner = self.call.lock();
-            let super::CallInner { subs, ready, .. } = &mut *inner;
-            let Some(sub) = subs.get_mut(&stream) else {
-                return Ok(());
-            };
-            if sub.cursor != cursor || sub.live {
-                return Ok(()); // repositioned meanwhile: the next step starts over
-            }
-            // One page may exceed the queue's capacity; the next step waits for room.
-            for (event_id, frame) in frames {
-                sub.cursor = event_id;
-                ready.push_back(frame);
-            }
-            sub.verified_epoch = sub.verified_epoch.max(page.member_epoch);
-            sub.db_head = sub.db_head.max(page.head_event_id);
-            if page.events.is_empty() {
-                // Nothing after the cursor is stored: never spin on a head we cannot reach.
-                sub.db_head = sub.cursor;
-            }
-        }
-        self.guard.connection().wake_outbound();
-        Ok(())
     }
 
     async fn deliver_invites(&mut self) -> Flow {
@@ -453,6 +311,6 @@ impl Session {
 
 /// A database failure ends the call with its status; the client reconnects and resumes
 /// from its cursors, so nothing is lost.
-fn db_stop(err: Error) -> Stop {
+pub(super) fn db_stop(err: Error) -> Stop {
     Stop::With(err.into())
 }

@@ -1,0 +1,305 @@
+//! The in-process fan-out hub: stream id → local subscribers.
+//!
+//! The hub never queues events per subscriber. Per stream it keeps the newest committed
+//! event id (`head`), a small ring of the newest events already encoded once as
+//! `StreamMessagePostingResponse` frames, and the connections watching the stream. A
+//! publish appends to the ring and only *wakes* the watchers; each connection then pulls
+//! from its own cursor: from the ring when the ring still covers it, else from the
+//! database in pages. So a slow subscriber costs a cursor, never memory or a poster's
+//! time, and nothing is ever dropped: the database cursor is the truth.
+//!
+//! Frames carry the stream's membership epoch at append time. A connection re-checks
+//! access whenever it meets a frame with a newer epoch than it last verified, so an event
+//! appended after someone was removed never reaches them, even from another replica.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use uuid::Uuid;
+
+use crate::pgnotify::{Change, ChangeSink};
+use crate::store::{DynStore, PairIds, StoredEvent};
+
+/// Most events one remote notification makes the hub read from the database at once; a
+/// larger jump only moves the head, and subscribers page the rest themselves.
+const REMOTE_READ_LIMIT: usize = 256;
+
+/// Locks a std mutex, ignoring poisoning (no code panics while holding these locks; if
+/// one ever did, the protected data is still consistent field by field).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+mod connection;
+mod slot;
+
+pub use connection::{Connection, ConnectionGuard, SessionWork};
+pub use slot::{Frame, Read, Slot};
+
+/// The fan-out hub of one process.
+pub struct Hub {
+    store: DynStore,
+    ring_events: usize,
+    ring_bytes: usize,
+    streams: Mutex<HashMap<Uuid, Arc<Slot>>>,
+    users: Mutex<HashMap<i64, Vec<Arc<Connection>>>>,
+    next_id: AtomicU64,
+    stopping: AtomicBool,
+}
+
+impl Hub {
+    /// A hub keeping up to `ring_events` encoded events (and at most 1 MiB) per watched
+    /// stream.
+    pub fn new(store: DynStore, ring_events: usize) -> Arc<Self> {
+        Arc::new(Hub {
+            store,
+            ring_events: ring_events.max(1),
+            ring_bytes: 1 << 20,
+            streams: Mutex::new(HashMap::new()),
+            users: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            stopping: AtomicBool::new(false),
+        })
+    }
+
+    /// Registers a StreamMessagePosting call of `user`; `None` when the user already has
+    /// `limit` open calls on this process.
+    pub fn register(self: &Arc<Self>, user: i64, limit: usize) -> Option<ConnectionGuard> {
+        let conn = Arc::new(Connection::new(
+            self.next_id.fetch_add(1, Ordering::Relaxed),
+            user,
+        ));
+        let mut users = lock(&self.users);
+        let list = users.entry(user).or_default();
+        if list.len() >= limit {
+            return None;
+        }
+        list.push(conn.clone());
+        // Read under the users lock, so a concurrent stop_all cannot miss this call.
+        if self.stopping.load(Ordering::Acquire) {
+            conn.stop();
+        }
+        crate::telemetry::connections(1);
+        Some(ConnectionGuard {
+            hub: self.clone(),
+            conn,
+        })
+    }
+
+    /// Graceful shutdown: every open call (and any registered later) ends with
+    /// UNAVAILABLE at once.
+    pub fn stop_all(&self) {
+        self.stopping.store(true, Ordering::Release);
+        for list in lock(&self.users).values() {
+            for c in list {
+                c.stop();
+            }
+        }
+    }
+
+    /// Starts watching a stream; the returned slot is what the connection reads from.
+    pub fn watch(&self, conn: &Arc<Connection>, stream: Uuid) -> Arc<Slot> {
+        let slot = lock(&self.streams)
+            .entry(stream)
+            .or_insert_with(|| Arc::new(Slot::new(stream)))
+            .clone();
+        lock(&slot.state).watchers.push(conn.clone());
+        crate::telemetry::subscriptions(1);
+        slot
+    }
+
+    /// Stops watching; the slot (and its ring) goes when its last watcher does.
+    pub fn unwatch(&self, conn: &Connection, slot: &Arc<Slot>) {
+        let mut streams = lock(&self.streams);
+        let empty = {
+            let mut st = lock(&slot.state);
+            if let Some(i) = st.watchers.iter().position(|c| c.id() == conn.id()) {
+                st.watchers.swap_remove(i);
+                crate::telemetry::subscriptions(-1);
+            }
+            st.watchers.is_empty()
+        };
+        if empty
+            && let Some(current) = streams.get(&slot.stream)
+            && Arc::ptr_eq(current, slot)
+        {
+            streams.remove(&slot.stream);
+        }
+    }
+
+    /// True when some local connection watches the stream (so publishing is worth an
+    /// encoding).
+    pub fn is_watched(&self, stream: &Uuid) -> bool {
+        lock(&self.streams).contains_key(stream)
+    }
+
+    /// Records that `head` is committed (read from the database); wakes watchers if it is
+    /// news.
+    pub fn observe_head(&self, stream: Uuid, head: i64) {
+        let Some(slot) = lock(&self.streams).get(&stream).cloned() else {
+            return;
+        };
+        let mut st = lock(&slot.state);
+        if head > st.head {
+            st.head = head;
+            st.ring.clear();
+            st.ring_bytes = 0;
+            for w in &st.watchers {
+                w.wake_stream(stream);
+            }
+        }
+    }
+
+    /// Publishes committed events of one stream (ascending) to local watchers. Events at
+    /// or below the known head are ignored; a gap empties the ring (readers then page the
+    /// gap from the database).
+    pub fn publish(&self, stream: Uuid, frames: impl IntoIterator<Item = Frame>) {
+        let Some(slot) = lock(&self.streams).get(&stream).cloned() else {
+            return;
+        };
+        let mut st = lock(&slot.state);
+        let before = st.head;
+        for f in frames {
+            if f.event_id <= st.head {
+                continue;
+            }
+            if f.event_id != st.head + 1 {
+                st.ring.clear();
+                st.ring_bytes = 0;
+            }
+            st.head = f.event_id;
+            st.ring_bytes += f.bytes.len();
+            st.ring.push_back(f);
+            while st.ring.len() > self.ring_events
+                || (st.ring_bytes > self.ring_bytes && st.ring.len() > 1)
+            {
+                if let Some(old) = st.ring.pop_front() {
+                    st.ring_bytes -= old.bytes.len();
+                }
+            }
+        }
+        if st.head > before {
+            for w in &st.watchers {
+                w.wake_stream(stream);
+            }
+        }
+    }
+
+    /// Publishes events this process just committed (any streams, ascending per stream),
+    /// encoding each once and only if someone here watches its stream.
+    pub fn publish_committed<'a>(&self, events: impl IntoIterator<Item = (&'a StoredEvent, i64)>) {
+        let mut by_stream: HashMap<Uuid, Vec<Frame>> = HashMap::new();
+        for (event, epoch) in events {
+            if by_stream.contains_key(&event.stream_id) || self.is_watched(&event.stream_id) {
+                by_stream
+                    .entry(event.stream_id)
+                    .or_default()
+                    .push(Frame::encode(event, epoch));
+            }
+        }
+        for (stream, frames) in by_stream {
+            self.publish(stream, frames);
+        }
+    }
+
+    /// Tells the user's connections that they have a new invite.
+    pub fn invite_sent(&self, user: i64) {
+        if let Some(list) = lock(&self.users).get(&user) {
+            for c in list {
+                c.wake_invites();
+            }
+        }
+    }
+
+    /// Tells the user's connections to re-check their access to the pair's streams.
+    pub fn membership_changed(&self, pair: &PairIds, user: i64) {
+        if let Some(list) = lock(&self.users).get(&user) {
+            for c in list {
+                c.wake_recheck(&pair.streams());
+            }
+        }
+    }
+
+    /// Reads another replica's new events on `stream` up to `head` once, and publishes
+    /// them to every local watcher.
+    async fn pull_remote(&self, stream: Uuid, head: i64) {
+        let Some(slot) = lock(&self.streams).get(&stream).cloned() else {
+            return;
+        };
+        let known = slot.head();
+        if head <= known {
+            return;
+        }
+        if (head - known) as usize > REMOTE_READ_LIMIT {
+            self.observe_head(stream, head);
+            return;
+        }
+        match self
+            .store
+            .read_events(stream, known, head, REMOTE_READ_LIMIT)
+            .await
+        {
+            Ok(run) => {
+                let epoch = run.member_epoch;
+                self.publish(stream, run.events.iter().map(|e| Frame::encode(e, epoch)));
+                // Whatever the read did not cover is still committed: let readers page it.
+                self.observe_head_if_gap(stream, head);
+            }
+            Err(err) => {
+                tracing::warn!(%stream, error = %err, "cannot read remote events; subscribers will page them");
+                self.observe_head(stream, head);
+            }
+        }
+    }
+
+    fn observe_head_if_gap(&self, stream: Uuid, head: i64) {
+        let Some(slot) = lock(&self.streams).get(&stream).cloned() else {
+            return;
+        };
+        if slot.head() < head {
+            self.observe_head(stream, head);
+        }
+    }
+
+    /// Re-reads the heads of every watched stream from the database and wakes every
+    /// connection for invites (used after the change listener reconnects).
+    pub async fn repair_all(&self) {
+        let streams: Vec<Uuid> = lock(&self.streams).keys().copied().collect();
+        for chunk in streams.chunks(1000) {
+            match self.store.stream_heads(chunk).await {
+                Ok(heads) => {
+                    for (stream, head) in heads {
+                        self.observe_head(stream, head);
+                    }
+                }
+                Err(err) => tracing::warn!(error = %err, "cannot repair stream heads"),
+            }
+        }
+        for list in lock(&self.users).values() {
+            for c in list {
+                c.wake_invites();
+            }
+        }
+    }
+}
+
+impl ChangeSink for Hub {
+    async fn apply(&self, changes: Vec<Change>) {
+        for change in changes {
+            match change {
+                Change::Event { stream, head } => self.pull_remote(stream, head).await,
+                Change::Invite { user } => self.invite_sent(user),
+                Change::Membership { pair, user } => self.membership_changed(&pair, user),
+            }
+        }
+    }
+
+    async fn resync(&self) {
+        self.repair_all().await;
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,100 @@
+//! One stream's live state: the newest committed event id and a ring of the newest
+//! events, each encoded once.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use uuid::Uuid;
+
+use super::{Connection, lock};
+use crate::proto::PreEncoded;
+use crate::store::StoredEvent;
+use crate::wire;
+
+/// An event encoded once, shared by every subscriber that receives it.
+#[derive(Clone, Debug)]
+pub struct Frame {
+    /// The event id.
+    pub event_id: i64,
+    /// The stream's membership epoch when the event was appended (or later).
+    pub member_epoch: i64,
+    /// The encoded `StreamMessagePostingResponse`.
+    pub bytes: PreEncoded,
+}
+
+impl Frame {
+    /// Encodes an event.
+    pub fn encode(event: &StoredEvent, member_epoch: i64) -> Self {
+        Frame {
+            event_id: event.event_id,
+            member_epoch,
+            bytes: wire::event_frame(event),
+        }
+    }
+}
+
+/// What a subscriber at a cursor gets from a stream's slot.
+#[derive(Debug)]
+pub enum Read {
+    /// Nothing newer than the cursor is known.
+    UpToDate,
+    /// The next frames after the cursor, contiguous, ascending.
+    Frames(Vec<Frame>),
+    /// The ring no longer reaches back to the cursor: read up to `head` from the database.
+    FromDatabase {
+        /// The newest committed event id known.
+        head: i64,
+    },
+}
+
+pub(super) struct SlotState {
+    pub(super) head: i64,
+    pub(super) ring: VecDeque<Frame>,
+    pub(super) ring_bytes: usize,
+    pub(super) watchers: Vec<Arc<Connection>>,
+}
+
+/// One stream's live state.
+pub struct Slot {
+    pub(super) stream: Uuid,
+    pub(super) state: Mutex<SlotState>,
+}
+
+impl Slot {
+    pub(super) fn new(stream: Uuid) -> Self {
+        Slot {
+            stream,
+            state: Mutex::new(SlotState {
+                head: 0,
+                ring: VecDeque::new(),
+                ring_bytes: 0,
+                watchers: Vec::new(),
+            }),
+        }
+    }
+
+    /// The stream this slot is for.
+    pub fn stream(&self) -> Uuid {
+        self.stream
+    }
+
+    /// Up to `max` frames after `cursor`, or where else to look.
+    pub fn read_after(&self, cursor: i64, max: usize) -> Read {
+        let st = lock(&self.state);
+        if cursor >= st.head {
+            return Read::UpToDate;
+        }
+        match st.ring.front() {
+            Some(first) if first.event_id <= cursor + 1 => {
+                let skip = (cursor + 1 - first.event_id) as usize;
+                Read::Frames(st.ring.iter().skip(skip).take(max).cloned().collect())
+            }
+            _ => Read::FromDatabase { head: st.head },
+        }
+    }
+
+    /// The newest committed event id known.
+    pub fn head(&self) -> i64 {
+        lock(&self.state).head
+    }
+}

@@ -1,0 +1,98 @@
+//! Unit tests of the hub.
+
+use std::collections::HashSet;
+
+use super::*;
+use bytes::Bytes;
+
+async fn hub() -> (Arc<Hub>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    let store = crate::store::open(&url, 1, Uuid::new_v4()).await.unwrap();
+    (Hub::new(store, 4), dir)
+}
+
+fn event(stream: Uuid, id: i64) -> StoredEvent {
+    StoredEvent {
+        stream_id: stream,
+        event_id: id,
+        counter: id,
+        sender: 1,
+        posted_at: 0,
+        body: Bytes::from(vec![id as u8; 100]),
+    }
+}
+
+#[tokio::test]
+async fn one_encoding_is_shared_by_every_watcher() {
+    let (hub, _dir) = hub().await;
+    let stream = Uuid::new_v4();
+    let g1 = hub.register(1, 10).unwrap();
+    let g2 = hub.register(2, 10).unwrap();
+    let s1 = hub.watch(g1.connection(), stream);
+    let s2 = hub.watch(g2.connection(), stream);
+    hub.publish_committed([(&event(stream, 1), 0), (&event(stream, 2), 0)]);
+    let (Read::Frames(a), Read::Frames(b)) = (s1.read_after(0, 10), s2.read_after(0, 10)) else {
+        panic!("frames expected");
+    };
+    assert_eq!(a.len(), 2);
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(
+            x.bytes.0.as_ptr(),
+            y.bytes.0.as_ptr(),
+            "same buffer, encoded once"
+        );
+    }
+    // Both connections were woken for the stream.
+    for g in [&g1, &g2] {
+        let mut live = HashSet::new();
+        g.connection().swap_live(&mut live);
+        assert!(live.contains(&stream));
+    }
+}
+
+#[tokio::test]
+async fn the_ring_is_bounded_and_gaps_send_readers_to_the_database() {
+    let (hub, _dir) = hub().await;
+    let stream = Uuid::new_v4();
+    let g = hub.register(1, 10).unwrap();
+    let slot = hub.watch(g.connection(), stream);
+    let events: Vec<StoredEvent> = (1..=10).map(|i| event(stream, i)).collect();
+    hub.publish_committed(events.iter().map(|e| (e, 0)));
+    // Ring of 4: events 7..=10 are in memory, a cursor before that reads the database.
+    assert!(matches!(
+        slot.read_after(2, 10),
+        Read::FromDatabase { head: 10 }
+    ));
+    let Read::Frames(f) = slot.read_after(6, 10) else {
+        panic!()
+    };
+    assert_eq!(
+        f.iter().map(|f| f.event_id).collect::<Vec<_>>(),
+        vec![7, 8, 9, 10]
+    );
+    assert!(matches!(slot.read_after(10, 10), Read::UpToDate));
+    // A gap (events 11..=12 committed elsewhere, unseen) empties the ring.
+    hub.publish_committed([(&event(stream, 13), 0)]);
+    assert!(matches!(
+        slot.read_after(10, 10),
+        Read::FromDatabase { head: 13 }
+    ));
+    // Re-publishing old events changes nothing.
+    hub.publish_committed([(&event(stream, 12), 0)]);
+    assert_eq!(slot.head(), 13);
+    // The slot goes with its last watcher.
+    hub.unwatch(g.connection(), &slot);
+    assert!(!hub.is_watched(&stream));
+}
+
+#[tokio::test]
+async fn connection_limit_is_per_user() {
+    let (hub, _dir) = hub().await;
+    let a = hub.register(7, 2).unwrap();
+    let _b = hub.register(7, 2).unwrap();
+    assert!(hub.register(7, 2).is_none());
+    assert!(hub.register(8, 2).is_some());
+    drop(a);
+    assert!(hub.register(7, 2).is_some());
+}

@@ -1,0 +1,70 @@
+//! The store's client-facing errors, shared by both backends so the messages are
+//! identical.
+
+use crate::error::{Error, Result};
+
+/// The one error for "no such stream, or not yours": both look the same so that ids of
+/// other users' rooms leak nothing.
+pub fn stream_denied() -> Error {
+    Error::PermissionDenied(
+        "you are not a member of a channel pair with this stream (or it does not exist)".into(),
+    )
+}
+
+/// The one error for "no such pair, or not yours" (see [`stream_denied`]).
+pub fn pair_denied() -> Error {
+    Error::PermissionDenied(
+        "you are not a member of this channel pair (or it does not exist)".into(),
+    )
+}
+
+/// The error for a compare-and-set on the private key that lost.
+pub fn version_mismatch(expected: u64, current: Option<u64>) -> Error {
+    match current {
+        Some(current) => Error::Aborted(format!(
+            "expected_version is {expected} but the stored private key is at version \
+             {current}; fetch it, reconcile, and retry with expected_version {current}"
+        )),
+        None => Error::Aborted(format!(
+            "expected_version is {expected} but no private key is stored yet; retry with \
+             expected_version 0 (or leave it unset)"
+        )),
+    }
+}
+
+/// The error for reposting a key the user already replaced.
+pub fn retired_key() -> Error {
+    Error::AlreadyExists(
+        "this key is one of your past keys; a retired key never becomes current again: \
+         generate a new key pair"
+            .into(),
+    )
+}
+
+/// The error for an invitee without a public key.
+pub fn no_public_key(user: i64) -> Error {
+    Error::FailedPrecondition(format!(
+        "user {user} has not posted a public key yet, so an invite cannot be encrypted to \
+         them; ask them to sign in on a device first"
+    ))
+}
+
+/// The error for removing someone who is not a member.
+pub fn not_a_member(user: i64) -> Error {
+    Error::NotFound(format!("user {user} is not a member of this channel pair"))
+}
+
+/// Checks that `caller` (a member, the pair's owner being `owner`) may remove `target`.
+pub fn check_removal(caller: i64, owner: i64, target: i64) -> Result<()> {
+    if caller == target {
+        return Err(Error::invalid(
+            "you cannot remove yourself; use LeaveChannelPair to leave the pair",
+        ));
+    }
+    if caller != owner {
+        return Err(Error::PermissionDenied(
+            "only the owner of the channel pair may remove members".into(),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,251 @@
+//! Ordered appends and reads of stream events on Postgres.
+
+use super::*;
+
+#[async_trait]
+impl EventStore for PgStore {
+    async fn append_batch(
+        &self,
+        batch: &[AppendRequest],
+        max_gap: i64,
+        now: i64,
+    ) -> Result<Vec<Result<Appended>>> {
+        let mut streams: Vec<Uuid> = batch.iter().map(|p| p.stream_id).collect();
+        streams.sort_unstable();
+        streams.dedup();
+        let mut pairs_senders: Vec<(Uuid, i64)> =
+            batch.iter().map(|p| (p.stream_id, p.sender)).collect();
+        pairs_senders.sort_unstable();
+        pairs_senders.dedup();
+        let (ps, pu): (Vec<Uuid>, Vec<i64>) = pairs_senders.into_iter().unzip();
+
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query(
+            "SELECT stream_id, head_event_id, head_counter, member_epoch FROM streams \
+             WHERE stream_id = ANY($1) ORDER BY stream_id FOR UPDATE",
+        )
+        .bind(&streams)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut heads = HashMap::with_capacity(rows.len());
+        for r in &rows {
+            heads.insert(
+                r.try_get::<Uuid, _>(0)?,
+                HeadRow {
+                    head_event_id: r.try_get(1)?,
+                    head_counter: r.try_get(2)?,
+                    member_epoch: r.try_get(3)?,
+                },
+            );
+        }
+        let members: HashSet<(Uuid, i64)> = sqlx::query_as::<_, (Uuid, i64)>(
+            "SELECT r.stream_id, r.user_id FROM UNNEST($1::uuid[], $2::int8[]) AS r(stream_id, user_id) \
+             JOIN streams s ON s.stream_id = r.stream_id \
+             JOIN members m ON m.pair_id = s.pair_id AND m.user_id = r.user_id",
+        )
+        .bind(&ps)
+        .bind(&pu)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+        let wanted = lookups_needed(batch, &heads);
+        let mut existing = HashMap::new();
+        if !wanted.is_empty() {
+            let (ws, wc): (Vec<Uuid>, Vec<i64>) = wanted.into_iter().unzip();
+            let found: Vec<(Uuid, i64, i64, i64, Vec<u8>)> = sqlx::query_as(
+                "SELECT e.stream_id, e.counter, e.event_id, e.sender, e.body FROM events e \
+                 JOIN UNNEST($1::uuid[], $2::int8[]) AS r(stream_id, counter) \
+                 ON e.stream_id = r.stream_id AND e.counter = r.counter",
+            )
+            .bind(&ws)
+            .bind(&wc)
+            .fetch_all(&mut *tx)
+            .await?;
+            for (stream, counter, event_id, sender, body) in found {
+                existing.insert(
+                    (stream, counter),
+                    ExistingEvent {
+                        event_id,
+                        sender,
+                        body,
+                    },
+                );
+            }
+        }
+        let plan = plan_batch(
+            batch,
+            &heads,
+            |s, u| members.contains(&(s, u)),
+            &existing,
+            max_gap,
+            now,
+        );
+        if plan.inserts.is_empty() {
+            tx.rollback().await?;
+            return Ok(plan.outcomes);
+        }
+        let n = plan.inserts.len();
+        let mut e_stream = Vec::with_capacity(n);
+        let mut e_id = Vec::with_capacity(n);
+        let mut e_counter = Vec::with_capacity(n);
+        let mut e_sender = Vec::with_capacity(n);
+        let mut e_time = Vec::with_capacity(n);
+        let mut e_body: Vec<&[u8]> = Vec::with_capacity(n);
+        for e in &plan.inserts {
+            e_stream.push(e.stream_id);
+            e_id.push(e.event_id);
+            e_counter.push(e.counter);
+            e_sender.push(e.sender);
+            e_time.push(e.posted_at);
+            e_body.push(&e.body[..]);
+        }
+        let h_stream: Vec<Uuid> = plan.heads.iter().map(|h| h.0).collect();
+        let h_event: Vec<i64> = plan.heads.iter().map(|h| h.1).collect();
+        let h_counter: Vec<i64> = plan.heads.iter().map(|h| h.2).collect();
+        let changes: Vec<Change> = plan
+            .heads
+            .iter()
+            .map(|&(stream, head, _)| Change::Event { stream, head })
+            .collect();
+        let payloads = pgnotify::encode(self.replica, &changes);
+        sqlx::query(
+            "WITH ins AS (INSERT INTO events (stream_id, event_id, counter, sender, posted_at, body) \
+                          SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::bytea[])), \
+                  upd AS (UPDATE streams s SET head_event_id = u.e, head_counter = u.c \
+                          FROM UNNEST($7::uuid[], $8::int8[], $9::int8[]) AS u(id, e, c) WHERE s.stream_id = u.id) \
+             SELECT count(pg_notify($10, p)) FROM UNNEST($11::text[]) AS p",
+        )
+        .bind(&e_stream)
+        .bind(&e_id)
+        .bind(&e_counter)
+        .bind(&e_sender)
+        .bind(&e_time)
+        .bind(&e_body)
+        .bind(&h_stream)
+        .bind(&h_event)
+        .bind(&h_counter)
+        .bind(pgnotify::CHANNEL)
+        .bind(&payloads)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(plan.outcomes)
+    }
+
+    async fn stream_access(&self, user: i64, stream: Uuid) -> Result<StreamAccess> {
+        let row: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT s.head_event_id, s.member_epoch FROM streams s \
+             JOIN members m ON m.pair_id = s.pair_id AND m.user_id = $1 WHERE s.stream_id = $2",
+        )
+        .bind(user)
+        .bind(stream)
+        .fetch_optional(&self.pool)
+        .await?;
+        let (head_event_id, member_epoch) = row.ok_or_else(stream_denied)?;
+        Ok(StreamAccess {
+            head_event_id,
+            member_epoch,
+        })
+    }
+
+    async fn fetch_events(
+        &self,
+        user: i64,
+        stream: Uuid,
+        page: Page,
+        limit: usize,
+    ) -> Result<EventPage> {
+        // One statement, one snapshot: the access check, the head and the page agree.
+        // No row at all = no access; one row with NULL event columns = an empty page.
+        let (sql, bound) = match page {
+            Page::After(after) => (
+                "SELECT s.head_event_id, s.member_epoch, e.event_id, e.counter, e.sender, e.posted_at, e.body \
+                 FROM streams s JOIN members m ON m.pair_id = s.pair_id AND m.user_id = $1 \
+                 LEFT JOIN LATERAL (SELECT * FROM events WHERE stream_id = s.stream_id AND event_id > $3 \
+                                    ORDER BY event_id LIMIT $4) e ON true \
+                 WHERE s.stream_id = $2 ORDER BY e.event_id",
+                after,
+            ),
+            Page::Before(before) => (
+                "SELECT s.head_event_id, s.member_epoch, e.event_id, e.counter, e.sender, e.posted_at, e.body \
+                 FROM streams s JOIN members m ON m.pair_id = s.pair_id AND m.user_id = $1 \
+                 LEFT JOIN LATERAL (SELECT * FROM events WHERE stream_id = s.stream_id AND event_id < $3 \
+                                    ORDER BY event_id DESC LIMIT $4) e ON true \
+                 WHERE s.stream_id = $2 ORDER BY e.event_id",
+                before,
+            ),
+        };
+        let rows = sqlx::query(sql)
+            .bind(user)
+            .bind(stream)
+            .bind(bound)
+            .bind(limit as i64 + 1)
+            .fetch_all(&self.pool)
+            .await?;
+        let first = rows.first().ok_or_else(stream_denied)?;
+        let head_event_id: i64 = first.try_get(0)?;
+        let member_epoch: i64 = first.try_get(1)?;
+        let mut events = Vec::with_capacity(rows.len());
+        for r in &rows {
+            if r.try_get::<Option<i64>, _>(2)?.is_some() {
+                events.push(stored_event(stream, r, 2)?);
+            }
+        }
+        let has_more = events.len() > limit;
+        if has_more {
+            match page {
+                Page::After(_) => events.truncate(limit),
+                Page::Before(_) => {
+                    events.remove(0);
+                }
+            }
+        }
+        Ok(EventPage {
+            events,
+            has_more,
+            head_event_id,
+            member_epoch,
+        })
+    }
+
+    async fn read_events(
+        &self,
+        stream: Uuid,
+        after: i64,
+        up_to: i64,
+        limit: usize,
+    ) -> Result<EventRun> {
+        let rows = sqlx::query(
+            "SELECT s.member_epoch, e.event_id, e.counter, e.sender, e.posted_at, e.body FROM streams s \
+             LEFT JOIN LATERAL (SELECT * FROM events WHERE stream_id = s.stream_id AND event_id > $2 \
+                                AND event_id <= $3 ORDER BY event_id LIMIT $4) e ON true \
+             WHERE s.stream_id = $1 ORDER BY e.event_id",
+        )
+        .bind(stream)
+        .bind(after)
+        .bind(up_to)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut run = EventRun::default();
+        for r in &rows {
+            run.member_epoch = r.try_get(0)?;
+            if r.try_get::<Option<i64>, _>(1)?.is_some() {
+                run.events.push(stored_event(stream, r, 1)?);
+            }
+        }
+        Ok(run)
+    }
+
+    async fn stream_heads(&self, streams: &[Uuid]) -> Result<Vec<(Uuid, i64)>> {
+        Ok(
+            sqlx::query_as(
+                "SELECT stream_id, head_event_id FROM streams WHERE stream_id = ANY($1)",
+            )
+            .bind(streams)
+            .fetch_all(&self.pool)
+            .await?,
+        )
+    }
+}

@@ -1,0 +1,159 @@
+//! The Postgres backend: production store and the way to scale out (any number of
+//! stateless replicas on one database).
+//!
+//! Appends of one group-commit batch run in one transaction: lock the batch's stream rows
+//! in stream-id order (so concurrent batches and replicas cannot deadlock), check
+//! membership, apply the counter rules, insert every row with one multi-row statement,
+//! move the heads, and send one NOTIFY for the whole batch — then commit once.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use sqlx::Row;
+use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
+use uuid::Uuid;
+
+use super::append::{ExistingEvent, HeadRow, lookups_needed, plan_batch};
+use super::*;
+use crate::pgnotify::{self, Change};
+
+/// Postgres store.
+pub struct PgStore {
+    pool: PgPool,
+    replica: Uuid,
+}
+
+impl PgStore {
+    /// Connects and runs the migrations (under sqlx's advisory lock, so replicas starting
+    /// together do not race).
+    pub async fn open(url: &str, max_connections: u32, replica: Uuid) -> anyhow::Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(2))
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot connect to Postgres: {e}"))?;
+        sqlx::migrate!("migrations/postgres").run(&pool).await?;
+        Ok(PgStore { pool, replica })
+    }
+
+    async fn notify(&self, conn: &mut PgConnection, changes: &[Change]) -> Result<()> {
+        let payloads = pgnotify::encode(self.replica, changes);
+        if !payloads.is_empty() {
+            sqlx::query("SELECT count(pg_notify($1, p)) FROM UNNEST($2::text[]) AS p")
+                .bind(pgnotify::CHANNEL)
+                .bind(payloads)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Locks the pair's stream rows (serialising with appends) and returns the pair if
+    /// `user` is a member, with its owner.
+    async fn lock_pair_of_member(
+        &self,
+        conn: &mut PgConnection,
+        user: i64,
+        pair: Uuid,
+    ) -> Result<Option<(PairIds, i64)>> {
+        sqlx::query(
+            "SELECT stream_id FROM streams WHERE pair_id = $1 ORDER BY stream_id FOR UPDATE",
+        )
+        .bind(pair)
+        .execute(&mut *conn)
+        .await?;
+        pair_of_member(conn, user, pair).await
+    }
+
+    async fn drop_member(
+        &self,
+        conn: &mut PgConnection,
+        pair: &PairIds,
+        user: i64,
+        owner: i64,
+    ) -> Result<()> {
+        sqlx::query("DELETE FROM members WHERE pair_id = $1 AND user_id = $2")
+            .bind(pair.pair_id)
+            .bind(user)
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query("UPDATE streams SET member_epoch = member_epoch + 1 WHERE pair_id = $1")
+            .bind(pair.pair_id)
+            .execute(&mut *conn)
+            .await?;
+        if owner == user {
+            sqlx::query(
+                "UPDATE channel_pairs p SET owner = m.user_id FROM \
+                 (SELECT user_id FROM members WHERE pair_id = $1 ORDER BY joined_at, user_id LIMIT 1) m \
+                 WHERE p.pair_id = $1",
+            )
+            .bind(pair.pair_id)
+            .execute(&mut *conn)
+            .await?;
+        }
+        self.notify(conn, &[Change::Membership { pair: *pair, user }])
+            .await
+    }
+}
+
+async fn pair_of_member(
+    conn: &mut PgConnection,
+    user: i64,
+    pair: Uuid,
+) -> Result<Option<(PairIds, i64)>> {
+    let row: Option<(Uuid, Uuid, i64)> = sqlx::query_as(
+        "SELECT p.message_id, p.state_id, p.owner FROM channel_pairs p \
+         JOIN members m ON m.pair_id = p.pair_id AND m.user_id = $1 WHERE p.pair_id = $2",
+    )
+    .bind(user)
+    .bind(pair)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(row.map(|(message_id, state_id, owner)| {
+        (
+            PairIds {
+                pair_id: pair,
+                message_id,
+                state_id,
+            },
+            owner,
+        )
+    }))
+}
+
+fn stored_event(
+    stream_id: Uuid,
+    row: &sqlx::postgres::PgRow,
+    at: usize,
+) -> Result<StoredEvent, sqlx::Error> {
+    Ok(StoredEvent {
+        stream_id,
+        event_id: row.try_get(at)?,
+        counter: row.try_get(at + 1)?,
+        sender: row.try_get(at + 2)?,
+        posted_at: row.try_get(at + 3)?,
+        body: Bytes::from(row.try_get::<Vec<u8>, _>(at + 4)?),
+    })
+}
+
+fn is_unique_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
+}
+
+mod events;
+mod keys;
+mod rooms;
+
+#[async_trait]
+impl Store for PgStore {
+    fn backend(&self) -> Backend {
+        Backend::Postgres
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}

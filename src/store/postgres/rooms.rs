@@ -1,0 +1,164 @@
+//! Channel pairs, membership and invites on Postgres.
+
+use super::*;
+
+#[async_trait]
+impl RoomStore for PgStore {
+    async fn create_pair(&self, owner: i64, ids: &PairIds, now: i64) -> Result<()> {
+        sqlx::query(
+            "WITH p AS (INSERT INTO channel_pairs (pair_id, message_id, state_id, owner, created_at) \
+                        VALUES ($1, $2, $3, $4, $5) RETURNING pair_id), \
+                  s AS (INSERT INTO streams (stream_id, pair_id) SELECT x, pair_id FROM p, UNNEST(ARRAY[$2, $3]::uuid[]) AS x) \
+             INSERT INTO members (pair_id, user_id, joined_at) SELECT pair_id, $4, $5 FROM p",
+        )
+        .bind(ids.pair_id)
+        .bind(ids.message_id)
+        .bind(ids.state_id)
+        .bind(owner)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn send_invite(
+        &self,
+        from: i64,
+        pair: Uuid,
+        to: i64,
+        body: &[u8],
+        now: i64,
+    ) -> Result<InviteRecord> {
+        let mut tx = self.pool.begin().await?;
+        let (ids, _) = pair_of_member(&mut tx, from, pair)
+            .await?
+            .ok_or_else(pair_denied)?;
+        let has_key: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM public_keys WHERE user_id = $1 LIMIT 1")
+                .bind(to)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if has_key.is_none() {
+            return Err(no_public_key(to));
+        }
+        // The inbox row serialises invites to one user: ids are dense and commit in order.
+        let invite_id: i64 = sqlx::query_scalar(
+            "INSERT INTO inboxes (user_id, last_invite_id) VALUES ($1, 1) \
+             ON CONFLICT (user_id) DO UPDATE SET last_invite_id = inboxes.last_invite_id + 1 \
+             RETURNING last_invite_id",
+        )
+        .bind(to)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query(
+            "WITH i AS (INSERT INTO invites (to_user, invite_id, pair_id, from_user, body, sent_at) \
+                        VALUES ($1, $2, $3, $4, $5, $6)) \
+             INSERT INTO members (pair_id, user_id, joined_at) VALUES ($3, $1, $6) ON CONFLICT DO NOTHING",
+        )
+        .bind(to)
+        .bind(invite_id)
+        .bind(pair)
+        .bind(from)
+        .bind(body)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        self.notify(&mut tx, &[Change::Invite { user: to }]).await?;
+        tx.commit().await?;
+        Ok(InviteRecord {
+            invite_id,
+            to_user: to,
+            pair: ids,
+            from_user: from,
+            body: body.to_vec(),
+            sent_at: now,
+        })
+    }
+
+    async fn fetch_invites(
+        &self,
+        user: i64,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<InviteRecord>> {
+        let rows: Vec<InviteRow> = sqlx::query_as(
+            "SELECT i.invite_id, i.pair_id, p.message_id, p.state_id, i.from_user, i.body, i.sent_at \
+             FROM invites i JOIN channel_pairs p ON p.pair_id = i.pair_id \
+             WHERE i.to_user = $1 AND i.invite_id > $2 ORDER BY i.invite_id LIMIT $3",
+        )
+        .bind(user)
+        .bind(after)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| InviteRecord::from_row(user, row))
+            .collect())
+    }
+
+    async fn last_invite_id(&self, user: i64) -> Result<i64> {
+        let id: Option<i64> =
+            sqlx::query_scalar("SELECT last_invite_id FROM inboxes WHERE user_id = $1")
+                .bind(user)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(id.unwrap_or(0))
+    }
+
+    async fn list_pairs(&self, user: i64) -> Result<Vec<PairInfo>> {
+        let rows: Vec<(Uuid, Uuid, Uuid, i64, Vec<i64>)> = sqlx::query_as(
+            "SELECT p.pair_id, p.message_id, p.state_id, p.owner, \
+                    ARRAY(SELECT m2.user_id FROM members m2 WHERE m2.pair_id = p.pair_id ORDER BY m2.user_id) \
+             FROM members m JOIN channel_pairs p ON p.pair_id = m.pair_id \
+             WHERE m.user_id = $1 ORDER BY p.created_at, p.pair_id",
+        )
+        .bind(user)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(pair_id, message_id, state_id, owner, members)| PairInfo {
+                ids: PairIds {
+                    pair_id,
+                    message_id,
+                    state_id,
+                },
+                owner,
+                members,
+            })
+            .collect())
+    }
+
+    async fn leave_pair(&self, user: i64, pair: Uuid) -> Result<PairIds> {
+        let mut tx = self.pool.begin().await?;
+        let (ids, owner) = self
+            .lock_pair_of_member(&mut tx, user, pair)
+            .await?
+            .ok_or_else(pair_denied)?;
+        self.drop_member(&mut tx, &ids, user, owner).await?;
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    async fn remove_member(&self, owner: i64, pair: Uuid, user: i64) -> Result<PairIds> {
+        let mut tx = self.pool.begin().await?;
+        let (ids, current_owner) = self
+            .lock_pair_of_member(&mut tx, owner, pair)
+            .await?
+            .ok_or_else(pair_denied)?;
+        check_removal(owner, current_owner, user)?;
+        let target: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM members WHERE pair_id = $1 AND user_id = $2")
+                .bind(pair)
+                .bind(user)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if target.is_none() {
+            return Err(not_a_member(user));
+        }
+        self.drop_member(&mut tx, &ids, user, current_owner).await?;
+        tx.commit().await?;
+        Ok(ids)
+    }
+}

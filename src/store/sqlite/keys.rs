@@ -1,0 +1,100 @@
+//! Public keys and private-key backups on SQLite.
+
+use super::*;
+
+#[async_trait]
+impl KeyStore for SqliteStore {
+    async fn post_public_key(
+        &self,
+        user: i64,
+        key: &CanonicalKey,
+        now: i64,
+    ) -> Result<PostKeyOutcome> {
+        let mut tx = self.writer.begin().await?;
+        let current: Option<(i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT seq, fingerprint FROM public_keys WHERE user_id = ? ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(user)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some((_, fp)) = &current
+            && fp[..] == key.fingerprint[..]
+        {
+            return Ok(PostKeyOutcome::Unchanged);
+        }
+        let retired: Option<i64> =
+            sqlx::query_scalar("SELECT seq FROM public_keys WHERE user_id = ? AND fingerprint = ?")
+                .bind(user)
+                .bind(&key.fingerprint[..])
+                .fetch_optional(&mut *tx)
+                .await?;
+        if retired.is_some() {
+            return Err(retired_key());
+        }
+        let seq = current.map_or(1, |(s, _)| s + 1);
+        sqlx::query(
+            "INSERT INTO public_keys (user_id, seq, spki_der, fingerprint, posted_at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(user)
+        .bind(seq)
+        .bind(&key.spki_der)
+        .bind(&key.fingerprint[..])
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(PostKeyOutcome::Changed)
+    }
+
+    async fn fetch_public_keys(&self, user: i64) -> Result<Vec<StoredKey>> {
+        let rows: Vec<KeyRow> = sqlx::query_as(
+            "SELECT spki_der, fingerprint, posted_at FROM public_keys WHERE user_id = ? ORDER BY seq DESC",
+        )
+        .bind(user)
+        .fetch_all(&self.readers)
+        .await?;
+        Ok(rows.into_iter().map(StoredKey::from).collect())
+    }
+
+    async fn post_private_key(
+        &self,
+        user: i64,
+        blob: &[u8],
+        expected: Option<u64>,
+        now: i64,
+    ) -> Result<u64> {
+        let mut tx = self.writer.begin().await?;
+        let current: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM private_keys WHERE user_id = ?")
+                .bind(user)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if let Some(expected) = expected
+            && current.unwrap_or(0) as u64 != expected
+        {
+            return Err(version_mismatch(expected, current.map(|v| v as u64)));
+        }
+        let version = current.unwrap_or(0) + 1;
+        sqlx::query(
+            "INSERT INTO private_keys (user_id, blob, version, updated_at) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (user_id) DO UPDATE SET blob = ?2, version = ?3, updated_at = ?4",
+        )
+        .bind(user)
+        .bind(blob)
+        .bind(version)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(version as u64)
+    }
+
+    async fn fetch_private_key(&self, user: i64) -> Result<Option<(Vec<u8>, u64)>> {
+        let row: Option<(Vec<u8>, i64)> =
+            sqlx::query_as("SELECT blob, version FROM private_keys WHERE user_id = ?")
+                .bind(user)
+                .fetch_optional(&self.readers)
+                .await?;
+        Ok(row.map(|(b, v)| (b, v as u64)))
+    }
+}

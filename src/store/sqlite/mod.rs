@@ -1,0 +1,144 @@
+//! The bundled-SQLite backend: the embedded default (a file in the data directory).
+//!
+//! One writer connection serialises every write transaction (SQLite has one writer
+//! anyway), so appends to a stream are ordered by construction; a pool of read-only
+//! connections serves reads concurrently thanks to WAL. `synchronous = FULL`: an
+//! acknowledged post survives power loss. One process per database file.
+
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Row, SqliteConnection};
+use uuid::Uuid;
+
+use super::append::{ExistingEvent, HeadRow, lookups_needed, plan_batch};
+use super::*;
+
+/// SQLite store: a single writer and a pool of readers on one file.
+pub struct SqliteStore {
+    writer: SqlitePool,
+    readers: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database file and runs the migrations.
+    pub async fn open(url: &str, readers: u32) -> anyhow::Result<Self> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        if let Some(dir) = options.get_filename().parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                anyhow::anyhow!("cannot create the data directory {}: {e}", dir.display())
+            })?;
+        }
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options.clone())
+            .await?;
+        sqlx::migrate!("migrations/sqlite").run(&writer).await?;
+        let readers = SqlitePoolOptions::new()
+            .max_connections(readers.max(1))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options.read_only(true))
+            .await?;
+        Ok(SqliteStore { writer, readers })
+    }
+}
+
+fn stored_event(
+    stream_id: Uuid,
+    row: &sqlx::sqlite::SqliteRow,
+) -> Result<StoredEvent, sqlx::Error> {
+    Ok(StoredEvent {
+        stream_id,
+        event_id: row.try_get(0)?,
+        counter: row.try_get(1)?,
+        sender: row.try_get(2)?,
+        posted_at: row.try_get(3)?,
+        body: Bytes::from(row.try_get::<Vec<u8>, _>(4)?),
+    })
+}
+
+async fn pair_of_member(
+    conn: &mut SqliteConnection,
+    user: i64,
+    pair: Uuid,
+) -> Result<Option<(PairIds, i64)>> {
+    let row = sqlx::query(
+        "SELECT p.message_id, p.state_id, p.owner FROM channel_pairs p \
+         JOIN members m ON m.pair_id = p.pair_id AND m.user_id = ? WHERE p.pair_id = ?",
+    )
+    .bind(user)
+    .bind(pair)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(match row {
+        Some(r) => Some((
+            PairIds {
+                pair_id: pair,
+                message_id: r.try_get(0)?,
+                state_id: r.try_get(1)?,
+            },
+            r.try_get(2)?,
+        )),
+        None => None,
+    })
+}
+
+/// Removes `user` from `pair`, bumps the streams' membership epoch and hands ownership on
+/// if they owned it.
+async fn drop_member(
+    conn: &mut SqliteConnection,
+    pair: &PairIds,
+    user: i64,
+    owner: i64,
+) -> Result<()> {
+    sqlx::query("DELETE FROM members WHERE pair_id = ? AND user_id = ?")
+        .bind(pair.pair_id)
+        .bind(user)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("UPDATE streams SET member_epoch = member_epoch + 1 WHERE pair_id = ?")
+        .bind(pair.pair_id)
+        .execute(&mut *conn)
+        .await?;
+    if owner == user {
+        sqlx::query(
+            "UPDATE channel_pairs SET owner = (SELECT user_id FROM members WHERE pair_id = ?1 \
+             ORDER BY joined_at, user_id LIMIT 1) WHERE pair_id = ?1 \
+             AND EXISTS (SELECT 1 FROM members WHERE pair_id = ?1)",
+        )
+        .bind(pair.pair_id)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+mod events;
+mod keys;
+mod rooms;
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> Backend {
+        Backend::Sqlite
+    }
+
+    async fn close(&self) {
+        self.readers.close().await;
+        self.writer.close().await;
+    }
+}
