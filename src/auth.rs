@@ -44,10 +44,17 @@ struct Claims {
     aud: Option<String>,
 }
 
+/// Leeway for `exp`, in seconds (clock skew between the auth service and us).
+const LEEWAY_SECS: u64 = 30;
+/// Verified tokens remembered, so a client's repeated calls skip the signature check.
+const CACHE_ENTRIES: usize = 16_384;
+
 /// Checks tokens against the configured key and claims.
 pub struct Verifier {
     key: DecodingKey,
     validation: Validation,
+    /// token -> (user id, exp) of tokens that verified. A hit still checks `exp`.
+    verified: std::sync::Mutex<std::collections::HashMap<Box<str>, (i64, u64)>>,
 }
 
 impl Verifier {
@@ -75,7 +82,7 @@ impl Verifier {
             ),
         };
         let mut validation = Validation::new(algorithm);
-        validation.leeway = 30;
+        validation.leeway = LEEWAY_SECS;
         let mut required = vec!["exp", "sub"];
         if !settings.jwt_issuer.is_empty() {
             required.push("iss");
@@ -94,11 +101,34 @@ impl Verifier {
         } else {
             validation.set_audience(&[settings.jwt_audience.as_str()]);
         }
-        Ok(Verifier { key, validation })
+        Ok(Verifier {
+            key,
+            validation,
+            verified: Default::default(),
+        })
     }
 
     /// Verifies a bearer token and returns the user id in its `sub`.
+    ///
+    /// A token that verified before is recognised by its exact bytes and only its expiry
+    /// is checked again (the signature check was about 5 % of the server's time per call).
     pub fn verify(&self, token: &str) -> Result<i64, Status> {
+        let now = (crate::time::now_micros() / 1_000_000).max(0) as u64;
+        let cached = self
+            .verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(token)
+            .copied();
+        if let Some((user, exp)) = cached {
+            if exp + LEEWAY_SECS >= now {
+                return Ok(user);
+            }
+        }
+        self.verify_uncached(token)
+    }
+
+    fn verify_uncached(&self, token: &str) -> Result<i64, Status> {
         let data =
             jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|err| {
                 let why = match err.kind() {
@@ -124,11 +154,17 @@ impl Verifier {
                 };
                 Status::unauthenticated(why)
             })?;
-        parse_user_id(&data.claims.sub).ok_or_else(|| {
+        let user = parse_user_id(&data.claims.sub).ok_or_else(|| {
             Status::unauthenticated(
                 "the token's `sub` claim must be a decimal user id between 1 and 2^63-1",
             )
-        })
+        })?;
+        let mut cache = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(token.into(), (user, data.claims.exp));
+        Ok(user)
     }
 }
 
@@ -274,7 +310,39 @@ pub fn sign_hs256(
 
 #[cfg(test)]
 mod tests {
-    use super::parse_user_id;
+    use super::*;
+
+    fn verifier() -> Verifier {
+        let settings = Settings {
+            jwt_secret: "unit-test-secret".into(),
+            ..crate::config::defaults()
+        };
+        Verifier::from_settings(&settings).unwrap()
+    }
+
+    #[test]
+    fn verified_tokens_are_remembered_until_they_expire() {
+        let v = verifier();
+        let good = sign_hs256(b"unit-test-secret", 42, 600, "", "").unwrap();
+        assert_eq!(v.verify(&good).unwrap(), 42);
+        assert_eq!(v.verify(&good).unwrap(), 42, "second time from the cache");
+        let now = (crate::time::now_micros() / 1_000_000) as u64;
+        {
+            let mut cache = v.verified.lock().unwrap();
+            cache.insert("remembered".into(), (7, now + 100));
+            cache.insert("stale".into(), (7, now - LEEWAY_SECS - 1));
+        }
+        assert_eq!(v.verify("remembered").unwrap(), 7);
+        // An expired entry is checked again, and this one is not even a JWT.
+        assert_eq!(
+            v.verify("stale").unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+        // Failures are never remembered.
+        let forged = sign_hs256(b"other", 42, 600, "", "").unwrap();
+        assert!(v.verify(&forged).is_err());
+        assert!(!v.verified.lock().unwrap().contains_key(forged.as_str()));
+    }
 
     #[test]
     fn user_ids_are_strict_decimals() {

@@ -56,7 +56,10 @@ pub struct Settings {
     /// Most posts committed in one group-commit transaction. Default 512.
     pub commit_max_batch: usize,
     /// Concurrent group-commit writers on Postgres (streams are sharded over them).
-    /// SQLite always uses one. Default 4.
+    /// Default 1: one writer makes the biggest batches, and on a CPU-bound machine that
+    /// beats parallel transactions (measured in BENCHMARKS.md). More writers isolate
+    /// streams from each other's lock waits, e.g. when replicas share hot streams.
+    /// SQLite always uses one.
     pub commit_writers: usize,
     /// Seconds a graceful shutdown waits for in-flight calls before exiting. Default 10.
     pub shutdown_grace_secs: u64,
@@ -163,7 +166,7 @@ fn with_defaults() -> Result<Builder, config::ConfigError> {
         .set_default("max_connections_per_user", 32)?
         .set_default("db_max_connections", 16)?
         .set_default("commit_max_batch", 512)?
-        .set_default("commit_writers", 4)?
+        .set_default("commit_writers", 1)?
         .set_default("shutdown_grace_secs", 10)?
         .set_default("keepalive_interval_secs", 30)?
         .set_default("keepalive_timeout_secs", 10)?
