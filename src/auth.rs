@@ -120,10 +120,10 @@ impl Verifier {
             .unwrap_or_else(|e| e.into_inner())
             .get(token)
             .copied();
-        if let Some((user, exp)) = cached {
-            if exp + LEEWAY_SECS >= now {
-                return Ok(user);
-            }
+        if let Some((user, exp)) = cached
+            && exp + LEEWAY_SECS >= now
+        {
+            return Ok(user);
         }
         self.verify_uncached(token)
     }
