@@ -230,3 +230,116 @@ async fn migrate_runs_alone() {
         );
     }
 }
+
+/// A free port on 127.0.0.1 (bound and released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One HTTP/1.1 exchange over a raw socket; returns the whole response as text.
+async fn http1(addr: &str, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn metrics_endpoint_counts_rpcs() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let p = spawn_binary(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            &metrics,
+        ],
+        &[("SECRETD_JWT_SECRET", SECRET)],
+        dir.path(),
+    )
+    .await;
+    let mut c = client_for(&p.addr, token(5, 60)).await;
+    c.post_key(PostKeyRequest {
+        key_data: key_pem(1),
+    })
+    .await
+    .unwrap();
+    c.post_key(PostKeyRequest {
+        key_data: b"junk".to_vec(),
+    })
+    .await
+    .unwrap_err();
+    let page = http1(
+        &metrics,
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(
+        page.contains("secretd_rpc_total{method=\"PostKey\",code=\"Ok\"} 1"),
+        "{page}"
+    );
+    assert!(
+        page.contains("secretd_rpc_total{method=\"PostKey\",code=\"InvalidArgument\"} 1"),
+        "{page}"
+    );
+    assert!(terminate(p).await.success());
+}
+
+#[tokio::test]
+async fn grpc_web_and_cors_for_browsers() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = spawn_binary(
+        &["serve", "--listen", "127.0.0.1:0"],
+        &[("SECRETD_JWT_SECRET", SECRET)],
+        dir.path(),
+    )
+    .await;
+    // CORS preflight from a page on another origin.
+    let preflight = http1(
+        &p.addr,
+        b"OPTIONS /protocol.secret.v1.SecretService/FetchPrivateKey HTTP/1.1\r\nHost: x\r\n\
+          Origin: https://chat.example\r\nAccess-Control-Request-Method: POST\r\n\
+          Access-Control-Request-Headers: authorization,content-type,x-grpc-web\r\n\
+          Connection: close\r\n\r\n",
+    )
+    .await
+    .to_ascii_lowercase();
+    assert!(preflight.starts_with("http/1.1 200"), "{preflight}");
+    assert!(
+        preflight.contains("access-control-allow-origin: *"),
+        "{preflight}"
+    );
+    // A gRPC-Web call over HTTP/1.1: an empty FetchPrivateKeyRequest frame.
+    let call = |auth: String| {
+        format!(
+            "POST /protocol.secret.v1.SecretService/FetchPrivateKey HTTP/1.1\r\nHost: x\r\n\
+             Content-Type: application/grpc-web+proto\r\nX-Grpc-Web: 1\r\n{auth}\
+             Content-Length: 5\r\nConnection: close\r\n\r\n\0\0\0\0\0"
+        )
+        .into_bytes()
+    };
+    let anonymous = http1(&p.addr, &call(String::new()))
+        .await
+        .to_ascii_lowercase();
+    assert!(anonymous.contains("grpc-status: 16"), "{anonymous}");
+    let signed = http1(
+        &p.addr,
+        &call(format!("Authorization: Bearer {}\r\n", token(9, 60))),
+    )
+    .await
+    .to_ascii_lowercase();
+    assert!(
+        signed.contains("grpc-status: 5"),
+        "NOT_FOUND: nothing stored yet; {signed}"
+    );
+    assert!(terminate(p).await.success());
+}

@@ -152,7 +152,9 @@ async fn many_posters_one_stream(b: Backend) {
 }
 
 async fn many_posters_many_streams(b: Backend) {
-    let s = TestServer::start(b).await;
+    // Several group-commit writers (Postgres; SQLite always has one), so streams are
+    // sharded over concurrent transactions.
+    let s = TestServer::start_with(b, |st| st.commit_writers = 3).await;
     const STREAMS: usize = 6;
     const POSTERS: usize = 6;
     const POSTS: usize = 15;
