@@ -295,3 +295,52 @@ async fn subscription_and_connection_limits(b: Backend) {
     assert!(matches!(sub.next().await, Event::Message(_)));
     s.stop().await;
 }
+
+/// A client that vanishes without closing its connection is noticed by HTTP/2 keepalive:
+/// its call ends and frees its slot.
+#[tokio::test]
+async fn keepalive_notices_a_dead_client() {
+    let s = TestServer::start_with(Backend::Sqlite, |st| {
+        st.keepalive_interval_secs = 1;
+        st.keepalive_timeout_secs = 1;
+        st.max_connections_per_user = 1;
+    })
+    .await;
+    let user = random_user();
+    let mut c = s.client(user).await;
+    let pair = new_pair(&mut c).await;
+    let proxy = Proxy::start(s.addr).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", proxy.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut doomed = secretd::proto::secret_service_client::SecretServiceClient::with_interceptor(
+        channel,
+        Bearer(Some(s.token(user))),
+    );
+    let mut sub = Subscription::open(&mut doomed).await.unwrap();
+    sub.manage(&[&pair.message_id], &[], &[]);
+    assert!(matches!(sub.next().await, Event::CaughtUp(_)));
+    // The client goes silent: nothing the server sends (pings included) gets answered.
+    proxy.swallow_responses();
+    let st = expect_code(
+        Subscription::open(&mut c).await.map(|_| ()),
+        Code::ResourceExhausted,
+    );
+    assert!(st.message().contains("max_connections_per_user"));
+    let mut freed = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if Subscription::open(&mut c).await.is_ok() {
+            freed = true;
+            break;
+        }
+    }
+    assert!(
+        freed,
+        "the dead client's call still holds its slot after 10 s"
+    );
+    drop(sub);
+    s.stop().await;
+}
