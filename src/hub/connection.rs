@@ -72,11 +72,6 @@ impl Connection {
         self.id
     }
 
-    /// The authenticated user of the call.
-    pub fn user(&self) -> i64 {
-        self.user
-    }
-
     /// Swaps the streams with news into `into` (which must be empty): no allocation once
     /// both sides have grown to their working size.
     pub fn swap_live(&self, into: &mut HashSet<Uuid>) {

@@ -73,11 +73,6 @@ impl Slot {
         }
     }
 
-    /// The stream this slot is for.
-    pub fn stream(&self) -> Uuid {
-        self.stream
-    }
-
     /// Up to `max` frames after `cursor`, or where else to look.
     pub fn read_after(&self, cursor: i64, max: usize) -> Read {
         let st = lock(&self.state);
