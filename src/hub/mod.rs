@@ -190,17 +190,20 @@ impl Hub {
     /// Publishes events this process just committed (any streams, ascending per stream),
     /// encoding each once and only if someone here watches its stream.
     pub fn publish_committed<'a>(&self, events: impl IntoIterator<Item = (&'a StoredEvent, i64)>) {
-        let mut by_stream: HashMap<Uuid, Vec<Frame>> = HashMap::new();
+        // One watched-or-not lookup per stream of the batch, not one per event.
+        let mut by_stream: HashMap<Uuid, Option<Vec<Frame>>> = HashMap::new();
         for (event, epoch) in events {
-            if by_stream.contains_key(&event.stream_id) || self.is_watched(&event.stream_id) {
-                by_stream
-                    .entry(event.stream_id)
-                    .or_default()
-                    .push(Frame::encode(event, epoch));
+            let frames = by_stream
+                .entry(event.stream_id)
+                .or_insert_with(|| self.is_watched(&event.stream_id).then(Vec::new));
+            if let Some(frames) = frames {
+                frames.push(Frame::encode(event, epoch));
             }
         }
         for (stream, frames) in by_stream {
-            self.publish(stream, frames);
+            if let Some(frames) = frames {
+                self.publish(stream, frames);
+            }
         }
     }
 

@@ -19,7 +19,6 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use uuid::Uuid;
 
-pub use append::plan_batch;
 pub use errors::*;
 
 use crate::error::Result;
