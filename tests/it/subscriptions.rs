@@ -1,11 +1,9 @@
 //! StreamMessagePosting subscriptions: per-stream errors, removal and leaving, live
 //! invites, unsubscribe, limits — on SQLite and Postgres.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use secretd::proto::*;
 use tonic::Code;
 

@@ -2,12 +2,10 @@
 //! UNAVAILABLE, acknowledged posts are durable, exit 0) and bounded memory for a
 //! subscriber that stops reading.
 
-mod common;
-
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use secretd::proto::secret_service_client::SecretServiceClient;
 use tonic::Code;
 

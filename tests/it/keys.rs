@@ -1,9 +1,7 @@
 //! PostKey, FetchKey, PostPrivateKey, FetchPrivateKey: every rule and every rejection, on
 //! SQLite and on Postgres, through a real server and a real gRPC client.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use rsa::pkcs1::der::Encode;
 use rsa::pkcs1::{EncodeRsaPublicKey, LineEnding, UintRef};
 use rsa::pkcs8::{DecodePublicKey, EncodePublicKey};

@@ -1,8 +1,6 @@
 //! Channel pairs, membership and invites, on SQLite and Postgres.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use secretd::proto::*;
 use tonic::Code;
 

@@ -1,11 +1,9 @@
 //! The `secretd` binary: subcommands, flags, environment twins, config file, exit codes.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use secretd::proto::secret_service_client::SecretServiceClient;
 use secretd::proto::{FetchKeyRequest, PostKeyRequest};
 

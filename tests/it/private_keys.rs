@@ -1,9 +1,7 @@
 //! PostPrivateKey and FetchPrivateKey: versions, compare-and-set, limits, isolation, on
 //! SQLite and Postgres.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use secretd::proto::{FetchPrivateKeyRequest, PostPrivateKeyRequest};
 use tonic::Code;
 

@@ -4,11 +4,9 @@
 //! would). Afterwards every stream must have dense ids, strictly increasing counters,
 //! every acknowledged post exactly once, and nothing else.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 
-use common::*;
+use crate::common::*;
 use secretd::proto::FetchMessagesRequest;
 use tonic::Code;
 

@@ -1,9 +1,7 @@
 //! Invites: durable, dense per invitee, paged oldest first; every rejection, on SQLite
 //! and Postgres.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use secretd::proto::*;
 use tonic::Code;
 

@@ -2,12 +2,10 @@
 //! subscribers on all, invites and removals cross replicas, and a dropped change listener
 //! reconnects and repairs every local subscription from the database.
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use secretd::proto::*;
 use tonic::Code;
 

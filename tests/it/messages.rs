@@ -1,11 +1,9 @@
 //! PostMessage and FetchMessages: counter rules, exactly-once retries, limits, history
 //! paging both ways — on SQLite and Postgres.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use secretd::proto::*;
 use tonic::Code;
 

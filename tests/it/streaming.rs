@@ -1,12 +1,10 @@
 //! StreamMessagePosting: live delivery, gapless resume, isolation, removal, invites,
 //! limits and slow consumers, on SQLite and Postgres.
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use secretd::proto::*;
 use tonic::Code;
 

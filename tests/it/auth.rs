@@ -1,9 +1,7 @@
 //! Authentication: every SecretService call needs a valid bearer JWT; health and
 //! reflection stay open. Every rejection is UNAUTHENTICATED and leaves the server up.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use secretd::proto::{
     FetchKeyRequest, FetchPrivateKeyRequest, GenerateChannelPairRequest, ManageStream,

@@ -1,0 +1,21 @@
+//! secretd's integration tests: one test binary (one link of tonic, sqlx and rsa instead
+//! of one per file), one module per area. Every test talks to a real server on 127.0.0.1
+//! through real gRPC clients, on SQLite and (when `DATABASE_URL` is set) Postgres.
+//!
+//! The harness is in `common/`; key fixtures are in `tests/fixtures/`.
+
+#[macro_use]
+mod common;
+
+mod auth;
+mod cli;
+mod invites;
+mod keys;
+mod messages;
+mod private_keys;
+mod process;
+mod races;
+mod replicas;
+mod rooms;
+mod streaming;
+mod subscriptions;
