@@ -22,14 +22,25 @@ pub const SECRET_FILE: &str = "jwt-secret";
 
 /// The authenticated caller, put into each request's extensions by [`AuthInterceptor`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Caller(pub i64);
+pub struct Caller {
+    /// The user id from the token's `sub`.
+    pub user: i64,
+    /// Unix seconds after which the token is no longer accepted (its `exp` plus the
+    /// leeway): long-lived calls (StreamMessagePosting) end then.
+    pub expires_at: u64,
+}
 
 impl Caller {
-    /// Reads the caller from a request the interceptor has passed.
+    /// Reads the caller's user id from a request the interceptor has passed.
     pub fn of<T>(req: &Request<T>) -> Result<i64, Status> {
+        Self::get(req).map(|c| c.user)
+    }
+
+    /// Reads the caller from a request the interceptor has passed.
+    pub fn get<T>(req: &Request<T>) -> Result<Caller, Status> {
         req.extensions()
             .get::<Caller>()
-            .map(|c| c.0)
+            .copied()
             .ok_or_else(|| Status::unauthenticated("no authenticated caller on this request"))
     }
 }
@@ -109,10 +120,15 @@ impl Verifier {
     }
 
     /// Verifies a bearer token and returns the user id in its `sub`.
+    pub fn verify(&self, token: &str) -> Result<i64, Status> {
+        self.verify_caller(token).map(|c| c.user)
+    }
+
+    /// Verifies a bearer token and returns the caller it names.
     ///
     /// A token that verified before is recognised by its exact bytes and only its expiry
     /// is checked again (the signature check was about 5 % of the server's time per call).
-    pub fn verify(&self, token: &str) -> Result<i64, Status> {
+    pub fn verify_caller(&self, token: &str) -> Result<Caller, Status> {
         let now = (crate::time::now_micros() / 1_000_000).max(0) as u64;
         let cached = self
             .verified
@@ -121,14 +137,17 @@ impl Verifier {
             .get(token)
             .copied();
         if let Some((user, exp)) = cached
-            && exp + LEEWAY_SECS >= now
+            && exp.saturating_add(LEEWAY_SECS) >= now
         {
-            return Ok(user);
+            return Ok(Caller {
+                user,
+                expires_at: exp.saturating_add(LEEWAY_SECS),
+            });
         }
         self.verify_uncached(token)
     }
 
-    fn verify_uncached(&self, token: &str) -> Result<i64, Status> {
+    fn verify_uncached(&self, token: &str) -> Result<Caller, Status> {
         let data =
             jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|err| {
                 let why = match err.kind() {
@@ -164,7 +183,10 @@ impl Verifier {
             cache.clear();
         }
         cache.insert(token.into(), (user, data.claims.exp));
-        Ok(user)
+        Ok(Caller {
+            user,
+            expires_at: data.claims.exp.saturating_add(LEEWAY_SECS),
+        })
     }
 }
 
@@ -205,8 +227,8 @@ impl tonic::service::Interceptor for AuthInterceptor {
             .ok_or_else(|| {
                 Status::unauthenticated("the authorization metadata must be `Bearer <jwt>`")
             })?;
-        let user = self.verifier.verify(token)?;
-        req.extensions_mut().insert(Caller(user));
+        let caller = self.verifier.verify_caller(token)?;
+        req.extensions_mut().insert(caller);
         Ok(req)
     }
 }
