@@ -14,6 +14,11 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 pub const DEFAULT_DATA_DIR: &str = "./data";
 /// The config file read from the working directory when `--config` is not given.
 pub const DEFAULT_CONFIG_FILE: &str = "secretd.toml";
+/// The default `max_response_bytes`: 3 MiB, well under the 4 MiB that stock gRPC clients
+/// accept.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 3 * 1024 * 1024;
+/// The smallest accepted `max_response_bytes`.
+pub const MIN_RESPONSE_BYTES: usize = 1024;
 
 /// All settings of the server. Field names are the config keys.
 #[derive(Debug, Clone, Deserialize)]
@@ -75,6 +80,14 @@ pub struct Settings {
     /// Encoded events queued per StreamMessagePosting call before it falls back to the
     /// database cursor. Default 16.
     pub connection_buffer: usize,
+    /// Largest encoded response of a paged RPC (FetchMessages, FetchInvites, FetchKey,
+    /// ListChannelPairs), gRPC frame header included: a page stops before the item that
+    /// would pass it (the first item always comes) and says `has_more`. Default 3 MiB, so
+    /// a stock client's 4 MiB receive limit is never reached. At least 1024.
+    pub max_response_bytes: usize,
+    /// Most past keys FetchKey returns (newest first); `more_past_keys` says when older
+    /// ones exist. Default 100.
+    pub max_past_keys: usize,
 }
 
 impl Settings {
@@ -172,7 +185,9 @@ fn with_defaults() -> Result<Builder, config::ConfigError> {
         .set_default("keepalive_timeout_secs", 10)?
         .set_default("cors_allowed_origins", vec!["*"])?
         .set_default("fanout_ring_events", 256)?
-        .set_default("connection_buffer", 16)
+        .set_default("connection_buffer", 16)?
+        .set_default("max_response_bytes", DEFAULT_MAX_RESPONSE_BYTES as u64)?
+        .set_default("max_past_keys", 100)
 }
 
 impl Settings {
@@ -186,6 +201,12 @@ impl Settings {
         }
         if self.connection_buffer == 0 || self.fanout_ring_events == 0 {
             return bad("connection_buffer and fanout_ring_events must be at least 1".into());
+        }
+        if self.max_response_bytes < MIN_RESPONSE_BYTES {
+            return bad(format!(
+                "max_response_bytes is {}; it must be at least {MIN_RESPONSE_BYTES}",
+                self.max_response_bytes
+            ));
         }
         if !matches!(self.jwt_algorithm.as_str(), "HS256" | "EdDSA" | "RS256") {
             return bad(format!(

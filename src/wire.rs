@@ -1,12 +1,16 @@
 //! Conversions between stored records and protobuf messages, and the parsing of ids that
 //! arrive in requests.
 
+use prost::Message;
 use uuid::Uuid;
 
 use crate::error::Error;
 use crate::proto::{self, stream_message_posting_response::Event};
-use crate::store::{InviteRecord, PairIds, StoredEvent, StoredKey};
+use crate::store::{InviteRecord, PairIds, PairInfo, StoredEvent, StoredKey};
 use crate::time::to_timestamp;
+
+/// Bytes a gRPC frame adds in front of each message (compressed flag and length).
+pub const GRPC_FRAME_HEADER: usize = 5;
 
 /// Parses a channel-pair or stream id: a UUID in canonical lower-case hyphenated form.
 pub fn parse_id(field: &str, value: &str) -> Result<Uuid, Error> {
@@ -49,19 +53,36 @@ pub fn channel_pair(ids: &PairIds) -> proto::ChannelPair {
 }
 
 /// The proto form of a stored key.
-pub fn key(k: StoredKey) -> proto::Key {
+pub fn key(mut k: StoredKey) -> proto::Key {
+    let der = std::mem::take(&mut k.spki_der);
+    key_with(&k, der)
+}
+
+/// `k` in proto form with `key_data` = `der`.
+fn key_with(k: &StoredKey, der: Vec<u8>) -> proto::Key {
     proto::Key {
-        key_data: k.spki_der,
-        fingerprint: k.fingerprint,
+        key_data: der,
+        fingerprint: k.fingerprint.clone(),
         posted_at: Some(to_timestamp(k.posted_at)),
     }
 }
 
-/// The proto form of a stored event.
+/// The proto form of a stored event (copying the ciphertext).
 pub fn posted_message(e: &StoredEvent) -> proto::PostedMessage {
+    posted_message_with(e, Some(e.body.to_vec()))
+}
+
+/// The proto form of a stored event, taking over its ciphertext without a copy.
+pub fn into_posted_message(mut e: StoredEvent) -> proto::PostedMessage {
+    let body = Vec::from(std::mem::take(&mut e.body));
+    posted_message_with(&e, Some(body))
+}
+
+/// `e` in proto form with the ciphertext `body` (`None`: no `message` field).
+fn posted_message_with(e: &StoredEvent, body: Option<Vec<u8>>) -> proto::PostedMessage {
     proto::PostedMessage {
-        message: Some(proto::EncryptedMessage {
-            message: e.body.to_vec(),
+        message: body.map(|message| proto::EncryptedMessage {
+            message,
             id: e.counter as u64,
         }),
         stream_id: e.stream_id.hyphenated().to_string(),
@@ -72,14 +93,66 @@ pub fn posted_message(e: &StoredEvent) -> proto::PostedMessage {
 }
 
 /// The proto form of a stored invite.
-pub fn received_invite(i: InviteRecord) -> proto::ReceivedInvite {
+pub fn received_invite(mut i: InviteRecord) -> proto::ReceivedInvite {
+    let body = std::mem::take(&mut i.body);
+    received_invite_with(&i, body)
+}
+
+/// `i` in proto form with the invite bytes `body`.
+fn received_invite_with(i: &InviteRecord, body: Vec<u8>) -> proto::ReceivedInvite {
     proto::ReceivedInvite {
         invite_id: i.invite_id as u64,
         pair: Some(channel_pair(&i.pair)),
         from_user: i.from_user as u64,
-        invite: i.body,
+        invite: body,
         sent_at: Some(to_timestamp(i.sent_at)),
     }
+}
+
+/// The proto form of a pair with its members.
+pub fn pair_info(p: PairInfo) -> proto::ChannelPairInfo {
+    proto::ChannelPairInfo {
+        pair: Some(channel_pair(&p.ids)),
+        owner: p.owner as u64,
+        members: p.members.into_iter().map(|m| m as u64).collect(),
+    }
+}
+
+/// Bytes a field numbered 1 to 15 takes when it holds `len` encoded bytes (a message,
+/// one element of a repeated message field, or a non-empty `bytes`): key, length, value.
+pub fn field_len(len: usize) -> usize {
+    1 + prost::encoding::encoded_len_varint(len as u64) + len
+}
+
+/// Bytes a `bytes` field numbered 1 to 15 of `len` bytes takes (none when empty).
+fn bytes_field_len(len: usize) -> usize {
+    if len == 0 { 0 } else { field_len(len) }
+}
+
+/// What an event adds to a response as one `PostedMessage` element, without copying its
+/// ciphertext.
+pub fn posted_message_size(e: &StoredEvent) -> usize {
+    let encrypted = proto::EncryptedMessage {
+        message: Vec::new(),
+        id: e.counter as u64,
+    };
+    let encrypted_len = encrypted.encoded_len() + bytes_field_len(e.body.len());
+    field_len(posted_message_with(e, None).encoded_len() + field_len(encrypted_len))
+}
+
+/// What an invite adds to a response as one `ReceivedInvite` element, without copying it.
+pub fn received_invite_size(i: &InviteRecord) -> usize {
+    field_len(received_invite_with(i, Vec::new()).encoded_len() + bytes_field_len(i.body.len()))
+}
+
+/// What a key adds to a response as one `Key` element (or as `current_key`).
+pub fn key_size(k: &StoredKey) -> usize {
+    field_len(key_with(k, Vec::new()).encoded_len() + bytes_field_len(k.spki_der.len()))
+}
+
+/// What a pair adds to a response as one `ChannelPairInfo` element.
+pub fn pair_info_size(p: &PairInfo) -> usize {
+    field_len(pair_info(p.clone()).encoded_len())
 }
 
 /// One `StreamMessagePostingResponse` frame, encoded once.
@@ -110,6 +183,62 @@ mod tests {
             "not-a-uuid".to_string(),
         ] {
             assert!(parse_id("stream_id", &bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn item_sizes_are_exact() {
+        let stream_id = Uuid::new_v4();
+        for (len, counter) in [(0, 1), (1, 127), (127, 128), (128, 1 << 40), (16_383, 7)] {
+            for len in [len, len + 65_536 - 16_383] {
+                let e = StoredEvent {
+                    stream_id,
+                    event_id: counter * 3,
+                    counter,
+                    sender: counter + 1,
+                    posted_at: 1_750_000_000_123_456,
+                    body: bytes::Bytes::from(vec![7u8; len]),
+                };
+                let page = proto::FetchMessagesResponse {
+                    messages: vec![posted_message(&e)],
+                    ..Default::default()
+                };
+                assert_eq!(posted_message_size(&e), page.encoded_len(), "{len}");
+                assert_eq!(into_posted_message(e.clone()), posted_message(&e));
+                let i = InviteRecord {
+                    invite_id: counter,
+                    to_user: 1,
+                    pair: PairIds::generate(),
+                    from_user: counter,
+                    body: vec![1u8; len],
+                    sent_at: 5,
+                };
+                let page = proto::FetchInvitesResponse {
+                    invites: vec![received_invite(i.clone())],
+                    has_more: false,
+                };
+                assert_eq!(received_invite_size(&i), page.encoded_len(), "{len}");
+                let k = StoredKey {
+                    spki_der: vec![2u8; len],
+                    fingerprint: vec![3u8; 32],
+                    posted_at: counter,
+                };
+                let page = proto::FetchKeyResponse {
+                    past_keys: vec![key(k.clone())],
+                    ..Default::default()
+                };
+                assert_eq!(key_size(&k), page.encoded_len(), "{len}");
+                let p = PairInfo {
+                    ids: PairIds::generate(),
+                    owner: counter,
+                    members: (1..=len as i64).collect(),
+                };
+                let page = proto::ListChannelPairsResponse {
+                    pairs: vec![pair_info(p.clone())],
+                    has_more: false,
+                };
+                assert_eq!(pair_info_size(&p), page.encoded_len(), "{len}");
+            }
         }
     }
 

@@ -3,7 +3,7 @@
 use crate::error::{Error, Result};
 use crate::keycheck;
 use crate::proto;
-use crate::service::{AppState, check_blob, check_local};
+use crate::service::{AppState, check_blob, check_local, paging};
 use crate::store::PostKeyOutcome;
 use crate::time::now_micros;
 use crate::wire;
@@ -27,13 +27,24 @@ pub(super) async fn fetch_key(
 ) -> Result<proto::FetchKeyResponse> {
     let user = wire::parse_user_id("user_id", r.user_id)?;
     check_local(&st.settings, &r.homeserver)?;
-    let mut keys = st.store.fetch_public_keys(user).await?.into_iter();
+    // The current key is the first item of the page (it always comes), then the past
+    // keys, newest first, up to the cap.
+    let envelope = proto::FetchKeyResponse {
+        current_key: None,
+        past_keys: Vec::new(),
+        more_past_keys: true,
+    };
+    let budget = paging::budget(&st.settings, envelope, wire::key_size);
+    let limit = st.settings.max_past_keys.saturating_add(1);
+    let page = st.store.fetch_public_keys(user, limit, budget).await?;
+    let mut keys = page.items.into_iter();
     let current = keys
         .next()
         .ok_or_else(|| Error::NotFound(format!("user {user} has not posted a public key")))?;
     Ok(proto::FetchKeyResponse {
         current_key: Some(wire::key(current)),
         past_keys: keys.map(wire::key).collect(),
+        more_past_keys: page.has_more,
     })
 }
 

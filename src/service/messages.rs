@@ -4,7 +4,7 @@ use bytes::Bytes;
 
 use crate::error::{Error, Result};
 use crate::proto;
-use crate::service::{AppState, check_blob, page_limit};
+use crate::service::{AppState, check_blob, page_limit, paging};
 use crate::store::{AppendRequest, Page};
 use crate::wire::{self, parse_id};
 
@@ -58,12 +58,17 @@ pub(super) async fn fetch_messages(
     } else {
         Page::After(clamp(r.after_event_id))
     };
+    let budget = paging::events_budget(&st.settings);
     let result = st
         .store
-        .fetch_events(user, stream, page, page_limit(r.limit))
+        .fetch_events(user, stream, page, page_limit(r.limit), budget)
         .await?;
     Ok(proto::FetchMessagesResponse {
-        messages: result.events.iter().map(wire::posted_message).collect(),
+        messages: result
+            .events
+            .into_iter()
+            .map(wire::into_posted_message)
+            .collect(),
         has_more: result.has_more,
         head_event_id: result.head_event_id as u64,
     })

@@ -6,6 +6,7 @@
 
 mod keys;
 mod messages;
+mod paging;
 mod rooms;
 pub mod router;
 mod streaming;
@@ -199,10 +200,10 @@ impl SecretService for SecretApi {
         &self,
         req: Request<proto::ListChannelPairsRequest>,
     ) -> StatusResult<proto::ListChannelPairsResponse> {
-        let (user, _) = parts(req)?;
+        let (user, r) = parts(req)?;
         answer(
             "ListChannelPairs",
-            rooms::list_channel_pairs(&self.state, user).await,
+            rooms::list_channel_pairs(&self.state, user, r).await,
         )
     }
 

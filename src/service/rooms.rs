@@ -3,7 +3,7 @@
 
 use crate::error::Result;
 use crate::proto;
-use crate::service::{AppState, check_blob, check_local, page_limit};
+use crate::service::{AppState, check_blob, check_local, page_limit, paging};
 use crate::store::PairIds;
 use crate::time::now_micros;
 use crate::wire::{self, parse_id, parse_user_id};
@@ -38,31 +38,39 @@ pub(super) async fn fetch_invites(
     user: i64,
     r: proto::FetchInvitesRequest,
 ) -> Result<proto::FetchInvitesResponse> {
-    let limit = page_limit(r.limit);
     let after = i64::try_from(r.after_invite_id).unwrap_or(i64::MAX);
-    let mut invites = st.store.fetch_invites(user, after, limit + 1).await?;
-    let has_more = invites.len() > limit;
-    invites.truncate(limit);
+    let budget = paging::invites_budget(&st.settings);
+    let page = st
+        .store
+        .fetch_invites(user, after, page_limit(r.limit), budget)
+        .await?;
     Ok(proto::FetchInvitesResponse {
-        invites: invites.into_iter().map(wire::received_invite).collect(),
-        has_more,
+        invites: page.items.into_iter().map(wire::received_invite).collect(),
+        has_more: page.has_more,
     })
 }
 
 pub(super) async fn list_channel_pairs(
     st: &AppState,
     user: i64,
+    r: proto::ListChannelPairsRequest,
 ) -> Result<proto::ListChannelPairsResponse> {
-    let pairs = st.store.list_pairs(user).await?;
+    let after = match r.after_pair_id.as_str() {
+        "" => None,
+        id => Some(parse_id("after_pair_id", id)?),
+    };
+    let envelope = proto::ListChannelPairsResponse {
+        pairs: Vec::new(),
+        has_more: true,
+    };
+    let budget = paging::budget(&st.settings, envelope, wire::pair_info_size);
+    let page = st
+        .store
+        .list_pairs(user, after, page_limit(r.limit), budget)
+        .await?;
     Ok(proto::ListChannelPairsResponse {
-        pairs: pairs
-            .into_iter()
-            .map(|p| proto::ChannelPairInfo {
-                pair: Some(wire::channel_pair(&p.ids)),
-                owner: p.owner as u64,
-                members: p.members.into_iter().map(|m| m as u64).collect(),
-            })
-            .collect(),
+        pairs: page.items.into_iter().map(wire::pair_info).collect(),
+        has_more: page.has_more,
     })
 }
 

@@ -18,6 +18,17 @@ pub fn pair_denied() -> Error {
     )
 }
 
+/// The error for a ListChannelPairs cursor that names no pair of the caller (unknown,
+/// someone else's, or left since): the same for all, like [`pair_denied`].
+pub fn cursor_denied() -> Error {
+    Error::PermissionDenied(
+        "after_pair_id is not a channel pair you are a member of (you may have left it \
+         while paging, or it does not exist); list again from the start with an empty \
+         after_pair_id"
+            .into(),
+    )
+}
+
 /// The error for a compare-and-set on the private key that lost.
 pub fn version_mismatch(expected: u64, current: Option<u64>) -> Error {
     match current {

@@ -10,6 +10,7 @@
 
 mod append;
 mod errors;
+mod page;
 pub mod postgres;
 pub mod sqlite;
 
@@ -20,6 +21,7 @@ use bytes::Bytes;
 use uuid::Uuid;
 
 pub use errors::*;
+pub use page::{Budget, Paged};
 
 use crate::error::Result;
 use crate::keycheck::CanonicalKey;
@@ -263,8 +265,14 @@ pub trait KeyStore: Send + Sync {
         key: &CanonicalKey,
         now: i64,
     ) -> Result<PostKeyOutcome>;
-    /// The user's keys, newest first (empty if none).
-    async fn fetch_public_keys(&self, user: i64) -> Result<Vec<StoredKey>>;
+    /// The user's keys, newest first (the current one first; empty if none): at most
+    /// `limit` of them within `budget`; `has_more` when older keys exist.
+    async fn fetch_public_keys(
+        &self,
+        user: i64,
+        limit: usize,
+        budget: Budget<StoredKey>,
+    ) -> Result<Paged<StoredKey>>;
     /// Stores the private-key blob; compare-and-set on `expected` (0 = none stored yet).
     /// Returns the new version.
     async fn post_private_key(
@@ -292,13 +300,26 @@ pub trait RoomStore: Send + Sync {
         body: &[u8],
         now: i64,
     ) -> Result<InviteRecord>;
-    /// The user's invites with id > `after`, oldest first, at most `limit`.
-    async fn fetch_invites(&self, user: i64, after: i64, limit: usize)
-    -> Result<Vec<InviteRecord>>;
+    /// The user's invites with id > `after`, oldest first: at most `limit` within `budget`.
+    async fn fetch_invites(
+        &self,
+        user: i64,
+        after: i64,
+        limit: usize,
+        budget: Budget<InviteRecord>,
+    ) -> Result<Paged<InviteRecord>>;
     /// The id of the user's newest invite (0 = none).
     async fn last_invite_id(&self, user: i64) -> Result<i64>;
-    /// Pairs the user is a member of, oldest first.
-    async fn list_pairs(&self, user: i64) -> Result<Vec<PairInfo>>;
+    /// Pairs the user is a member of, oldest first (by creation time, then pair id),
+    /// after the pair `after` (which the user must be a member of: [`cursor_denied`]
+    /// otherwise): at most `limit` within `budget`.
+    async fn list_pairs(
+        &self,
+        user: i64,
+        after: Option<Uuid>,
+        limit: usize,
+        budget: Budget<PairInfo>,
+    ) -> Result<Paged<PairInfo>>;
     /// Removes the user from the pair (ownership passes on if they owned it).
     async fn leave_pair(&self, user: i64, pair: Uuid) -> Result<PairIds>;
     /// The owner removes another member.
@@ -318,13 +339,15 @@ pub trait EventStore: Send + Sync {
     ) -> Result<Vec<Result<Appended>>>;
     /// Checks that the user may read the stream and returns its head.
     async fn stream_access(&self, user: i64, stream: Uuid) -> Result<StreamAccess>;
-    /// A page of a stream's history for a member.
+    /// A page of a stream's history for a member: at most `limit` events within `budget`,
+    /// the ones nearest the cursor (for [`Page::Before`], the newest before it).
     async fn fetch_events(
         &self,
         user: i64,
         stream: Uuid,
         page: Page,
         limit: usize,
+        budget: Budget<StoredEvent>,
     ) -> Result<EventPage>;
     /// Events with `after < id <= up_to`, ascending, at most `limit`, without an access
     /// check (the fan-out checks access itself via the epoch).

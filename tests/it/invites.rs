@@ -298,7 +298,7 @@ async fn invites_page_oldest_first(b: Backend) {
 }
 
 async fn list(c: &mut Client) -> Vec<ChannelPairInfo> {
-    c.list_channel_pairs(ListChannelPairsRequest {})
+    c.list_channel_pairs(ListChannelPairsRequest::default())
         .await
         .unwrap()
         .into_inner()

@@ -12,6 +12,7 @@ mod cli;
 mod invites;
 mod keys;
 mod messages;
+mod paging;
 mod private_keys;
 mod process;
 mod races;

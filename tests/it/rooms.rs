@@ -13,7 +13,7 @@ both_backends!(
 );
 
 async fn list(c: &mut Client) -> Vec<ChannelPairInfo> {
-    c.list_channel_pairs(ListChannelPairsRequest {})
+    c.list_channel_pairs(ListChannelPairsRequest::default())
         .await
         .unwrap()
         .into_inner()

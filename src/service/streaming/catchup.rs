@@ -115,10 +115,11 @@ impl Session {
     /// Reads one page after `cursor` from the database (checking access in the same read)
     /// and queues it.
     async fn page_from_db(&self, stream: Uuid, cursor: i64) -> Flow {
+        let budget = crate::service::paging::events_budget(&self.state.settings);
         let page = match self
             .state
             .store
-            .fetch_events(self.user, stream, Page::After(cursor), DB_PAGE)
+            .fetch_events(self.user, stream, Page::After(cursor), DB_PAGE, budget)
             .await
         {
             Ok(p) => p,

@@ -290,19 +290,19 @@ impl Session {
 
     async fn deliver_invites(&mut self) -> Flow {
         loop {
-            let invites = self
+            let budget = crate::service::paging::invites_budget(&self.state.settings);
+            let page = self
                 .state
                 .store
-                .fetch_invites(self.user, self.invite_cursor, INVITE_PAGE)
+                .fetch_invites(self.user, self.invite_cursor, INVITE_PAGE, budget)
                 .await
                 .map_err(db_stop)?;
-            let n = invites.len();
-            for invite in invites {
+            for invite in page.items {
                 self.invite_cursor = invite.invite_id;
                 self.push(wire::frame(Event::Invite(wire::received_invite(invite))))
                     .await?;
             }
-            if n < INVITE_PAGE {
+            if !page.has_more {
                 return Ok(());
             }
         }

@@ -1,6 +1,10 @@
 //! Ordered appends and reads of stream events on Postgres.
 
+use futures_util::{StreamExt, TryStreamExt, stream};
+
 use super::*;
+use crate::error::Error;
+use crate::store::page;
 
 #[async_trait]
 impl EventStore for PgStore {
@@ -155,9 +159,11 @@ impl EventStore for PgStore {
         stream: Uuid,
         page: Page,
         limit: usize,
+        budget: Budget<StoredEvent>,
     ) -> Result<EventPage> {
         // One statement, one snapshot: the access check, the head and the page agree.
         // No row at all = no access; one row with NULL event columns = an empty page.
+        // Rows come nearest the cursor first (descending for a backward page).
         let (sql, bound) = match page {
             Page::After(after) => (
                 "SELECT s.head_event_id, s.member_epoch, e.event_id, e.counter, e.sender, e.posted_at, e.body \
@@ -172,38 +178,35 @@ impl EventStore for PgStore {
                  FROM streams s JOIN members m ON m.pair_id = s.pair_id AND m.user_id = $1 \
                  LEFT JOIN LATERAL (SELECT * FROM events WHERE stream_id = s.stream_id AND event_id < $3 \
                                     ORDER BY event_id DESC LIMIT $4) e ON true \
-                 WHERE s.stream_id = $2 ORDER BY e.event_id",
+                 WHERE s.stream_id = $2 ORDER BY e.event_id DESC",
                 before,
             ),
         };
-        let rows = sqlx::query(sql)
+        let mut rows = sqlx::query(sql)
             .bind(user)
             .bind(stream)
             .bind(bound)
             .bind(limit as i64 + 1)
-            .fetch_all(&self.pool)
-            .await?;
-        let first = rows.first().ok_or_else(stream_denied)?;
+            .fetch(&self.pool);
+        let first = rows.try_next().await?.ok_or_else(stream_denied)?;
         let head_event_id: i64 = first.try_get(0)?;
         let member_epoch: i64 = first.try_get(1)?;
-        let mut events = Vec::with_capacity(rows.len());
-        for r in &rows {
-            if r.try_get::<Option<i64>, _>(2)?.is_some() {
-                events.push(stored_event(stream, r, 2)?);
-            }
-        }
-        let has_more = events.len() > limit;
-        if has_more {
-            match page {
-                Page::After(_) => events.truncate(limit),
-                Page::Before(_) => {
-                    events.remove(0);
+        let events = stream::once(async { Ok(first) })
+            .chain(rows)
+            .map_err(Error::from)
+            .try_filter_map(|r| async move {
+                match r.try_get::<Option<i64>, _>(2)? {
+                    Some(_) => Ok(Some(stored_event(stream, &r, 2)?)),
+                    None => Ok(None),
                 }
-            }
+            });
+        let mut paged = page::collect(events, limit, budget).await?;
+        if matches!(page, Page::Before(_)) {
+            paged.items.reverse();
         }
         Ok(EventPage {
-            events,
-            has_more,
+            events: paged.items,
+            has_more: paged.has_more,
             head_event_id,
             member_epoch,
         })

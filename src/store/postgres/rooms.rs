@@ -1,6 +1,9 @@
 //! Channel pairs, membership and invites on Postgres.
 
+use futures_util::StreamExt;
+
 use super::*;
+use crate::store::page;
 
 #[async_trait]
 impl RoomStore for PgStore {
@@ -80,21 +83,21 @@ impl RoomStore for PgStore {
         user: i64,
         after: i64,
         limit: usize,
-    ) -> Result<Vec<InviteRecord>> {
-        let rows: Vec<InviteRow> = sqlx::query_as(
+        budget: Budget<InviteRecord>,
+    ) -> Result<Paged<InviteRecord>> {
+        let rows = sqlx::query_as::<_, InviteRow>(
             "SELECT i.invite_id, i.pair_id, p.message_id, p.state_id, i.from_user, i.body, i.sent_at \
              FROM invites i JOIN channel_pairs p ON p.pair_id = i.pair_id \
              WHERE i.to_user = $1 AND i.invite_id > $2 ORDER BY i.invite_id LIMIT $3",
         )
         .bind(user)
         .bind(after)
-        .bind(limit as i64)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|row| InviteRecord::from_row(user, row))
-            .collect())
+        .bind(limit as i64 + 1)
+        .fetch(&self.pool)
+        .map(move |row| -> Result<InviteRecord> {
+            Ok(InviteRecord::from_row(user, row?))
+        });
+        page::collect(rows, limit, budget).await
     }
 
     async fn last_invite_id(&self, user: i64) -> Result<i64> {
@@ -106,19 +109,43 @@ impl RoomStore for PgStore {
         Ok(id.unwrap_or(0))
     }
 
-    async fn list_pairs(&self, user: i64) -> Result<Vec<PairInfo>> {
-        let rows: Vec<(Uuid, Uuid, Uuid, i64, Vec<i64>)> = sqlx::query_as(
+    async fn list_pairs(
+        &self,
+        user: i64,
+        after: Option<Uuid>,
+        limit: usize,
+        budget: Budget<PairInfo>,
+    ) -> Result<Paged<PairInfo>> {
+        // Keyset paging on (created_at, pair_id); before the first pair for no cursor.
+        let (after_created, after_pair) = match after {
+            None => (i64::MIN, Uuid::nil()),
+            Some(pair) => {
+                let created: Option<i64> = sqlx::query_scalar(
+                    "SELECT p.created_at FROM channel_pairs p \
+                     JOIN members m ON m.pair_id = p.pair_id AND m.user_id = $1 WHERE p.pair_id = $2",
+                )
+                .bind(user)
+                .bind(pair)
+                .fetch_optional(&self.pool)
+                .await?;
+                (created.ok_or_else(cursor_denied)?, pair)
+            }
+        };
+        let rows = sqlx::query_as::<_, (Uuid, Uuid, Uuid, i64, Vec<i64>)>(
             "SELECT p.pair_id, p.message_id, p.state_id, p.owner, \
                     ARRAY(SELECT m2.user_id FROM members m2 WHERE m2.pair_id = p.pair_id ORDER BY m2.user_id) \
              FROM members m JOIN channel_pairs p ON p.pair_id = m.pair_id \
-             WHERE m.user_id = $1 ORDER BY p.created_at, p.pair_id",
+             WHERE m.user_id = $1 AND (p.created_at, p.pair_id) > ($2, $3) \
+             ORDER BY p.created_at, p.pair_id LIMIT $4",
         )
         .bind(user)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(pair_id, message_id, state_id, owner, members)| PairInfo {
+        .bind(after_created)
+        .bind(after_pair)
+        .bind(limit as i64 + 1)
+        .fetch(&self.pool)
+        .map(|row| -> Result<PairInfo> {
+            let (pair_id, message_id, state_id, owner, members) = row?;
+            Ok(PairInfo {
                 ids: PairIds {
                     pair_id,
                     message_id,
@@ -127,7 +154,8 @@ impl RoomStore for PgStore {
                 owner,
                 members,
             })
-            .collect())
+        });
+        page::collect(rows, limit, budget).await
     }
 
     async fn leave_pair(&self, user: i64, pair: Uuid) -> Result<PairIds> {

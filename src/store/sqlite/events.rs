@@ -1,6 +1,9 @@
 //! Ordered appends and reads of stream events on SQLite.
 
+use futures_util::StreamExt;
+
 use super::*;
+use crate::store::page;
 
 #[async_trait]
 impl EventStore for SqliteStore {
@@ -135,6 +138,7 @@ impl EventStore for SqliteStore {
         stream: Uuid,
         page: Page,
         limit: usize,
+        budget: Budget<StoredEvent>,
     ) -> Result<EventPage> {
         // One read transaction: the access check, the head and the page see one snapshot.
         let mut tx = self.readers.begin().await?;
@@ -147,43 +151,33 @@ impl EventStore for SqliteStore {
         .fetch_optional(&mut *tx)
         .await?;
         let (head_event_id, member_epoch) = head.ok_or_else(stream_denied)?;
-        let rows = match page {
-            Page::After(after) => {
-                sqlx::query(
-                    "SELECT event_id, counter, sender, posted_at, body FROM events \
-                     WHERE stream_id = ? AND event_id > ? ORDER BY event_id LIMIT ?",
-                )
-                .bind(stream)
-                .bind(after)
-                .bind(limit as i64 + 1)
-                .fetch_all(&mut *tx)
-                .await?
-            }
-            Page::Before(before) => {
-                sqlx::query(
-                    "SELECT event_id, counter, sender, posted_at, body FROM events \
-                     WHERE stream_id = ? AND event_id < ? ORDER BY event_id DESC LIMIT ?",
-                )
-                .bind(stream)
-                .bind(before)
-                .bind(limit as i64 + 1)
-                .fetch_all(&mut *tx)
-                .await?
-            }
+        // Rows come nearest the cursor first (descending for a backward page).
+        let (sql, bound) = match page {
+            Page::After(after) => (
+                "SELECT event_id, counter, sender, posted_at, body FROM events \
+                 WHERE stream_id = ? AND event_id > ? ORDER BY event_id LIMIT ?",
+                after,
+            ),
+            Page::Before(before) => (
+                "SELECT event_id, counter, sender, posted_at, body FROM events \
+                 WHERE stream_id = ? AND event_id < ? ORDER BY event_id DESC LIMIT ?",
+                before,
+            ),
         };
+        let rows = sqlx::query(sql)
+            .bind(stream)
+            .bind(bound)
+            .bind(limit as i64 + 1)
+            .fetch(&mut *tx)
+            .map(|r| -> Result<StoredEvent> { Ok(stored_event(stream, &r?)?) });
+        let mut paged = page::collect(rows, limit, budget).await?;
         tx.commit().await?;
-        let mut events = rows
-            .iter()
-            .map(|r| stored_event(stream, r))
-            .collect::<Result<Vec<_>, _>>()?;
-        let has_more = events.len() > limit;
-        events.truncate(limit);
         if matches!(page, Page::Before(_)) {
-            events.reverse();
+            paged.items.reverse();
         }
         Ok(EventPage {
-            events,
-            has_more,
+            events: paged.items,
+            has_more: paged.has_more,
             head_event_id,
             member_epoch,
         })

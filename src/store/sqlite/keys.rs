@@ -1,6 +1,9 @@
 //! Public keys and private-key backups on SQLite.
 
+use futures_util::StreamExt;
+
 use super::*;
+use crate::store::page;
 
 #[async_trait]
 impl KeyStore for SqliteStore {
@@ -46,14 +49,21 @@ impl KeyStore for SqliteStore {
         Ok(PostKeyOutcome::Changed)
     }
 
-    async fn fetch_public_keys(&self, user: i64) -> Result<Vec<StoredKey>> {
-        let rows: Vec<KeyRow> = sqlx::query_as(
-            "SELECT spki_der, fingerprint, posted_at FROM public_keys WHERE user_id = ? ORDER BY seq DESC",
+    async fn fetch_public_keys(
+        &self,
+        user: i64,
+        limit: usize,
+        budget: Budget<StoredKey>,
+    ) -> Result<Paged<StoredKey>> {
+        let rows = sqlx::query_as::<_, KeyRow>(
+            "SELECT spki_der, fingerprint, posted_at FROM public_keys WHERE user_id = ? \
+             ORDER BY seq DESC LIMIT ?",
         )
         .bind(user)
-        .fetch_all(&self.readers)
-        .await?;
-        Ok(rows.into_iter().map(StoredKey::from).collect())
+        .bind(limit as i64 + 1)
+        .fetch(&self.readers)
+        .map(|row| -> Result<StoredKey> { Ok(StoredKey::from(row?)) });
+        page::collect(rows, limit, budget).await
     }
 
     async fn post_private_key(

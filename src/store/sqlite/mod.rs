@@ -20,6 +20,11 @@ use uuid::Uuid;
 use super::append::{ExistingEvent, HeadRow, lookups_needed, plan_batch};
 use super::*;
 
+/// Rows a reader's worker thread reads ahead of the task consuming them (sqlx's default
+/// is 50). A page stops at its byte budget and drops the rest of its rows; with 64 KiB
+/// rows this keeps what was read ahead and thrown away to 512 KiB.
+const READ_AHEAD_ROWS: usize = 8;
+
 /// SQLite store: a single writer and a pool of readers on one file.
 pub struct SqliteStore {
     writer: SqlitePool,
@@ -51,7 +56,7 @@ impl SqliteStore {
         let readers = SqlitePoolOptions::new()
             .max_connections(readers.max(1))
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options.read_only(true))
+            .connect_with(options.read_only(true).row_buffer_size(READ_AHEAD_ROWS))
             .await?;
         Ok(SqliteStore { writer, readers })
     }

@@ -1,6 +1,22 @@
 //! Channel pairs, membership and invites on SQLite.
 
+use futures_util::StreamExt;
+
 use super::*;
+use crate::error::Error;
+use crate::store::page;
+
+/// Parses the comma-separated member ids that `group_concat` built.
+fn parse_members(list: &str) -> Result<Vec<i64>> {
+    list.split(',')
+        .filter(|m| !m.is_empty())
+        .map(|m| {
+            m.parse().map_err(|_| {
+                Error::Internal(format!("member id {m:?} in the database is not a number"))
+            })
+        })
+        .collect()
+}
 
 #[async_trait]
 impl RoomStore for SqliteStore {
@@ -96,21 +112,21 @@ impl RoomStore for SqliteStore {
         user: i64,
         after: i64,
         limit: usize,
-    ) -> Result<Vec<InviteRecord>> {
-        let rows: Vec<InviteRow> = sqlx::query_as(
+        budget: Budget<InviteRecord>,
+    ) -> Result<Paged<InviteRecord>> {
+        let rows = sqlx::query_as::<_, InviteRow>(
             "SELECT i.invite_id, i.pair_id, p.message_id, p.state_id, i.from_user, i.body, i.sent_at \
              FROM invites i JOIN channel_pairs p ON p.pair_id = i.pair_id \
              WHERE i.to_user = ? AND i.invite_id > ? ORDER BY i.invite_id LIMIT ?",
         )
         .bind(user)
         .bind(after)
-        .bind(limit as i64)
-        .fetch_all(&self.readers)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|row| InviteRecord::from_row(user, row))
-            .collect())
+        .bind(limit as i64 + 1)
+        .fetch(&self.readers)
+        .map(move |row| -> Result<InviteRecord> {
+            Ok(InviteRecord::from_row(user, row?))
+        });
+        page::collect(rows, limit, budget).await
     }
 
     async fn last_invite_id(&self, user: i64) -> Result<i64> {
@@ -122,34 +138,63 @@ impl RoomStore for SqliteStore {
         Ok(id.unwrap_or(0))
     }
 
-    async fn list_pairs(&self, user: i64) -> Result<Vec<PairInfo>> {
+    async fn list_pairs(
+        &self,
+        user: i64,
+        after: Option<Uuid>,
+        limit: usize,
+        budget: Budget<PairInfo>,
+    ) -> Result<Paged<PairInfo>> {
+        // One read transaction, so the cursor and the page see one snapshot.
+        let mut tx = self.readers.begin().await?;
+        // Keyset paging on (created_at, pair_id); before the first pair for no cursor.
+        let (after_created, after_pair) = match after {
+            None => (i64::MIN, Uuid::nil()),
+            Some(pair) => {
+                let created: Option<i64> = sqlx::query_scalar(
+                    "SELECT p.created_at FROM channel_pairs p \
+                     JOIN members m ON m.pair_id = p.pair_id AND m.user_id = ? WHERE p.pair_id = ?",
+                )
+                .bind(user)
+                .bind(pair)
+                .fetch_optional(&mut *tx)
+                .await?;
+                (created.ok_or_else(cursor_denied)?, pair)
+            }
+        };
+        // Members as one ascending list per pair, so that one row is one pair; listed for
+        // the page's pairs only.
         let rows = sqlx::query(
-            "SELECT p.pair_id, p.message_id, p.state_id, p.owner, m2.user_id \
-             FROM members m JOIN channel_pairs p ON p.pair_id = m.pair_id \
-             JOIN members m2 ON m2.pair_id = p.pair_id \
-             WHERE m.user_id = ? ORDER BY p.created_at, p.pair_id, m2.user_id",
+            "SELECT q.pair_id, q.message_id, q.state_id, q.owner, \
+                    (SELECT group_concat(m2.user_id, ',' ORDER BY m2.user_id) FROM members m2 \
+                     WHERE m2.pair_id = q.pair_id) \
+             FROM (SELECT p.pair_id, p.message_id, p.state_id, p.owner, p.created_at \
+                   FROM members m JOIN channel_pairs p ON p.pair_id = m.pair_id \
+                   WHERE m.user_id = ? AND (p.created_at, p.pair_id) > (?, ?) \
+                   ORDER BY p.created_at, p.pair_id LIMIT ?) q \
+             ORDER BY q.created_at, q.pair_id",
         )
         .bind(user)
-        .fetch_all(&self.readers)
-        .await?;
-        let mut out: Vec<PairInfo> = Vec::new();
-        for r in &rows {
-            let pair_id: Uuid = r.try_get(0)?;
-            let member: i64 = r.try_get(4)?;
-            match out.last_mut() {
-                Some(last) if last.ids.pair_id == pair_id => last.members.push(member),
-                _ => out.push(PairInfo {
-                    ids: PairIds {
-                        pair_id,
-                        message_id: r.try_get(1)?,
-                        state_id: r.try_get(2)?,
-                    },
-                    owner: r.try_get(3)?,
-                    members: vec![member],
-                }),
-            }
-        }
-        Ok(out)
+        .bind(after_created)
+        .bind(after_pair)
+        .bind(limit as i64 + 1)
+        .fetch(&mut *tx)
+        .map(|r| -> Result<PairInfo> {
+            let r = r?;
+            let members: Option<String> = r.try_get(4)?;
+            Ok(PairInfo {
+                ids: PairIds {
+                    pair_id: r.try_get(0)?,
+                    message_id: r.try_get(1)?,
+                    state_id: r.try_get(2)?,
+                },
+                owner: r.try_get(3)?,
+                members: parse_members(members.as_deref().unwrap_or(""))?,
+            })
+        });
+        let paged = page::collect(rows, limit, budget).await?;
+        tx.commit().await?;
+        Ok(paged)
     }
 
     async fn leave_pair(&self, user: i64, pair: Uuid) -> Result<PairIds> {
