@@ -8,18 +8,54 @@
 //! publishes the new events to the hub and answers each caller with its own outcome. A
 //! rejected post never fails the others; a failed transaction fails its batch only, and
 //! nothing of it is written.
+//!
+//! Each writer's queue holds `commit_queue_depth` posts. When it is full, a post waits at
+//! most `commit_queue_timeout_ms` for room and is then refused with RESOURCE_EXHAUSTED and
+//! a retry delay: overload is an answer, not an unbounded wait. A refused post was never
+//! queued, so it is certainly not written.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use tokio::sync::mpsc::error::SendTimeoutError;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::hub::Hub;
 use crate::store::{AppendRequest, Appended, DynStore};
 
-/// Queue depth per writer before callers wait (backpressure).
-const QUEUE_PER_WRITER: usize = 8192;
+/// The shortest retry delay an overloaded queue suggests, in milliseconds.
+const MIN_RETRY_AFTER_MS: u64 = 100;
+
+/// How the group commit is set up.
+#[derive(Debug, Clone, Copy)]
+pub struct CommitSettings {
+    /// Writer tasks (streams are sharded over them).
+    pub writers: usize,
+    /// Most posts per transaction (`commit_max_batch`).
+    pub max_batch: usize,
+    /// `max_counter_gap`.
+    pub max_gap: u64,
+    /// Posts queued per writer (`commit_queue_depth`).
+    pub queue_depth: usize,
+    /// How long a post waits for room in a full queue (`commit_queue_timeout_ms`).
+    pub queue_timeout: Duration,
+}
+
+impl CommitSettings {
+    /// The configured group commit with `writers` writers.
+    pub fn new(writers: usize, settings: &Settings) -> Self {
+        CommitSettings {
+            writers,
+            max_batch: settings.commit_max_batch,
+            max_gap: settings.max_counter_gap,
+            queue_depth: settings.commit_queue_depth,
+            queue_timeout: Duration::from_millis(settings.commit_queue_timeout_ms),
+        }
+    }
+}
 
 struct Job {
     request: AppendRequest,
@@ -30,6 +66,8 @@ struct Job {
 #[derive(Clone)]
 pub struct Committer {
     shards: Arc<Vec<mpsc::Sender<Job>>>,
+    queue_depth: usize,
+    queue_timeout: Duration,
 }
 
 /// The writer tasks.
@@ -50,20 +88,17 @@ impl Writers {
 }
 
 impl Committer {
-    /// Starts `writers` writer tasks.
-    pub fn start(
-        store: DynStore,
-        hub: Arc<Hub>,
-        writers: usize,
-        max_batch: usize,
-        max_gap: u64,
-    ) -> (Committer, Writers) {
-        let max_gap = i64::try_from(max_gap).unwrap_or(i64::MAX);
+    /// Starts the writer tasks.
+    pub fn start(store: DynStore, hub: Arc<Hub>, config: CommitSettings) -> (Committer, Writers) {
+        let CommitSettings {
+            writers, max_batch, ..
+        } = config;
+        let max_gap = i64::try_from(config.max_gap).unwrap_or(i64::MAX);
         let mut shards = Vec::with_capacity(writers);
         let mut handles = Vec::with_capacity(writers);
         let (stop, stopped) = tokio::sync::watch::channel(false);
         for _ in 0..writers.max(1) {
-            let (tx, rx) = mpsc::channel(QUEUE_PER_WRITER);
+            let (tx, rx) = mpsc::channel(config.queue_depth.max(1));
             shards.push(tx);
             handles.push(tokio::spawn(writer(
                 rx,
@@ -77,6 +112,8 @@ impl Committer {
         (
             Committer {
                 shards: Arc::new(shards),
+                queue_depth: config.queue_depth.max(1),
+                queue_timeout: config.queue_timeout,
             },
             Writers { handles, stop },
         )
@@ -86,13 +123,39 @@ impl Committer {
     pub async fn append(&self, request: AppendRequest) -> Result<Appended> {
         let shard = (request.stream_id.as_u128() % self.shards.len() as u128) as usize;
         let (reply, answer) = oneshot::channel();
-        self.shards[shard]
-            .send(Job { request, reply })
+        match self.shards[shard]
+            .send_timeout(Job { request, reply }, self.queue_timeout)
             .await
-            .map_err(|_| Error::Unavailable("the server is shutting down; retry".into()))?;
+        {
+            Ok(()) => {}
+            Err(SendTimeoutError::Timeout(_)) => return Err(self.overloaded()),
+            Err(SendTimeoutError::Closed(_)) => {
+                return Err(Error::Unavailable(
+                    "the server is shutting down; retry".into(),
+                ));
+            }
+        }
         answer
             .await
             .map_err(|_| Error::Unavailable("the server is shutting down; retry".into()))?
+    }
+
+    /// The refusal of a post that found its writer's queue full past the deadline.
+    fn overloaded(&self) -> Error {
+        let waited = self.queue_timeout.as_millis();
+        let retry_after_ms = u64::try_from(waited)
+            .unwrap_or(u64::MAX)
+            .max(MIN_RETRY_AFTER_MS);
+        Error::Throttled {
+            message: format!(
+                "the server is overloaded: {} posts are already waiting to be committed \
+                 (config key commit_queue_depth) and none left the queue within {waited} ms \
+                 (commit_queue_timeout_ms); the post was not stored, retry in \
+                 {retry_after_ms} ms",
+                self.queue_depth
+            ),
+            retry_after_ms,
+        }
     }
 }
 

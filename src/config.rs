@@ -88,6 +88,66 @@ pub struct Settings {
     /// Most past keys FetchKey returns (newest first); `more_past_keys` says when older
     /// ones exist. Default 100.
     pub max_past_keys: usize,
+
+    // Limits (README "Limits"). Rate limits count per user and per replica; a rate of 0
+    // turns that limit off.
+    /// GenerateChannelPair calls per user per second (0 = off). Default 2.
+    pub rate_pairs_per_sec: f64,
+    /// GenerateChannelPair calls a user may make at once before the rate applies. Default 100.
+    pub rate_pairs_burst: u32,
+    /// SendInvite calls per user per second (0 = off). Default 20.
+    pub rate_invites_per_sec: f64,
+    /// SendInvite burst. Default 1000 (a new device receiving keys to 1,000 rooms).
+    pub rate_invites_burst: u32,
+    /// PostKey calls per user per second (0 = off). Default 1.
+    pub rate_keys_per_sec: f64,
+    /// PostKey burst. Default 20.
+    pub rate_keys_burst: u32,
+    /// PostPrivateKey calls per user per second (0 = off). Default 1.
+    pub rate_private_keys_per_sec: f64,
+    /// PostPrivateKey burst. Default 20.
+    pub rate_private_keys_burst: u32,
+    /// PostMessage calls per user per second (0 = off). Default 1000.
+    pub rate_posts_per_sec: f64,
+    /// PostMessage burst. Default 2000.
+    pub rate_posts_burst: u32,
+    /// History reads (FetchMessages, FetchInvites, ListChannelPairs, FetchKey,
+    /// FetchPrivateKey) per user per second (0 = off). Default 200.
+    pub rate_reads_per_sec: f64,
+    /// History-read burst. Default 2000.
+    pub rate_reads_burst: u32,
+    /// Subscription attempts per user per second: opening a StreamMessagePosting call, and
+    /// each stream named in `subscribe_to` or `resume_from` (0 = off). Default 400.
+    pub rate_subscriptions_per_sec: f64,
+    /// Subscription-attempt burst. Default 4000 (a client reconnecting and resuming 1,000
+    /// streams uses a quarter of it).
+    pub rate_subscriptions_burst: u32,
+    /// Invites one user may have pending to another: invites from X to Y into pairs Y is
+    /// still a member of (self-invites are not counted; 0 = off). Default 1000.
+    pub max_pending_invites_per_sender: u64,
+    /// Members one channel pair may have (0 = off). Default 5000.
+    pub max_members_per_pair: u64,
+    /// Posts queued per group-commit writer. Default 8192.
+    pub commit_queue_depth: usize,
+    /// How long PostMessage waits for room in a full group-commit queue before it answers
+    /// RESOURCE_EXHAUSTED, in milliseconds. Default 200.
+    pub commit_queue_timeout_ms: u64,
+    /// HTTP/2 streams (calls) one connection may have open at once
+    /// (SETTINGS_MAX_CONCURRENT_STREAMS). Default 200.
+    pub http2_max_concurrent_streams: u32,
+    /// Calls one connection may have in progress in the server at once; further calls
+    /// wait for one to finish (a StreamMessagePosting call counts only until it is
+    /// accepted). Default 64.
+    pub max_in_flight_per_connection: usize,
+    /// Unary calls one user may have in progress on one replica, over all their
+    /// connections, each until its response is sent (0 = off). Default 128.
+    pub max_in_flight_per_user: usize,
+    /// Deadline of a unary call in milliseconds (StreamMessagePosting has none); a call
+    /// past it ends with DEADLINE_EXCEEDED. Default 10000.
+    pub unary_timeout_ms: u64,
+    /// Largest request message in bytes; a larger one is RESOURCE_EXHAUSTED. Default
+    /// 262144 (256 KiB); at least 69632 (68 KiB), so a 64 KiB blob always fits.
+    pub max_request_bytes: usize,
 }
 
 impl Settings {
@@ -187,8 +247,35 @@ fn with_defaults() -> Result<Builder, config::ConfigError> {
         .set_default("fanout_ring_events", 256)?
         .set_default("connection_buffer", 16)?
         .set_default("max_response_bytes", DEFAULT_MAX_RESPONSE_BYTES as u64)?
-        .set_default("max_past_keys", 100)
+        .set_default("max_past_keys", 100)?
+        .set_default("rate_pairs_per_sec", 2.0)?
+        .set_default("rate_pairs_burst", 100)?
+        .set_default("rate_invites_per_sec", 20.0)?
+        .set_default("rate_invites_burst", 1000)?
+        .set_default("rate_keys_per_sec", 1.0)?
+        .set_default("rate_keys_burst", 20)?
+        .set_default("rate_private_keys_per_sec", 1.0)?
+        .set_default("rate_private_keys_burst", 20)?
+        .set_default("rate_posts_per_sec", 1000.0)?
+        .set_default("rate_posts_burst", 2000)?
+        .set_default("rate_reads_per_sec", 200.0)?
+        .set_default("rate_reads_burst", 2000)?
+        .set_default("rate_subscriptions_per_sec", 400.0)?
+        .set_default("rate_subscriptions_burst", 4000)?
+        .set_default("max_pending_invites_per_sender", 1000)?
+        .set_default("max_members_per_pair", 5000)?
+        .set_default("commit_queue_depth", 8192)?
+        .set_default("commit_queue_timeout_ms", 200)?
+        .set_default("http2_max_concurrent_streams", 200)?
+        .set_default("max_in_flight_per_connection", 64)?
+        .set_default("max_in_flight_per_user", 128)?
+        .set_default("unary_timeout_ms", 10_000)?
+        .set_default("max_request_bytes", 256 * 1024)
 }
+
+/// The smallest accepted `max_request_bytes`: a 64 KiB blob plus its request's other
+/// fields always fits.
+pub const MIN_REQUEST_BYTES: usize = 68 * 1024;
 
 impl Settings {
     fn validate(&self) -> Result<(), config::ConfigError> {
@@ -208,6 +295,27 @@ impl Settings {
                 self.max_response_bytes
             ));
         }
+        if self.commit_queue_depth == 0 {
+            return bad("commit_queue_depth must be at least 1".into());
+        }
+        if self.http2_max_concurrent_streams == 0
+            || self.max_in_flight_per_connection == 0
+            || self.unary_timeout_ms == 0
+        {
+            return bad(
+                "http2_max_concurrent_streams, max_in_flight_per_connection and \
+                 unary_timeout_ms must be at least 1"
+                    .into(),
+            );
+        }
+        if self.max_request_bytes < MIN_REQUEST_BYTES {
+            return bad(format!(
+                "max_request_bytes is {}; it must be at least {MIN_REQUEST_BYTES} so that a \
+                 64 KiB blob fits",
+                self.max_request_bytes
+            ));
+        }
+        crate::limits::RateClass::validate_all(self).map_err(config::ConfigError::Message)?;
         if !matches!(self.jwt_algorithm.as_str(), "HS256" | "EdDSA" | "RS256") {
             return bad(format!(
                 "jwt_algorithm is {:?}; use HS256, EdDSA or RS256",

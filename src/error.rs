@@ -10,6 +10,9 @@ use tonic::{Code, Status, metadata::MetadataValue};
 pub const HEAD_COUNTER_KEY: &str = "secretd-head-counter";
 /// Metadata key carrying the stream's head event id on a refused post.
 pub const HEAD_EVENT_ID_KEY: &str = "secretd-head-event-id";
+/// Trailing-metadata key carrying, on a RESOURCE_EXHAUSTED that clears with time (a rate
+/// limit, an overloaded commit queue), the milliseconds to wait before retrying.
+pub const RETRY_AFTER_KEY: &str = "retry-after-ms";
 
 /// An error the service reports to a client.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -50,9 +53,18 @@ pub enum Error {
     /// A compare-and-set lost.
     #[error("{0}")]
     Aborted(String),
-    /// A documented limit was reached.
+    /// A documented limit was reached; waiting does not help, the message says what does.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// A limit that clears with time was reached (a rate limit, a full commit queue):
+    /// RESOURCE_EXHAUSTED with the delay in the message and in `retry-after-ms`.
+    #[error("{message}")]
+    Throttled {
+        /// Names the limit (its config key) and says when to retry.
+        message: String,
+        /// Milliseconds to wait before retrying (at least 1).
+        retry_after_ms: u64,
+    },
     /// Not built (yet).
     #[error("{0}")]
     Unimplemented(String),
@@ -76,7 +88,7 @@ impl Error {
             }
             Error::AlreadyExists(_) => Code::AlreadyExists,
             Error::Aborted(_) => Code::Aborted,
-            Error::ResourceExhausted(_) => Code::ResourceExhausted,
+            Error::ResourceExhausted(_) | Error::Throttled { .. } => Code::ResourceExhausted,
             Error::Unimplemented(_) => Code::Unimplemented,
             Error::Unavailable(_) => Code::Unavailable,
             Error::Internal(_) => Code::Internal,
@@ -92,15 +104,20 @@ impl Error {
 impl From<Error> for Status {
     fn from(err: Error) -> Status {
         let mut status = Status::new(err.code(), err.to_string());
-        if let Error::CounterRejected {
-            head_counter,
-            head_event_id,
-            ..
-        } = err
-        {
-            let md = status.metadata_mut();
-            md.insert(HEAD_COUNTER_KEY, MetadataValue::from(head_counter));
-            md.insert(HEAD_EVENT_ID_KEY, MetadataValue::from(head_event_id));
+        let md = status.metadata_mut();
+        match err {
+            Error::CounterRejected {
+                head_counter,
+                head_event_id,
+                ..
+            } => {
+                md.insert(HEAD_COUNTER_KEY, MetadataValue::from(head_counter));
+                md.insert(HEAD_EVENT_ID_KEY, MetadataValue::from(head_event_id));
+            }
+            Error::Throttled { retry_after_ms, .. } => {
+                md.insert(RETRY_AFTER_KEY, MetadataValue::from(retry_after_ms));
+            }
+            _ => {}
         }
         status
     }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod hub;
 pub mod keycheck;
+pub mod limits;
 pub mod pgnotify;
 pub mod proto;
 pub mod server;

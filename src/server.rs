@@ -14,9 +14,10 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use uuid::Uuid;
 
 use crate::auth::{AuthInterceptor, Verifier};
-use crate::commit::{Committer, Writers};
+use crate::commit::{CommitSettings, Committer, Writers};
 use crate::config::Settings;
 use crate::hub::Hub;
+use crate::limits::RateLimits;
 use crate::service::AppState;
 use crate::service::router::SecretRouter;
 use crate::store::{self, Backend, DynStore};
@@ -126,11 +127,11 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
     let (committer, writer_tasks) = Committer::start(
         store.clone(),
         hub.clone(),
-        writers,
-        settings.commit_max_batch,
-        settings.max_counter_gap,
+        CommitSettings::new(writers, &settings),
     );
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let limits = Arc::new(RateLimits::from_settings(&settings));
+    limits.spawn_sweeper(shutdown_rx.clone());
     if backend == Backend::Postgres {
         tokio::spawn(crate::pgnotify::run_listener(
             url.clone(),
@@ -154,6 +155,7 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
         store: store.clone(),
         hub: hub.clone(),
         committer,
+        limits,
         settings: settings.clone(),
         shutdown: shutdown_rx.clone(),
     });
@@ -180,6 +182,10 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
             settings.keepalive_timeout_secs.max(1),
         )))
         .tcp_nodelay(true)
+        // tonic passes no limit unless told, which lifts hyper's default of 200 streams.
+        .max_concurrent_streams(settings.http2_max_concurrent_streams)
+        // Further calls on the connection wait (HTTP/2 backpressure) until one finishes.
+        .concurrency_limit_per_connection(settings.max_in_flight_per_connection)
         .trace_fn(|req| tracing::info_span!("rpc", path = %req.uri().path()))
         .layer(cors)
         .layer(tonic_web::GrpcWebLayer::new())
@@ -234,6 +240,7 @@ fn cors_layer(origins: &[String]) -> anyhow::Result<CorsLayer> {
             http::HeaderName::from_static("grpc-status-details-bin"),
             http::HeaderName::from_static(crate::error::HEAD_COUNTER_KEY),
             http::HeaderName::from_static(crate::error::HEAD_EVENT_ID_KEY),
+            http::HeaderName::from_static(crate::error::RETRY_AFTER_KEY),
         ]))
 }
 

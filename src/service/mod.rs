@@ -20,6 +20,7 @@ use crate::commit::Committer;
 use crate::config::Settings;
 use crate::error::Error;
 use crate::hub::Hub;
+use crate::limits::RateLimits;
 use crate::proto::{self, secret_service_server::SecretService};
 use crate::store::DynStore;
 
@@ -38,6 +39,8 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     /// Group commit for PostMessage.
     pub committer: Committer,
+    /// Per-user rate limits (checked by the router and per subscription attempt).
+    pub limits: Arc<RateLimits>,
     /// Configuration.
     pub settings: Arc<Settings>,
     /// Becomes true when the server begins a graceful shutdown.

@@ -4,7 +4,7 @@
 use crate::error::Result;
 use crate::proto;
 use crate::service::{AppState, check_blob, check_local, page_limit, paging};
-use crate::store::PairIds;
+use crate::store::{InviteCaps, PairIds};
 use crate::time::now_micros;
 use crate::wire::{self, parse_id, parse_user_id};
 
@@ -23,9 +23,13 @@ pub(super) async fn send_invite(
     let to = parse_user_id("user_id", r.user_id)?;
     check_local(&st.settings, &r.homeserver)?;
     check_blob("invite", r.invite.len())?;
+    let caps = InviteCaps {
+        pending_per_sender: st.settings.max_pending_invites_per_sender,
+        members_per_pair: st.settings.max_members_per_pair,
+    };
     let invite = st
         .store
-        .send_invite(user, pair, to, &r.invite, now_micros())
+        .send_invite(user, pair, to, &r.invite, now_micros(), caps)
         .await?;
     st.hub.invite_sent(to);
     Ok(proto::SendInviteResponse {

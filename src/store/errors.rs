@@ -60,6 +60,25 @@ pub fn no_public_key(user: i64) -> Error {
     ))
 }
 
+/// The error for inviting a new member into a full pair.
+pub fn too_many_members(cap: u64) -> Error {
+    Error::ResourceExhausted(format!(
+        "this channel pair already has {cap} members, the most a pair may have (config key \
+         max_members_per_pair); the owner must remove a member (or someone must leave) before \
+         a new member can be invited"
+    ))
+}
+
+/// The error for an inviter with too many invites pending to one invitee.
+pub fn too_many_pending(to: i64, cap: u64) -> Error {
+    Error::ResourceExhausted(format!(
+        "you already have {cap} pending invites to user {to}, the most one user may have \
+         pending to another (config key max_pending_invites_per_sender; an invite is pending \
+         while its invitee is a member of its pair): they must leave some of those pairs \
+         before you can invite them again"
+    ))
+}
+
 /// The error for removing someone who is not a member.
 pub fn not_a_member(user: i64) -> Error {
     Error::NotFound(format!("user {user} is not a member of this channel pair"))

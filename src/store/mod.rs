@@ -116,6 +116,42 @@ pub struct PairInfo {
     pub members: Vec<i64>,
 }
 
+/// The caps SendInvite enforces (README "Limits"); 0 turns one off.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InviteCaps {
+    /// `max_pending_invites_per_sender`: invites from one user to another into pairs the
+    /// invitee is still a member of (self-invites are not counted).
+    pub pending_per_sender: u64,
+    /// `max_members_per_pair`.
+    pub members_per_pair: u64,
+}
+
+impl InviteCaps {
+    /// Refuses a new member when the pair already has `members` (the invitee is not one of
+    /// them).
+    pub fn check_members(&self, members: i64) -> Result<()> {
+        let cap = self.members_per_pair;
+        if cap > 0 && members.max(0) as u64 >= cap {
+            return Err(too_many_members(cap));
+        }
+        Ok(())
+    }
+
+    /// Refuses an invite from `from` to `to` when `pending` of theirs are pending already.
+    pub fn check_pending(&self, from: i64, to: i64, pending: i64) -> Result<()> {
+        let cap = self.pending_per_sender;
+        if from != to && cap > 0 && pending.max(0) as u64 >= cap {
+            return Err(too_many_pending(to, cap));
+        }
+        Ok(())
+    }
+
+    /// The most pending invites worth counting (one more than the cap is never needed).
+    pub fn pending_scan_limit(&self) -> i64 {
+        i64::try_from(self.pending_per_sender).unwrap_or(i64::MAX)
+    }
+}
+
 /// A stored invite.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InviteRecord {
@@ -291,7 +327,7 @@ pub trait KeyStore: Send + Sync {
 pub trait RoomStore: Send + Sync {
     /// Creates a pair with `owner` as owner and only member.
     async fn create_pair(&self, owner: i64, ids: &PairIds, now: i64) -> Result<()>;
-    /// Stores an invite from a member and makes the invitee a member.
+    /// Stores an invite from a member and makes the invitee a member, within `caps`.
     async fn send_invite(
         &self,
         from: i64,
@@ -299,6 +335,7 @@ pub trait RoomStore: Send + Sync {
         to: i64,
         body: &[u8],
         now: i64,
+        caps: InviteCaps,
     ) -> Result<InviteRecord>;
     /// The user's invites with id > `after`, oldest first: at most `limit` within `budget`.
     async fn fetch_invites(

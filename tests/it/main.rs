@@ -11,6 +11,7 @@ mod auth;
 mod cli;
 mod invites;
 mod keys;
+mod limits;
 mod messages;
 mod paging;
 mod private_keys;

@@ -178,6 +178,10 @@ impl Session {
     /// Starts (or, for a resume, repositions) a subscription. `after` = None means live
     /// from the current head.
     async fn subscribe(&mut self, name: String, after: Option<u64>) -> Flow {
+        let rate = crate::limits::RateClass::Subscriptions;
+        if let Err(e) = self.state.limits.check(rate, self.user) {
+            return self.push_error(&name, &e).await;
+        }
         let stream = match parse_id("stream_id", &name) {
             Ok(s) => s,
             Err(e) => return self.push_error(&name, &e).await,

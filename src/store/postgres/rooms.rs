@@ -31,8 +31,18 @@ impl RoomStore for PgStore {
         to: i64,
         body: &[u8],
         now: i64,
+        caps: InviteCaps,
     ) -> Result<InviteRecord> {
         let mut tx = self.pool.begin().await?;
+        if caps.members_per_pair > 0 {
+            // Serialises the invites into one pair, so two of them cannot both take the
+            // last place (NO KEY UPDATE: members' foreign-key checks still pass). Taken
+            // first, before any other lock of this transaction.
+            sqlx::query("SELECT 1 FROM channel_pairs WHERE pair_id = $1 FOR NO KEY UPDATE")
+                .bind(pair)
+                .execute(&mut *tx)
+                .await?;
+        }
         let (ids, _) = pair_of_member(&mut tx, from, pair)
             .await?
             .ok_or_else(pair_denied)?;
@@ -44,7 +54,21 @@ impl RoomStore for PgStore {
         if has_key.is_none() {
             return Err(no_public_key(to));
         }
-        // The inbox row serialises invites to one user: ids are dense and commit in order.
+        if caps.members_per_pair > 0 {
+            let (members, invitee_is_member): (i64, bool) = sqlx::query_as(
+                "SELECT count(*), coalesce(bool_or(user_id = $1), false) FROM members \
+                 WHERE pair_id = $2",
+            )
+            .bind(to)
+            .bind(pair)
+            .fetch_one(&mut *tx)
+            .await?;
+            if !invitee_is_member {
+                caps.check_members(members)?;
+            }
+        }
+        // The inbox row serialises invites to one user: ids are dense and commit in order,
+        // and the pending count below is exact.
         let invite_id: i64 = sqlx::query_scalar(
             "INSERT INTO inboxes (user_id, last_invite_id) VALUES ($1, 1) \
              ON CONFLICT (user_id) DO UPDATE SET last_invite_id = inboxes.last_invite_id + 1 \
@@ -53,6 +77,20 @@ impl RoomStore for PgStore {
         .bind(to)
         .fetch_one(&mut *tx)
         .await?;
+        if caps.pending_per_sender > 0 && from != to {
+            let pending: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM (SELECT 1 FROM invites i \
+                 JOIN members m ON m.pair_id = i.pair_id AND m.user_id = i.to_user \
+                 WHERE i.to_user = $1 AND i.from_user = $2 LIMIT $3) AS p",
+            )
+            .bind(to)
+            .bind(from)
+            .bind(caps.pending_scan_limit())
+            .fetch_one(&mut *tx)
+            .await?;
+            // A refusal drops the transaction: the inbox counter goes back too.
+            caps.check_pending(from, to, pending)?;
+        }
         sqlx::query(
             "WITH i AS (INSERT INTO invites (to_user, invite_id, pair_id, from_user, body, sent_at) \
                         VALUES ($1, $2, $3, $4, $5, $6)) \

@@ -13,7 +13,10 @@ impl EventStore for SqliteStore {
         max_gap: i64,
         now: i64,
     ) -> Result<Vec<Result<Appended>>> {
-        let mut tx = self.writer.begin().await?;
+        // IMMEDIATE: the batch reads before it writes; a deferred transaction would fail
+        // at once (SQLITE_BUSY without the busy handler) if another connection held the
+        // write lock at the upgrade, instead of waiting busy_timeout for it.
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let mut heads: HashMap<Uuid, HeadRow> = HashMap::new();
         let mut pairs: HashMap<Uuid, Uuid> = HashMap::new();
         for post in batch {

@@ -56,8 +56,11 @@ impl RoomStore for SqliteStore {
         to: i64,
         body: &[u8],
         now: i64,
+        caps: InviteCaps,
     ) -> Result<InviteRecord> {
-        let mut tx = self.writer.begin().await?;
+        // IMMEDIATE: take the write lock before reading, so a lock held by another
+        // connection is waited for (busy_timeout) instead of failing the upgrade at once.
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let (ids, _) = pair_of_member(&mut tx, from, pair)
             .await?
             .ok_or_else(pair_denied)?;
@@ -68,6 +71,31 @@ impl RoomStore for SqliteStore {
                 .await?;
         if has_key.is_none() {
             return Err(no_public_key(to));
+        }
+        if caps.members_per_pair > 0 {
+            let (members, invitee_is_member): (i64, bool) = sqlx::query_as(
+                "SELECT count(*), coalesce(max(user_id = ?), 0) FROM members WHERE pair_id = ?",
+            )
+            .bind(to)
+            .bind(pair)
+            .fetch_one(&mut *tx)
+            .await?;
+            if !invitee_is_member {
+                caps.check_members(members)?;
+            }
+        }
+        if caps.pending_per_sender > 0 && from != to {
+            let pending: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM (SELECT 1 FROM invites i \
+                 JOIN members m ON m.pair_id = i.pair_id AND m.user_id = i.to_user \
+                 WHERE i.to_user = ? AND i.from_user = ? LIMIT ?)",
+            )
+            .bind(to)
+            .bind(from)
+            .bind(caps.pending_scan_limit())
+            .fetch_one(&mut *tx)
+            .await?;
+            caps.check_pending(from, to, pending)?;
         }
         let invite_id: i64 = sqlx::query_scalar(
             "INSERT INTO inboxes (user_id, last_invite_id) VALUES (?, 1) \
