@@ -17,5 +17,6 @@ mod process;
 mod races;
 mod replicas;
 mod rooms;
+mod status_text;
 mod streaming;
 mod subscriptions;
