@@ -12,6 +12,7 @@ pub mod error;
 pub mod hub;
 pub mod keycheck;
 pub mod pgnotify;
+pub mod private_files;
 pub mod proto;
 pub mod server;
 pub mod service;

@@ -24,6 +24,7 @@ use crate::store::{self, Backend, DynStore};
 
 /// Runs `secretd migrate`.
 pub async fn migrate_only(settings: &Settings) -> anyhow::Result<()> {
+    crate::private_files::secure_data_dir(settings)?;
     let url = settings.effective_database_url();
     store::migrate(&url)
         .await
@@ -115,6 +116,7 @@ impl Running {
 pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<Running> {
     let settings = Arc::new(settings);
     let addr = listener.local_addr()?;
+    crate::private_files::secure_data_dir(&settings)?;
     let verifier = Arc::new(Verifier::from_settings(&settings)?);
     let url = settings.effective_database_url();
     let replica = Uuid::new_v4();
