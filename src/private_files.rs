@@ -13,15 +13,14 @@ use std::str::FromStr;
 
 use crate::config::Settings;
 
-/// Makes the data directory private (creating it 0700, or tightening it) when secretd
-/// keeps files there: the generated JWT secret, or a SQLite database inside it.
+/// Makes the data directory private (creating it 0700, or tightening it) when the
+/// SQLite database lives in it. (The JWT secret file makes it private when it is used.)
 pub fn secure_data_dir(settings: &Settings) -> anyhow::Result<()> {
-    let secret_file = settings.jwt_algorithm == "HS256" && settings.jwt_secret.is_empty();
     let url = settings.effective_database_url();
     let database_inside = url.starts_with("sqlite:")
         && sqlx::sqlite::SqliteConnectOptions::from_str(&url)
             .is_ok_and(|o| o.get_filename().starts_with(&settings.data_dir));
-    if secret_file || database_inside {
+    if database_inside {
         private_dir(&settings.data_dir)?;
     }
     Ok(())

@@ -54,12 +54,8 @@ pub fn load_or_create_secret_with(
             drop(temp);
             sync_dir(dir)?;
             tracing::warn!(
-                path = %path.display(),
-                "no jwt_secret configured: generated a new HS256 secret; share it with the \
-                 homeserver's auth service or set SECRETD_JWT_SECRET"
-            );
-            eprintln!(
-                "secretd: generated a new JWT secret in {} (mode 0600)",
+                "no jwt_secret configured: generated a new HS256 secret in {} (mode 0600); \
+                 share it with the homeserver's auth service or set SECRETD_JWT_SECRET",
                 path.display()
             );
             Ok(secret)
