@@ -11,6 +11,7 @@ mod auth;
 mod cli;
 mod data_dir;
 mod invites;
+mod jwt_claims;
 mod keys;
 mod messages;
 mod private_keys;
