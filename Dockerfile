@@ -15,7 +15,8 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --user-group --home-dir /var/lib/secretd secretd \
  && mkdir -p /var/lib/secretd \
- && chown secretd:secretd /var/lib/secretd
+ && chown secretd:secretd /var/lib/secretd \
+ && chmod 0700 /var/lib/secretd
 COPY --from=build /src/target/release/secretd /usr/local/bin/secretd
 USER secretd
 WORKDIR /var/lib/secretd

@@ -19,6 +19,29 @@ pub const DEFAULT_CONFIG_FILE: &str = "secretd.toml";
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 3 * 1024 * 1024;
 /// The smallest accepted `max_response_bytes`.
 pub const MIN_RESPONSE_BYTES: usize = 1024;
+/// Shortest accepted HS256 secret, in bytes (RFC 7518 asks for a key at least as long as
+/// the hash: 256 bits).
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+/// Keys whose environment value is a comma-separated list.
+const LIST_KEYS: &[&str] = &["cors_allowed_origins"];
+
+/// A configuration problem found after the settings were loaded (e.g. a bad secret file):
+/// the binary exits 2 on it, as on every configuration error.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Misconfigured(pub String);
+
+/// Checks an HS256 secret's length; `source` says where it came from.
+pub fn check_secret(source: &str, secret: &str) -> Result<(), Misconfigured> {
+    if secret.len() < MIN_JWT_SECRET_BYTES {
+        return Err(Misconfigured(format!(
+            "{source} is {} bytes long; an HS256 secret needs at least \
+             {MIN_JWT_SECRET_BYTES} bytes (for example the output of `openssl rand -hex 32`)",
+            secret.len()
+        )));
+    }
+    Ok(())
+}
 
 /// All settings of the server. Field names are the config keys.
 #[derive(Debug, Clone, Deserialize)]
@@ -184,18 +207,24 @@ pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Settings, conf
         None => builder.add_source(config::File::with_name(DEFAULT_CONFIG_FILE).required(false)),
     };
     // Every SECRETD_* variable is a setting (so a misspelt one is an error), except
-    // SECRETD_CONFIG, which names the config file itself.
-    let env: config::Map<String, String> = std::env::vars()
-        .filter(|(k, _)| k.starts_with("SECRETD_") && k != "SECRETD_CONFIG")
-        .collect();
-    builder = builder.add_source(
-        config::Environment::with_prefix("SECRETD")
-            .prefix_separator("_")
-            .try_parsing(true)
-            .list_separator(",")
-            .with_list_parse_key("cors_allowed_origins")
-            .source(Some(env)),
-    );
+    // SECRETD_CONFIG, which names the config file itself. Values are taken as text (the
+    // typed keys parse it), so a secret made of digits stays those digits; list keys
+    // are split at commas.
+    let (lists, scalars): (config::Map<String, String>, config::Map<String, String>) =
+        std::env::vars()
+            .filter(|(k, _)| k.starts_with("SECRETD_") && k != "SECRETD_CONFIG")
+            .partition(|(k, _)| {
+                LIST_KEYS
+                    .iter()
+                    .any(|key| k["SECRETD_".len()..].eq_ignore_ascii_case(key))
+            });
+    let env = || config::Environment::with_prefix("SECRETD").prefix_separator("_");
+    builder = builder.add_source(env().source(Some(scalars)));
+    let mut list_env = env().try_parsing(true).list_separator(",");
+    for key in LIST_KEYS {
+        list_env = list_env.with_list_parse_key(key);
+    }
+    builder = builder.add_source(list_env.source(Some(lists)));
     builder = builder
         .set_override_option("listen", overrides.listen.clone())?
         .set_override_option("database_url", overrides.database_url.clone())?
@@ -316,6 +345,11 @@ impl Settings {
             ));
         }
         crate::limits::RateClass::validate_all(self).map_err(config::ConfigError::Message)?;
+        if !self.jwt_secret.is_empty()
+            && let Err(short) = check_secret("jwt_secret", &self.jwt_secret)
+        {
+            return bad(short.0);
+        }
         if !matches!(self.jwt_algorithm.as_str(), "HS256" | "EdDSA" | "RS256") {
             return bad(format!(
                 "jwt_algorithm is {:?}; use HS256, EdDSA or RS256",
@@ -329,5 +363,116 @@ impl Settings {
             ));
         }
         Ok(())
+    }
+}
+
+/// `url` with its password replaced by `***`, for logs and error messages: the password
+/// of `scheme://user:password@host…` and the value of `password` / `sslpassword`
+/// query parameters (or `key=value` words, when it is not a URL). Where the URL is too
+/// irregular to tell the credentials from the host, everything up to the last `@` goes.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return redact_params(url, ' ');
+    };
+    let (userinfo, tail) = match rest.rfind('@') {
+        Some(at) => {
+            let userinfo = &rest[..at];
+            let masked = if !userinfo.contains(':') {
+                userinfo.to_string()
+            } else if userinfo.contains(['/', '?', '#']) {
+                "***".to_string()
+            } else {
+                let (user, _) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+                format!("{user}:***")
+            };
+            (Some(masked), &rest[at + 1..])
+        }
+        None => (None, rest),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => format!("{path}?{}", redact_params(query, '&')),
+        None => tail.to_string(),
+    };
+    match userinfo {
+        Some(userinfo) => format!("{scheme}://{userinfo}@{tail}"),
+        None => format!("{scheme}://{tail}"),
+    }
+}
+
+/// `params` (`key=value` separated by `sep`) with the values of password keys masked.
+fn redact_params(params: &str, sep: char) -> String {
+    params
+        .split(sep)
+        .map(|param| match param.split_once('=') {
+            Some((key, _))
+                if key.trim().eq_ignore_ascii_case("password")
+                    || key.trim().eq_ignore_ascii_case("sslpassword") =>
+            {
+                format!("{key}=***")
+            }
+            _ => param.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(&sep.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_url_masks_every_password() {
+        for (url, shown) in [
+            (
+                "postgres://secretd:hunter2@db:5432/secretd",
+                "postgres://secretd:***@db:5432/secretd",
+            ),
+            (
+                "postgresql://u:p%40ss@db/x?sslmode=require",
+                "postgresql://u:***@db/x?sslmode=require",
+            ),
+            // An unencoded `@` in the password: the last `@` ends the credentials.
+            ("postgres://u:p@ss@db/x", "postgres://u:***@db/x"),
+            (
+                "postgres://u@db/x?sslmode=disable&password=hunter2&application_name=a",
+                "postgres://u@db/x?sslmode=disable&password=***&application_name=a",
+            ),
+            (
+                "postgres://db/x?PASSWORD=hunter2",
+                "postgres://db/x?PASSWORD=***",
+            ),
+            (
+                "postgres://u:a@db/x?password=b&sslpassword=c",
+                "postgres://u:***@db/x?password=***&sslpassword=***",
+            ),
+            // A `/` or `?` in an unencoded password: all of the credentials go.
+            ("postgres://u:pa/ss@db/x", "postgres://***@db/x"),
+            ("postgres://u:p?w@db/x", "postgres://***@db/x"),
+            ("postgres://db:5432/x", "postgres://db:5432/x"),
+            ("postgres://u@db/x", "postgres://u@db/x"),
+            ("sqlite://./data/secretd.db", "sqlite://./data/secretd.db"),
+            (
+                "sqlite:///srv/a@b/secretd.db",
+                "sqlite:///srv/a@b/secretd.db",
+            ),
+            (
+                "host=db user=u password=hunter2 dbname=x",
+                "host=db user=u password=*** dbname=x",
+            ),
+            ("", ""),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+            for secret in ["hunter2", "p%40ss", "pa/ss", "p?w", "p@ss"] {
+                assert!(!redact_url(url).contains(secret), "{url}");
+            }
+        }
+    }
+
+    #[test]
+    fn short_secrets_are_refused() {
+        assert!(check_secret("jwt_secret", &"x".repeat(31)).is_err());
+        assert!(check_secret("jwt_secret", &"x".repeat(32)).is_ok());
+        let err = check_secret("the file f", "abc").unwrap_err().0;
+        assert!(err.contains("the file f is 3 bytes"), "{err}");
     }
 }

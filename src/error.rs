@@ -103,7 +103,7 @@ impl Error {
 
 impl From<Error> for Status {
     fn from(err: Error) -> Status {
-        let mut status = Status::new(err.code(), err.to_string());
+        let mut status = Status::new(err.code(), client_text(err.to_string()));
         let md = status.metadata_mut();
         match err {
             Error::CounterRejected {
@@ -149,6 +149,16 @@ impl From<sqlx::Error> for Error {
     }
 }
 
+/// A status message as every client reads it: `#` and `%` (which a client may have sent
+/// in an id the message quotes) become `\u{23}` and `\u{25}`, because @grpc/grpc-js
+/// decodes `grpc-message` with `decodeURI`, which leaves `%23` and `%25` encoded.
+fn client_text(message: String) -> String {
+    if !message.contains(['#', '%']) {
+        return message;
+    }
+    message.replace('#', "\\u{23}").replace('%', "\\u{25}")
+}
+
 /// SQLSTATE codes (Postgres) and result codes (SQLite) that mean "try again".
 fn is_transient(code: Option<&str>) -> bool {
     let Some(code) = code else { return false };
@@ -163,3 +173,17 @@ fn is_transient(code: Option<&str>) -> bool {
 
 /// Result alias for the service.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_messages_carry_neither_hash_nor_percent() {
+        let st = Status::from(Error::invalid(r#"stream_id "a#b 5%" is not a UUID"#));
+        assert_eq!(
+            st.message(),
+            r#"stream_id "a\u{23}b 5\u{25}" is not a UUID"#
+        );
+    }
+}

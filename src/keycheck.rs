@@ -53,7 +53,7 @@ pub fn canonicalize(input: &[u8]) -> Result<CanonicalKey, Error> {
     }
     let not_rsa = || {
         Error::invalid(
-            "key_data is not an RSA public key: send SPKI (\"PUBLIC KEY\") or PKCS#1 \
+            "key_data is not an RSA public key: send SPKI (\"PUBLIC KEY\") or PKCS1 \
              (\"RSA PUBLIC KEY\"), as DER or PEM",
         )
     };
@@ -126,6 +126,15 @@ mod tests {
         assert_eq!(bit_length(&[1]), 1);
         assert_eq!(bit_length(&[0x80, 0]), 16);
         assert_eq!(bit_length(&[0, 0x7f, 0xff]), 15);
+    }
+
+    #[test]
+    fn messages_avoid_hash_and_percent() {
+        let long = vec![b'x'; MAX_KEY_BYTES + 1];
+        for bad in [&b""[..], b"hello", &long] {
+            let msg = canonicalize(bad).unwrap_err().to_string();
+            assert!(!msg.contains('#') && !msg.contains('%'), "{msg}");
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod hub;
 pub mod keycheck;
 pub mod limits;
 pub mod pgnotify;
+pub mod private_files;
 pub mod proto;
 pub mod server;
 pub mod service;

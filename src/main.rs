@@ -27,19 +27,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    telemetry::init(&settings);
     if let Command::MintToken(args) = &command {
         return match auth::mint_token(&settings, args.user, args.ttl) {
             Ok(token) => {
                 println!("{token}");
                 ExitCode::SUCCESS
             }
-            Err(err) => {
-                eprintln!("secretd: {err}");
-                ExitCode::FAILURE
-            }
+            Err(err) => failure(&err),
         };
     }
-    telemetry::init(&settings);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -60,9 +57,20 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{err:#}");
-            eprintln!("secretd: {err:#}");
-            ExitCode::FAILURE
+            failure(&err)
         }
+    }
+}
+
+/// Reports a failed command: exit 2 for a configuration problem (as for errors in the
+/// settings themselves), 1 for anything else.
+fn failure(err: &anyhow::Error) -> ExitCode {
+    if err.chain().any(|e| e.is::<config::Misconfigured>()) {
+        eprintln!("secretd: configuration error: {err:#}");
+        ExitCode::from(2)
+    } else {
+        eprintln!("secretd: {err:#}");
+        ExitCode::FAILURE
     }
 }
 

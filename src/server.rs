@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -15,7 +16,7 @@ use uuid::Uuid;
 
 use crate::auth::{AuthInterceptor, Verifier};
 use crate::commit::{CommitSettings, Committer, Writers};
-use crate::config::Settings;
+use crate::config::{Settings, redact_url};
 use crate::hub::Hub;
 use crate::limits::RateLimits;
 use crate::service::AppState;
@@ -24,9 +25,12 @@ use crate::store::{self, Backend, DynStore};
 
 /// Runs `secretd migrate`.
 pub async fn migrate_only(settings: &Settings) -> anyhow::Result<()> {
+    crate::private_files::secure_data_dir(settings)?;
     let url = settings.effective_database_url();
-    store::migrate(&url).await?;
-    tracing::info!(store = %redact(&url), "migrations are up to date");
+    store::migrate(&url)
+        .await
+        .with_context(|| format!("cannot migrate the database {}", redact_url(&url)))?;
+    tracing::info!(store = %redact_url(&url), "migrations are up to date");
     Ok(())
 }
 
@@ -113,10 +117,13 @@ impl Running {
 pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<Running> {
     let settings = Arc::new(settings);
     let addr = listener.local_addr()?;
+    crate::private_files::secure_data_dir(&settings)?;
     let verifier = Arc::new(Verifier::from_settings(&settings)?);
     let url = settings.effective_database_url();
     let replica = Uuid::new_v4();
-    let store = store::open(&url, settings.db_max_connections, replica).await?;
+    let store = store::open(&url, settings.db_max_connections, replica)
+        .await
+        .with_context(|| format!("cannot open the database {}", redact_url(&url)))?;
     let backend = store.backend();
     let hub = Hub::new(store.clone(), settings.fanout_ring_events);
     let writers = match backend {
@@ -202,7 +209,7 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
     }));
     tracing::info!(
         store = backend.name(),
-        database = %redact(&url),
+        database = %redact_url(&url),
         "secretd listening on {addr}"
     );
     Ok(Running {
@@ -242,23 +249,4 @@ fn cors_layer(origins: &[String]) -> anyhow::Result<CorsLayer> {
             http::HeaderName::from_static(crate::error::HEAD_EVENT_ID_KEY),
             http::HeaderName::from_static(crate::error::RETRY_AFTER_KEY),
         ]))
-}
-
-/// The database URL without its password, for logs.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let creds = &url[scheme + 3..at];
-            match creds.find(':') {
-                Some(colon) => format!(
-                    "{}{}:***{}",
-                    &url[..scheme + 3],
-                    &creds[..colon],
-                    &url[at..]
-                ),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
 }

@@ -9,11 +9,17 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::Settings;
 
+/// Keeps sqlx's URL parser quiet: its warnings quote parameter values, passwords included.
+const SQLX_URL_PARSER_QUIET: &str = "sqlx_postgres::options::parse=error";
+
 /// Installs the global tracing subscriber (`RUST_LOG` overrides `log_level`).
 pub fn init(settings: &Settings) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&settings.log_level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+        .unwrap_or_else(|_| EnvFilter::new("info"))
+        // sqlx warns about a connection parameter it does not know with its value, which
+        // can be a password (`?sslpassword=…`, a misspelt `?Password=…`).
+        .add_directive(SQLX_URL_PARSER_QUIET.parse().expect("a valid directive"));
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -425,8 +425,8 @@ pub async fn open(url: &str, max_connections: u32, replica_id: Uuid) -> anyhow::
         ))
     } else {
         anyhow::bail!(
-            "database_url {url:?} is neither postgres://… nor sqlite://…; leave it empty for \
-             the embedded SQLite file in the data directory"
+            "database_url is neither postgres://… nor sqlite://…; leave it empty for the \
+             embedded SQLite file in the data directory"
         )
     }
 }

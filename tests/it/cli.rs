@@ -4,25 +4,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::common::*;
-use secretd::proto::secret_service_client::SecretServiceClient;
 use secretd::proto::{FetchKeyRequest, PostKeyRequest};
 
 fn secretd(args: &[&str], cwd: &std::path::Path, envs: &[(&str, &str)]) -> std::process::Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_secretd"));
-    cmd.args(args).current_dir(cwd);
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("run secretd")
-}
-
-async fn client_for(addr: &str, token: String) -> Client {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    SecretServiceClient::with_interceptor(channel, Bearer(Some(token)))
+    run_binary(args, cwd, envs)
 }
 
 async fn terminate(mut p: ServerProcess) -> std::process::ExitStatus {
@@ -74,7 +59,7 @@ async fn mint_token_signs_with_the_secret_serve_uses() {
         dir.path(),
     )
     .await;
-    let mut c = client_for(&p.addr, token).await;
+    let mut c = client_at(&p.addr, token).await;
     c.post_key(PostKeyRequest {
         key_data: key_pem(1),
     })
@@ -102,7 +87,7 @@ async fn mint_token_signs_with_the_secret_serve_uses() {
         dir.path(),
         &[],
     );
-    let mut c43 = client_for(
+    let mut c43 = client_at(
         &p.addr,
         String::from_utf8(out.stdout).unwrap().trim().to_string(),
     )
@@ -139,22 +124,24 @@ async fn defaults_env_twins_config_file_and_flags_layer_in_order() {
     )
     .unwrap();
     // The file alone.
-    let p = spawn_binary(&[], &[("SECRETD_JWT_SECRET", "s3cret")], dir.path()).await;
+    let p = spawn_binary(&[], &[("SECRETD_JWT_SECRET", SECRET)], dir.path()).await;
     assert!(dir.path().join("from-file/secretd.db").exists());
     assert!(terminate(p).await.success());
-    // Environment beats the file (and a numeric-looking string is still a string).
+    // Environment beats the file (and a numeric-looking string is still a string, digit
+    // for digit, even where it would not fit a 64-bit number).
+    let digits = "1234567890123456789012345678901234567890";
     let p = spawn_binary(
         &["serve"],
         &[
             ("SECRETD_DATA_DIR", "from-env"),
-            ("SECRETD_JWT_SECRET", "12345"),
+            ("SECRETD_JWT_SECRET", digits),
         ],
         dir.path(),
     )
     .await;
     assert!(dir.path().join("from-env/secretd.db").exists());
-    let token = secretd::auth::sign_hs256(b"12345", 7, 60, "", "").unwrap();
-    let mut c = client_for(&p.addr, token).await;
+    let token = secretd::auth::sign_hs256(digits.as_bytes(), 7, 60, "", "").unwrap();
+    let mut c = client_at(&p.addr, token).await;
     c.post_key(PostKeyRequest {
         key_data: key_pem(1),
     })
@@ -166,7 +153,7 @@ async fn defaults_env_twins_config_file_and_flags_layer_in_order() {
         &["serve", "--data-dir", "from-flag"],
         &[
             ("SECRETD_DATA_DIR", "from-env"),
-            ("SECRETD_JWT_SECRET", "x"),
+            ("SECRETD_JWT_SECRET", SECRET),
         ],
         dir.path(),
     )
@@ -202,10 +189,69 @@ async fn configuration_errors_exit_2_with_a_message() {
             "127.0.0.1:0",
         ],
         dir.path(),
-        &[("SECRETD_JWT_SECRET", "x")],
+        &[("SECRETD_JWT_SECRET", SECRET)],
     );
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("neither postgres"));
+}
+
+/// `postgres://user:pw@host/db` as `postgres://user@host/db?password=pw` (sqlx takes the
+/// password from either place), and the password.
+fn password_in_query(url: &str) -> Option<(String, String)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let (userinfo, host) = rest.rsplit_once('@')?;
+    let (user, pw) = userinfo.split_once(':')?;
+    let sep = if host.contains('?') { '&' } else { '?' };
+    Some((
+        format!("{scheme}://{user}@{host}{sep}password={pw}"),
+        pw.to_string(),
+    ))
+}
+
+#[tokio::test]
+async fn database_passwords_never_reach_the_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("SECRETD_JWT_SECRET", SECRET),
+        ("SECRETD_LOG_LEVEL", "debug"),
+    ];
+    for url in [
+        "mysql://admin:hunter2-userinfo@db.example/x?password=hunter2-query",
+        "postgres://admin:hunter2-userinfo@127.0.0.1:1/x?sslmode=disable&password=hunter2-query",
+        "postgresql://admin@127.0.0.1:1/x?PassWord=hunter2-query&connect_timeout=1",
+    ] {
+        for command in ["serve", "migrate"] {
+            let mut args = vec![command, "--database-url", url];
+            if command == "serve" {
+                args.extend(["--listen", "127.0.0.1:0"]);
+            }
+            let out = secretd(&args, dir.path(), &env);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{url}: {err}");
+            assert!(!err.contains("hunter2"), "{command} {url} leaked:\n{err}");
+            assert!(
+                err.contains("***"),
+                "{command} {url}: the URL, redacted:\n{err}"
+            );
+        }
+    }
+    // A server that starts: its ready line names the database without the password.
+    let Some(Backend::Postgres(pg)) = Backend::postgres() else {
+        return;
+    };
+    let (url, pw) = password_in_query(&pg).expect("DATABASE_URL has user:password@");
+    let p = spawn_binary(
+        &["serve", "--database-url", &url, "--listen", "127.0.0.1:0"],
+        &env,
+        dir.path(),
+    )
+    .await;
+    let log = p.startup_lines.join("\n");
+    assert!(
+        !log.contains(&format!("password={pw}")) && log.contains("password=***"),
+        "{log}"
+    );
+    assert!(terminate(p).await.success());
 }
 
 #[tokio::test]
@@ -264,7 +310,7 @@ async fn metrics_endpoint_counts_rpcs() {
         dir.path(),
     )
     .await;
-    let mut c = client_for(&p.addr, token(5, 60)).await;
+    let mut c = client_at(&p.addr, token(5, 60)).await;
     c.post_key(PostKeyRequest {
         key_data: key_pem(1),
     })

@@ -9,7 +9,9 @@ mod common;
 
 mod auth;
 mod cli;
+mod data_dir;
 mod invites;
+mod jwt_claims;
 mod keys;
 mod limits;
 mod messages;
@@ -19,5 +21,6 @@ mod process;
 mod races;
 mod replicas;
 mod rooms;
+mod status_text;
 mod streaming;
 mod subscriptions;

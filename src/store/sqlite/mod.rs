@@ -40,12 +40,8 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5));
-        if let Some(dir) = options.get_filename().parent()
-            && !dir.as_os_str().is_empty()
-        {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                anyhow::anyhow!("cannot create the data directory {}: {e}", dir.display())
-            })?;
+        if !is_in_memory(url) {
+            create_private(options.get_filename())?;
         }
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
@@ -60,6 +56,27 @@ impl SqliteStore {
             .await?;
         Ok(SqliteStore { writer, readers })
     }
+}
+
+/// Whether `url` names an in-memory database (no file).
+fn is_in_memory(url: &str) -> bool {
+    url.contains(":memory:") || url.contains("mode=memory")
+}
+
+/// Creates the database file with mode 0600 before SQLite opens it (SQLite gives its
+/// `-wal`, `-shm` and `-journal` files the database file's mode), in a directory created
+/// 0700 if missing; an existing file and its companions with looser modes are tightened.
+fn create_private(file: &std::path::Path) -> anyhow::Result<()> {
+    if let Some(dir) = file.parent() {
+        crate::private_files::create_missing_dir(dir)?;
+    }
+    crate::private_files::private_file(file)?;
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let mut companion = file.as_os_str().to_owned();
+        companion.push(suffix);
+        crate::private_files::tighten_if_exists(std::path::Path::new(&companion));
+    }
+    Ok(())
 }
 
 fn stored_event(

@@ -12,6 +12,8 @@ pub struct ServerProcess {
     pub child: tokio::process::Child,
     pub addr: String,
     pub stderr_lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    /// What the server wrote to stderr up to and including its ready line.
+    pub startup_lines: Vec<String>,
 }
 
 /// Starts the real `secretd` binary with `args` and `envs`; waits for its ready line.
@@ -36,13 +38,19 @@ pub async fn spawn_binary(args: &[&str], envs: &[(&str, &str)], cwd: &Path) -> S
             let _ = tx.send(line);
         }
     });
+    let mut startup_lines = Vec::new();
     let addr = tokio::time::timeout(Duration::from_secs(60), async {
         while let Some(line) = rx.recv().await {
-            if let Some(rest) = line.split("secretd listening on ").nth(1) {
-                return rest.split_whitespace().next().unwrap_or("").to_string();
+            let ready = line
+                .split("secretd listening on ")
+                .nth(1)
+                .map(|rest| rest.split_whitespace().next().unwrap_or("").to_string());
+            startup_lines.push(line);
+            if let Some(addr) = ready {
+                return addr;
             }
         }
-        panic!("secretd exited before it was ready");
+        panic!("secretd exited before it was ready: {startup_lines:#?}");
     })
     .await
     .expect("secretd ready within 60 s");
@@ -50,7 +58,35 @@ pub async fn spawn_binary(args: &[&str], envs: &[(&str, &str)], cwd: &Path) -> S
         child,
         addr,
         stderr_lines: rx,
+        startup_lines,
     }
+}
+
+/// Runs the `secretd` binary to completion (without `SECRETD_JWT_SECRET` from the
+/// environment unless `envs` sets it).
+pub fn run_binary(args: &[&str], cwd: &Path, envs: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_secretd"));
+    cmd.args(args)
+        .current_dir(cwd)
+        .env_remove("SECRETD_JWT_SECRET")
+        .env_remove("RUST_LOG");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run secretd")
+}
+
+/// A client of the server at `addr` (host:port) sending `token`.
+pub async fn client_at(addr: &str, token: String) -> super::Client {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    secretd::proto::secret_service_client::SecretServiceClient::with_interceptor(
+        channel,
+        super::Bearer(Some(token)),
+    )
 }
 
 /// A TCP proxy in front of a server that can stop passing the server's answers on, to
