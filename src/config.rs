@@ -51,6 +51,11 @@ pub struct Settings {
     pub max_subscriptions_per_connection: usize,
     /// Open StreamMessagePosting calls one user may hold on one replica. Default 32.
     pub max_connections_per_user: usize,
+    /// Stream ids one ManageStream message may name (`subscribe_to`, `unsubscribe_to` and
+    /// `resume_from` together). A message naming more ends the call with
+    /// INVALID_ARGUMENT. Default 2000: enough to drop 1,000 streams and resume 1,000
+    /// others in one message.
+    pub max_stream_ids_per_message: usize,
     /// Database connections in the pool (Postgres) / readers (SQLite). Default 16.
     pub db_max_connections: u32,
     /// Most posts committed in one group-commit transaction. Default 512.
@@ -164,6 +169,7 @@ fn with_defaults() -> Result<Builder, config::ConfigError> {
         .set_default("max_counter_gap", 1024)?
         .set_default("max_subscriptions_per_connection", 1000)?
         .set_default("max_connections_per_user", 32)?
+        .set_default("max_stream_ids_per_message", 2000)?
         .set_default("db_max_connections", 16)?
         .set_default("commit_max_batch", 512)?
         .set_default("commit_writers", 1)?

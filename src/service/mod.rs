@@ -8,7 +8,7 @@ mod keys;
 mod messages;
 mod rooms;
 pub mod router;
-mod streaming;
+pub mod streaming;
 
 use std::sync::Arc;
 

@@ -1,6 +1,7 @@
 //! StreamMessagePosting subscriptions: per-stream errors, removal and leaving, live
 //! invites, unsubscribe, limits — on SQLite and Postgres.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use crate::common::*;
@@ -13,6 +14,7 @@ both_backends!(
     invites_arrive_on_the_open_call,
     unsubscribe_and_resubscribe,
     subscription_and_connection_limits,
+    stream_ids_per_message_are_capped,
 );
 
 async fn bad_subscriptions_fail_alone(b: Backend) {
@@ -291,6 +293,76 @@ async fn subscription_and_connection_limits(b: Backend) {
     // The first call still works.
     post(&mut c, &pairs[0].message_id, 1, b"x").await.unwrap();
     assert!(matches!(sub.next().await, Event::Message(_)));
+    s.stop().await;
+}
+
+async fn stream_ids_per_message_are_capped(b: Backend) {
+    let s = TestServer::start(b).await;
+    let user = random_user();
+    // A client resuming 1,000 streams in one message passes with the defaults.
+    let mut makers = Vec::new();
+    for _ in 0..8 {
+        let mut c = s.client(user).await;
+        makers.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for _ in 0..125 {
+                ids.push(new_pair(&mut c).await.message_id);
+            }
+            ids
+        }));
+    }
+    let mut streams = Vec::new();
+    for m in makers {
+        streams.extend(m.await.unwrap());
+    }
+    let mut c = s.client(user).await;
+    post(&mut c, &streams[0], 1, b"one").await.unwrap();
+    let mut sub = Subscription::open(&mut c).await.unwrap();
+    let cursors: Vec<(&str, u64)> = streams.iter().map(|s| (s.as_str(), 0)).collect();
+    sub.manage(&[], &[], &cursors);
+    let mut caught = HashSet::new();
+    let mut messages = 0;
+    while caught.len() < streams.len() {
+        match sub.next().await {
+            Event::CaughtUp(c) => assert!(caught.insert(c.stream_id)),
+            Event::Message(m) => {
+                assert_eq!((m.stream_id.as_str(), m.event_id), (streams[0].as_str(), 1));
+                messages += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(messages, 1);
+    // One id over the cap ends the call with INVALID_ARGUMENT naming the key.
+    let max = s.settings.max_stream_ids_per_message;
+    let too_many: Vec<String> = (0..=max)
+        .map(|_| uuid::Uuid::new_v4().to_string())
+        .collect();
+    sub.send(ManageStream {
+        unsubscribe_to: too_many,
+        ..Default::default()
+    });
+    let end = sub.next_within(10).await;
+    assert!(!matches!(end, Ok(Some(_))), "nothing more but the end: {end:?}");
+    let st = expect_code(end, Code::InvalidArgument);
+    assert!(
+        st.message().contains("max_stream_ids_per_message")
+            && st.message().contains(&format!("{}", max + 1)),
+        "{}",
+        st.message()
+    );
+    // The server is up; a new call works, and exactly the cap is accepted.
+    let mut sub = Subscription::open(&mut c).await.unwrap();
+    let mut ids: Vec<String> = (2..max).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    ids.push(streams[0].clone());
+    sub.send(ManageStream {
+        unsubscribe_to: ids,
+        subscribe_to: vec![streams[0].clone()],
+        ..Default::default()
+    });
+    assert!(matches!(sub.next().await, Event::CaughtUp(c) if c.stream_id == streams[0]));
+    post(&mut c, &streams[0], 2, b"two").await.unwrap();
+    assert!(matches!(sub.next().await, Event::Message(m) if m.event_id == 2));
     s.stop().await;
 }
 

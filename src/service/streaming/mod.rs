@@ -37,6 +37,10 @@ use crate::hub::{Connection, Read, Slot};
 use crate::proto::{ManageStream, PreEncoded};
 use crate::service::AppState;
 
+/// ManageStream messages a call queues for its session before it stops reading the
+/// request body (HTTP/2 flow control then holds the client back).
+pub const CONTROL_QUEUE: usize = 4;
+
 /// The streaming-call handler plugged into [`super::router::SecretRouter`].
 pub struct Handler {
     state: Arc<AppState>,
@@ -74,11 +78,12 @@ impl tonic::server::StreamingService<ManageStream> for Handler {
                 room: Notify::new(),
                 cap: state.settings.connection_buffer.max(1),
             });
-            let (control_tx, control_rx) = mpsc::unbounded_channel();
+            let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
             let (alive, session_gone) = tokio::sync::oneshot::channel::<()>();
             tokio::spawn(read_inbound(
                 req.into_inner(),
                 control_tx,
+                state.settings.max_stream_ids_per_message,
                 conn.clone(),
                 session_gone,
             ));
@@ -95,11 +100,21 @@ impl tonic::server::StreamingService<ManageStream> for Handler {
     }
 }
 
-/// Forwards the client's ManageStream messages to the session. Ends (dropping the request
-/// stream, so the HTTP/2 stream closes) when the session is gone.
+/// What the inbound reader hands the session: a message to apply, or the status that
+/// ends the call because a message broke a rule.
+pub(crate) type Control = Result<ManageStream, Status>;
+
+/// Forwards the client's ManageStream messages to the session, at most [`CONTROL_QUEUE`]
+/// ahead of it: while the session is busy (for instance waiting for a client that does
+/// not read), this task waits too and stops reading the request body, so HTTP/2 flow
+/// control holds the client back and the server buffers a bounded amount. A message
+/// naming more than `max_ids` stream ids ends the call with INVALID_ARGUMENT (after the
+/// messages before it). Ends (dropping the request stream, so the HTTP/2 stream closes)
+/// when the session is gone.
 async fn read_inbound(
     mut inbound: Streaming<ManageStream>,
-    control: mpsc::UnboundedSender<ManageStream>,
+    control: mpsc::Sender<Control>,
+    max_ids: usize,
     conn: Arc<Connection>,
     mut session_gone: tokio::sync::oneshot::Receiver<()>,
 ) {
@@ -108,12 +123,18 @@ async fn read_inbound(
             m = inbound.message() => m,
             _ = &mut session_gone => return,
         };
-        match message {
+        let item = match message {
             Ok(Some(m)) => {
-                if control.send(m).is_err() {
-                    return;
+                let ids = m.subscribe_to.len() + m.unsubscribe_to.len() + m.resume_from.len();
+                if ids > max_ids {
+                    Err(Status::invalid_argument(format!(
+                        "a ManageStream message named {ids} stream ids; at most {max_ids} are \
+                         accepted in one message (max_stream_ids_per_message): split it into \
+                         several messages, then reconnect and resume by cursor"
+                    )))
+                } else {
+                    Ok(m)
                 }
-                conn.wake();
             }
             // The client finished sending; the call goes on until it hangs up.
             Ok(None) => return,
@@ -121,6 +142,18 @@ async fn read_inbound(
                 conn.close();
                 return;
             }
+        };
+        let last = item.is_err();
+        let sent = tokio::select! {
+            r = control.send(item) => r.is_ok(),
+            _ = &mut session_gone => false,
+        };
+        if !sent {
+            return;
+        }
+        conn.wake();
+        if last {
+            return;
         }
     }
 }

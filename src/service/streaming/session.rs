@@ -7,7 +7,7 @@ use tokio::sync::mpsc;
 use tonic::Status;
 use uuid::Uuid;
 
-use super::{Call, Sub};
+use super::{Call, Control, Sub};
 use crate::error::Error;
 use crate::hub::{ConnectionGuard, SessionWork};
 use crate::proto::stream_message_posting_response::Event;
@@ -56,7 +56,7 @@ impl Session {
         }
     }
 
-    pub(super) async fn run(mut self, control: mpsc::UnboundedReceiver<ManageStream>) {
+    pub(super) async fn run(mut self, control: mpsc::Receiver<Control>) {
         let end = match self.serve(control).await {
             Err(Stop::With(status)) => Some(status),
             _ => None,
@@ -74,7 +74,7 @@ impl Session {
         conn.wake_outbound();
     }
 
-    async fn serve(&mut self, mut control: mpsc::UnboundedReceiver<ManageStream>) -> Flow {
+    async fn serve(&mut self, mut control: mpsc::Receiver<Control>) -> Flow {
         self.invite_cursor = self
             .state
             .store
@@ -89,7 +89,7 @@ impl Session {
             }
             let mut busy = false;
             while let Ok(m) = control.try_recv() {
-                self.manage(m).await?;
+                self.manage(m.map_err(Stop::With)?).await?;
                 busy = true;
             }
             conn.swap_session_work(&mut work);

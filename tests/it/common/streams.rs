@@ -29,19 +29,22 @@ impl Subscription {
 
     /// Sends a ManageStream.
     pub fn manage(&self, subscribe: &[&str], unsubscribe: &[&str], resume: &[(&str, u64)]) {
-        self.tx
-            .send(proto::ManageStream {
-                subscribe_to: subscribe.iter().map(|s| s.to_string()).collect(),
-                unsubscribe_to: unsubscribe.iter().map(|s| s.to_string()).collect(),
-                resume_from: resume
-                    .iter()
-                    .map(|(s, a)| proto::StreamCursor {
-                        stream_id: s.to_string(),
-                        after_event_id: *a,
-                    })
-                    .collect(),
-            })
-            .expect("call open");
+        self.send(proto::ManageStream {
+            subscribe_to: subscribe.iter().map(|s| s.to_string()).collect(),
+            unsubscribe_to: unsubscribe.iter().map(|s| s.to_string()).collect(),
+            resume_from: resume
+                .iter()
+                .map(|(s, a)| proto::StreamCursor {
+                    stream_id: s.to_string(),
+                    after_event_id: *a,
+                })
+                .collect(),
+        });
+    }
+
+    /// Sends a ManageStream as given.
+    pub fn send(&self, m: proto::ManageStream) {
+        self.tx.send(m).expect("call open");
     }
 
     /// The next thing the server sends (panics after `secs` seconds of silence).
