@@ -47,6 +47,10 @@ pub struct Hub {
     users: Mutex<HashMap<i64, Vec<Arc<Connection>>>>,
     next_id: AtomicU64,
     stopping: AtomicBool,
+    /// Runs inside [`Hub::watch`] between taking the slot and joining it (unit tests of
+    /// the watch/unwatch interleavings).
+    #[cfg(test)]
+    watch_hook: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 impl Hub {
@@ -61,6 +65,8 @@ impl Hub {
             users: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             stopping: AtomicBool::new(false),
+            #[cfg(test)]
+            watch_hook: Mutex::new(None),
         })
     }
 
@@ -100,32 +106,49 @@ impl Hub {
     }
 
     /// Starts watching a stream; the returned slot is what the connection reads from.
+    ///
+    /// The slot is taken from the map and then joined under its own lock. If the stream's
+    /// last watcher left in between and removed the slot from the map (a reconnect: the
+    /// old call tears down while the new one subscribes), the slot is marked removed and
+    /// this watch starts over with a fresh slot, so it never joins an orphan that
+    /// publishes no longer reach.
     pub fn watch(&self, conn: &Arc<Connection>, stream: Uuid) -> Arc<Slot> {
-        let slot = lock(&self.streams)
-            .entry(stream)
-            .or_insert_with(|| Arc::new(Slot::new(stream)))
-            .clone();
-        lock(&slot.state).watchers.push(conn.clone());
-        crate::telemetry::subscriptions(1);
-        slot
+        loop {
+            let slot = lock(&self.streams)
+                .entry(stream)
+                .or_insert_with(|| Arc::new(Slot::new(stream)))
+                .clone();
+            #[cfg(test)]
+            if let Some(hook) = lock(&self.watch_hook).take() {
+                hook();
+            }
+            let mut st = lock(&slot.state);
+            if st.removed {
+                continue;
+            }
+            st.watchers.push(conn.clone());
+            drop(st);
+            crate::telemetry::subscriptions(1);
+            return slot;
+        }
     }
 
     /// Stops watching; the slot (and its ring) goes when its last watcher does.
     pub fn unwatch(&self, conn: &Connection, slot: &Arc<Slot>) {
         let mut streams = lock(&self.streams);
-        let empty = {
-            let mut st = lock(&slot.state);
-            if let Some(i) = st.watchers.iter().position(|c| c.id() == conn.id()) {
-                st.watchers.swap_remove(i);
-                crate::telemetry::subscriptions(-1);
-            }
-            st.watchers.is_empty()
-        };
-        if empty
+        let mut st = lock(&slot.state);
+        if let Some(i) = st.watchers.iter().position(|c| c.id() == conn.id()) {
+            st.watchers.swap_remove(i);
+            crate::telemetry::subscriptions(-1);
+        }
+        if st.watchers.is_empty()
             && let Some(current) = streams.get(&slot.stream)
             && Arc::ptr_eq(current, slot)
         {
             streams.remove(&slot.stream);
+            // Under the slot's lock: a watch that took this slot before it left the map
+            // sees the mark and starts over.
+            st.removed = true;
         }
     }
 

@@ -52,6 +52,8 @@ pub(super) struct SlotState {
     pub(super) ring: VecDeque<Frame>,
     pub(super) ring_bytes: usize,
     pub(super) watchers: Vec<Arc<Connection>>,
+    /// Taken out of the hub's map (its last watcher left): nobody may join it any more.
+    pub(super) removed: bool,
 }
 
 /// One stream's live state.
@@ -69,6 +71,7 @@ impl Slot {
                 ring: VecDeque::new(),
                 ring_bytes: 0,
                 watchers: Vec::new(),
+                removed: false,
             }),
         }
     }

@@ -96,3 +96,26 @@ async fn connection_limit_is_per_user() {
     drop(a);
     assert!(hub.register(7, 2).is_some());
 }
+
+#[tokio::test]
+async fn a_watch_racing_the_last_unwatch_joins_a_live_slot() {
+    let (hub, _dir) = hub().await;
+    let stream = Uuid::new_v4();
+    let old = hub.register(1, 10).unwrap();
+    let new = hub.register(1, 10).unwrap();
+    let old_slot = hub.watch(old.connection(), stream);
+    // A reconnect: the new call subscribes while the old one (the stream's last watcher)
+    // tears down, exactly between the new watch taking the slot and joining it.
+    let (h, c, s) = (hub.clone(), old.connection().clone(), old_slot.clone());
+    *lock(&hub.watch_hook) = Some(Box::new(move || h.unwatch(&c, &s)));
+    let slot = hub.watch(new.connection(), stream);
+    assert!(hub.is_watched(&stream), "the stream is still watched");
+    hub.publish_committed([(&event(stream, 1), 0)]);
+    let mut live = HashSet::new();
+    new.connection().swap_live(&mut live);
+    assert!(live.contains(&stream), "the new watcher is woken");
+    let Read::Frames(f) = slot.read_after(0, 10) else {
+        panic!("the new watcher's slot receives what is published")
+    };
+    assert_eq!(f.len(), 1);
+}

@@ -343,7 +343,10 @@ async fn stream_ids_per_message_are_capped(b: Backend) {
         ..Default::default()
     });
     let end = sub.next_within(10).await;
-    assert!(!matches!(end, Ok(Some(_))), "nothing more but the end: {end:?}");
+    assert!(
+        !matches!(end, Ok(Some(_))),
+        "nothing more but the end: {end:?}"
+    );
     let st = expect_code(end, Code::InvalidArgument);
     assert!(
         st.message().contains("max_stream_ids_per_message")
