@@ -36,7 +36,7 @@ mod connection;
 mod slot;
 
 pub use connection::{Connection, ConnectionGuard, SessionWork};
-pub use slot::{Frame, Read, Slot};
+pub use slot::{Frame, Read, Slot, Watch};
 
 /// The fan-out hub of one process.
 pub struct Hub {
@@ -112,7 +112,7 @@ impl Hub {
     /// old call tears down while the new one subscribes), the slot is marked removed and
     /// this watch starts over with a fresh slot, so it never joins an orphan that
     /// publishes no longer reach.
-    pub fn watch(&self, conn: &Arc<Connection>, stream: Uuid) -> Arc<Slot> {
+    pub fn watch(self: &Arc<Self>, conn: &Arc<Connection>, stream: Uuid) -> Watch {
         loop {
             let slot = lock(&self.streams)
                 .entry(stream)
@@ -129,12 +129,16 @@ impl Hub {
             st.watchers.push(conn.clone());
             drop(st);
             crate::telemetry::subscriptions(1);
-            return slot;
+            return Watch {
+                hub: self.clone(),
+                conn: conn.clone(),
+                slot,
+            };
         }
     }
 
     /// Stops watching; the slot (and its ring) goes when its last watcher does.
-    pub fn unwatch(&self, conn: &Connection, slot: &Arc<Slot>) {
+    fn unwatch(&self, conn: &Connection, slot: &Arc<Slot>) {
         let mut streams = lock(&self.streams);
         let mut st = lock(&slot.state);
         if let Some(i) = st.watchers.iter().position(|c| c.id() == conn.id()) {

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use uuid::Uuid;
 
-use super::{Connection, lock};
+use super::{Connection, Hub, lock};
 use crate::proto::PreEncoded;
 use crate::store::StoredEvent;
 use crate::wire;
@@ -94,5 +94,29 @@ impl Slot {
     /// The newest committed event id known.
     pub fn head(&self) -> i64 {
         lock(&self.state).head
+    }
+}
+
+/// A connection's watch on one stream, from [`Hub::watch`]: publishes to the stream wake
+/// the connection, and the slot reads as the stream's live state. Dropping it stops
+/// watching (the slot goes with its last watcher), so every path that took a watch, the
+/// error paths included, gives it back.
+pub struct Watch {
+    pub(super) hub: Arc<Hub>,
+    pub(super) conn: Arc<Connection>,
+    pub(super) slot: Arc<Slot>,
+}
+
+impl std::ops::Deref for Watch {
+    type Target = Slot;
+
+    fn deref(&self) -> &Slot {
+        &self.slot
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.hub.unwatch(&self.conn, &self.slot);
     }
 }

@@ -369,6 +369,75 @@ async fn stream_ids_per_message_are_capped(b: Backend) {
     s.stop().await;
 }
 
+/// The database fails while a subscription is being set up: the call ends with
+/// UNAVAILABLE and releases every watch it took (the real binary's metrics show it), and
+/// the server serves new subscriptions once the database is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_database_failure_during_subscribe_releases_everything() {
+    let Some(Backend::Postgres(url)) = Backend::postgres() else {
+        return;
+    };
+    let proxy = PgProxy::start(&url).await;
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = format!("127.0.0.1:{}", unused_port());
+    let p = spawn_binary(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            &proxy.url,
+            "--metrics-listen",
+            &metrics,
+        ],
+        &[("SECRETD_JWT_SECRET", SECRET)],
+        dir.path(),
+    )
+    .await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", p.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let user = random_user();
+    let mut c = secretd::proto::secret_service_client::SecretServiceClient::with_interceptor(
+        channel,
+        Bearer(Some(token(user, 3600))),
+    );
+    let pair = new_pair(&mut c).await;
+    let mut sub = Subscription::open(&mut c).await.unwrap();
+    sub.manage(&[&pair.message_id], &[], &[]);
+    assert!(matches!(sub.next().await, Event::CaughtUp(_)));
+    const GAUGE: &str = "secretd_subscriptions";
+    assert_eq!(metric(&metrics, GAUGE).await, 1.0);
+    // The database goes away; the next subscription's access check fails.
+    proxy.fail();
+    sub.manage(&[&pair.state_id], &[], &[]);
+    let end = sub.next_within(30).await;
+    assert!(!matches!(end, Ok(Some(_))), "the call ends: {end:?}");
+    expect_code(end, Code::Unavailable);
+    assert_eq!(
+        metric_becomes(&metrics, GAUGE, 0.0, 10).await,
+        0.0,
+        "every watch of the ended call is released"
+    );
+    // The database is back: subscriptions work, and their watches are counted once.
+    proxy.heal();
+    let mut sub = Subscription::open(&mut c).await.unwrap();
+    sub.manage(&[&pair.message_id, &pair.state_id], &[], &[]);
+    for _ in 0..2 {
+        assert!(matches!(
+            sub.next_within(30).await.unwrap().unwrap(),
+            Event::CaughtUp(_)
+        ));
+    }
+    assert_eq!(metric(&metrics, GAUGE).await, 2.0);
+    drop(sub);
+    assert_eq!(metric_becomes(&metrics, GAUGE, 0.0, 10).await, 0.0);
+    let mut p = p;
+    p.child.kill().await.unwrap();
+}
+
 /// A client that vanishes without closing its connection is noticed by HTTP/2 keepalive:
 /// its call ends and frees its slot.
 #[tokio::test]

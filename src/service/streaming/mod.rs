@@ -33,7 +33,7 @@ use tokio_stream::Stream;
 use tonic::{Code, Request, Response, Status, Streaming};
 use uuid::Uuid;
 
-use crate::hub::{Connection, Read, Slot};
+use crate::hub::{Connection, Read, Watch};
 use crate::proto::{ManageStream, PreEncoded};
 use crate::service::AppState;
 
@@ -188,7 +188,8 @@ impl Call {
 pub(crate) struct Sub {
     /// The stream id as the client wrote it (for CaughtUp and errors).
     name: String,
-    slot: Arc<Slot>,
+    /// The stream's slot; dropping the subscription stops watching it.
+    slot: Watch,
     /// Last event id delivered (queued for sending).
     cursor: i64,
     /// Newest event id known committed from this call's own database reads.

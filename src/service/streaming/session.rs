@@ -67,11 +67,8 @@ impl Session {
             inner.end = end;
             inner.subs.drain().map(|(_, s)| s).collect()
         };
-        let conn = self.guard.connection().clone();
-        for sub in subs {
-            self.state.hub.unwatch(&conn, &sub.slot);
-        }
-        conn.wake_outbound();
+        drop(subs); // stops watching their streams
+        self.guard.connection().wake_outbound();
     }
 
     async fn serve(&mut self, mut control: mpsc::Receiver<Control>) -> Flow {
@@ -170,9 +167,7 @@ impl Session {
     /// Drops a subscription without telling the client.
     fn forget(&self, stream: Uuid) {
         let removed = self.call.lock().subs.remove(&stream);
-        if let Some(sub) = removed {
-            self.state.hub.unwatch(self.guard.connection(), &sub.slot);
-        }
+        drop(removed); // outside the call's lock
     }
 
     /// Starts (or, for a resume, repositions) a subscription. `after` = None means live
@@ -184,16 +179,13 @@ impl Session {
         };
         let (existing, count) = {
             let inner = self.call.lock();
-            (
-                inner.subs.get(&stream).map(|s| s.slot.clone()),
-                inner.subs.len(),
-            )
+            (inner.subs.contains_key(&stream), inner.subs.len())
         };
-        if existing.is_some() && after.is_none() {
+        if existing && after.is_none() {
             return Ok(()); // already live
         }
         let max = self.state.settings.max_subscriptions_per_connection;
-        if existing.is_none() && count >= max {
+        if !existing && count >= max {
             let e = Error::ResourceExhausted(format!(
                 "this call already holds {max} subscriptions (max_subscriptions_per_connection); \
                  unsubscribe from some or open another call"
@@ -201,25 +193,14 @@ impl Session {
             return self.push_error(&name, &e).await;
         }
         // Watch before reading the head, so nothing committed after the read is missed.
-        let conn = self.guard.connection().clone();
-        let is_new = existing.is_none();
-        let slot = match existing {
-            Some(slot) => slot,
-            None => self.state.hub.watch(&conn, stream),
-        };
-        // A refused new subscription stops watching; a refused resume ends the old one.
-        let refuse = |this: &Self, e: Error| {
-            if is_new {
-                this.state.hub.unwatch(&conn, &slot);
-            } else {
-                this.forget(stream);
-            }
-            e
-        };
+        // Every return before the subscription is stored drops the watch, which stops it.
+        let watch = (!existing).then(|| self.state.hub.watch(self.guard.connection(), stream));
         let access = match self.state.store.stream_access(self.user, stream).await {
             Ok(a) => a,
             Err(e @ (Error::PermissionDenied(_) | Error::NotFound(_))) => {
-                let e = refuse(self, e);
+                // A refused resume also ends the subscription it would have moved.
+                drop(watch);
+                self.forget(stream);
                 return self.push_error(&name, &e).await;
             }
             Err(other) => return Err(db_stop(other)),
@@ -229,28 +210,45 @@ impl Session {
             None => head,
             Some(a) if a <= head as u64 => a as i64,
             Some(a) => {
-                let e = refuse(
-                    self,
-                    Error::invalid(format!(
-                        "after_event_id {a} is beyond the stream's head event id {head}; resume \
-                         from an event id you have received"
-                    )),
-                );
+                drop(watch);
+                self.forget(stream);
+                let e = Error::invalid(format!(
+                    "after_event_id {a} is beyond the stream's head event id {head}; resume \
+                     from an event id you have received"
+                ));
                 return self.push_error(&name, &e).await;
             }
         };
-        self.call.lock().subs.insert(
-            stream,
-            Sub {
-                name,
-                slot,
-                cursor,
-                db_head: head,
-                verified_epoch: access.member_epoch,
-                catch_up_to: Some(head),
-                live: false,
-            },
-        );
+        {
+            let mut inner = self.call.lock();
+            match watch {
+                Some(slot) => {
+                    inner.subs.insert(
+                        stream,
+                        Sub {
+                            name,
+                            slot,
+                            cursor,
+                            db_head: head,
+                            verified_epoch: access.member_epoch,
+                            catch_up_to: Some(head),
+                            live: false,
+                        },
+                    );
+                }
+                // A resume repositions the subscription in place (it keeps its watch).
+                None => {
+                    if let Some(sub) = inner.subs.get_mut(&stream) {
+                        sub.name = name;
+                        sub.cursor = cursor;
+                        sub.db_head = head;
+                        sub.verified_epoch = access.member_epoch;
+                        sub.catch_up_to = Some(head);
+                        sub.live = false;
+                    }
+                }
+            }
+        }
         self.catch_up(stream).await
     }
 
@@ -258,7 +256,7 @@ impl Session {
     pub(super) async fn revoke(&self, stream: Uuid) -> Flow {
         let removed = self.call.lock().subs.remove(&stream);
         if let Some(sub) = removed {
-            self.state.hub.unwatch(self.guard.connection(), &sub.slot);
+            drop(sub.slot); // stops watching
             let err = Error::PermissionDenied(
                 "you are no longer a member of this stream's channel pair (you left or were \
                  removed); the subscription has ended"
