@@ -77,6 +77,11 @@ pub struct Settings {
     pub cors_allowed_origins: Vec<String>,
     /// Events per stream kept in memory for live fan-out. Default 256.
     pub fanout_ring_events: usize,
+    /// Bytes all streams' in-memory rings may hold together (each ring also stays under
+    /// 1 MiB). When spent, new events are not kept in memory and subscribers read them
+    /// from the database: nothing is lost, it only costs reads. 0 keeps nothing in
+    /// memory. Default 268435456 (256 MiB).
+    pub fanout_ring_budget_bytes: usize,
     /// Encoded events queued per StreamMessagePosting call before it falls back to the
     /// database cursor. Default 16.
     pub connection_buffer: usize,
@@ -178,6 +183,7 @@ fn with_defaults() -> Result<Builder, config::ConfigError> {
         .set_default("keepalive_timeout_secs", 10)?
         .set_default("cors_allowed_origins", vec!["*"])?
         .set_default("fanout_ring_events", 256)?
+        .set_default("fanout_ring_budget_bytes", 256 * 1024 * 1024)?
         .set_default("connection_buffer", 16)
 }
 

@@ -117,7 +117,11 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
     let replica = Uuid::new_v4();
     let store = store::open(&url, settings.db_max_connections, replica).await?;
     let backend = store.backend();
-    let hub = Hub::new(store.clone(), settings.fanout_ring_events);
+    let hub = Hub::new(
+        store.clone(),
+        settings.fanout_ring_events,
+        settings.fanout_ring_budget_bytes,
+    );
     let writers = match backend {
         // SQLite has one writer: more tasks would only queue on its connection.
         Backend::Sqlite => 1,

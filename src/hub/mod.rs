@@ -33,9 +33,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 mod connection;
+mod ring;
 mod slot;
 
 pub use connection::{Connection, ConnectionGuard, SessionWork};
+pub use ring::Budget;
 pub use slot::{Frame, Read, Slot, Watch};
 
 /// The fan-out hub of one process.
@@ -43,6 +45,7 @@ pub struct Hub {
     store: DynStore,
     ring_events: usize,
     ring_bytes: usize,
+    budget: Arc<Budget>,
     streams: Mutex<HashMap<Uuid, Arc<Slot>>>,
     users: Mutex<HashMap<i64, Vec<Arc<Connection>>>>,
     next_id: AtomicU64,
@@ -55,12 +58,13 @@ pub struct Hub {
 
 impl Hub {
     /// A hub keeping up to `ring_events` encoded events (and at most 1 MiB) per watched
-    /// stream.
-    pub fn new(store: DynStore, ring_events: usize) -> Arc<Self> {
+    /// stream, and at most `ring_budget` bytes in all rings together.
+    pub fn new(store: DynStore, ring_events: usize, ring_budget: usize) -> Arc<Self> {
         Arc::new(Hub {
             store,
             ring_events: ring_events.max(1),
             ring_bytes: 1 << 20,
+            budget: Budget::new(ring_budget),
             streams: Mutex::new(HashMap::new()),
             users: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
@@ -116,7 +120,7 @@ impl Hub {
         loop {
             let slot = lock(&self.streams)
                 .entry(stream)
-                .or_insert_with(|| Arc::new(Slot::new(stream)))
+                .or_insert_with(|| Arc::new(Slot::new(stream, self.budget.clone())))
                 .clone();
             #[cfg(test)]
             if let Some(hook) = lock(&self.watch_hook).take() {
@@ -153,6 +157,7 @@ impl Hub {
             // Under the slot's lock: a watch that took this slot before it left the map
             // sees the mark and starts over.
             st.removed = true;
+            st.ring.clear();
         }
     }
 
@@ -172,7 +177,6 @@ impl Hub {
         if head > st.head {
             st.head = head;
             st.ring.clear();
-            st.ring_bytes = 0;
             for w in &st.watchers {
                 w.wake_stream(stream);
             }
@@ -194,18 +198,9 @@ impl Hub {
             }
             if f.event_id != st.head + 1 {
                 st.ring.clear();
-                st.ring_bytes = 0;
             }
             st.head = f.event_id;
-            st.ring_bytes += f.bytes.len();
-            st.ring.push_back(f);
-            while st.ring.len() > self.ring_events
-                || (st.ring_bytes > self.ring_bytes && st.ring.len() > 1)
-            {
-                if let Some(old) = st.ring.pop_front() {
-                    st.ring_bytes -= old.bytes.len();
-                }
-            }
+            st.ring.push(f, self.ring_events, self.ring_bytes);
         }
         if st.head > before {
             for w in &st.watchers {
@@ -332,4 +327,4 @@ impl ChangeSink for Hub {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -1,11 +1,11 @@
 //! One stream's live state: the newest committed event id and a ring of the newest
 //! events, each encoded once.
 
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use uuid::Uuid;
 
+use super::ring::{Budget, Ring};
 use super::{Connection, Hub, lock};
 use crate::proto::PreEncoded;
 use crate::store::StoredEvent;
@@ -49,8 +49,7 @@ pub enum Read {
 
 pub(super) struct SlotState {
     pub(super) head: i64,
-    pub(super) ring: VecDeque<Frame>,
-    pub(super) ring_bytes: usize,
+    pub(super) ring: Ring,
     pub(super) watchers: Vec<Arc<Connection>>,
     /// Taken out of the hub's map (its last watcher left): nobody may join it any more.
     pub(super) removed: bool,
@@ -63,13 +62,12 @@ pub struct Slot {
 }
 
 impl Slot {
-    pub(super) fn new(stream: Uuid) -> Self {
+    pub(super) fn new(stream: Uuid, budget: Arc<Budget>) -> Self {
         Slot {
             stream,
             state: Mutex::new(SlotState {
                 head: 0,
-                ring: VecDeque::new(),
-                ring_bytes: 0,
+                ring: Ring::new(budget),
                 watchers: Vec::new(),
                 removed: false,
             }),

@@ -6,13 +6,23 @@ use super::*;
 use bytes::Bytes;
 
 async fn hub() -> (Arc<Hub>, tempfile::TempDir) {
+    hub_with_budget(1 << 20).await
+}
+
+async fn hub_with_budget(budget: usize) -> (Arc<Hub>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("t.db").display());
     let store = crate::store::open(&url, 1, Uuid::new_v4()).await.unwrap();
-    (Hub::new(store, 4), dir)
+    (Hub::new(store, 4, budget), dir)
 }
 
-fn event(stream: Uuid, id: i64) -> StoredEvent {
+/// The encoded size of the test events.
+fn frame_len() -> usize {
+    Frame::encode(&event(Uuid::new_v4(), 1), 0).bytes.len()
+}
+
+/// A stored event with a 100-byte body (also used by the streaming unit tests).
+pub(crate) fn event(stream: Uuid, id: i64) -> StoredEvent {
     StoredEvent {
         stream_id: stream,
         event_id: id,
@@ -117,4 +127,72 @@ async fn a_watch_racing_the_last_unwatch_joins_a_live_slot() {
         panic!("the new watcher's slot receives what is published")
     };
     assert_eq!(f.len(), 1);
+}
+
+fn ring_bytes(slot: &Slot) -> usize {
+    lock(&slot.state).ring.bytes()
+}
+
+fn ids(read: Read) -> Vec<i64> {
+    match read {
+        Read::Frames(f) => f.iter().map(|f| f.event_id).collect(),
+        other => panic!("frames expected, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn rings_share_a_global_byte_budget() {
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let len = frame_len();
+    // Room for three frames in all rings together.
+    let (hub, _dir) = hub_with_budget(3 * len).await;
+    let g = hub.register(1, 10).unwrap();
+    let wa = hub.watch(g.connection(), a);
+    let wb = hub.watch(g.connection(), b);
+    hub.publish_committed([(&event(a, 1), 0), (&event(a, 2), 0)]);
+    hub.publish_committed([(&event(b, 1), 0)]);
+    assert_eq!(hub.budget.used(), 3 * len);
+    assert_eq!(ids(wa.read_after(0, 10)), vec![1, 2]);
+    // The budget is spent: b's next frame is kept only by giving up b's older ones.
+    hub.publish_committed([(&event(b, 2), 0)]);
+    assert_eq!(wb.head(), 2, "the head still moves");
+    assert_eq!(ids(wb.read_after(1, 10)), vec![2]);
+    assert!(matches!(
+        wb.read_after(0, 10),
+        Read::FromDatabase { head: 2 }
+    ));
+    assert_eq!(
+        ids(wa.read_after(0, 10)),
+        vec![1, 2],
+        "other rings keep theirs"
+    );
+    assert_eq!(hub.budget.used(), ring_bytes(&wa) + ring_bytes(&wb));
+    assert!(hub.budget.used() <= 3 * len);
+    // Dropping a watch gives its ring's bytes back.
+    drop(wa);
+    assert_eq!(hub.budget.used(), len);
+    drop(wb);
+    assert_eq!(hub.budget.used(), 0);
+}
+
+#[tokio::test]
+async fn a_frame_larger_than_the_budget_is_not_kept_and_readers_go_to_the_database() {
+    let s = Uuid::new_v4();
+    let (hub, _dir) = hub_with_budget(frame_len() - 1).await;
+    let g = hub.register(1, 10).unwrap();
+    let w = hub.watch(g.connection(), s);
+    hub.publish_committed([(&event(s, 1), 0), (&event(s, 2), 0)]);
+    assert_eq!(hub.budget.used(), 0);
+    assert!(matches!(
+        w.read_after(0, 10),
+        Read::FromDatabase { head: 2 }
+    ));
+    assert!(matches!(
+        w.read_after(1, 10),
+        Read::FromDatabase { head: 2 }
+    ));
+    assert!(matches!(w.read_after(2, 10), Read::UpToDate));
+    let mut live = HashSet::new();
+    g.connection().swap_live(&mut live);
+    assert!(live.contains(&s), "watchers are still woken");
 }

@@ -82,21 +82,7 @@ async fn posts_on_one_replica_reach_subscribers_on_another_across_a_listener_dro
     }
     // In the middle of the writes, cut A's listener connection.
     let mut probe = a.client(owner).await;
-    loop {
-        let head = probe
-            .fetch_messages(FetchMessagesRequest {
-                stream_id: st.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .head_event_id;
-        if head >= TOTAL / 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_head(&mut probe, &st, TOTAL / 3).await;
     assert_eq!(
         kill_listener(&a).await,
         1,

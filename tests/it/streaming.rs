@@ -14,6 +14,7 @@ both_backends!(
     resume_replays_history_then_goes_live,
     resume_during_writes_is_gapless_and_exactly_once,
     slow_reader_never_slows_others_and_loses_nothing,
+    a_tiny_ring_budget_still_delivers_everything_once_in_order,
 );
 
 async fn headers_arrive_before_anything_is_sent(b: Backend) {
@@ -139,34 +140,20 @@ async fn resume_during_writes_is_gapless_and_exactly_once(b: Backend) {
     // Readers that join while the posters are busy: from 0, from the middle, and live.
     let mut late = Vec::new();
     let mut probe = s.client(owner).await;
-    loop {
-        let head = probe
-            .fetch_messages(FetchMessagesRequest {
-                stream_id: st.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .head_event_id;
-        if head >= TOTAL / 4 {
-            late.push(spawn_reader(
-                s.client(owner).await,
-                st.clone(),
-                Some(0),
-                TOTAL,
-            ));
-            late.push(spawn_reader(
-                s.client(owner).await,
-                st.clone(),
-                Some(head / 2),
-                TOTAL,
-            ));
-            late.push(spawn_reader(s.client(owner).await, st.clone(), None, TOTAL));
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let head = wait_for_head(&mut probe, &st, TOTAL / 4).await;
+    late.push(spawn_reader(
+        s.client(owner).await,
+        st.clone(),
+        Some(0),
+        TOTAL,
+    ));
+    late.push(spawn_reader(
+        s.client(owner).await,
+        st.clone(),
+        Some(head / 2),
+        TOTAL,
+    ));
+    late.push(spawn_reader(s.client(owner).await, st.clone(), None, TOTAL));
     let mut acked = HashSet::new();
     for p in posters {
         for id in p.await.unwrap() {
@@ -282,5 +269,73 @@ async fn slow_reader_never_slows_others_and_loses_nothing(b: Backend) {
         }
     }
     assert!(slow.quiet_for(200).await);
+    s.stop().await;
+}
+
+async fn a_tiny_ring_budget_still_delivers_everything_once_in_order(b: Backend) {
+    // Room for a handful of frames in all rings together: most events are not kept in
+    // memory, and readers fetch them from the database.
+    let s = TestServer::start_with(b, |st| st.fanout_ring_budget_bytes = 600).await;
+    let owner = random_user();
+    let mut co = s.client(owner).await;
+    let pairs = [new_pair(&mut co).await, new_pair(&mut co).await];
+    const EACH: usize = 150;
+    const POSTERS: usize = 2;
+    const TOTAL: u64 = (EACH * POSTERS) as u64;
+    let mut readers = Vec::new();
+    for p in &pairs {
+        let st = &p.message_id;
+        readers.push(spawn_reader(s.client(owner).await, st.clone(), None, TOTAL));
+        readers.push(spawn_reader(
+            s.client(owner).await,
+            st.clone(),
+            Some(0),
+            TOTAL,
+        ));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut posters = Vec::new();
+    for p in &pairs {
+        for who in 0..POSTERS {
+            let mut c = s.client(owner).await;
+            let st = p.message_id.clone();
+            posters.push(tokio::spawn(async move {
+                post_all(
+                    &mut c,
+                    &st,
+                    (0..EACH).map(|i| format!("{who}/{i}").into_bytes()),
+                )
+                .await
+            }));
+        }
+    }
+    // One more reader per stream joins from the middle while posts go on.
+    wait_for_head(&mut co, &pairs[0].message_id, 7).await;
+    readers.push(spawn_reader(
+        s.client(owner).await,
+        pairs[0].message_id.clone(),
+        Some(7),
+        TOTAL,
+    ));
+    readers.push(spawn_reader(
+        s.client(owner).await,
+        pairs[1].message_id.clone(),
+        None,
+        TOTAL,
+    ));
+    for p in posters {
+        assert_eq!(p.await.unwrap().len(), EACH);
+    }
+    for r in readers {
+        let (start, events) = r.await.unwrap();
+        let got: Vec<u64> = events.iter().map(|m| m.event_id).collect();
+        assert_eq!(
+            got,
+            (start + 1..=TOTAL).collect::<Vec<_>>(),
+            "reader from {start}"
+        );
+        let stream = &events.first().expect("events").stream_id;
+        assert!(events.iter().all(|m| &m.stream_id == stream));
+    }
     s.stop().await;
 }

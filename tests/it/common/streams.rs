@@ -117,6 +117,30 @@ pub async fn post_all(
     ids
 }
 
+/// The stream's head event id, as FetchMessages reports it.
+pub async fn head_of(client: &mut Client, stream: &str) -> u64 {
+    client
+        .fetch_messages(proto::FetchMessagesRequest {
+            stream_id: stream.to_string(),
+            ..Default::default()
+        })
+        .await
+        .expect("fetch")
+        .into_inner()
+        .head_event_id
+}
+
+/// Waits until the stream's head reaches `at_least`; returns the head.
+pub async fn wait_for_head(client: &mut Client, stream: &str, at_least: u64) -> u64 {
+    loop {
+        let head = head_of(client, stream).await;
+        if head >= at_least {
+            return head;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// The VmRSS of a process in KiB.
 pub fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
