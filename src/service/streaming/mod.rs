@@ -21,6 +21,8 @@
 
 mod catchup;
 mod session;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
