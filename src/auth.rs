@@ -56,7 +56,7 @@ struct Claims {
 }
 
 /// Leeway for `exp`, in seconds (clock skew between the auth service and us).
-const LEEWAY_SECS: u64 = 30;
+pub const LEEWAY_SECS: u64 = 30;
 /// Verified tokens remembered, so a client's repeated calls skip the signature check.
 const CACHE_ENTRIES: usize = 16_384;
 

@@ -339,3 +339,58 @@ async fn a_tiny_ring_budget_still_delivers_everything_once_in_order(b: Backend) 
     }
     s.stop().await;
 }
+
+/// A call ends with UNAUTHENTICATED when its token expires (exp plus the leeway), and the
+/// client resumes with a fresh token by cursor, losing nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stream_ends_when_its_token_expires() {
+    let s = TestServer::start(Backend::Sqlite).await;
+    let user = random_user();
+    let mut c = s.client(user).await;
+    let pair = new_pair(&mut c).await;
+    let st = pair.message_id.clone();
+    // Accepted now (within the leeway), no longer accepted in about 3 s.
+    let ttl = 3 - secretd::auth::LEEWAY_SECS as i64;
+    let expires_at = std::time::SystemTime::now() + Duration::from_secs(3);
+    let mut short = s.client_with_token(token(user, ttl)).await;
+    let mut sub = Subscription::open(&mut short).await.unwrap();
+    sub.manage(&[&st], &[], &[]);
+    assert!(matches!(sub.next().await, Event::CaughtUp(_)));
+    post(&mut c, &st, 1, b"before").await.unwrap();
+    assert!(matches!(sub.next().await, Event::Message(m) if m.event_id == 1));
+    let end = loop {
+        match sub.next_within(15).await {
+            // Events posted before the end still arrive.
+            Ok(Some(Event::Message(_))) => continue,
+            other => break other,
+        }
+    };
+    let ended_at = std::time::SystemTime::now();
+    let st_ = expect_code(end, Code::Unauthenticated);
+    assert!(
+        st_.message().contains("expired") && st_.message().contains("resume"),
+        "{}",
+        st_.message()
+    );
+    // Not before the expiry (exp has whole seconds: allow one), and not long after.
+    assert!(
+        ended_at + Duration::from_secs(1) >= expires_at,
+        "ended {:?} before the token expired",
+        expires_at.duration_since(ended_at).unwrap_or_default()
+    );
+    assert!(
+        ended_at.duration_since(expires_at).unwrap_or_default() < Duration::from_secs(5),
+        "ended long after the token expired"
+    );
+    // Posts go on meanwhile; a fresh token resumes by cursor and gets them all.
+    post(&mut c, &st, 2, b"meanwhile").await.unwrap();
+    let mut sub = Subscription::open(&mut c).await.unwrap();
+    sub.manage(&[], &[], &[(&st, 1)]);
+    let (events, head) = sub.until_caught_up(&st).await;
+    assert_eq!(
+        events.iter().map(|m| m.event_id).collect::<Vec<_>>(),
+        vec![2]
+    );
+    assert_eq!(head, 2);
+    s.stop().await;
+}

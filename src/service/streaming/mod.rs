@@ -29,6 +29,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{Notify, mpsc};
 use tokio_stream::Stream;
@@ -65,7 +66,8 @@ impl tonic::server::StreamingService<ManageStream> for Handler {
     fn call(&mut self, req: Request<Streaming<ManageStream>>) -> Self::Future {
         let state = self.state.clone();
         Box::pin(async move {
-            let user = crate::auth::Caller::of(&req)?;
+            let caller = crate::auth::Caller::get(&req)?;
+            let user = caller.user;
             let limit = state.settings.max_connections_per_user;
             let guard = state.hub.register(user, limit).ok_or_else(|| {
                 crate::telemetry::rpc("StreamMessagePosting", Code::ResourceExhausted);
@@ -96,6 +98,7 @@ impl tonic::server::StreamingService<ManageStream> for Handler {
                 call,
                 conn,
                 live: HashSet::new(),
+                expiry: Box::pin(tokio::time::sleep(until(caller.expires_at))),
                 done: false,
             }))
         })
@@ -105,6 +108,14 @@ impl tonic::server::StreamingService<ManageStream> for Handler {
 /// What the inbound reader hands the session: a message to apply, or the status that
 /// ends the call because a message broke a rule.
 pub(crate) type Control = Result<ManageStream, Status>;
+
+/// How long from now until `expires_at` (unix seconds); zero if it has passed.
+fn until(expires_at: u64) -> Duration {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    Duration::from_secs(expires_at).saturating_sub(now)
+}
 
 /// Forwards the client's ManageStream messages to the session, at most [`CONTROL_QUEUE`]
 /// ahead of it: while the session is busy (for instance waiting for a client that does
@@ -206,13 +217,16 @@ pub(crate) struct Sub {
 
 /// The response stream of a call: serves live subscriptions from the rings and hands
 /// anything else to the session. Ends with UNAVAILABLE as soon as the server begins
-/// shutting down (even when the client's buffer is full), or with the session's final
-/// status if it stopped on an error.
+/// shutting down (even when the client's buffer is full), with UNAUTHENTICATED when the
+/// caller's token expires (its `exp` plus the leeway), or with the session's final status
+/// if it stopped on an error.
 pub struct Outbound {
     call: Arc<Call>,
     conn: Arc<Connection>,
     /// Reused buffer for the streams with news.
     live: HashSet<Uuid>,
+    /// Fires when the caller's token expires.
+    expiry: Pin<Box<tokio::time::Sleep>>,
     done: bool,
 }
 
@@ -229,6 +243,13 @@ impl Stream for Outbound {
             return Poll::Ready(Some(Err(Status::unavailable(
                 "the server is shutting down; reconnect and resume from the last event id you \
                  received on each stream",
+            ))));
+        }
+        if this.expiry.as_mut().poll(cx).is_ready() {
+            this.done = true;
+            return Poll::Ready(Some(Err(Status::unauthenticated(
+                "your token has expired; reconnect with a fresh token and resume from the last \
+                 event id you received on each stream",
             ))));
         }
         // Register before looking for work, so a wake in between is not lost.
