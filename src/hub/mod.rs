@@ -12,7 +12,7 @@
 //! access whenever it meets a frame with a newer epoch than it last verified, so an event
 //! appended after someone was removed never reaches them, even from another replica.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -167,6 +167,39 @@ impl Hub {
         lock(&self.streams).contains_key(stream)
     }
 
+    /// The newest event id this process knows committed on a watched stream (`None` when
+    /// no local call watches it).
+    pub fn known_head(&self, stream: &Uuid) -> Option<i64> {
+        let slot = lock(&self.streams).get(stream).cloned()?;
+        Some(slot.head())
+    }
+
+    /// Re-reads the heads of `streams` and publishes whatever this process has not seen
+    /// (used when committed events may not have been published: a batch whose answer was
+    /// lost after its COMMIT). Streams nobody here watches are dropped from the set; on
+    /// success the set is emptied. Returns false when the database could not be read
+    /// (the set is kept for a retry).
+    pub async fn republish(&self, streams: &mut HashSet<Uuid>) -> bool {
+        streams.retain(|s| self.is_watched(s));
+        if streams.is_empty() {
+            return true;
+        }
+        let list: Vec<Uuid> = streams.iter().copied().collect();
+        match self.store.stream_heads(&list).await {
+            Ok(heads) => {
+                for (stream, head) in heads {
+                    self.pull_remote(stream, head).await;
+                }
+                streams.clear();
+                true
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot re-read stream heads after a failed commit; retrying");
+                false
+            }
+        }
+    }
+
     /// Records that `head` is committed (read from the database); wakes watchers if it is
     /// news.
     pub fn observe_head(&self, stream: Uuid, head: i64) {
@@ -247,8 +280,8 @@ impl Hub {
         }
     }
 
-    /// Reads another replica's new events on `stream` up to `head` once, and publishes
-    /// them to every local watcher.
+    /// Reads new events on `stream` up to `head` once (another replica's, or this one's
+    /// whose publishing was in doubt), and publishes them to every local watcher.
     async fn pull_remote(&self, stream: Uuid, head: i64) {
         let Some(slot) = lock(&self.streams).get(&stream).cloned() else {
             return;

@@ -394,3 +394,87 @@ async fn a_stream_ends_when_its_token_expires() {
     assert_eq!(head, 2);
     s.stop().await;
 }
+
+/// A Postgres server whose database connections pass a [`PgProxy`] (None when the
+/// Postgres tests are off), a user's client and one of the user's streams.
+async fn through_proxy() -> Option<(PgProxy, TestServer, u64, Client, String)> {
+    let Some(Backend::Postgres(url)) = Backend::postgres() else {
+        return None;
+    };
+    let proxy = PgProxy::start(&url).await;
+    let s = TestServer::start(Backend::Postgres(proxy.url.clone())).await;
+    let user = random_user();
+    let mut c = s.client(user).await;
+    let stream = new_pair(&mut c).await.message_id;
+    Some((proxy, s, user, c, stream))
+}
+
+/// A post whose COMMIT succeeded but whose answer never reached the server (the
+/// connection dropped right after) still reaches local live subscribers, and the client's
+/// retry is answered with the original event id without a second delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_post_whose_commit_answer_was_lost_is_still_delivered_live() {
+    let Some((proxy, s, _user, mut c, st)) = through_proxy().await else {
+        return;
+    };
+    post(&mut c, &st, 1, b"one").await.unwrap();
+    let mut sub = Subscription::open(&mut c).await.unwrap();
+    sub.manage(&[&st], &[], &[]);
+    assert!(matches!(sub.next().await, Event::CaughtUp(h) if h.head_event_id == 1));
+    proxy.lose_next_commit_answer();
+    let lost = post(&mut c, &st, 2, b"two").await;
+    assert!(
+        !proxy.commit_answer_pending(),
+        "the COMMIT's answer was lost"
+    );
+    expect_code(lost, Code::Unavailable);
+    // Committed all the same: the subscriber gets it live.
+    match sub.next().await {
+        Event::Message(m) => assert_eq!(
+            (m.event_id, m.message.unwrap().message),
+            (2, b"two".to_vec())
+        ),
+        other => panic!("unexpected {other:?}"),
+    }
+    // The client's retry is the same event, delivered once.
+    assert_eq!(post(&mut c, &st, 2, b"two").await.unwrap(), 2);
+    post(&mut c, &st, 3, b"three").await.unwrap();
+    assert!(matches!(sub.next().await, Event::Message(m) if m.event_id == 3));
+    assert!(sub.quiet_for(200).await);
+    s.stop().await;
+}
+
+/// The same, when queries keep failing for a while after the lost answer (the change
+/// listener stays connected, so no listener repair helps): the event reaches live
+/// subscribers once the database answers again, though the client gave up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_commit_answer_during_an_outage_is_delivered_after_it() {
+    let Some((proxy, s, user, mut c, st)) = through_proxy().await else {
+        return;
+    };
+    let mut sub = Subscription::open(&mut c).await.unwrap();
+    sub.manage(&[&st], &[], &[]);
+    assert!(matches!(sub.next().await, Event::CaughtUp(_)));
+    proxy.lose_next_commit_answer();
+    let poster = {
+        let mut c = s.client(user).await;
+        let st = st.clone();
+        tokio::spawn(async move { post(&mut c, &st, 1, b"one").await })
+    };
+    while proxy.commit_answer_pending() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    proxy.fail_queries();
+    expect_code(poster.await.unwrap(), Code::Unavailable);
+    assert!(
+        sub.quiet_for(1000).await,
+        "nothing can be read while the database is away"
+    );
+    proxy.heal();
+    match sub.next_within(30).await.unwrap().unwrap() {
+        Event::Message(m) => assert_eq!(m.event_id, 1),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(sub.quiet_for(200).await);
+    s.stop().await;
+}

@@ -21,6 +21,8 @@ pub struct PgProxy {
 struct State {
     /// Refuse new connections.
     down: AtomicBool,
+    /// ... except the change listener's (a failure of the queries only).
+    spare_listener: AtomicBool,
     /// Bumped to drop every open connection.
     cut: tokio::sync::watch::Sender<u64>,
     /// The next COMMIT's answer is lost and its connection dropped.
@@ -53,15 +55,13 @@ impl PgProxy {
         let url = format!("{scheme}://{creds}{addr}/{db}?{query}{sep}sslmode=disable");
         let state = Arc::new(State {
             down: AtomicBool::new(false),
+            spare_listener: AtomicBool::new(false),
             cut: tokio::sync::watch::channel(0).0,
             lose_next_commit: AtomicBool::new(false),
         });
         let st = state.clone();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                if st.down.load(Ordering::SeqCst) {
-                    continue; // dropped: the connection is refused
-                }
                 tokio::spawn(pipe(client, upstream, st.clone()));
             }
         });
@@ -70,6 +70,15 @@ impl PgProxy {
 
     /// The database fails: every open connection drops and new ones are refused.
     pub fn fail(&self) {
+        self.state.spare_listener.store(false, Ordering::SeqCst);
+        self.state.down.store(true, Ordering::SeqCst);
+        self.state.cut.send_modify(|g| *g += 1);
+    }
+
+    /// Queries fail, but the change listener's connection stays up (so nothing is
+    /// repaired by a listener reconnect).
+    pub fn fail_queries(&self) {
+        self.state.spare_listener.store(true, Ordering::SeqCst);
         self.state.down.store(true, Ordering::SeqCst);
         self.state.cut.send_modify(|g| *g += 1);
     }
@@ -77,6 +86,13 @@ impl PgProxy {
     /// New connections are accepted again.
     pub fn heal(&self) {
         self.state.down.store(false, Ordering::SeqCst);
+        self.state.spare_listener.store(false, Ordering::SeqCst);
+    }
+
+    /// Whether a connection (named by its startup message) is cut off now.
+    fn refuses(state: &State, listener: bool) -> bool {
+        state.down.load(Ordering::SeqCst)
+            && !(listener && state.spare_listener.load(Ordering::SeqCst))
     }
 
     /// The next COMMIT reaches Postgres, but its answer is lost and its connection
@@ -102,14 +118,27 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-async fn pipe(client: TcpStream, upstream: SocketAddr, st: Arc<State>) {
+async fn pipe(mut client: TcpStream, upstream: SocketAddr, st: Arc<State>) {
     let mut cut = st.cut.subscribe();
-    let Ok(server) = TcpStream::connect(upstream).await else {
+    let (mut cbuf, mut sbuf) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+    // The startup message names the application: secretd's change listener is
+    // `secretd-listener-<replica>`.
+    let n = match client.read(&mut cbuf).await {
+        Ok(0) | Err(_) => return,
+        Ok(n) => n,
+    };
+    let listener = contains(&cbuf[..n], b"secretd-listener");
+    if PgProxy::refuses(&st, listener) {
+        return; // dropped: the connection is refused
+    }
+    let Ok(mut server) = TcpStream::connect(upstream).await else {
         return;
     };
+    if server.write_all(&cbuf[..n]).await.is_err() {
+        return;
+    }
     let (mut cr, mut cw) = client.into_split();
     let (mut sr, mut sw) = server.into_split();
-    let (mut cbuf, mut sbuf) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
     let mut commit_sent = false;
     loop {
         tokio::select! {
@@ -138,7 +167,11 @@ async fn pipe(client: TcpStream, upstream: SocketAddr, st: Arc<State>) {
                     return;
                 }
             }
-            _ = cut.changed() => return,
+            _ = cut.changed() => {
+                if PgProxy::refuses(&st, listener) {
+                    return;
+                }
+            }
         }
     }
 }
