@@ -203,16 +203,8 @@ impl Hub {
     /// Records that `head` is committed (read from the database); wakes watchers if it is
     /// news.
     pub fn observe_head(&self, stream: Uuid, head: i64) {
-        let Some(slot) = lock(&self.streams).get(&stream).cloned() else {
-            return;
-        };
-        let mut st = lock(&slot.state);
-        if head > st.head {
-            st.head = head;
-            st.ring.clear();
-            for w in &st.watchers {
-                w.wake_stream(stream);
-            }
+        if let Some(slot) = lock(&self.streams).get(&stream).cloned() {
+            slot.observe_head(head);
         }
     }
 
@@ -300,6 +292,7 @@ impl Hub {
             .await
         {
             Ok(run) => {
+                crate::telemetry::fanout_events_read(run.events.len());
                 let epoch = run.member_epoch;
                 self.publish(stream, run.events.iter().map(|e| Frame::encode(e, epoch)));
                 // Whatever the read did not cover is still committed: let readers page it.

@@ -93,6 +93,21 @@ impl Slot {
     pub fn head(&self) -> i64 {
         lock(&self.state).head
     }
+
+    /// Records that `head` is committed (read from the database: by the hub, or by a
+    /// subscriber setting up, which seeds a new slot so that the next notification reads
+    /// only the newer events). If it is news, the ring (which must end at the head)
+    /// empties and every watcher is woken: those behind read the gap from the database.
+    pub fn observe_head(&self, head: i64) {
+        let mut st = lock(&self.state);
+        if head > st.head {
+            st.head = head;
+            st.ring.clear();
+            for w in &st.watchers {
+                w.wake_stream(self.stream);
+            }
+        }
+    }
 }
 
 /// A connection's watch on one stream, from [`Hub::watch`]: publishes to the stream wake

@@ -292,6 +292,89 @@ async fn events_committed_while_the_listener_is_down_are_repaired() {
     a.stop().await;
 }
 
+/// A real secretd process on the shared Postgres (with a metrics endpoint when given).
+async fn replica(url: &str, metrics: Option<&str>) -> (ServerProcess, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--database-url", url];
+    if let Some(m) = metrics {
+        args.extend(["--metrics-listen", m]);
+    }
+    let p = spawn_binary(&args, &[("SECRETD_JWT_SECRET", SECRET)], dir.path()).await;
+    (p, dir)
+}
+
+async fn client_at(p: &ServerProcess, user: u64) -> Client {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", p.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    secret_service_client::SecretServiceClient::with_interceptor(
+        channel,
+        Bearer(Some(token(user, 3600))),
+    )
+}
+
+/// A post on another replica is read from the database once by this replica and served
+/// to every local subscriber from memory, even on a stream with a long history (the
+/// slot's head is seeded from the subscribers' own reads, not 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_remote_post_is_read_once_per_replica_on_a_stream_with_history() {
+    let Some(Backend::Postgres(url)) = pg() else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let metrics = format!("127.0.0.1:{}", unused_port());
+    let (mut a, _da) = replica(&url, Some(&metrics)).await;
+    let (mut b, _db) = replica(&url, None).await;
+    let owner = random_user();
+    let mut on_a = client_at(&a, owner).await;
+    let mut on_b = client_at(&b, owner).await;
+    let pair = new_pair(&mut on_b).await;
+    let (st, marker) = (pair.message_id.clone(), pair.state_id.clone());
+    const HISTORY: u64 = 300; // more than the hub reads for one notification
+    post_all(
+        &mut on_b,
+        &st,
+        (0..HISTORY).map(|i| i.to_be_bytes().to_vec()),
+    )
+    .await;
+    // Once A delivers a later post from B, it has heard of all of these (notifications
+    // arrive in commit order), so none of them is read after this point.
+    let mut m = Subscription::open(&mut on_a).await.unwrap();
+    m.manage(&[&marker], &[], &[]);
+    assert!(matches!(m.next().await, Event::CaughtUp(_)));
+    post(&mut on_b, &marker, 1, b"marker").await.unwrap();
+    assert!(matches!(m.next().await, Event::Message(_)));
+    let mut subs = Vec::new();
+    for _ in 0..3 {
+        let mut sub = Subscription::open(&mut on_a).await.unwrap();
+        sub.manage(&[&st], &[], &[]);
+        assert!(matches!(sub.next().await, Event::CaughtUp(c) if c.head_event_id == HISTORY));
+        subs.push(sub);
+    }
+    const READ: &str = "secretd_fanout_events_read_total";
+    const PAGES: &str = "secretd_catchup_pages_total";
+    let (read0, pages0) = (metric(&metrics, READ).await, metric(&metrics, PAGES).await);
+    post(&mut on_b, &st, HISTORY + 1, b"new").await.unwrap();
+    for sub in &mut subs {
+        assert!(matches!(sub.next().await, Event::Message(m) if m.event_id == HISTORY + 1));
+    }
+    let (read1, pages1) = (metric(&metrics, READ).await, metric(&metrics, PAGES).await);
+    assert_eq!(
+        read1 - read0,
+        1.0,
+        "A read the new event from the database once"
+    );
+    assert_eq!(
+        pages1 - pages0,
+        0.0,
+        "no subscriber on A read the database on its own"
+    );
+    a.child.kill().await.unwrap();
+    b.child.kill().await.unwrap();
+}
+
 /// The outage test blocks new connections to the shared database; the other tests of
 /// this file wait for it.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

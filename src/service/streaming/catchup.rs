@@ -75,6 +75,7 @@ impl Session {
     /// Reads one page after `cursor` from the database (checking access in the same read)
     /// and queues it.
     async fn page_from_db(&self, stream: Uuid, cursor: i64) -> Flow {
+        crate::telemetry::catchup_page();
         let page = match self
             .state
             .store

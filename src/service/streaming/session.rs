@@ -206,6 +206,16 @@ impl Session {
             Err(other) => return Err(db_stop(other)),
         };
         let head = access.head_event_id;
+        // Seed the slot's head with our read (a new slot starts at 0): the next
+        // notification of another replica's post then reads just the new events, once.
+        match &watch {
+            Some(w) => w.observe_head(head),
+            None => {
+                if let Some(sub) = self.call.lock().subs.get(&stream) {
+                    sub.slot.observe_head(head);
+                }
+            }
+        }
         let cursor = match after {
             None => head,
             Some(a) if a <= head as u64 => a as i64,
