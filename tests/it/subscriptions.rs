@@ -15,6 +15,7 @@ both_backends!(
     unsubscribe_and_resubscribe,
     subscription_and_connection_limits,
     stream_ids_per_message_are_capped,
+    invites_after_closes_the_gap_after_fetch_invites,
 );
 
 async fn bad_subscriptions_fail_alone(b: Backend) {
@@ -191,6 +192,74 @@ async fn invites_arrive_on_the_open_call(b: Backend) {
     // The invitee can subscribe to the new pair's streams right away.
     sub.manage(&[&p1.message_id], &[], &[]);
     assert!(matches!(sub.next().await, Event::CaughtUp(_)));
+    s.stop().await;
+}
+
+async fn invites_after_closes_the_gap_after_fetch_invites(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (owner, guest) = (random_user(), random_user());
+    let mut co = s.client(owner).await;
+    let mut cg = s.client(guest).await;
+    give_key(&mut cg).await;
+    let mut sent = Vec::new();
+    let mut send = async |co: &mut Client, body: &str| {
+        let pair = new_pair(co).await;
+        let id = co
+            .send_invite(SendInviteRequest {
+                pair_id: pair.pair_id,
+                user_id: guest,
+                homeserver: String::new(),
+                invite: body.as_bytes().to_vec(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .invite_id;
+        sent.push((id, body.to_string()));
+        id
+    };
+    send(&mut co, "first").await;
+    send(&mut co, "second").await;
+    // The guest's device pages its inbox...
+    let fetched = cg
+        .fetch_invites(FetchInvitesRequest {
+            after_invite_id: 0,
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .invites;
+    let last = fetched.last().unwrap().invite_id;
+    // ...an invite arrives before it opens its stream...
+    let third = send(&mut co, "third").await;
+    let mut sub = Subscription::open(&mut cg).await.unwrap();
+    sub.send(ManageStream {
+        invites_after: Some(last),
+        ..Default::default()
+    });
+    // ...and is delivered first, then new ones live, each once.
+    let Event::Invite(i) = sub.next().await else {
+        panic!("the invite after the cursor")
+    };
+    assert_eq!((i.invite_id, i.invite.as_slice()), (third, &b"third"[..]));
+    let fourth = send(&mut co, "fourth").await;
+    assert!(matches!(sub.next().await, Event::Invite(i) if i.invite_id == fourth));
+    assert!(sub.quiet_for(300).await);
+    // Asking again from 0 sends only the invites this call has not sent, oldest first.
+    sub.send(ManageStream {
+        invites_after: Some(0),
+        ..Default::default()
+    });
+    let mut again = Vec::new();
+    for _ in 0..2 {
+        let Event::Invite(i) = sub.next().await else {
+            panic!("an invite")
+        };
+        again.push((i.invite_id, String::from_utf8(i.invite).unwrap()));
+    }
+    assert_eq!(again, sent[..2].to_vec());
+    assert!(sub.quiet_for(300).await, "nothing twice");
     s.stop().await;
 }
 

@@ -15,8 +15,8 @@ use crate::proto::{ManageStream, PreEncoded, SubscriptionError};
 use crate::service::AppState;
 use crate::wire::{self, parse_id};
 
-/// Invites read per page.
-const INVITE_PAGE: usize = 100;
+/// Invites read per page (at most 64 KiB each: one page is at most 1 MiB per call).
+const INVITE_PAGE: usize = 16;
 
 /// Why a session stops.
 pub(super) enum Stop {
@@ -35,7 +35,11 @@ pub(super) struct Session {
     pub(super) guard: ConnectionGuard,
     pub(super) call: Arc<Call>,
     pub(super) user: i64,
+    /// The newest invite id sent (or skipped by `invites_after`); newer ones go out live.
     invite_cursor: i64,
+    /// Every invite after this id, up to `invite_cursor`, was sent on this call (or
+    /// skipped by `invites_after`).
+    invites_from: i64,
 }
 
 impl Session {
@@ -53,6 +57,7 @@ impl Session {
             call,
             user,
             invite_cursor: 0,
+            invites_from: 0,
         }
     }
 
@@ -78,6 +83,7 @@ impl Session {
             .last_invite_id(self.user)
             .await
             .map_err(db_stop)?;
+        self.invites_from = self.invite_cursor;
         let conn = self.guard.connection().clone();
         let mut work = SessionWork::default();
         loop {
@@ -148,6 +154,10 @@ impl Session {
     }
 
     async fn manage(&mut self, m: ManageStream) -> Flow {
+        if let Some(after) = m.invites_after {
+            self.invites_after(i64::try_from(after).unwrap_or(i64::MAX))
+                .await?;
+        }
         for name in &m.unsubscribe_to {
             match parse_id("unsubscribe_to", name) {
                 Ok(stream) => self.forget(stream),
@@ -296,22 +306,46 @@ impl Session {
         }
     }
 
+    /// `invites_after`: sends the caller's invites after `after` that this call has not
+    /// sent yet, oldest first (those from before the call opened); invites up to `after`
+    /// that this call has not sent are never sent on it.
+    async fn invites_after(&mut self, after: i64) -> Flow {
+        if after >= self.invites_from {
+            self.invite_cursor = self.invite_cursor.max(after);
+        } else {
+            self.send_invites(after, self.invites_from).await?;
+            self.invites_from = after;
+        }
+        Ok(())
+    }
+
+    /// Sends the invites that arrived since the last ones sent.
     async fn deliver_invites(&mut self) -> Flow {
+        self.invite_cursor = self.send_invites(self.invite_cursor, i64::MAX).await?;
+        Ok(())
+    }
+
+    /// Sends the caller's invites with `after < id <= up_to`, oldest first, a page at a
+    /// time; returns the last id sent (`after` if none).
+    async fn send_invites(&self, mut after: i64, up_to: i64) -> Result<i64, Stop> {
         loop {
             let invites = self
                 .state
                 .store
-                .fetch_invites(self.user, self.invite_cursor, INVITE_PAGE)
+                .fetch_invites(self.user, after, INVITE_PAGE)
                 .await
                 .map_err(db_stop)?;
             let n = invites.len();
             for invite in invites {
-                self.invite_cursor = invite.invite_id;
+                if invite.invite_id > up_to {
+                    return Ok(after);
+                }
+                after = invite.invite_id;
                 self.push(wire::frame(Event::Invite(wire::received_invite(invite))))
                     .await?;
             }
             if n < INVITE_PAGE {
-                return Ok(());
+                return Ok(after);
             }
         }
     }

@@ -39,6 +39,7 @@ impl Subscription {
                     after_event_id: *a,
                 })
                 .collect(),
+            invites_after: None,
         });
     }
 
