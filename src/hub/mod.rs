@@ -187,7 +187,7 @@ impl Hub {
         let list: Vec<Uuid> = streams.iter().copied().collect();
         match self.store.stream_heads(&list).await {
             Ok(heads) => {
-                for (stream, head) in heads {
+                for (stream, head, _) in heads {
                     self.pull_remote(stream, head).await;
                 }
                 streams.clear();
@@ -267,7 +267,7 @@ impl Hub {
     pub fn membership_changed(&self, pair: &PairIds, user: i64) {
         if let Some(list) = lock(&self.users).get(&user) {
             for c in list {
-                c.wake_recheck(&pair.streams());
+                c.wake_recheck(&pair.streams(), i64::MAX);
             }
         }
     }
@@ -314,15 +314,21 @@ impl Hub {
         }
     }
 
-    /// Re-reads the heads of every watched stream from the database and wakes every
-    /// connection for invites (used after the change listener reconnects).
+    /// Used after the change listener reconnects (anything may have been missed): re-reads
+    /// the heads and membership epochs of every watched stream, moves the heads (readers
+    /// behind go to the database), asks every subscription verified at an older epoch to
+    /// re-check its access (a removal may have gone unnoticed), and wakes every connection
+    /// for invites.
     pub async fn repair_all(&self) {
         let streams: Vec<Uuid> = lock(&self.streams).keys().copied().collect();
         for chunk in streams.chunks(1000) {
             match self.store.stream_heads(chunk).await {
                 Ok(heads) => {
-                    for (stream, head) in heads {
-                        self.observe_head(stream, head);
+                    for (stream, head, epoch) in heads {
+                        if let Some(slot) = lock(&self.streams).get(&stream).cloned() {
+                            slot.observe_head(head);
+                            slot.recheck_below(epoch);
+                        }
                     }
                 }
                 Err(err) => tracing::warn!(error = %err, "cannot repair stream heads"),

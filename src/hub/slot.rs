@@ -94,6 +94,15 @@ impl Slot {
         lock(&self.state).head
     }
 
+    /// Asks every watcher to re-check its access unless it verified it at membership
+    /// epoch `epoch` or later (the stream's current epoch, read after the change listener
+    /// was away: a removal may have gone unnoticed).
+    pub(super) fn recheck_below(&self, epoch: i64) {
+        for w in &lock(&self.state).watchers {
+            w.wake_recheck(&[self.stream], epoch);
+        }
+    }
+
     /// Records that `head` is committed (read from the database: by the hub, or by a
     /// subscriber setting up, which seeds a new slot so that the next notification reads
     /// only the newer events). If it is news, the ring (which must end at the head)

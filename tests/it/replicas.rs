@@ -26,6 +26,17 @@ async fn read_until(sub: &mut Subscription, last: u64) -> Vec<u64> {
     ids
 }
 
+/// The owner removes `user` from the pair.
+async fn remove(owner: &mut Client, pair: &ChannelPair, user: u64) {
+    owner
+        .remove_member(RemoveMemberRequest {
+            pair_id: pair.pair_id.clone(),
+            user_id: user,
+        })
+        .await
+        .unwrap();
+}
+
 async fn kill_listener(server: &TestServer) -> usize {
     let Backend::Postgres(url) = &server.backend else {
         unreachable!()
@@ -177,13 +188,7 @@ async fn invites_and_removals_cross_replicas() {
         .unwrap();
     assert!(matches!(sub.next().await, Event::Message(m) if m.stream_id == pair.state_id));
     // Removed on B: the subscriptions on A end, and later posts never reach A's guest.
-    owner_b
-        .remove_member(RemoveMemberRequest {
-            pair_id: pair.pair_id.clone(),
-            user_id: guest,
-        })
-        .await
-        .unwrap();
+    remove(&mut owner_b, &pair, guest).await;
     for _ in 0..2 {
         assert!(
             matches!(sub.next().await, Event::SubscriptionError(e) if e.code == Code::PermissionDenied as i32)
@@ -373,6 +378,56 @@ async fn a_remote_post_is_read_once_per_replica_on_a_stream_with_history() {
     );
     a.child.kill().await.unwrap();
     b.child.kill().await.unwrap();
+}
+
+/// A member removed on another replica while this replica's change listener was away
+/// loses their live subscriptions here once the listener is back: the repair re-checks
+/// membership, not only heads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_removal_missed_while_the_listener_was_away_ends_subscriptions_after_repair() {
+    let Some(Backend::Postgres(url)) = pg() else {
+        return;
+    };
+    let proxy = PgProxy::start(&url).await;
+    let a = TestServer::start(Backend::Postgres(proxy.url.clone())).await;
+    let b = TestServer::start(Backend::Postgres(url)).await;
+    let (owner, guest, other) = (random_user(), random_user(), random_user());
+    let mut owner_b = b.client(owner).await;
+    let pair = new_pair(&mut owner_b).await;
+    let mut guest_a = a.client(guest).await;
+    invite(&mut owner_b, &mut guest_a, &pair, guest).await;
+    let mut other_a = a.client(other).await;
+    invite(&mut owner_b, &mut other_a, &pair, other).await;
+    let mut sub = Subscription::open(&mut guest_a).await.unwrap();
+    sub.manage(&[&pair.message_id, &pair.state_id], &[], &[]);
+    let mut kept = Subscription::open(&mut other_a).await.unwrap();
+    kept.manage(&[&pair.message_id], &[], &[]);
+    for _ in 0..2 {
+        assert!(matches!(sub.next().await, Event::CaughtUp(_)));
+    }
+    assert!(matches!(kept.next().await, Event::CaughtUp(_)));
+    // A's listener goes away; the guest is removed on B meanwhile (A misses the news).
+    proxy.fail_listener();
+    remove(&mut owner_b, &pair, guest).await;
+    assert!(sub.quiet_for(300).await, "A cannot know yet");
+    proxy.heal();
+    // The listener reconnects and repairs: the guest's subscriptions end on A.
+    for _ in 0..2 {
+        match sub.next_within(20).await.unwrap().unwrap() {
+            Event::SubscriptionError(e) => assert_eq!(e.code, Code::PermissionDenied as i32),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // A remaining member's subscription goes on.
+    post(&mut owner_b, &pair.message_id, 1, b"still here")
+        .await
+        .unwrap();
+    assert!(
+        matches!(kept.next_within(20).await.unwrap().unwrap(), Event::Message(m) if m.event_id == 1)
+    );
+    assert!(sub.quiet_for(300).await);
+    b.stop().await;
+    a.stop().await;
 }
 
 /// The outage test blocks new connections to the shared database; the other tests of

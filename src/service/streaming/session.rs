@@ -98,8 +98,10 @@ impl Session {
             conn.swap_session_work(&mut work);
             if !work.is_empty() {
                 busy = true;
-                for &stream in &work.recheck {
-                    self.recheck(stream).await?;
+                for (&stream, &below) in &work.recheck {
+                    if self.verified_below(stream, below) {
+                        self.recheck(stream).await?;
+                    }
                 }
                 if work.invites {
                     self.deliver_invites().await?;
@@ -285,6 +287,16 @@ impl Session {
             self.push_error(&sub.name, &err).await?;
         }
         Ok(())
+    }
+
+    /// True when the call subscribes to the stream and verified its access at a
+    /// membership epoch below `epoch`.
+    fn verified_below(&self, stream: Uuid, epoch: i64) -> bool {
+        self.call
+            .lock()
+            .subs
+            .get(&stream)
+            .is_some_and(|s| s.verified_epoch < epoch)
     }
 
     /// Re-checks access to a stream (after a membership change, or before a frame with a

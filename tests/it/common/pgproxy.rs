@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -18,11 +18,16 @@ pub struct PgProxy {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// Which connections are cut off (and refused): none, all, all but secretd's change
+/// listener, or only the listener.
+const UP: u8 = 0;
+const ALL: u8 = 1;
+const QUERIES: u8 = 2;
+const LISTENER: u8 = 3;
+
 struct State {
-    /// Refuse new connections.
-    down: AtomicBool,
-    /// ... except the change listener's (a failure of the queries only).
-    spare_listener: AtomicBool,
+    /// One of [`UP`], [`ALL`], [`QUERIES`], [`LISTENER`].
+    down: AtomicU8,
     /// Bumped to drop every open connection.
     cut: tokio::sync::watch::Sender<u64>,
     /// The next COMMIT's answer is lost and its connection dropped.
@@ -54,8 +59,7 @@ impl PgProxy {
         let sep = if query.is_empty() { "" } else { "&" };
         let url = format!("{scheme}://{creds}{addr}/{db}?{query}{sep}sslmode=disable");
         let state = Arc::new(State {
-            down: AtomicBool::new(false),
-            spare_listener: AtomicBool::new(false),
+            down: AtomicU8::new(UP),
             cut: tokio::sync::watch::channel(0).0,
             lose_next_commit: AtomicBool::new(false),
         });
@@ -70,29 +74,38 @@ impl PgProxy {
 
     /// The database fails: every open connection drops and new ones are refused.
     pub fn fail(&self) {
-        self.state.spare_listener.store(false, Ordering::SeqCst);
-        self.state.down.store(true, Ordering::SeqCst);
-        self.state.cut.send_modify(|g| *g += 1);
+        self.cut_off(ALL);
     }
 
     /// Queries fail, but the change listener's connection stays up (so nothing is
     /// repaired by a listener reconnect).
     pub fn fail_queries(&self) {
-        self.state.spare_listener.store(true, Ordering::SeqCst);
-        self.state.down.store(true, Ordering::SeqCst);
-        self.state.cut.send_modify(|g| *g += 1);
+        self.cut_off(QUERIES);
+    }
+
+    /// Only the change listener loses its connection and cannot reconnect; queries work.
+    pub fn fail_listener(&self) {
+        self.cut_off(LISTENER);
     }
 
     /// New connections are accepted again.
     pub fn heal(&self) {
-        self.state.down.store(false, Ordering::SeqCst);
-        self.state.spare_listener.store(false, Ordering::SeqCst);
+        self.state.down.store(UP, Ordering::SeqCst);
     }
 
-    /// Whether a connection (named by its startup message) is cut off now.
+    fn cut_off(&self, which: u8) {
+        self.state.down.store(which, Ordering::SeqCst);
+        self.state.cut.send_modify(|g| *g += 1);
+    }
+
+    /// Whether a connection (the listener's or not) is cut off now.
     fn refuses(state: &State, listener: bool) -> bool {
-        state.down.load(Ordering::SeqCst)
-            && !(listener && state.spare_listener.load(Ordering::SeqCst))
+        match state.down.load(Ordering::SeqCst) {
+            ALL => true,
+            QUERIES => !listener,
+            LISTENER => listener,
+            _ => false,
+        }
     }
 
     /// The next COMMIT reaches Postgres, but its answer is lost and its connection
