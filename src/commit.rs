@@ -7,13 +7,18 @@
 //! `commit_max_batch`), appends them in one transaction via [`Store::append_batch`], then
 //! publishes the new events to the hub and answers each caller with its own outcome. A
 //! rejected post never fails the others; a failed transaction fails its batch only, and
-//! nothing of it is written.
+//! nothing of it is written — unless it failed after its COMMIT took effect (the answer
+//! was lost with the connection). So after a failed batch the writer re-reads the heads
+//! of the batch's streams and publishes whatever is there, retrying with backoff while
+//! the database is unreachable; a retry answered as a duplicate of an event this process
+//! never published triggers the same re-read.
 //!
 //! Each writer's queue holds `commit_queue_depth` posts. When it is full, a post waits at
 //! most `commit_queue_timeout_ms` for room and is then refused with RESOURCE_EXHAUSTED and
 //! a retry delay: overload is an answer, not an unbounded wait. A refused post was never
 //! queued, so it is certainly not written.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +30,7 @@ use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::hub::Hub;
 use crate::store::{AppendRequest, Appended, DynStore};
+use uuid::Uuid;
 
 /// The shortest retry delay an overloaded queue suggests, in milliseconds.
 const MIN_RETRY_AFTER_MS: u64 = 100;
@@ -56,6 +62,9 @@ impl CommitSettings {
         }
     }
 }
+/// First and longest wait between attempts to re-read streams whose publishing is in
+/// doubt.
+const REPUBLISH_RETRY: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
 
 struct Job {
     request: AppendRequest,
@@ -169,6 +178,9 @@ async fn writer(
 ) {
     let mut jobs: Vec<Job> = Vec::with_capacity(max_batch);
     let mut stopping = false;
+    // Streams that may hold committed events this process has not published: re-read
+    // and published (at `next_try`, backing off while the database is unreachable).
+    let mut in_doubt = InDoubt::default();
     loop {
         let got = tokio::select! {
             n = rx.recv_many(&mut jobs, max_batch) => n,
@@ -176,6 +188,10 @@ async fn writer(
                 // Refuse new posts; what is already queued is still committed below.
                 rx.close();
                 stopping = true;
+                continue;
+            }
+            _ = tokio::time::sleep_until(in_doubt.next_try), if !in_doubt.streams.is_empty() => {
+                in_doubt.republish(&hub).await;
                 continue;
             }
         };
@@ -195,6 +211,17 @@ async fn writer(
                     }) => Some((event, *member_epoch)),
                     _ => None,
                 }));
+                // An exact retry of an event this process never published: the first
+                // attempt's answer was lost after its COMMIT.
+                for (request, outcome) in requests.iter().zip(&outcomes) {
+                    if let Ok(Appended::Retry { event_id }) = outcome
+                        && hub
+                            .known_head(&request.stream_id)
+                            .is_some_and(|h| h < *event_id)
+                    {
+                        in_doubt.add([request.stream_id]);
+                    }
+                }
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     let _ = reply.send(outcome);
                 }
@@ -203,7 +230,50 @@ async fn writer(
                 for reply in replies {
                     let _ = reply.send(Err(err.clone()));
                 }
+                // The COMMIT may have taken effect before the connection failed.
+                in_doubt.add(requests.iter().map(|r| r.stream_id));
             }
+        }
+    }
+}
+
+/// Streams whose newest committed events may not have been published by this process.
+struct InDoubt {
+    streams: HashSet<Uuid>,
+    /// When to re-read them next.
+    next_try: tokio::time::Instant,
+    /// The wait after the next failed attempt.
+    backoff: Duration,
+}
+
+impl Default for InDoubt {
+    fn default() -> Self {
+        InDoubt {
+            streams: HashSet::new(),
+            next_try: tokio::time::Instant::now(),
+            backoff: REPUBLISH_RETRY.0,
+        }
+    }
+}
+
+impl InDoubt {
+    /// Adds streams; the first ones are re-read as soon as the writer is free.
+    fn add(&mut self, streams: impl IntoIterator<Item = Uuid>) {
+        if self.streams.is_empty() {
+            self.next_try = tokio::time::Instant::now();
+            self.backoff = REPUBLISH_RETRY.0;
+        }
+        self.streams.extend(streams);
+    }
+
+    /// Re-reads the streams' heads and publishes what is new; on failure tries again
+    /// later, backing off.
+    async fn republish(&mut self, hub: &Hub) {
+        if hub.republish(&mut self.streams).await {
+            self.backoff = REPUBLISH_RETRY.0;
+        } else {
+            self.next_try = tokio::time::Instant::now() + self.backoff;
+            self.backoff = (self.backoff * 2).min(REPUBLISH_RETRY.1);
         }
     }
 }

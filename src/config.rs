@@ -79,6 +79,11 @@ pub struct Settings {
     pub max_subscriptions_per_connection: usize,
     /// Open StreamMessagePosting calls one user may hold on one replica. Default 32.
     pub max_connections_per_user: usize,
+    /// Stream ids one ManageStream message may name (`subscribe_to`, `unsubscribe_to` and
+    /// `resume_from` together). A message naming more ends the call with
+    /// INVALID_ARGUMENT. Default 2000: enough to drop 1,000 streams and resume 1,000
+    /// others in one message.
+    pub max_stream_ids_per_message: usize,
     /// Database connections in the pool (Postgres) / readers (SQLite). Default 16.
     pub db_max_connections: u32,
     /// Most posts committed in one group-commit transaction. Default 512.
@@ -100,6 +105,11 @@ pub struct Settings {
     pub cors_allowed_origins: Vec<String>,
     /// Events per stream kept in memory for live fan-out. Default 256.
     pub fanout_ring_events: usize,
+    /// Bytes all streams' in-memory rings may hold together (each ring also stays under
+    /// 1 MiB). When spent, new events are not kept in memory and subscribers read them
+    /// from the database: nothing is lost, it only costs reads. 0 keeps nothing in
+    /// memory. Default 268435456 (256 MiB).
+    pub fanout_ring_budget_bytes: usize,
     /// Encoded events queued per StreamMessagePosting call before it falls back to the
     /// database cursor. Default 16.
     pub connection_buffer: usize,
@@ -266,6 +276,7 @@ fn with_defaults() -> Result<Builder, config::ConfigError> {
         .set_default("max_counter_gap", 1024)?
         .set_default("max_subscriptions_per_connection", 1000)?
         .set_default("max_connections_per_user", 32)?
+        .set_default("max_stream_ids_per_message", 2000)?
         .set_default("db_max_connections", 16)?
         .set_default("commit_max_batch", 512)?
         .set_default("commit_writers", 1)?
@@ -299,7 +310,8 @@ fn with_defaults() -> Result<Builder, config::ConfigError> {
         .set_default("max_in_flight_per_connection", 64)?
         .set_default("max_in_flight_per_user", 128)?
         .set_default("unary_timeout_ms", 10_000)?
-        .set_default("max_request_bytes", 256 * 1024)
+        .set_default("max_request_bytes", 256 * 1024)?
+        .set_default("fanout_ring_budget_bytes", 256 * 1024 * 1024)
 }
 
 /// The smallest accepted `max_request_bytes`: a 64 KiB blob plus its request's other

@@ -125,7 +125,11 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
         .await
         .with_context(|| format!("cannot open the database {}", redact_url(&url)))?;
     let backend = store.backend();
-    let hub = Hub::new(store.clone(), settings.fanout_ring_events);
+    let hub = Hub::new(
+        store.clone(),
+        settings.fanout_ring_events,
+        settings.fanout_ring_budget_bytes,
+    );
     let writers = match backend {
         // SQLite has one writer: more tasks would only queue on its connection.
         Backend::Sqlite => 1,

@@ -55,6 +55,16 @@ pub fn install_exporter(addr: SocketAddr) -> anyhow::Result<()> {
         "secretd_listener_connected",
         "1 while the Postgres change listener is connected"
     );
+    metrics::describe_counter!(
+        "secretd_fanout_events_read_total",
+        "Events the fan-out hub read from the database once for all local subscribers \
+         (other replicas' posts)"
+    );
+    metrics::describe_counter!(
+        "secretd_catchup_pages_total",
+        "Database pages read by single subscriptions catching up (resumes, slow readers, \
+         gaps the hub could not fill)"
+    );
     Ok(())
 }
 
@@ -82,4 +92,14 @@ pub fn subscriptions(delta: i64) {
 /// Sets the listener-connected gauge.
 pub fn listener_connected(up: bool) {
     metrics::gauge!("secretd_listener_connected").set(if up { 1.0 } else { 0.0 });
+}
+
+/// Counts events the hub read from the database for all local subscribers at once.
+pub fn fanout_events_read(events: usize) {
+    metrics::counter!("secretd_fanout_events_read_total").increment(events as u64);
+}
+
+/// Counts a database page read by one subscription catching up.
+pub fn catchup_page() {
+    metrics::counter!("secretd_catchup_pages_total").increment(1);
 }

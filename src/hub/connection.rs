@@ -1,6 +1,6 @@
 //! The hub's handle on one StreamMessagePosting call and the work it is woken for.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -18,8 +18,10 @@ pub struct SessionWork {
     pub streams: HashSet<Uuid>,
     /// New invites may exist.
     pub invites: bool,
-    /// Streams whose membership changed for this connection's user: re-check access.
-    pub recheck: HashSet<Uuid>,
+    /// Streams whose membership may have changed for this connection's user: re-check
+    /// access if the subscription's verified membership epoch is below the value
+    /// (`i64::MAX`: always).
+    pub recheck: HashMap<Uuid, i64>,
 }
 
 impl SessionWork {
@@ -142,8 +144,14 @@ impl Connection {
         self.notify.notify_one();
     }
 
-    pub(super) fn wake_recheck(&self, streams: &[Uuid]) {
-        lock(&self.session).recheck.extend(streams.iter().copied());
+    pub(super) fn wake_recheck(&self, streams: &[Uuid], epoch_below: i64) {
+        {
+            let mut work = lock(&self.session);
+            for &s in streams {
+                let e = work.recheck.entry(s).or_insert(epoch_below);
+                *e = (*e).max(epoch_below);
+            }
+        }
         self.notify.notify_one();
     }
 

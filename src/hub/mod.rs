@@ -12,7 +12,7 @@
 //! access whenever it meets a frame with a newer epoch than it last verified, so an event
 //! appended after someone was removed never reaches them, even from another replica.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -33,34 +33,44 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 mod connection;
+mod ring;
 mod slot;
 
 pub use connection::{Connection, ConnectionGuard, SessionWork};
-pub use slot::{Frame, Read, Slot};
+pub use ring::Budget;
+pub use slot::{Frame, Read, Slot, Watch};
 
 /// The fan-out hub of one process.
 pub struct Hub {
     store: DynStore,
     ring_events: usize,
     ring_bytes: usize,
+    budget: Arc<Budget>,
     streams: Mutex<HashMap<Uuid, Arc<Slot>>>,
     users: Mutex<HashMap<i64, Vec<Arc<Connection>>>>,
     next_id: AtomicU64,
     stopping: AtomicBool,
+    /// Runs inside [`Hub::watch`] between taking the slot and joining it (unit tests of
+    /// the watch/unwatch interleavings).
+    #[cfg(test)]
+    watch_hook: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 impl Hub {
     /// A hub keeping up to `ring_events` encoded events (and at most 1 MiB) per watched
-    /// stream.
-    pub fn new(store: DynStore, ring_events: usize) -> Arc<Self> {
+    /// stream, and at most `ring_budget` bytes in all rings together.
+    pub fn new(store: DynStore, ring_events: usize, ring_budget: usize) -> Arc<Self> {
         Arc::new(Hub {
             store,
             ring_events: ring_events.max(1),
             ring_bytes: 1 << 20,
+            budget: Budget::new(ring_budget),
             streams: Mutex::new(HashMap::new()),
             users: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             stopping: AtomicBool::new(false),
+            #[cfg(test)]
+            watch_hook: Mutex::new(None),
         })
     }
 
@@ -100,32 +110,54 @@ impl Hub {
     }
 
     /// Starts watching a stream; the returned slot is what the connection reads from.
-    pub fn watch(&self, conn: &Arc<Connection>, stream: Uuid) -> Arc<Slot> {
-        let slot = lock(&self.streams)
-            .entry(stream)
-            .or_insert_with(|| Arc::new(Slot::new(stream)))
-            .clone();
-        lock(&slot.state).watchers.push(conn.clone());
-        crate::telemetry::subscriptions(1);
-        slot
+    ///
+    /// The slot is taken from the map and then joined under its own lock. If the stream's
+    /// last watcher left in between and removed the slot from the map (a reconnect: the
+    /// old call tears down while the new one subscribes), the slot is marked removed and
+    /// this watch starts over with a fresh slot, so it never joins an orphan that
+    /// publishes no longer reach.
+    pub fn watch(self: &Arc<Self>, conn: &Arc<Connection>, stream: Uuid) -> Watch {
+        loop {
+            let slot = lock(&self.streams)
+                .entry(stream)
+                .or_insert_with(|| Arc::new(Slot::new(stream, self.budget.clone())))
+                .clone();
+            #[cfg(test)]
+            if let Some(hook) = lock(&self.watch_hook).take() {
+                hook();
+            }
+            let mut st = lock(&slot.state);
+            if st.removed {
+                continue;
+            }
+            st.watchers.push(conn.clone());
+            drop(st);
+            crate::telemetry::subscriptions(1);
+            return Watch {
+                hub: self.clone(),
+                conn: conn.clone(),
+                slot,
+            };
+        }
     }
 
     /// Stops watching; the slot (and its ring) goes when its last watcher does.
-    pub fn unwatch(&self, conn: &Connection, slot: &Arc<Slot>) {
+    fn unwatch(&self, conn: &Connection, slot: &Arc<Slot>) {
         let mut streams = lock(&self.streams);
-        let empty = {
-            let mut st = lock(&slot.state);
-            if let Some(i) = st.watchers.iter().position(|c| c.id() == conn.id()) {
-                st.watchers.swap_remove(i);
-                crate::telemetry::subscriptions(-1);
-            }
-            st.watchers.is_empty()
-        };
-        if empty
+        let mut st = lock(&slot.state);
+        if let Some(i) = st.watchers.iter().position(|c| c.id() == conn.id()) {
+            st.watchers.swap_remove(i);
+            crate::telemetry::subscriptions(-1);
+        }
+        if st.watchers.is_empty()
             && let Some(current) = streams.get(&slot.stream)
             && Arc::ptr_eq(current, slot)
         {
             streams.remove(&slot.stream);
+            // Under the slot's lock: a watch that took this slot before it left the map
+            // sees the mark and starts over.
+            st.removed = true;
+            st.ring.clear();
         }
     }
 
@@ -135,20 +167,44 @@ impl Hub {
         lock(&self.streams).contains_key(stream)
     }
 
+    /// The newest event id this process knows committed on a watched stream (`None` when
+    /// no local call watches it).
+    pub fn known_head(&self, stream: &Uuid) -> Option<i64> {
+        let slot = lock(&self.streams).get(stream).cloned()?;
+        Some(slot.head())
+    }
+
+    /// Re-reads the heads of `streams` and publishes whatever this process has not seen
+    /// (used when committed events may not have been published: a batch whose answer was
+    /// lost after its COMMIT). Streams nobody here watches are dropped from the set; on
+    /// success the set is emptied. Returns false when the database could not be read
+    /// (the set is kept for a retry).
+    pub async fn republish(&self, streams: &mut HashSet<Uuid>) -> bool {
+        streams.retain(|s| self.is_watched(s));
+        if streams.is_empty() {
+            return true;
+        }
+        let list: Vec<Uuid> = streams.iter().copied().collect();
+        match self.store.stream_heads(&list).await {
+            Ok(heads) => {
+                for (stream, head, _) in heads {
+                    self.pull_remote(stream, head).await;
+                }
+                streams.clear();
+                true
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot re-read stream heads after a failed commit; retrying");
+                false
+            }
+        }
+    }
+
     /// Records that `head` is committed (read from the database); wakes watchers if it is
     /// news.
     pub fn observe_head(&self, stream: Uuid, head: i64) {
-        let Some(slot) = lock(&self.streams).get(&stream).cloned() else {
-            return;
-        };
-        let mut st = lock(&slot.state);
-        if head > st.head {
-            st.head = head;
-            st.ring.clear();
-            st.ring_bytes = 0;
-            for w in &st.watchers {
-                w.wake_stream(stream);
-            }
+        if let Some(slot) = lock(&self.streams).get(&stream).cloned() {
+            slot.observe_head(head);
         }
     }
 
@@ -167,18 +223,9 @@ impl Hub {
             }
             if f.event_id != st.head + 1 {
                 st.ring.clear();
-                st.ring_bytes = 0;
             }
             st.head = f.event_id;
-            st.ring_bytes += f.bytes.len();
-            st.ring.push_back(f);
-            while st.ring.len() > self.ring_events
-                || (st.ring_bytes > self.ring_bytes && st.ring.len() > 1)
-            {
-                if let Some(old) = st.ring.pop_front() {
-                    st.ring_bytes -= old.bytes.len();
-                }
-            }
+            st.ring.push(f, self.ring_events, self.ring_bytes);
         }
         if st.head > before {
             for w in &st.watchers {
@@ -220,13 +267,13 @@ impl Hub {
     pub fn membership_changed(&self, pair: &PairIds, user: i64) {
         if let Some(list) = lock(&self.users).get(&user) {
             for c in list {
-                c.wake_recheck(&pair.streams());
+                c.wake_recheck(&pair.streams(), i64::MAX);
             }
         }
     }
 
-    /// Reads another replica's new events on `stream` up to `head` once, and publishes
-    /// them to every local watcher.
+    /// Reads new events on `stream` up to `head` once (another replica's, or this one's
+    /// whose publishing was in doubt), and publishes them to every local watcher.
     async fn pull_remote(&self, stream: Uuid, head: i64) {
         let Some(slot) = lock(&self.streams).get(&stream).cloned() else {
             return;
@@ -245,6 +292,7 @@ impl Hub {
             .await
         {
             Ok(run) => {
+                crate::telemetry::fanout_events_read(run.events.len());
                 let epoch = run.member_epoch;
                 self.publish(stream, run.events.iter().map(|e| Frame::encode(e, epoch)));
                 // Whatever the read did not cover is still committed: let readers page it.
@@ -266,15 +314,21 @@ impl Hub {
         }
     }
 
-    /// Re-reads the heads of every watched stream from the database and wakes every
-    /// connection for invites (used after the change listener reconnects).
+    /// Used after the change listener reconnects (anything may have been missed): re-reads
+    /// the heads and membership epochs of every watched stream, moves the heads (readers
+    /// behind go to the database), asks every subscription verified at an older epoch to
+    /// re-check its access (a removal may have gone unnoticed), and wakes every connection
+    /// for invites.
     pub async fn repair_all(&self) {
         let streams: Vec<Uuid> = lock(&self.streams).keys().copied().collect();
         for chunk in streams.chunks(1000) {
             match self.store.stream_heads(chunk).await {
                 Ok(heads) => {
-                    for (stream, head) in heads {
-                        self.observe_head(stream, head);
+                    for (stream, head, epoch) in heads {
+                        if let Some(slot) = lock(&self.streams).get(&stream).cloned() {
+                            slot.observe_head(head);
+                            slot.recheck_below(epoch);
+                        }
                     }
                 }
                 Err(err) => tracing::warn!(error = %err, "cannot repair stream heads"),
@@ -305,4 +359,4 @@ impl ChangeSink for Hub {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

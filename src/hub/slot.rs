@@ -1,12 +1,12 @@
 //! One stream's live state: the newest committed event id and a ring of the newest
 //! events, each encoded once.
 
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use uuid::Uuid;
 
-use super::{Connection, lock};
+use super::ring::{Budget, Ring};
+use super::{Connection, Hub, lock};
 use crate::proto::PreEncoded;
 use crate::store::StoredEvent;
 use crate::wire;
@@ -49,9 +49,10 @@ pub enum Read {
 
 pub(super) struct SlotState {
     pub(super) head: i64,
-    pub(super) ring: VecDeque<Frame>,
-    pub(super) ring_bytes: usize,
+    pub(super) ring: Ring,
     pub(super) watchers: Vec<Arc<Connection>>,
+    /// Taken out of the hub's map (its last watcher left): nobody may join it any more.
+    pub(super) removed: bool,
 }
 
 /// One stream's live state.
@@ -61,14 +62,14 @@ pub struct Slot {
 }
 
 impl Slot {
-    pub(super) fn new(stream: Uuid) -> Self {
+    pub(super) fn new(stream: Uuid, budget: Arc<Budget>) -> Self {
         Slot {
             stream,
             state: Mutex::new(SlotState {
                 head: 0,
-                ring: VecDeque::new(),
-                ring_bytes: 0,
+                ring: Ring::new(budget),
                 watchers: Vec::new(),
+                removed: false,
             }),
         }
     }
@@ -91,5 +92,53 @@ impl Slot {
     /// The newest committed event id known.
     pub fn head(&self) -> i64 {
         lock(&self.state).head
+    }
+
+    /// Asks every watcher to re-check its access unless it verified it at membership
+    /// epoch `epoch` or later (the stream's current epoch, read after the change listener
+    /// was away: a removal may have gone unnoticed).
+    pub(super) fn recheck_below(&self, epoch: i64) {
+        for w in &lock(&self.state).watchers {
+            w.wake_recheck(&[self.stream], epoch);
+        }
+    }
+
+    /// Records that `head` is committed (read from the database: by the hub, or by a
+    /// subscriber setting up, which seeds a new slot so that the next notification reads
+    /// only the newer events). If it is news, the ring (which must end at the head)
+    /// empties and every watcher is woken: those behind read the gap from the database.
+    pub fn observe_head(&self, head: i64) {
+        let mut st = lock(&self.state);
+        if head > st.head {
+            st.head = head;
+            st.ring.clear();
+            for w in &st.watchers {
+                w.wake_stream(self.stream);
+            }
+        }
+    }
+}
+
+/// A connection's watch on one stream, from [`Hub::watch`]: publishes to the stream wake
+/// the connection, and the slot reads as the stream's live state. Dropping it stops
+/// watching (the slot goes with its last watcher), so every path that took a watch, the
+/// error paths included, gives it back.
+pub struct Watch {
+    pub(super) hub: Arc<Hub>,
+    pub(super) conn: Arc<Connection>,
+    pub(super) slot: Arc<Slot>,
+}
+
+impl std::ops::Deref for Watch {
+    type Target = Slot;
+
+    fn deref(&self) -> &Slot {
+        &self.slot
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.hub.unwatch(&self.conn, &self.slot);
     }
 }

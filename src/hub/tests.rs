@@ -6,13 +6,23 @@ use super::*;
 use bytes::Bytes;
 
 async fn hub() -> (Arc<Hub>, tempfile::TempDir) {
+    hub_with_budget(1 << 20).await
+}
+
+async fn hub_with_budget(budget: usize) -> (Arc<Hub>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("t.db").display());
     let store = crate::store::open(&url, 1, Uuid::new_v4()).await.unwrap();
-    (Hub::new(store, 4), dir)
+    (Hub::new(store, 4, budget), dir)
 }
 
-fn event(stream: Uuid, id: i64) -> StoredEvent {
+/// The encoded size of the test events.
+fn frame_len() -> usize {
+    Frame::encode(&event(Uuid::new_v4(), 1), 0).bytes.len()
+}
+
+/// A stored event with a 100-byte body (also used by the streaming unit tests).
+pub(crate) fn event(stream: Uuid, id: i64) -> StoredEvent {
     StoredEvent {
         stream_id: stream,
         event_id: id,
@@ -82,7 +92,7 @@ async fn the_ring_is_bounded_and_gaps_send_readers_to_the_database() {
     hub.publish_committed([(&event(stream, 12), 0)]);
     assert_eq!(slot.head(), 13);
     // The slot goes with its last watcher.
-    hub.unwatch(g.connection(), &slot);
+    drop(slot);
     assert!(!hub.is_watched(&stream));
 }
 
@@ -95,4 +105,94 @@ async fn connection_limit_is_per_user() {
     assert!(hub.register(8, 2).is_some());
     drop(a);
     assert!(hub.register(7, 2).is_some());
+}
+
+#[tokio::test]
+async fn a_watch_racing_the_last_unwatch_joins_a_live_slot() {
+    let (hub, _dir) = hub().await;
+    let stream = Uuid::new_v4();
+    let old = hub.register(1, 10).unwrap();
+    let new = hub.register(1, 10).unwrap();
+    let old_slot = hub.watch(old.connection(), stream);
+    // A reconnect: the new call subscribes while the old one (the stream's last watcher)
+    // tears down, exactly between the new watch taking the slot and joining it.
+    *lock(&hub.watch_hook) = Some(Box::new(move || drop(old_slot)));
+    let slot = hub.watch(new.connection(), stream);
+    assert!(hub.is_watched(&stream), "the stream is still watched");
+    hub.publish_committed([(&event(stream, 1), 0)]);
+    let mut live = HashSet::new();
+    new.connection().swap_live(&mut live);
+    assert!(live.contains(&stream), "the new watcher is woken");
+    let Read::Frames(f) = slot.read_after(0, 10) else {
+        panic!("the new watcher's slot receives what is published")
+    };
+    assert_eq!(f.len(), 1);
+}
+
+fn ring_bytes(slot: &Slot) -> usize {
+    lock(&slot.state).ring.bytes()
+}
+
+fn ids(read: Read) -> Vec<i64> {
+    match read {
+        Read::Frames(f) => f.iter().map(|f| f.event_id).collect(),
+        other => panic!("frames expected, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn rings_share_a_global_byte_budget() {
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let len = frame_len();
+    // Room for three frames in all rings together.
+    let (hub, _dir) = hub_with_budget(3 * len).await;
+    let g = hub.register(1, 10).unwrap();
+    let wa = hub.watch(g.connection(), a);
+    let wb = hub.watch(g.connection(), b);
+    hub.publish_committed([(&event(a, 1), 0), (&event(a, 2), 0)]);
+    hub.publish_committed([(&event(b, 1), 0)]);
+    assert_eq!(hub.budget.used(), 3 * len);
+    assert_eq!(ids(wa.read_after(0, 10)), vec![1, 2]);
+    // The budget is spent: b's next frame is kept only by giving up b's older ones.
+    hub.publish_committed([(&event(b, 2), 0)]);
+    assert_eq!(wb.head(), 2, "the head still moves");
+    assert_eq!(ids(wb.read_after(1, 10)), vec![2]);
+    assert!(matches!(
+        wb.read_after(0, 10),
+        Read::FromDatabase { head: 2 }
+    ));
+    assert_eq!(
+        ids(wa.read_after(0, 10)),
+        vec![1, 2],
+        "other rings keep theirs"
+    );
+    assert_eq!(hub.budget.used(), ring_bytes(&wa) + ring_bytes(&wb));
+    assert!(hub.budget.used() <= 3 * len);
+    // Dropping a watch gives its ring's bytes back.
+    drop(wa);
+    assert_eq!(hub.budget.used(), len);
+    drop(wb);
+    assert_eq!(hub.budget.used(), 0);
+}
+
+#[tokio::test]
+async fn a_frame_larger_than_the_budget_is_not_kept_and_readers_go_to_the_database() {
+    let s = Uuid::new_v4();
+    let (hub, _dir) = hub_with_budget(frame_len() - 1).await;
+    let g = hub.register(1, 10).unwrap();
+    let w = hub.watch(g.connection(), s);
+    hub.publish_committed([(&event(s, 1), 0), (&event(s, 2), 0)]);
+    assert_eq!(hub.budget.used(), 0);
+    assert!(matches!(
+        w.read_after(0, 10),
+        Read::FromDatabase { head: 2 }
+    ));
+    assert!(matches!(
+        w.read_after(1, 10),
+        Read::FromDatabase { head: 2 }
+    ));
+    assert!(matches!(w.read_after(2, 10), Read::UpToDate));
+    let mut live = HashSet::new();
+    g.connection().swap_live(&mut live);
+    assert!(live.contains(&s), "watchers are still woken");
 }

@@ -9,7 +9,7 @@ mod messages;
 mod paging;
 mod rooms;
 pub mod router;
-mod streaming;
+pub mod streaming;
 
 use std::sync::Arc;
 

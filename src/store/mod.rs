@@ -395,8 +395,9 @@ pub trait EventStore: Send + Sync {
         up_to: i64,
         limit: usize,
     ) -> Result<EventRun>;
-    /// Current heads of the given streams (unknown streams are left out).
-    async fn stream_heads(&self, streams: &[Uuid]) -> Result<Vec<(Uuid, i64)>>;
+    /// Current heads and membership epochs of the given streams: `(stream, head event id,
+    /// member_epoch)` (unknown streams are left out).
+    async fn stream_heads(&self, streams: &[Uuid]) -> Result<Vec<(Uuid, i64, i64)>>;
 }
 
 /// Everything the service needs from a database. Each backend implements the parts in

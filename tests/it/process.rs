@@ -1,6 +1,6 @@
 //! The real `secretd` binary under a client load: graceful SIGTERM (open streams end with
-//! UNAVAILABLE, acknowledged posts are durable, exit 0) and bounded memory for a
-//! subscriber that stops reading.
+//! UNAVAILABLE, acknowledged posts are durable, exit 0), bounded memory for a subscriber
+//! that stops reading, and for a client that floods ManageStream and never reads.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -13,6 +13,11 @@ both_backends!(
     sigterm_ends_streams_with_unavailable_and_keeps_acknowledged_posts,
     a_stalled_subscriber_costs_bounded_memory
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_manage_stream_flood_costs_bounded_memory_and_others_are_served() {
+    flood(Backend::Sqlite).await
+}
 
 struct Proc {
     p: ServerProcess,
@@ -208,4 +213,105 @@ async fn a_stalled_subscriber_costs_bounded_memory(b: Backend) {
     }
     sigterm(&proc_.p);
     assert!(proc_.p.child.wait().await.unwrap().success());
+}
+
+/// Largest request message the server decodes (`MAX_DECODE` in `service/router.rs`).
+const MAX_REQUEST_BYTES: u64 = 256 * 1024;
+
+async fn flood(b: Backend) {
+    let proc_ = start(&b, None).await;
+    let pid = proc_.p.child.id().unwrap();
+    let settings = secretd::config::defaults();
+    // What one call that sends and never reads may hold, from the configuration:
+    // - the control queue plus the message being forwarded and the one being handled,
+    //   each decoded at most twice its wire size;
+    // - HTTP/2 receive buffers: the connection window (1 MiB, hyper's default, which
+    //   covers the stream window) plus tonic's decode buffer of one message;
+    // - the ready queue (`connection_buffer` frames of at most 64 KiB + framing) and
+    //   HTTP/2's send buffer (400 KiB);
+    // and 16 MiB for the allocator, tokio and the other user's calls.
+    let queued = (secretd::service::streaming::CONTROL_QUEUE as u64 + 2) * 2 * MAX_REQUEST_BYTES;
+    let h2 = 1024 * 1024 + MAX_REQUEST_BYTES;
+    let ready = settings.connection_buffer as u64 * 66 * 1024 + 400 * 1024;
+    let bound_kib = (queued + h2 + ready) / 1024 + 16 * 1024;
+
+    let other = random_user();
+    let mut oc = client(&proc_, other).await;
+    let pair = new_pair(&mut oc).await;
+    // Warm up with the other user's traffic shape before measuring.
+    let mut counter = 0u64;
+    for _ in 0..20 {
+        counter += 1;
+        post(&mut oc, &pair.message_id, counter, b"warm")
+            .await
+            .unwrap();
+    }
+    let before = rss_kib(pid);
+
+    // The flooder: ManageStream messages with as many ids as one message may hold (each
+    // an error the server must answer), sent as fast as HTTP/2 lets it; it never reads.
+    let flooder = random_user();
+    let mut fc = client(&proc_, flooder).await;
+    let ids: Vec<String> = (0..settings.max_stream_ids_per_message.min(1000))
+        .map(|i| format!("not-a-stream-id-{i:0>100}"))
+        .collect();
+    let message = secretd::proto::ManageStream {
+        subscribe_to: ids,
+        ..Default::default()
+    };
+    let flood = tokio_stream::iter(std::iter::repeat_with(move || message.clone()));
+    let _unread = fc
+        .stream_message_posting(flood)
+        .await
+        .expect("the call is accepted")
+        .into_inner();
+
+    // Meanwhile the other user is answered (a generous liveness bound, not a speed test).
+    let t0 = Instant::now();
+    let mut peak = before;
+    let mut rounds = 0;
+    while t0.elapsed() < Duration::from_secs(10) {
+        let round = async {
+            counter += 1;
+            post(&mut oc, &pair.message_id, counter, b"still served")
+                .await
+                .unwrap();
+            let all = fetch_all(&mut oc, &pair.message_id).await;
+            assert_eq!(all.len() as u64, counter);
+            let mut sub = Subscription::open(&mut oc).await.unwrap();
+            sub.manage(&[&pair.state_id], &[], &[]);
+            assert!(matches!(sub.next().await, Event::CaughtUp(_)));
+        };
+        tokio::time::timeout(Duration::from_secs(10), round)
+            .await
+            .expect("another user's calls are answered during the flood");
+        rounds += 1;
+        peak = peak.max(rss_kib(pid));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        peak = peak.max(rss_kib(pid));
+    }
+    let grew = peak.saturating_sub(before);
+    eprintln!(
+        "server RSS {before} KiB -> peak {peak} KiB (+{grew} KiB, bound {bound_kib} KiB) during a \
+         10 s ManageStream flood; the other user was served {rounds} rounds"
+    );
+    assert!(
+        grew < bound_kib,
+        "server RSS grew by {grew} KiB during the flood; the bound from the configuration is \
+         {bound_kib} KiB"
+    );
+
+    // The server is still up and consistent.
+    counter += 1;
+    post(&mut oc, &pair.message_id, counter, b"after")
+        .await
+        .unwrap();
+    assert_eq!(
+        fetch_all(&mut oc, &pair.message_id).await.len() as u64,
+        counter
+    );
+    // The flooder's HTTP/2 stream stays open (its client never reads, so it never
+    // takes the final status): stop the server without waiting out the grace period.
+    let mut p = proc_;
+    p.p.child.kill().await.unwrap();
 }

@@ -26,6 +26,17 @@ async fn read_until(sub: &mut Subscription, last: u64) -> Vec<u64> {
     ids
 }
 
+/// The owner removes `user` from the pair.
+async fn remove(owner: &mut Client, pair: &ChannelPair, user: u64) {
+    owner
+        .remove_member(RemoveMemberRequest {
+            pair_id: pair.pair_id.clone(),
+            user_id: user,
+        })
+        .await
+        .unwrap();
+}
+
 async fn kill_listener(server: &TestServer) -> usize {
     let Backend::Postgres(url) = &server.backend else {
         unreachable!()
@@ -82,21 +93,7 @@ async fn posts_on_one_replica_reach_subscribers_on_another_across_a_listener_dro
     }
     // In the middle of the writes, cut A's listener connection.
     let mut probe = a.client(owner).await;
-    loop {
-        let head = probe
-            .fetch_messages(FetchMessagesRequest {
-                stream_id: st.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .head_event_id;
-        if head >= TOTAL / 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_head(&mut probe, &st, TOTAL / 3).await;
     assert_eq!(
         kill_listener(&a).await,
         1,
@@ -191,13 +188,7 @@ async fn invites_and_removals_cross_replicas() {
         .unwrap();
     assert!(matches!(sub.next().await, Event::Message(m) if m.stream_id == pair.state_id));
     // Removed on B: the subscriptions on A end, and later posts never reach A's guest.
-    owner_b
-        .remove_member(RemoveMemberRequest {
-            pair_id: pair.pair_id.clone(),
-            user_id: guest,
-        })
-        .await
-        .unwrap();
+    remove(&mut owner_b, &pair, guest).await;
     for _ in 0..2 {
         assert!(
             matches!(sub.next().await, Event::SubscriptionError(e) if e.code == Code::PermissionDenied as i32)
@@ -303,6 +294,139 @@ async fn events_committed_while_the_listener_is_down_are_repaired() {
     drop(conn);
     admin.close().await;
     bsrv.stop().await;
+    a.stop().await;
+}
+
+/// A real secretd process on the shared Postgres (with a metrics endpoint when given).
+async fn replica(url: &str, metrics: Option<&str>) -> (ServerProcess, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--database-url", url];
+    if let Some(m) = metrics {
+        args.extend(["--metrics-listen", m]);
+    }
+    let p = spawn_binary(&args, &[("SECRETD_JWT_SECRET", SECRET)], dir.path()).await;
+    (p, dir)
+}
+
+async fn client_at(p: &ServerProcess, user: u64) -> Client {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", p.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    secret_service_client::SecretServiceClient::with_interceptor(
+        channel,
+        Bearer(Some(token(user, 3600))),
+    )
+}
+
+/// A post on another replica is read from the database once by this replica and served
+/// to every local subscriber from memory, even on a stream with a long history (the
+/// slot's head is seeded from the subscribers' own reads, not 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_remote_post_is_read_once_per_replica_on_a_stream_with_history() {
+    let Some(Backend::Postgres(url)) = pg() else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let metrics = format!("127.0.0.1:{}", unused_port());
+    let (mut a, _da) = replica(&url, Some(&metrics)).await;
+    let (mut b, _db) = replica(&url, None).await;
+    let owner = random_user();
+    let mut on_a = client_at(&a, owner).await;
+    let mut on_b = client_at(&b, owner).await;
+    let pair = new_pair(&mut on_b).await;
+    let (st, marker) = (pair.message_id.clone(), pair.state_id.clone());
+    const HISTORY: u64 = 300; // more than the hub reads for one notification
+    post_all(
+        &mut on_b,
+        &st,
+        (0..HISTORY).map(|i| i.to_be_bytes().to_vec()),
+    )
+    .await;
+    // Once A delivers a later post from B, it has heard of all of these (notifications
+    // arrive in commit order), so none of them is read after this point.
+    let mut m = Subscription::open(&mut on_a).await.unwrap();
+    m.manage(&[&marker], &[], &[]);
+    assert!(matches!(m.next().await, Event::CaughtUp(_)));
+    post(&mut on_b, &marker, 1, b"marker").await.unwrap();
+    assert!(matches!(m.next().await, Event::Message(_)));
+    let mut subs = Vec::new();
+    for _ in 0..3 {
+        let mut sub = Subscription::open(&mut on_a).await.unwrap();
+        sub.manage(&[&st], &[], &[]);
+        assert!(matches!(sub.next().await, Event::CaughtUp(c) if c.head_event_id == HISTORY));
+        subs.push(sub);
+    }
+    const READ: &str = "secretd_fanout_events_read_total";
+    const PAGES: &str = "secretd_catchup_pages_total";
+    let (read0, pages0) = (metric(&metrics, READ).await, metric(&metrics, PAGES).await);
+    post(&mut on_b, &st, HISTORY + 1, b"new").await.unwrap();
+    for sub in &mut subs {
+        assert!(matches!(sub.next().await, Event::Message(m) if m.event_id == HISTORY + 1));
+    }
+    let (read1, pages1) = (metric(&metrics, READ).await, metric(&metrics, PAGES).await);
+    assert_eq!(
+        read1 - read0,
+        1.0,
+        "A read the new event from the database once"
+    );
+    assert_eq!(
+        pages1 - pages0,
+        0.0,
+        "no subscriber on A read the database on its own"
+    );
+    a.child.kill().await.unwrap();
+    b.child.kill().await.unwrap();
+}
+
+/// A member removed on another replica while this replica's change listener was away
+/// loses their live subscriptions here once the listener is back: the repair re-checks
+/// membership, not only heads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_removal_missed_while_the_listener_was_away_ends_subscriptions_after_repair() {
+    let Some(Backend::Postgres(url)) = pg() else {
+        return;
+    };
+    let proxy = PgProxy::start(&url).await;
+    let a = TestServer::start(Backend::Postgres(proxy.url.clone())).await;
+    let b = TestServer::start(Backend::Postgres(url)).await;
+    let (owner, guest, other) = (random_user(), random_user(), random_user());
+    let mut owner_b = b.client(owner).await;
+    let pair = new_pair(&mut owner_b).await;
+    let mut guest_a = a.client(guest).await;
+    invite(&mut owner_b, &mut guest_a, &pair, guest).await;
+    let mut other_a = a.client(other).await;
+    invite(&mut owner_b, &mut other_a, &pair, other).await;
+    let mut sub = Subscription::open(&mut guest_a).await.unwrap();
+    sub.manage(&[&pair.message_id, &pair.state_id], &[], &[]);
+    let mut kept = Subscription::open(&mut other_a).await.unwrap();
+    kept.manage(&[&pair.message_id], &[], &[]);
+    for _ in 0..2 {
+        assert!(matches!(sub.next().await, Event::CaughtUp(_)));
+    }
+    assert!(matches!(kept.next().await, Event::CaughtUp(_)));
+    // A's listener goes away; the guest is removed on B meanwhile (A misses the news).
+    proxy.fail_listener();
+    remove(&mut owner_b, &pair, guest).await;
+    assert!(sub.quiet_for(300).await, "A cannot know yet");
+    proxy.heal();
+    // The listener reconnects and repairs: the guest's subscriptions end on A.
+    for _ in 0..2 {
+        match sub.next_within(20).await.unwrap().unwrap() {
+            Event::SubscriptionError(e) => assert_eq!(e.code, Code::PermissionDenied as i32),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // A remaining member's subscription goes on.
+    post(&mut owner_b, &pair.message_id, 1, b"still here")
+        .await
+        .unwrap();
+    assert!(
+        matches!(kept.next_within(20).await.unwrap().unwrap(), Event::Message(m) if m.event_id == 1)
+    );
+    assert!(sub.quiet_for(300).await);
+    b.stop().await;
     a.stop().await;
 }
 

@@ -14,6 +14,7 @@ both_backends!(
     resume_replays_history_then_goes_live,
     resume_during_writes_is_gapless_and_exactly_once,
     slow_reader_never_slows_others_and_loses_nothing,
+    a_tiny_ring_budget_still_delivers_everything_once_in_order,
 );
 
 async fn headers_arrive_before_anything_is_sent(b: Backend) {
@@ -139,34 +140,20 @@ async fn resume_during_writes_is_gapless_and_exactly_once(b: Backend) {
     // Readers that join while the posters are busy: from 0, from the middle, and live.
     let mut late = Vec::new();
     let mut probe = s.client(owner).await;
-    loop {
-        let head = probe
-            .fetch_messages(FetchMessagesRequest {
-                stream_id: st.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .head_event_id;
-        if head >= TOTAL / 4 {
-            late.push(spawn_reader(
-                s.client(owner).await,
-                st.clone(),
-                Some(0),
-                TOTAL,
-            ));
-            late.push(spawn_reader(
-                s.client(owner).await,
-                st.clone(),
-                Some(head / 2),
-                TOTAL,
-            ));
-            late.push(spawn_reader(s.client(owner).await, st.clone(), None, TOTAL));
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let head = wait_for_head(&mut probe, &st, TOTAL / 4).await;
+    late.push(spawn_reader(
+        s.client(owner).await,
+        st.clone(),
+        Some(0),
+        TOTAL,
+    ));
+    late.push(spawn_reader(
+        s.client(owner).await,
+        st.clone(),
+        Some(head / 2),
+        TOTAL,
+    ));
+    late.push(spawn_reader(s.client(owner).await, st.clone(), None, TOTAL));
     let mut acked = HashSet::new();
     for p in posters {
         for id in p.await.unwrap() {
@@ -282,5 +269,212 @@ async fn slow_reader_never_slows_others_and_loses_nothing(b: Backend) {
         }
     }
     assert!(slow.quiet_for(200).await);
+    s.stop().await;
+}
+
+async fn a_tiny_ring_budget_still_delivers_everything_once_in_order(b: Backend) {
+    // Room for a handful of frames in all rings together: most events are not kept in
+    // memory, and readers fetch them from the database.
+    let s = TestServer::start_with(b, |st| st.fanout_ring_budget_bytes = 600).await;
+    let owner = random_user();
+    let mut co = s.client(owner).await;
+    let pairs = [new_pair(&mut co).await, new_pair(&mut co).await];
+    const EACH: usize = 150;
+    const POSTERS: usize = 2;
+    const TOTAL: u64 = (EACH * POSTERS) as u64;
+    let mut readers = Vec::new();
+    for p in &pairs {
+        let st = &p.message_id;
+        readers.push(spawn_reader(s.client(owner).await, st.clone(), None, TOTAL));
+        readers.push(spawn_reader(
+            s.client(owner).await,
+            st.clone(),
+            Some(0),
+            TOTAL,
+        ));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut posters = Vec::new();
+    for p in &pairs {
+        for who in 0..POSTERS {
+            let mut c = s.client(owner).await;
+            let st = p.message_id.clone();
+            posters.push(tokio::spawn(async move {
+                post_all(
+                    &mut c,
+                    &st,
+                    (0..EACH).map(|i| format!("{who}/{i}").into_bytes()),
+                )
+                .await
+            }));
+        }
+    }
+    // One more reader per stream joins from the middle while posts go on.
+    wait_for_head(&mut co, &pairs[0].message_id, 7).await;
+    readers.push(spawn_reader(
+        s.client(owner).await,
+        pairs[0].message_id.clone(),
+        Some(7),
+        TOTAL,
+    ));
+    readers.push(spawn_reader(
+        s.client(owner).await,
+        pairs[1].message_id.clone(),
+        None,
+        TOTAL,
+    ));
+    for p in posters {
+        assert_eq!(p.await.unwrap().len(), EACH);
+    }
+    for r in readers {
+        let (start, events) = r.await.unwrap();
+        let got: Vec<u64> = events.iter().map(|m| m.event_id).collect();
+        assert_eq!(
+            got,
+            (start + 1..=TOTAL).collect::<Vec<_>>(),
+            "reader from {start}"
+        );
+        let stream = &events.first().expect("events").stream_id;
+        assert!(events.iter().all(|m| &m.stream_id == stream));
+    }
+    s.stop().await;
+}
+
+/// A call ends with UNAUTHENTICATED when its token expires (exp plus the leeway), and the
+/// client resumes with a fresh token by cursor, losing nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stream_ends_when_its_token_expires() {
+    let s = TestServer::start(Backend::Sqlite).await;
+    let user = random_user();
+    let mut c = s.client(user).await;
+    let pair = new_pair(&mut c).await;
+    let st = pair.message_id.clone();
+    // Accepted now (within the leeway), no longer accepted in about 3 s.
+    let ttl = 3 - secretd::auth::LEEWAY_SECS as i64;
+    let expires_at = std::time::SystemTime::now() + Duration::from_secs(3);
+    let mut short = s.client_with_token(token(user, ttl)).await;
+    let mut sub = Subscription::open(&mut short).await.unwrap();
+    sub.manage(&[&st], &[], &[]);
+    assert!(matches!(sub.next().await, Event::CaughtUp(_)));
+    post(&mut c, &st, 1, b"before").await.unwrap();
+    assert!(matches!(sub.next().await, Event::Message(m) if m.event_id == 1));
+    let end = loop {
+        match sub.next_within(15).await {
+            // Events posted before the end still arrive.
+            Ok(Some(Event::Message(_))) => continue,
+            other => break other,
+        }
+    };
+    let ended_at = std::time::SystemTime::now();
+    let st_ = expect_code(end, Code::Unauthenticated);
+    assert!(
+        st_.message().contains("expired") && st_.message().contains("resume"),
+        "{}",
+        st_.message()
+    );
+    // Not before the expiry (exp has whole seconds: allow one), and not long after.
+    assert!(
+        ended_at + Duration::from_secs(1) >= expires_at,
+        "ended {:?} before the token expired",
+        expires_at.duration_since(ended_at).unwrap_or_default()
+    );
+    assert!(
+        ended_at.duration_since(expires_at).unwrap_or_default() < Duration::from_secs(5),
+        "ended long after the token expired"
+    );
+    // Posts go on meanwhile; a fresh token resumes by cursor and gets them all.
+    post(&mut c, &st, 2, b"meanwhile").await.unwrap();
+    let mut sub = Subscription::open(&mut c).await.unwrap();
+    sub.manage(&[], &[], &[(&st, 1)]);
+    let (events, head) = sub.until_caught_up(&st).await;
+    assert_eq!(
+        events.iter().map(|m| m.event_id).collect::<Vec<_>>(),
+        vec![2]
+    );
+    assert_eq!(head, 2);
+    s.stop().await;
+}
+
+/// A Postgres server whose database connections pass a [`PgProxy`] (None when the
+/// Postgres tests are off), a user's client and one of the user's streams.
+async fn through_proxy() -> Option<(PgProxy, TestServer, u64, Client, String)> {
+    let Some(Backend::Postgres(url)) = Backend::postgres() else {
+        return None;
+    };
+    let proxy = PgProxy::start(&url).await;
+    let s = TestServer::start(Backend::Postgres(proxy.url.clone())).await;
+    let user = random_user();
+    let mut c = s.client(user).await;
+    let stream = new_pair(&mut c).await.message_id;
+    Some((proxy, s, user, c, stream))
+}
+
+/// A post whose COMMIT succeeded but whose answer never reached the server (the
+/// connection dropped right after) still reaches local live subscribers, and the client's
+/// retry is answered with the original event id without a second delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_post_whose_commit_answer_was_lost_is_still_delivered_live() {
+    let Some((proxy, s, _user, mut c, st)) = through_proxy().await else {
+        return;
+    };
+    post(&mut c, &st, 1, b"one").await.unwrap();
+    let mut sub = Subscription::open(&mut c).await.unwrap();
+    sub.manage(&[&st], &[], &[]);
+    assert!(matches!(sub.next().await, Event::CaughtUp(h) if h.head_event_id == 1));
+    proxy.lose_next_commit_answer();
+    let lost = post(&mut c, &st, 2, b"two").await;
+    assert!(
+        !proxy.commit_answer_pending(),
+        "the COMMIT's answer was lost"
+    );
+    expect_code(lost, Code::Unavailable);
+    // Committed all the same: the subscriber gets it live.
+    match sub.next().await {
+        Event::Message(m) => assert_eq!(
+            (m.event_id, m.message.unwrap().message),
+            (2, b"two".to_vec())
+        ),
+        other => panic!("unexpected {other:?}"),
+    }
+    // The client's retry is the same event, delivered once.
+    assert_eq!(post(&mut c, &st, 2, b"two").await.unwrap(), 2);
+    post(&mut c, &st, 3, b"three").await.unwrap();
+    assert!(matches!(sub.next().await, Event::Message(m) if m.event_id == 3));
+    assert!(sub.quiet_for(200).await);
+    s.stop().await;
+}
+
+/// The same, when queries keep failing for a while after the lost answer (the change
+/// listener stays connected, so no listener repair helps): the event reaches live
+/// subscribers once the database answers again, though the client gave up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_commit_answer_during_an_outage_is_delivered_after_it() {
+    let Some((proxy, s, user, mut c, st)) = through_proxy().await else {
+        return;
+    };
+    let mut sub = Subscription::open(&mut c).await.unwrap();
+    sub.manage(&[&st], &[], &[]);
+    assert!(matches!(sub.next().await, Event::CaughtUp(_)));
+    proxy.lose_next_commit_answer();
+    let poster = {
+        let mut c = s.client(user).await;
+        let st = st.clone();
+        tokio::spawn(async move { post(&mut c, &st, 1, b"one").await })
+    };
+    while proxy.commit_answer_pending() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    proxy.fail_queries();
+    expect_code(poster.await.unwrap(), Code::Unavailable);
+    assert!(
+        sub.quiet_for(1000).await,
+        "nothing can be read while the database is away"
+    );
+    proxy.heal();
+    match sub.next_within(30).await.unwrap().unwrap() {
+        Event::Message(m) => assert_eq!(m.event_id, 1),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(sub.quiet_for(200).await);
     s.stop().await;
 }

@@ -1,6 +1,7 @@
 //! StreamMessagePosting subscriptions: per-stream errors, removal and leaving, live
 //! invites, unsubscribe, limits — on SQLite and Postgres.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use crate::common::*;
@@ -13,6 +14,8 @@ both_backends!(
     invites_arrive_on_the_open_call,
     unsubscribe_and_resubscribe,
     subscription_and_connection_limits,
+    stream_ids_per_message_are_capped,
+    invites_after_closes_the_gap_after_fetch_invites,
 );
 
 async fn bad_subscriptions_fail_alone(b: Backend) {
@@ -192,6 +195,74 @@ async fn invites_arrive_on_the_open_call(b: Backend) {
     s.stop().await;
 }
 
+async fn invites_after_closes_the_gap_after_fetch_invites(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (owner, guest) = (random_user(), random_user());
+    let mut co = s.client(owner).await;
+    let mut cg = s.client(guest).await;
+    give_key(&mut cg).await;
+    let mut sent = Vec::new();
+    let mut send = async |co: &mut Client, body: &str| {
+        let pair = new_pair(co).await;
+        let id = co
+            .send_invite(SendInviteRequest {
+                pair_id: pair.pair_id,
+                user_id: guest,
+                homeserver: String::new(),
+                invite: body.as_bytes().to_vec(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .invite_id;
+        sent.push((id, body.to_string()));
+        id
+    };
+    send(&mut co, "first").await;
+    send(&mut co, "second").await;
+    // The guest's device pages its inbox...
+    let fetched = cg
+        .fetch_invites(FetchInvitesRequest {
+            after_invite_id: 0,
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .invites;
+    let last = fetched.last().unwrap().invite_id;
+    // ...an invite arrives before it opens its stream...
+    let third = send(&mut co, "third").await;
+    let mut sub = Subscription::open(&mut cg).await.unwrap();
+    sub.send(ManageStream {
+        invites_after: Some(last),
+        ..Default::default()
+    });
+    // ...and is delivered first, then new ones live, each once.
+    let Event::Invite(i) = sub.next().await else {
+        panic!("the invite after the cursor")
+    };
+    assert_eq!((i.invite_id, i.invite.as_slice()), (third, &b"third"[..]));
+    let fourth = send(&mut co, "fourth").await;
+    assert!(matches!(sub.next().await, Event::Invite(i) if i.invite_id == fourth));
+    assert!(sub.quiet_for(300).await);
+    // Asking again from 0 sends only the invites this call has not sent, oldest first.
+    sub.send(ManageStream {
+        invites_after: Some(0),
+        ..Default::default()
+    });
+    let mut again = Vec::new();
+    for _ in 0..2 {
+        let Event::Invite(i) = sub.next().await else {
+            panic!("an invite")
+        };
+        again.push((i.invite_id, String::from_utf8(i.invite).unwrap()));
+    }
+    assert_eq!(again, sent[..2].to_vec());
+    assert!(sub.quiet_for(300).await, "nothing twice");
+    s.stop().await;
+}
+
 async fn unsubscribe_and_resubscribe(b: Backend) {
     let s = TestServer::start(b).await;
     let mut c = s.client(random_user()).await;
@@ -292,6 +363,150 @@ async fn subscription_and_connection_limits(b: Backend) {
     post(&mut c, &pairs[0].message_id, 1, b"x").await.unwrap();
     assert!(matches!(sub.next().await, Event::Message(_)));
     s.stop().await;
+}
+
+async fn stream_ids_per_message_are_capped(b: Backend) {
+    // Making 1,000 pairs at once is over the pair-creation rate limit; the subscription
+    // limits under test keep their defaults.
+    let s = TestServer::start_with(b, |st| st.rate_pairs_per_sec = 0.0).await;
+    let user = random_user();
+    // A client resuming 1,000 streams in one message passes with the defaults.
+    let mut makers = Vec::new();
+    for _ in 0..8 {
+        let mut c = s.client(user).await;
+        makers.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for _ in 0..125 {
+                ids.push(new_pair(&mut c).await.message_id);
+            }
+            ids
+        }));
+    }
+    let mut streams = Vec::new();
+    for m in makers {
+        streams.extend(m.await.unwrap());
+    }
+    let mut c = s.client(user).await;
+    post(&mut c, &streams[0], 1, b"one").await.unwrap();
+    let mut sub = Subscription::open(&mut c).await.unwrap();
+    let cursors: Vec<(&str, u64)> = streams.iter().map(|s| (s.as_str(), 0)).collect();
+    sub.manage(&[], &[], &cursors);
+    let mut caught = HashSet::new();
+    let mut messages = 0;
+    while caught.len() < streams.len() {
+        match sub.next().await {
+            Event::CaughtUp(c) => assert!(caught.insert(c.stream_id)),
+            Event::Message(m) => {
+                assert_eq!((m.stream_id.as_str(), m.event_id), (streams[0].as_str(), 1));
+                messages += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(messages, 1);
+    // One id over the cap ends the call with INVALID_ARGUMENT naming the key.
+    let max = s.settings.max_stream_ids_per_message;
+    let too_many: Vec<String> = (0..=max)
+        .map(|_| uuid::Uuid::new_v4().to_string())
+        .collect();
+    sub.send(ManageStream {
+        unsubscribe_to: too_many,
+        ..Default::default()
+    });
+    let end = sub.next_within(10).await;
+    assert!(
+        !matches!(end, Ok(Some(_))),
+        "nothing more but the end: {end:?}"
+    );
+    let st = expect_code(end, Code::InvalidArgument);
+    assert!(
+        st.message().contains("max_stream_ids_per_message")
+            && st.message().contains(&format!("{}", max + 1)),
+        "{}",
+        st.message()
+    );
+    // The server is up; a new call works, and exactly the cap is accepted.
+    let mut sub = Subscription::open(&mut c).await.unwrap();
+    let mut ids: Vec<String> = (2..max).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    ids.push(streams[0].clone());
+    sub.send(ManageStream {
+        unsubscribe_to: ids,
+        subscribe_to: vec![streams[0].clone()],
+        ..Default::default()
+    });
+    assert!(matches!(sub.next().await, Event::CaughtUp(c) if c.stream_id == streams[0]));
+    post(&mut c, &streams[0], 2, b"two").await.unwrap();
+    assert!(matches!(sub.next().await, Event::Message(m) if m.event_id == 2));
+    s.stop().await;
+}
+
+/// The database fails while a subscription is being set up: the call ends with
+/// UNAVAILABLE and releases every watch it took (the real binary's metrics show it), and
+/// the server serves new subscriptions once the database is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_database_failure_during_subscribe_releases_everything() {
+    let Some(Backend::Postgres(url)) = Backend::postgres() else {
+        return;
+    };
+    let proxy = PgProxy::start(&url).await;
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = format!("127.0.0.1:{}", unused_port());
+    let p = spawn_binary(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            &proxy.url,
+            "--metrics-listen",
+            &metrics,
+        ],
+        &[("SECRETD_JWT_SECRET", SECRET)],
+        dir.path(),
+    )
+    .await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", p.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let user = random_user();
+    let mut c = secretd::proto::secret_service_client::SecretServiceClient::with_interceptor(
+        channel,
+        Bearer(Some(token(user, 3600))),
+    );
+    let pair = new_pair(&mut c).await;
+    let mut sub = Subscription::open(&mut c).await.unwrap();
+    sub.manage(&[&pair.message_id], &[], &[]);
+    assert!(matches!(sub.next().await, Event::CaughtUp(_)));
+    const GAUGE: &str = "secretd_subscriptions";
+    assert_eq!(metric(&metrics, GAUGE).await, 1.0);
+    // The database goes away; the next subscription's access check fails.
+    proxy.fail();
+    sub.manage(&[&pair.state_id], &[], &[]);
+    let end = sub.next_within(30).await;
+    assert!(!matches!(end, Ok(Some(_))), "the call ends: {end:?}");
+    expect_code(end, Code::Unavailable);
+    assert_eq!(
+        metric_becomes(&metrics, GAUGE, 0.0, 10).await,
+        0.0,
+        "every watch of the ended call is released"
+    );
+    // The database is back: subscriptions work, and their watches are counted once.
+    proxy.heal();
+    let mut sub = Subscription::open(&mut c).await.unwrap();
+    sub.manage(&[&pair.message_id, &pair.state_id], &[], &[]);
+    for _ in 0..2 {
+        assert!(matches!(
+            sub.next_within(30).await.unwrap().unwrap(),
+            Event::CaughtUp(_)
+        ));
+    }
+    assert_eq!(metric(&metrics, GAUGE).await, 2.0);
+    drop(sub);
+    assert_eq!(metric_becomes(&metrics, GAUGE, 0.0, 10).await, 0.0);
+    let mut p = p;
+    p.child.kill().await.unwrap();
 }
 
 /// A client that vanishes without closing its connection is noticed by HTTP/2 keepalive:

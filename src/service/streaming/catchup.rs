@@ -2,9 +2,12 @@
 //! cursor, else from the database in pages (access checked in the same read), then the
 //! subscription is handed back to the response stream as live.
 
+use std::collections::VecDeque;
+
 use uuid::Uuid;
 
 use super::session::{Flow, Session, db_stop};
+use super::{Call, Sub};
 use crate::error::Error;
 use crate::hub::Read;
 use crate::proto::stream_message_posting_response::Event;
@@ -18,7 +21,8 @@ const DB_PAGE: usize = 256;
 const PAGES_PER_ROUND: usize = 4;
 
 /// What catch-up does next, decided under the call's lock.
-enum Next {
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Next {
     /// Frames were queued; look again.
     Again,
     /// The ready queue is full: wait for the client to read.
@@ -39,7 +43,7 @@ impl Session {
         let conn = self.guard.connection().clone();
         let mut pages = 0;
         loop {
-            let next = self.step(stream);
+            let next = self.call.step(stream);
             match next {
                 Next::Again => {}
                 Next::WaitForRoom => self.wait_for_room().await?,
@@ -68,10 +72,37 @@ impl Session {
         }
     }
 
+    /// Reads one page after `cursor` from the database (checking access in the same read)
+    /// and queues it.
+    async fn page_from_db(&self, stream: Uuid, cursor: i64) -> Flow {
+        crate::telemetry::catchup_page();
+        let budget = crate::service::paging::events_budget(&self.state.settings);
+        let page = match self
+            .state
+            .store
+            .fetch_events(self.user, stream, Page::After(cursor), DB_PAGE, budget)
+            .await
+        {
+            Ok(p) => p,
+            Err(Error::PermissionDenied(_)) => return self.revoke(stream).await,
+            Err(e) => return Err(db_stop(e)),
+        };
+        let frames: Vec<(i64, PreEncoded)> = page
+            .events
+            .iter()
+            .map(|e| (e.event_id, wire::event_frame(e)))
+            .collect();
+        self.call.queue_page(stream, cursor, &page, frames);
+        self.guard.connection().wake_outbound();
+        Ok(())
+    }
+}
+
+impl Call {
     /// One step of catch-up under the lock: queue ring frames, or say what to do.
-    fn step(&self, stream: Uuid) -> Next {
-        let mut inner = self.call.lock();
-        let cap = self.call.cap;
+    pub(super) fn step(&self, stream: Uuid) -> Next {
+        let mut inner = self.lock();
+        let cap = self.cap;
         let super::CallInner {
             subs,
             ready,
@@ -91,68 +122,69 @@ impl Session {
                     if frame.member_epoch > sub.verified_epoch {
                         return Next::Recheck(frame.member_epoch);
                     }
-                    sub.cursor = frame.event_id;
-                    ready.push_back(frame.bytes);
+                    sub.queue(ready, frame.event_id, frame.bytes);
                 }
                 Next::Again
             }
             Read::FromDatabase { .. } => Next::Page(sub.cursor),
             Read::UpToDate if sub.cursor < sub.db_head => Next::Page(sub.cursor),
             Read::UpToDate => {
-                if sub.catch_up_to.is_some_and(|t| sub.cursor >= t) {
-                    sub.catch_up_to = None;
-                    ready.push_back(wire::frame(Event::CaughtUp(CaughtUp {
-                        stream_id: sub.name.clone(),
-                        head_event_id: sub.cursor as u64,
-                    })));
-                }
+                sub.caught_up_if_due(ready);
                 sub.live = true;
                 Next::Live
             }
         }
     }
 
-    /// Reads one page after `cursor` from the database (checking access in the same read)
-    /// and queues it.
-    async fn page_from_db(&self, stream: Uuid, cursor: i64) -> Flow {
-        let budget = crate::service::paging::events_budget(&self.state.settings);
-        let page = match self
-            .state
-            .store
-            .fetch_events(self.user, stream, Page::After(cursor), DB_PAGE, budget)
-            .await
-        {
-            Ok(p) => p,
-            Err(Error::PermissionDenied(_)) => return self.revoke(stream).await,
-            Err(e) => return Err(db_stop(e)),
+    /// Queues a page read from the database after `cursor`, unless the subscription was
+    /// repositioned or went live meanwhile.
+    fn queue_page(
+        &self,
+        stream: Uuid,
+        cursor: i64,
+        page: &crate::store::EventPage,
+        frames: Vec<(i64, PreEncoded)>,
+    ) {
+        let mut inner = self.lock();
+        let super::CallInner { subs, ready, .. } = &mut *inner;
+        let Some(sub) = subs.get_mut(&stream) else {
+            return;
         };
-        let frames: Vec<(i64, PreEncoded)> = page
-            .events
-            .iter()
-            .map(|e| (e.event_id, wire::event_frame(e)))
-            .collect();
-        {
-            let mut inner = self.call.lock();
-            let super::CallInner { subs, ready, .. } = &mut *inner;
-            let Some(sub) = subs.get_mut(&stream) else {
-                return Ok(());
-            };
-            if sub.cursor != cursor || sub.live {
-                return Ok(()); // repositioned meanwhile: the next step starts over
-            }
-            // One page may exceed the queue's capacity; the next step waits for room.
-            for (event_id, frame) in frames {
-                sub.cursor = event_id;
-                ready.push_back(frame);
-            }
-            sub.verified_epoch = sub.verified_epoch.max(page.member_epoch);
-            sub.db_head = sub.db_head.max(page.head_event_id);
-            if page.events.is_empty() {
-                // Nothing after the cursor is stored: never spin on a head we cannot reach.
-                sub.db_head = sub.cursor;
-            }
+        if sub.cursor != cursor || sub.live {
+            return; // repositioned meanwhile: the next step starts over
         }
-        self.guard.connection().wake_outbound();
-        Ok(())
+        // One page may exceed the queue's capacity; the next step waits for room.
+        for (event_id, frame) in frames {
+            sub.queue(ready, event_id, frame);
+        }
+        sub.verified_epoch = sub.verified_epoch.max(page.member_epoch);
+        sub.db_head = sub.db_head.max(page.head_event_id);
+        if page.events.is_empty() {
+            // Nothing after the cursor is stored: never spin on a head we cannot reach.
+            sub.db_head = sub.cursor;
+        }
+    }
+}
+
+impl Sub {
+    /// Queues the subscription's next event, after its CaughtUp if the cursor has reached
+    /// the head the subscription started from: a live subscription's CaughtUp comes
+    /// before any event, and a resume's names exactly the head when it was handled, even
+    /// when newer events are already waiting.
+    fn queue(&mut self, ready: &mut VecDeque<PreEncoded>, event_id: i64, frame: PreEncoded) {
+        self.caught_up_if_due(ready);
+        self.cursor = event_id;
+        ready.push_back(frame);
+    }
+
+    /// Queues CaughtUp once the cursor has reached the catch-up target.
+    fn caught_up_if_due(&mut self, ready: &mut VecDeque<PreEncoded>) {
+        if self.catch_up_to.is_some_and(|t| self.cursor >= t) {
+            self.catch_up_to = None;
+            ready.push_back(wire::frame(Event::CaughtUp(CaughtUp {
+                stream_id: self.name.clone(),
+                head_event_id: self.cursor as u64,
+            })));
+        }
     }
 }

@@ -21,21 +21,28 @@
 
 mod catchup;
 mod session;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{Notify, mpsc};
 use tokio_stream::Stream;
 use tonic::{Code, Request, Response, Status, Streaming};
 use uuid::Uuid;
 
-use crate::hub::{Connection, Read, Slot};
+use crate::hub::{Connection, Read, Watch};
 use crate::proto::{ManageStream, PreEncoded};
 use crate::service::AppState;
+
+/// ManageStream messages a call queues for its session before it stops reading the
+/// request body (HTTP/2 flow control then holds the client back).
+pub const CONTROL_QUEUE: usize = 4;
 
 /// The streaming-call handler plugged into [`super::router::SecretRouter`].
 pub struct Handler {
@@ -59,7 +66,8 @@ impl tonic::server::StreamingService<ManageStream> for Handler {
     fn call(&mut self, req: Request<Streaming<ManageStream>>) -> Self::Future {
         let state = self.state.clone();
         Box::pin(async move {
-            let user = crate::auth::Caller::of(&req)?;
+            let caller = crate::auth::Caller::get(&req)?;
+            let user = caller.user;
             let limit = state.settings.max_connections_per_user;
             let guard = state.hub.register(user, limit).ok_or_else(|| {
                 crate::telemetry::rpc("StreamMessagePosting", Code::ResourceExhausted);
@@ -74,11 +82,12 @@ impl tonic::server::StreamingService<ManageStream> for Handler {
                 room: Notify::new(),
                 cap: state.settings.connection_buffer.max(1),
             });
-            let (control_tx, control_rx) = mpsc::unbounded_channel();
+            let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
             let (alive, session_gone) = tokio::sync::oneshot::channel::<()>();
             tokio::spawn(read_inbound(
                 req.into_inner(),
                 control_tx,
+                state.settings.max_stream_ids_per_message,
                 conn.clone(),
                 session_gone,
             ));
@@ -89,17 +98,36 @@ impl tonic::server::StreamingService<ManageStream> for Handler {
                 call,
                 conn,
                 live: HashSet::new(),
+                expiry: Box::pin(tokio::time::sleep(until(caller.expires_at))),
                 done: false,
             }))
         })
     }
 }
 
-/// Forwards the client's ManageStream messages to the session. Ends (dropping the request
-/// stream, so the HTTP/2 stream closes) when the session is gone.
+/// What the inbound reader hands the session: a message to apply, or the status that
+/// ends the call because a message broke a rule.
+pub(crate) type Control = Result<ManageStream, Status>;
+
+/// How long from now until `expires_at` (unix seconds); zero if it has passed.
+fn until(expires_at: u64) -> Duration {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    Duration::from_secs(expires_at).saturating_sub(now)
+}
+
+/// Forwards the client's ManageStream messages to the session, at most [`CONTROL_QUEUE`]
+/// ahead of it: while the session is busy (for instance waiting for a client that does
+/// not read), this task waits too and stops reading the request body, so HTTP/2 flow
+/// control holds the client back and the server buffers a bounded amount. A message
+/// naming more than `max_ids` stream ids ends the call with INVALID_ARGUMENT (after the
+/// messages before it). Ends (dropping the request stream, so the HTTP/2 stream closes)
+/// when the session is gone.
 async fn read_inbound(
     mut inbound: Streaming<ManageStream>,
-    control: mpsc::UnboundedSender<ManageStream>,
+    control: mpsc::Sender<Control>,
+    max_ids: usize,
     conn: Arc<Connection>,
     mut session_gone: tokio::sync::oneshot::Receiver<()>,
 ) {
@@ -108,12 +136,18 @@ async fn read_inbound(
             m = inbound.message() => m,
             _ = &mut session_gone => return,
         };
-        match message {
+        let item = match message {
             Ok(Some(m)) => {
-                if control.send(m).is_err() {
-                    return;
+                let ids = m.subscribe_to.len() + m.unsubscribe_to.len() + m.resume_from.len();
+                if ids > max_ids {
+                    Err(Status::invalid_argument(format!(
+                        "a ManageStream message named {ids} stream ids; at most {max_ids} are \
+                         accepted in one message (max_stream_ids_per_message): split it into \
+                         several messages, then reconnect and resume by cursor"
+                    )))
+                } else {
+                    Ok(m)
                 }
-                conn.wake();
             }
             // The client finished sending; the call goes on until it hangs up.
             Ok(None) => return,
@@ -121,6 +155,18 @@ async fn read_inbound(
                 conn.close();
                 return;
             }
+        };
+        let last = item.is_err();
+        let sent = tokio::select! {
+            r = control.send(item) => r.is_ok(),
+            _ = &mut session_gone => false,
+        };
+        if !sent {
+            return;
+        }
+        conn.wake();
+        if last {
+            return;
         }
     }
 }
@@ -155,7 +201,8 @@ impl Call {
 pub(crate) struct Sub {
     /// The stream id as the client wrote it (for CaughtUp and errors).
     name: String,
-    slot: Arc<Slot>,
+    /// The stream's slot; dropping the subscription stops watching it.
+    slot: Watch,
     /// Last event id delivered (queued for sending).
     cursor: i64,
     /// Newest event id known committed from this call's own database reads.
@@ -170,13 +217,16 @@ pub(crate) struct Sub {
 
 /// The response stream of a call: serves live subscriptions from the rings and hands
 /// anything else to the session. Ends with UNAVAILABLE as soon as the server begins
-/// shutting down (even when the client's buffer is full), or with the session's final
-/// status if it stopped on an error.
+/// shutting down (even when the client's buffer is full), with UNAUTHENTICATED when the
+/// caller's token expires (its `exp` plus the leeway), or with the session's final status
+/// if it stopped on an error.
 pub struct Outbound {
     call: Arc<Call>,
     conn: Arc<Connection>,
     /// Reused buffer for the streams with news.
     live: HashSet<Uuid>,
+    /// Fires when the caller's token expires.
+    expiry: Pin<Box<tokio::time::Sleep>>,
     done: bool,
 }
 
@@ -193,6 +243,13 @@ impl Stream for Outbound {
             return Poll::Ready(Some(Err(Status::unavailable(
                 "the server is shutting down; reconnect and resume from the last event id you \
                  received on each stream",
+            ))));
+        }
+        if this.expiry.as_mut().poll(cx).is_ready() {
+            this.done = true;
+            return Poll::Ready(Some(Err(Status::unauthenticated(
+                "your token has expired; reconnect with a fresh token and resume from the last \
+                 event id you received on each stream",
             ))));
         }
         // Register before looking for work, so a wake in between is not lost.

@@ -7,7 +7,7 @@ use tokio::sync::mpsc;
 use tonic::Status;
 use uuid::Uuid;
 
-use super::{Call, Sub};
+use super::{Call, Control, Sub};
 use crate::error::Error;
 use crate::hub::{ConnectionGuard, SessionWork};
 use crate::proto::stream_message_posting_response::Event;
@@ -15,8 +15,8 @@ use crate::proto::{ManageStream, PreEncoded, SubscriptionError};
 use crate::service::AppState;
 use crate::wire::{self, parse_id};
 
-/// Invites read per page.
-const INVITE_PAGE: usize = 100;
+/// Invites read per page (at most 64 KiB each: one page is at most 1 MiB per call).
+const INVITE_PAGE: usize = 16;
 
 /// Why a session stops.
 pub(super) enum Stop {
@@ -35,7 +35,11 @@ pub(super) struct Session {
     pub(super) guard: ConnectionGuard,
     pub(super) call: Arc<Call>,
     pub(super) user: i64,
+    /// The newest invite id sent (or skipped by `invites_after`); newer ones go out live.
     invite_cursor: i64,
+    /// Every invite after this id, up to `invite_cursor`, was sent on this call (or
+    /// skipped by `invites_after`).
+    invites_from: i64,
 }
 
 impl Session {
@@ -53,10 +57,11 @@ impl Session {
             call,
             user,
             invite_cursor: 0,
+            invites_from: 0,
         }
     }
 
-    pub(super) async fn run(mut self, control: mpsc::UnboundedReceiver<ManageStream>) {
+    pub(super) async fn run(mut self, control: mpsc::Receiver<Control>) {
         let end = match self.serve(control).await {
             Err(Stop::With(status)) => Some(status),
             _ => None,
@@ -67,20 +72,18 @@ impl Session {
             inner.end = end;
             inner.subs.drain().map(|(_, s)| s).collect()
         };
-        let conn = self.guard.connection().clone();
-        for sub in subs {
-            self.state.hub.unwatch(&conn, &sub.slot);
-        }
-        conn.wake_outbound();
+        drop(subs); // stops watching their streams
+        self.guard.connection().wake_outbound();
     }
 
-    async fn serve(&mut self, mut control: mpsc::UnboundedReceiver<ManageStream>) -> Flow {
+    async fn serve(&mut self, mut control: mpsc::Receiver<Control>) -> Flow {
         self.invite_cursor = self
             .state
             .store
             .last_invite_id(self.user)
             .await
             .map_err(db_stop)?;
+        self.invites_from = self.invite_cursor;
         let conn = self.guard.connection().clone();
         let mut work = SessionWork::default();
         loop {
@@ -89,14 +92,16 @@ impl Session {
             }
             let mut busy = false;
             while let Ok(m) = control.try_recv() {
-                self.manage(m).await?;
+                self.manage(m.map_err(Stop::With)?).await?;
                 busy = true;
             }
             conn.swap_session_work(&mut work);
             if !work.is_empty() {
                 busy = true;
-                for &stream in &work.recheck {
-                    self.recheck(stream).await?;
+                for (&stream, &below) in &work.recheck {
+                    if self.verified_below(stream, below) {
+                        self.recheck(stream).await?;
+                    }
                 }
                 if work.invites {
                     self.deliver_invites().await?;
@@ -151,6 +156,10 @@ impl Session {
     }
 
     async fn manage(&mut self, m: ManageStream) -> Flow {
+        if let Some(after) = m.invites_after {
+            self.invites_after(i64::try_from(after).unwrap_or(i64::MAX))
+                .await?;
+        }
         for name in &m.unsubscribe_to {
             match parse_id("unsubscribe_to", name) {
                 Ok(stream) => self.forget(stream),
@@ -170,9 +179,7 @@ impl Session {
     /// Drops a subscription without telling the client.
     fn forget(&self, stream: Uuid) {
         let removed = self.call.lock().subs.remove(&stream);
-        if let Some(sub) = removed {
-            self.state.hub.unwatch(self.guard.connection(), &sub.slot);
-        }
+        drop(removed); // outside the call's lock
     }
 
     /// Starts (or, for a resume, repositions) a subscription. `after` = None means live
@@ -188,16 +195,13 @@ impl Session {
         };
         let (existing, count) = {
             let inner = self.call.lock();
-            (
-                inner.subs.get(&stream).map(|s| s.slot.clone()),
-                inner.subs.len(),
-            )
+            (inner.subs.contains_key(&stream), inner.subs.len())
         };
-        if existing.is_some() && after.is_none() {
+        if existing && after.is_none() {
             return Ok(()); // already live
         }
         let max = self.state.settings.max_subscriptions_per_connection;
-        if existing.is_none() && count >= max {
+        if !existing && count >= max {
             let e = Error::ResourceExhausted(format!(
                 "this call already holds {max} subscriptions (max_subscriptions_per_connection); \
                  unsubscribe from some or open another call"
@@ -205,56 +209,72 @@ impl Session {
             return self.push_error(&name, &e).await;
         }
         // Watch before reading the head, so nothing committed after the read is missed.
-        let conn = self.guard.connection().clone();
-        let is_new = existing.is_none();
-        let slot = match existing {
-            Some(slot) => slot,
-            None => self.state.hub.watch(&conn, stream),
-        };
-        // A refused new subscription stops watching; a refused resume ends the old one.
-        let refuse = |this: &Self, e: Error| {
-            if is_new {
-                this.state.hub.unwatch(&conn, &slot);
-            } else {
-                this.forget(stream);
-            }
-            e
-        };
+        // Every return before the subscription is stored drops the watch, which stops it.
+        let watch = (!existing).then(|| self.state.hub.watch(self.guard.connection(), stream));
         let access = match self.state.store.stream_access(self.user, stream).await {
             Ok(a) => a,
             Err(e @ (Error::PermissionDenied(_) | Error::NotFound(_))) => {
-                let e = refuse(self, e);
+                // A refused resume also ends the subscription it would have moved.
+                drop(watch);
+                self.forget(stream);
                 return self.push_error(&name, &e).await;
             }
             Err(other) => return Err(db_stop(other)),
         };
         let head = access.head_event_id;
+        // Seed the slot's head with our read (a new slot starts at 0): the next
+        // notification of another replica's post then reads just the new events, once.
+        match &watch {
+            Some(w) => w.observe_head(head),
+            None => {
+                if let Some(sub) = self.call.lock().subs.get(&stream) {
+                    sub.slot.observe_head(head);
+                }
+            }
+        }
         let cursor = match after {
             None => head,
             Some(a) if a <= head as u64 => a as i64,
             Some(a) => {
-                let e = refuse(
-                    self,
-                    Error::invalid(format!(
-                        "after_event_id {a} is beyond the stream's head event id {head}; resume \
-                         from an event id you have received"
-                    )),
-                );
+                drop(watch);
+                self.forget(stream);
+                let e = Error::invalid(format!(
+                    "after_event_id {a} is beyond the stream's head event id {head}; resume \
+                     from an event id you have received"
+                ));
                 return self.push_error(&name, &e).await;
             }
         };
-        self.call.lock().subs.insert(
-            stream,
-            Sub {
-                name,
-                slot,
-                cursor,
-                db_head: head,
-                verified_epoch: access.member_epoch,
-                catch_up_to: Some(head),
-                live: false,
-            },
-        );
+        {
+            let mut inner = self.call.lock();
+            match watch {
+                Some(slot) => {
+                    inner.subs.insert(
+                        stream,
+                        Sub {
+                            name,
+                            slot,
+                            cursor,
+                            db_head: head,
+                            verified_epoch: access.member_epoch,
+                            catch_up_to: Some(head),
+                            live: false,
+                        },
+                    );
+                }
+                // A resume repositions the subscription in place (it keeps its watch).
+                None => {
+                    if let Some(sub) = inner.subs.get_mut(&stream) {
+                        sub.name = name;
+                        sub.cursor = cursor;
+                        sub.db_head = head;
+                        sub.verified_epoch = access.member_epoch;
+                        sub.catch_up_to = Some(head);
+                        sub.live = false;
+                    }
+                }
+            }
+        }
         self.catch_up(stream).await
     }
 
@@ -262,7 +282,7 @@ impl Session {
     pub(super) async fn revoke(&self, stream: Uuid) -> Flow {
         let removed = self.call.lock().subs.remove(&stream);
         if let Some(sub) = removed {
-            self.state.hub.unwatch(self.guard.connection(), &sub.slot);
+            drop(sub.slot); // stops watching
             let err = Error::PermissionDenied(
                 "you are no longer a member of this stream's channel pair (you left or were \
                  removed); the subscription has ended"
@@ -271,6 +291,16 @@ impl Session {
             self.push_error(&sub.name, &err).await?;
         }
         Ok(())
+    }
+
+    /// True when the call subscribes to the stream and verified its access at a
+    /// membership epoch below `epoch`.
+    fn verified_below(&self, stream: Uuid, epoch: i64) -> bool {
+        self.call
+            .lock()
+            .subs
+            .get(&stream)
+            .is_some_and(|s| s.verified_epoch < epoch)
     }
 
     /// Re-checks access to a stream (after a membership change, or before a frame with a
@@ -292,22 +322,46 @@ impl Session {
         }
     }
 
+    /// `invites_after`: sends the caller's invites after `after` that this call has not
+    /// sent yet, oldest first (those from before the call opened); invites up to `after`
+    /// that this call has not sent are never sent on it.
+    async fn invites_after(&mut self, after: i64) -> Flow {
+        if after >= self.invites_from {
+            self.invite_cursor = self.invite_cursor.max(after);
+        } else {
+            self.send_invites(after, self.invites_from).await?;
+            self.invites_from = after;
+        }
+        Ok(())
+    }
+
+    /// Sends the invites that arrived since the last ones sent.
     async fn deliver_invites(&mut self) -> Flow {
+        self.invite_cursor = self.send_invites(self.invite_cursor, i64::MAX).await?;
+        Ok(())
+    }
+
+    /// Sends the caller's invites with `after < id <= up_to`, oldest first, a page at a
+    /// time; returns the last id sent (`after` if none).
+    async fn send_invites(&self, mut after: i64, up_to: i64) -> Result<i64, Stop> {
         loop {
             let budget = crate::service::paging::invites_budget(&self.state.settings);
             let page = self
                 .state
                 .store
-                .fetch_invites(self.user, self.invite_cursor, INVITE_PAGE, budget)
+                .fetch_invites(self.user, after, INVITE_PAGE, budget)
                 .await
                 .map_err(db_stop)?;
             for invite in page.items {
-                self.invite_cursor = invite.invite_id;
+                if invite.invite_id > up_to {
+                    return Ok(after);
+                }
+                after = invite.invite_id;
                 self.push(wire::frame(Event::Invite(wire::received_invite(invite))))
                     .await?;
             }
             if !page.has_more {
-                return Ok(());
+                return Ok(after);
             }
         }
     }

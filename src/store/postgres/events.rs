@@ -241,14 +241,13 @@ impl EventStore for PgStore {
         Ok(run)
     }
 
-    async fn stream_heads(&self, streams: &[Uuid]) -> Result<Vec<(Uuid, i64)>> {
-        Ok(
-            sqlx::query_as(
-                "SELECT stream_id, head_event_id FROM streams WHERE stream_id = ANY($1)",
-            )
-            .bind(streams)
-            .fetch_all(&self.pool)
-            .await?,
+    async fn stream_heads(&self, streams: &[Uuid]) -> Result<Vec<(Uuid, i64, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT stream_id, head_event_id, member_epoch FROM streams \
+                 WHERE stream_id = ANY($1)",
         )
+        .bind(streams)
+        .fetch_all(&self.pool)
+        .await?)
     }
 }

@@ -219,17 +219,18 @@ impl EventStore for SqliteStore {
         })
     }
 
-    async fn stream_heads(&self, streams: &[Uuid]) -> Result<Vec<(Uuid, i64)>> {
+    async fn stream_heads(&self, streams: &[Uuid]) -> Result<Vec<(Uuid, i64, i64)>> {
         let mut out = Vec::with_capacity(streams.len());
         let mut conn = self.readers.acquire().await?;
         for &s in streams {
-            let head: Option<i64> =
-                sqlx::query_scalar("SELECT head_event_id FROM streams WHERE stream_id = ?")
-                    .bind(s)
-                    .fetch_optional(&mut *conn)
-                    .await?;
-            if let Some(h) = head {
-                out.push((s, h));
+            let row: Option<(i64, i64)> = sqlx::query_as(
+                "SELECT head_event_id, member_epoch FROM streams WHERE stream_id = ?",
+            )
+            .bind(s)
+            .fetch_optional(&mut *conn)
+            .await?;
+            if let Some((head, epoch)) = row {
+                out.push((s, head, epoch));
             }
         }
         Ok(out)

@@ -336,8 +336,12 @@ pub async fn fetch_all(client: &mut Client, stream: &str) -> Vec<proto::PostedMe
     }
 }
 
+mod metrics;
+mod pgproxy;
 mod processes;
 mod streams;
 
+pub use metrics::*;
+pub use pgproxy::*;
 pub use processes::*;
 pub use streams::*;

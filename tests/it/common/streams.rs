@@ -29,19 +29,23 @@ impl Subscription {
 
     /// Sends a ManageStream.
     pub fn manage(&self, subscribe: &[&str], unsubscribe: &[&str], resume: &[(&str, u64)]) {
-        self.tx
-            .send(proto::ManageStream {
-                subscribe_to: subscribe.iter().map(|s| s.to_string()).collect(),
-                unsubscribe_to: unsubscribe.iter().map(|s| s.to_string()).collect(),
-                resume_from: resume
-                    .iter()
-                    .map(|(s, a)| proto::StreamCursor {
-                        stream_id: s.to_string(),
-                        after_event_id: *a,
-                    })
-                    .collect(),
-            })
-            .expect("call open");
+        self.send(proto::ManageStream {
+            subscribe_to: subscribe.iter().map(|s| s.to_string()).collect(),
+            unsubscribe_to: unsubscribe.iter().map(|s| s.to_string()).collect(),
+            resume_from: resume
+                .iter()
+                .map(|(s, a)| proto::StreamCursor {
+                    stream_id: s.to_string(),
+                    after_event_id: *a,
+                })
+                .collect(),
+            invites_after: None,
+        });
+    }
+
+    /// Sends a ManageStream as given.
+    pub fn send(&self, m: proto::ManageStream) {
+        self.tx.send(m).expect("call open");
     }
 
     /// The next thing the server sends (panics after `secs` seconds of silence).
@@ -112,6 +116,30 @@ pub async fn post_all(
         }
     }
     ids
+}
+
+/// The stream's head event id, as FetchMessages reports it.
+pub async fn head_of(client: &mut Client, stream: &str) -> u64 {
+    client
+        .fetch_messages(proto::FetchMessagesRequest {
+            stream_id: stream.to_string(),
+            ..Default::default()
+        })
+        .await
+        .expect("fetch")
+        .into_inner()
+        .head_event_id
+}
+
+/// Waits until the stream's head reaches `at_least`; returns the head.
+pub async fn wait_for_head(client: &mut Client, stream: &str, at_least: u64) -> u64 {
+    loop {
+        let head = head_of(client, stream).await;
+        if head >= at_least {
+            return head;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// The VmRSS of a process in KiB.
