@@ -1,0 +1,516 @@
+//! Posting (advance, encrypt, post; on a refused counter resync, advance past the head,
+//! re-encrypt with a fresh salt, retry) and receiving (advance to each event's counter
+//! within the gap limit, decrypt, authenticate, apply state events), live or from history.
+
+use std::collections::BTreeMap;
+
+use tonic::Code;
+
+use super::rooms::add_trust;
+use super::{Device, check_trusted};
+use crate::api::head_of;
+use crate::crypto::envelope::{self, Position};
+use crate::crypto::ratchet::{ChainPoint, message_key};
+use crate::crypto::{random, uuid_bytes};
+use crate::error::{Error, Result};
+use crate::event::{self, Kind};
+use crate::proto::secret::PostedMessage;
+use crate::state::{EpochState, Room};
+use crate::user::{self, UserRef};
+
+/// How many times a post is re-encrypted after refused counters before giving up.
+pub const MAX_POST_ATTEMPTS: usize = 64;
+/// How many times an identical post is re-sent after a transport failure (exactly-once:
+/// the server answers a repeat with the original event id).
+pub const MAX_RESENDS: usize = 3;
+
+/// Which stream of a room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamKind {
+    /// The message stream (chat messages).
+    Message,
+    /// The state stream (trust, name, photo, rekey markers).
+    State,
+}
+
+/// A successful post.
+#[derive(Clone, Copy, Debug)]
+pub struct Sent {
+    /// The event id the server gave it.
+    pub event_id: u64,
+    /// The ratchet counter it was encrypted at.
+    pub counter: u64,
+}
+
+/// What a received event said.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Content {
+    /// A chat message.
+    Text(String),
+    /// A member vouched for a key.
+    TrustKey {
+        /// Whose key.
+        user: UserRef,
+        /// Its fingerprint.
+        fingerprint: Vec<u8>,
+    },
+    /// The room's name/photo/trusted users were set.
+    RoomState {
+        /// The new name.
+        name: String,
+    },
+    /// Keys were rotated.
+    Rekey {
+        /// The new generation.
+        generation: u32,
+        /// Who was excluded.
+        removed: Vec<UserRef>,
+    },
+}
+
+/// One received event, decrypted and authenticated, or why not.
+#[derive(Clone, Debug)]
+pub struct Incoming {
+    /// The pair.
+    pub pair_id: String,
+    /// Which stream.
+    pub stream: StreamKind,
+    /// The event id.
+    pub event_id: u64,
+    /// The ratchet counter.
+    pub counter: u64,
+    /// The sender, as the server reports them.
+    pub sender: UserRef,
+    /// The server's time, ms since the Unix epoch.
+    pub posted_at_ms: i64,
+    /// The sender's clock, ms since the Unix epoch (0 when not decrypted).
+    pub client_time_ms: i64,
+    /// True when the event used an older epoch than the newest this device holds for the
+    /// stream (posted with keys a removed member may also hold).
+    pub stale_epoch: bool,
+    /// The content, or why the event was rejected.
+    pub content: std::result::Result<Content, String>,
+}
+
+/// A stream's visible history.
+#[derive(Clone, Debug, Default)]
+pub struct Transcript {
+    /// The events this device can read, in order (rejected ones included, with a reason).
+    pub events: Vec<Incoming>,
+    /// Events before this device's visible point (or in epochs it was never given).
+    pub hidden: usize,
+}
+
+/// What decrypting one event produced before authentication.
+struct Opened {
+    epoch_id: String,
+    point: ChainPoint,
+    stale: bool,
+    signed: event::SignedEvent,
+    body: event::EventBody,
+}
+
+fn posted_at_ms(m: &PostedMessage) -> i64 {
+    m.posted_at
+        .as_ref()
+        .map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+}
+
+/// Decrypts `m` with the epochs given (advancing from each epoch's cursor, or from its
+/// origin when the cursor is past the event).
+fn open_with(
+    epochs: &BTreeMap<String, EpochState>,
+    m: &PostedMessage,
+    max_gap: u64,
+) -> Result<Opened> {
+    let encrypted = m
+        .message
+        .as_ref()
+        .ok_or_else(|| Error::Protocol("the server sent an event without a message".into()))?;
+    let env = envelope::parse(&encrypted.message)?;
+    let stream = uuid_bytes(&m.stream_id)?;
+    let epoch_id = hex::encode(env.epoch);
+    let epoch = epochs.get(&epoch_id).ok_or_else(|| Error::UnknownEpoch {
+        stream: m.stream_id.clone(),
+        epoch: epoch_id.clone(),
+    })?;
+    let counter = encrypted.id;
+    let from = if counter > epoch.cursor.counter {
+        &epoch.cursor
+    } else {
+        &epoch.origin
+    };
+    let point = from.advanced_to(counter, max_gap)?;
+    let sender = user::local(m.sender);
+    let pos = Position {
+        stream: &stream,
+        counter,
+        epoch: &env.epoch,
+        sender: &sender,
+    };
+    let plaintext = envelope::open_event(&message_key(&point.key), pos, &env)?;
+    let (signed, body) = event::parse_event(&plaintext)?;
+    if body.sender.as_ref() != Some(&sender) {
+        return Err(Error::Protocol(format!(
+            "the event claims another sender than user {} who posted it",
+            m.sender
+        )));
+    }
+    let newest = epochs.values().map(|e| e.generation).max().unwrap_or(0);
+    Ok(Opened {
+        stale: epoch.generation < newest,
+        epoch_id,
+        point,
+        signed,
+        body,
+    })
+}
+
+fn content_of(kind: &Kind) -> Content {
+    match kind {
+        Kind::Text(t) => Content::Text(t.body.clone()),
+        Kind::TrustKey(t) => Content::TrustKey {
+            user: t.user.clone().unwrap_or_default(),
+            fingerprint: t.fingerprint.clone(),
+        },
+        Kind::RoomState(s) => Content::RoomState {
+            name: s.name.clone(),
+        },
+        Kind::Rekey(r) => Content::Rekey {
+            generation: r.generation,
+            removed: r.removed.clone(),
+        },
+    }
+}
+
+impl Device {
+    fn stream_of(&self, pair_id: &str, kind: StreamKind) -> Result<&crate::state::StreamState> {
+        let room = self.room(pair_id)?;
+        Ok(match kind {
+            StreamKind::Message => &room.message,
+            StreamKind::State => &room.state,
+        })
+    }
+
+    fn stream_mut(
+        &mut self,
+        pair_id: &str,
+        kind: StreamKind,
+    ) -> Result<&mut crate::state::StreamState> {
+        let room = self.room_mut(pair_id)?;
+        Ok(match kind {
+            StreamKind::Message => &mut room.message,
+            StreamKind::State => &mut room.state,
+        })
+    }
+
+    /// Which room and stream an event's stream id belongs to.
+    pub fn locate(&self, stream_id: &str) -> Option<(String, StreamKind)> {
+        self.state.rooms.values().find_map(|r| {
+            if r.message.stream_id == stream_id {
+                Some((r.pair_id.clone(), StreamKind::Message))
+            } else if r.state.stream_id == stream_id {
+                Some((r.pair_id.clone(), StreamKind::State))
+            } else {
+                None
+            }
+        })
+    }
+
+    /// Sends a chat message to a room.
+    pub async fn send_text(&mut self, room: &str, text: &str) -> Result<Sent> {
+        let pair_id = self.room(room)?.pair_id.clone();
+        let kind = Kind::Text(event::Text {
+            body: text.to_string(),
+        });
+        self.post_event(&pair_id, StreamKind::Message, kind).await
+    }
+
+    /// Posts one event: catch up, take the next counter in the newest epoch, sign, encrypt
+    /// with a fresh salt, post; a refused counter repeats all of it past the new head.
+    pub(crate) async fn post_event(
+        &mut self,
+        pair_id: &str,
+        kind: StreamKind,
+        what: Kind,
+    ) -> Result<Sent> {
+        let mut floor = 0;
+        for _ in 0..MAX_POST_ATTEMPTS {
+            self.sync_stream(pair_id, kind).await?;
+            let stream = self.stream_of(pair_id, kind)?;
+            let (epoch_id, epoch) = stream
+                .current_epoch()
+                .ok_or_else(|| Error::State(format!("no keys to post in room {pair_id}")))?;
+            let counter = stream.last_counter.max(epoch.cursor.counter).max(floor) + 1;
+            let point = epoch.cursor.advanced_unbounded(counter);
+            let stream_id = stream.stream_id.clone();
+            let epoch_bytes: [u8; 16] = hex::decode(epoch_id)
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| Error::State("a saved epoch id is not 16 bytes of hex".into()))?;
+            let stream_bytes = uuid_bytes(&stream_id)?;
+            let body = event::body(self.me.clone(), &self.identity, what.clone());
+            let plaintext =
+                event::sign_event(&self.identity, &stream_bytes, counter, &epoch_bytes, &body)?;
+            let pos = Position {
+                stream: &stream_bytes,
+                counter,
+                epoch: &epoch_bytes,
+                sender: &self.me,
+            };
+            let sealed =
+                envelope::seal_event(&message_key(&point.key), pos, &random()?, &plaintext);
+            match self.post_exactly_once(&stream_id, counter, sealed).await {
+                Ok(event_id) => return Ok(Sent { event_id, counter }),
+                Err(e)
+                    if matches!(
+                        e.code(),
+                        Some(Code::FailedPrecondition | Code::AlreadyExists)
+                    ) =>
+                {
+                    if let Error::Rpc { status, .. } = &e {
+                        floor = head_of(status).map_or(counter, |h| h.counter);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::State(format!(
+            "gave up posting to room {pair_id} after {MAX_POST_ATTEMPTS} refused counters: the stream is too busy"
+        )))
+    }
+
+    /// Posts, re-sending the identical request after a transport failure.
+    async fn post_exactly_once(
+        &self,
+        stream_id: &str,
+        counter: u64,
+        sealed: Vec<u8>,
+    ) -> Result<u64> {
+        let mut tries = 0;
+        loop {
+            match self
+                .api
+                .post_message(stream_id, counter, sealed.clone())
+                .await
+            {
+                Err(e)
+                    if tries < MAX_RESENDS
+                        && matches!(
+                            e.code(),
+                            Some(Code::Unavailable | Code::Unknown | Code::DeadlineExceeded)
+                        ) =>
+                {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(100 << tries)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Catches a room up: the state stream first (trust), then the message stream.
+    /// Returns what was new.
+    pub async fn sync_room(&mut self, room: &str) -> Result<Vec<Incoming>> {
+        let pair_id = self.room(room)?.pair_id.clone();
+        let mut out = self.sync_stream(&pair_id, StreamKind::State).await?;
+        out.extend(self.sync_stream(&pair_id, StreamKind::Message).await?);
+        Ok(out)
+    }
+
+    /// Processes every event of one stream after the device's cursor.
+    pub async fn sync_stream(&mut self, pair_id: &str, kind: StreamKind) -> Result<Vec<Incoming>> {
+        let stream = self.stream_of(pair_id, kind)?;
+        let (stream_id, after) = (stream.stream_id.clone(), stream.last_event_id);
+        let events = self.api.fetch_messages_after(&stream_id, after).await?;
+        let mut out = Vec::with_capacity(events.len());
+        for m in events {
+            out.push(self.process(pair_id, kind, m).await?);
+        }
+        Ok(out)
+    }
+
+    /// Handles one live event (from a subscription): processes it, or catches up first
+    /// when events before it are missing. Events already processed yield nothing.
+    pub async fn receive(&mut self, m: PostedMessage) -> Result<Vec<Incoming>> {
+        let Some((pair_id, kind)) = self.locate(&m.stream_id) else {
+            return Ok(Vec::new());
+        };
+        let last = self.stream_of(&pair_id, kind)?.last_event_id;
+        if m.event_id <= last {
+            Ok(Vec::new())
+        } else if m.event_id == last + 1 {
+            Ok(vec![self.process(&pair_id, kind, m).await?])
+        } else {
+            self.sync_stream(&pair_id, kind).await
+        }
+    }
+
+    /// Decrypts, authenticates and applies the next event of a stream, moving the cursor.
+    async fn process(
+        &mut self,
+        pair_id: &str,
+        kind: StreamKind,
+        m: PostedMessage,
+    ) -> Result<Incoming> {
+        let mut content = self.authenticate_next(pair_id, kind, &m).await;
+        if matches!(content, Err(Error::UnknownEpoch { .. })) {
+            // A rotation we have not heard of: its invite may be waiting.
+            self.accept_invites().await?;
+            content = self.authenticate_next(pair_id, kind, &m).await;
+        }
+        if kind == StreamKind::Message && matches!(content, Err(Error::Untrusted(_))) {
+            // A TrustKey may have landed on the state stream since we read it.
+            Box::pin(self.sync_stream(pair_id, StreamKind::State)).await?;
+            content = self.authenticate_next(pair_id, kind, &m).await;
+        }
+        let counter = m.message.as_ref().map_or(0, |e| e.id);
+        let stream = self.stream_mut(pair_id, kind)?;
+        stream.last_event_id = m.event_id;
+        stream.last_counter = stream.last_counter.max(counter);
+        let (content, stale, client_time_ms) = match content {
+            Ok(opened) => {
+                let epoch = stream
+                    .epochs
+                    .get_mut(&opened.epoch_id)
+                    .expect("opened with it");
+                if opened.point.counter > epoch.cursor.counter {
+                    epoch.cursor = opened.point.clone();
+                }
+                let kind = opened.body.kind.as_ref().expect("parse_event checks it");
+                if let Kind::TrustKey(_) | Kind::RoomState(_) = kind {
+                    self.apply_state(pair_id, m.event_id, kind)?;
+                }
+                (
+                    Ok(content_of(kind)),
+                    opened.stale,
+                    opened.body.client_time_ms,
+                )
+            }
+            Err(e) => (Err(e.to_string()), false, 0),
+        };
+        Ok(Incoming {
+            pair_id: pair_id.to_string(),
+            stream: kind,
+            event_id: m.event_id,
+            counter,
+            sender: user::local(m.sender),
+            posted_at_ms: posted_at_ms(&m),
+            client_time_ms,
+            stale_epoch: stale,
+            content,
+        })
+    }
+
+    /// Decrypts the next event with the stream's cursors and authenticates it.
+    async fn authenticate_next(
+        &mut self,
+        pair_id: &str,
+        kind: StreamKind,
+        m: &PostedMessage,
+    ) -> Result<Opened> {
+        let opened = open_with(&self.stream_of(pair_id, kind)?.epochs, m, self.max_gap)?;
+        self.authenticate(pair_id, m, opened).await
+    }
+
+    /// Checks the signer is trusted in the room and the signature verifies.
+    async fn authenticate(
+        &mut self,
+        pair_id: &str,
+        m: &PostedMessage,
+        opened: Opened,
+    ) -> Result<Opened> {
+        let sender = user::local(m.sender);
+        let fp = opened.body.sender_fingerprint.clone();
+        check_trusted(self.room(pair_id)?, &sender, &fp)?;
+        let key = self.key_of(&sender, &fp).await?;
+        let counter = m.message.as_ref().map_or(0, |e| e.id);
+        let epoch: [u8; 16] = hex::decode(&opened.epoch_id)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .expect("epoch ids come from parsed envelopes");
+        event::verify_event(
+            &key,
+            &uuid_bytes(&m.stream_id)?,
+            counter,
+            &epoch,
+            &opened.signed,
+        )?;
+        Ok(opened)
+    }
+
+    /// Applies an authenticated state event to the room.
+    fn apply_state(&mut self, pair_id: &str, event_id: u64, kind: &Kind) -> Result<()> {
+        let room: &mut Room = self.room_mut(pair_id)?;
+        let mut trust = |who: &Option<UserRef>, fp: &[u8]| {
+            if let Some(who) = who {
+                add_trust(room, who, fp);
+            }
+        };
+        match kind {
+            Kind::TrustKey(t) => trust(&t.user, &t.fingerprint),
+            Kind::RoomState(s) => {
+                for t in &s.trusted {
+                    for fp in &t.fingerprints {
+                        trust(&t.user, fp);
+                    }
+                }
+                if event_id > room.name_set_at {
+                    room.name = s.name.clone();
+                    room.photo = s.photo.clone();
+                    room.photo_url = s.photo_url.clone();
+                    room.name_set_at = event_id;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The room's message history this device can read, from the start of the stream,
+    /// with ratchets restarted from each epoch's origin (the state stream is caught up
+    /// first so trust is current).
+    pub async fn history(&mut self, room: &str) -> Result<Transcript> {
+        let pair_id = self.room(room)?.pair_id.clone();
+        self.sync_room(&pair_id).await?;
+        let stream = self.stream_of(&pair_id, StreamKind::Message)?;
+        let stream_id = stream.stream_id.clone();
+        let mut epochs = stream.epochs.clone();
+        for e in epochs.values_mut() {
+            e.cursor = e.origin.clone();
+        }
+        let mut transcript = Transcript::default();
+        for m in self.api.fetch_messages_after(&stream_id, 0).await? {
+            let opened = match open_with(&epochs, &m, self.max_gap) {
+                Err(Error::NotVisible { .. } | Error::UnknownEpoch { .. }) => {
+                    transcript.hidden += 1;
+                    continue;
+                }
+                Err(e) => Err(e),
+                Ok(o) => self.authenticate(&pair_id, &m, o).await,
+            };
+            let (content, stale, client_time_ms) = match opened {
+                Ok(o) => {
+                    if let Some(e) = epochs.get_mut(&o.epoch_id) {
+                        e.cursor = o.point.clone();
+                    }
+                    let kind = o.body.kind.as_ref().expect("parse_event checks it");
+                    (Ok(content_of(kind)), o.stale, o.body.client_time_ms)
+                }
+                Err(e) => (Err(e.to_string()), false, 0),
+            };
+            transcript.events.push(Incoming {
+                pair_id: pair_id.clone(),
+                stream: StreamKind::Message,
+                event_id: m.event_id,
+                counter: m.message.as_ref().map_or(0, |e| e.id),
+                sender: user::local(m.sender),
+                posted_at_ms: posted_at_ms(&m),
+                client_time_ms,
+                stale_epoch: stale,
+                content,
+            });
+        }
+        Ok(transcript)
+    }
+}
