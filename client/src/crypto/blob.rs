@@ -115,7 +115,17 @@ impl Kdf {
         let mut key = Zeroizing::new([0u8; 32]);
         match *self {
             Kdf::Pbkdf2 { iterations } => {
-                pbkdf2::pbkdf2_hmac::<sha2::Sha256>(password, salt, iterations, key.as_mut());
+                // The non-generic entry point: its loop is compiled (and optimised) in the
+                // pbkdf2 crate, not instantiated here.
+                let params = pbkdf2::Params::new_with_output_len(iterations, 32)
+                    .map_err(|e| Error::Blob(format!("PBKDF2 parameters: {e}")))?;
+                pbkdf2::pbkdf2_hmac_with_params(
+                    password,
+                    salt,
+                    pbkdf2::Algorithm::Pbkdf2Sha256,
+                    params,
+                    key.as_mut(),
+                );
             }
             Kdf::Argon2id {
                 memory_kib,
