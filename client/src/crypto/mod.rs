@@ -91,7 +91,7 @@ pub fn uuid_bytes(id: &str) -> Result<[u8; 16], Error> {
 }
 
 /// Splits `N` bytes off the front of `bytes`.
-pub(crate) fn take<'a, const N: usize>(bytes: &mut &'a [u8], what: &str) -> Result<[u8; N], Error> {
+pub(crate) fn take<const N: usize>(bytes: &mut &[u8], what: &str) -> Result<[u8; N], Error> {
     if bytes.len() < N {
         return Err(Error::Protocol(format!("{what} is truncated")));
     }

@@ -61,19 +61,7 @@ impl Device {
             }
             Err(e) => return Err(e),
         };
-        Self::ensure_key_posted(&api, user_id, &identity).await?;
-        let state = DeviceState {
-            version: STATE_VERSION,
-            server: api.url().to_string(),
-            token: api.token(),
-            user_id,
-            identity_pkcs8: identity.to_pkcs8()?.to_vec(),
-            fingerprint: identity.fingerprint(),
-            backup_version: version,
-            invites_after: 0,
-            rooms: BTreeMap::new(),
-        };
-        Self::from_parts(api, state, identity)
+        Self::new_device(api, user_id, identity, version).await
     }
 
     /// A new device of an existing user: unwraps the identity from the backup with
@@ -88,24 +76,34 @@ impl Device {
         };
         let pkcs8 = blob::open_private_key(&sealed, password)?;
         let identity = Identity::from_pkcs8(&pkcs8)?;
+        let mut device = Self::new_device(api, user_id, identity, version).await?;
+        device.accept_invites().await?;
+        for pair in device.state.rooms.keys().cloned().collect::<Vec<_>>() {
+            device.sync_room(&pair).await?;
+        }
+        Ok(device)
+    }
+
+    /// A device with no rooms yet, after making sure the server holds its public key.
+    async fn new_device(
+        api: Api,
+        user_id: u64,
+        identity: Identity,
+        backup_version: u64,
+    ) -> Result<Device> {
         Self::ensure_key_posted(&api, user_id, &identity).await?;
         let state = DeviceState {
             version: STATE_VERSION,
             server: api.url().to_string(),
             token: api.token(),
             user_id,
-            identity_pkcs8: pkcs8.to_vec(),
+            identity_pkcs8: identity.to_pkcs8()?.to_vec(),
             fingerprint: identity.fingerprint(),
-            backup_version: version,
+            backup_version,
             invites_after: 0,
             rooms: BTreeMap::new(),
         };
-        let mut device = Self::from_parts(api, state, identity)?;
-        device.accept_invites().await?;
-        for pair in device.state.rooms.keys().cloned().collect::<Vec<_>>() {
-            device.sync_room(&pair).await?;
-        }
-        Ok(device)
+        Self::from_parts(api, state, identity)
     }
 
     /// A device from saved state.

@@ -59,7 +59,7 @@ async fn removed_member_reads_nothing_after_rotation(backend: Backend) {
     );
     let rekeys = after
         .iter()
-        .filter(|e| matches!(&e.content, Ok(Content::Rekey { generation: 1, removed }) if removed == &[carol_ref.clone()]))
+        .filter(|e| matches!(&e.content, Ok(Content::Rekey { generation: 1, removed }) if removed == std::slice::from_ref(&carol_ref)))
         .count();
     assert_eq!(rekeys, 2, "one Rekey marker per stream: {after:?}");
 

@@ -22,7 +22,7 @@ enum Spoil {
     /// Claim another sender in the signed body.
     Sender(UserRef),
     /// Sign with this key instead of the device's identity.
-    Key(Identity),
+    Key(Box<Identity>),
 }
 
 /// Posts, as `dev`'s user, a correctly keyed event spoiled as asked.
@@ -39,7 +39,7 @@ async fn post_spoiled(dev: &mut Device, room: &str, text: &str, spoil: Spoil) {
     let sid = uuid_bytes(&stream_id).unwrap();
 
     let (signer, claimed) = match &spoil {
-        Spoil::Key(k) => (k, me.clone()),
+        Spoil::Key(k) => (&**k, me.clone()),
         Spoil::Sender(other) => (&own, other.clone()),
         _ => (&own, me.clone()),
     };
@@ -113,7 +113,7 @@ async fn spoiled_events_are_rejected(backend: Backend) {
         &mut bob,
         &room,
         "signed with an unknown key",
-        Spoil::Key(stranger),
+        Spoil::Key(Box::new(stranger)),
     )
     .await;
     bob.send_text(&room, "good 2").await.unwrap();

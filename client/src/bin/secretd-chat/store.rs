@@ -85,10 +85,10 @@ impl StateDir {
     pub fn save(&self, state: &DeviceState) -> Result<()> {
         let _lock = self.lock()?;
         let mut merged = state.clone();
-        if let Some(on_disk) = self.read()? {
-            if on_disk.user_id == state.user_id {
-                merged.merge(on_disk);
-            }
+        if let Some(on_disk) = self.read()?
+            && on_disk.user_id == state.user_id
+        {
+            merged.merge(on_disk);
         }
         let json = serde_json::to_vec_pretty(&merged)
             .map_err(|e| Error::State(format!("cannot encode the state: {e}")))?;
