@@ -7,6 +7,8 @@ pub mod envelope;
 pub mod identity;
 pub mod invite;
 pub mod ratchet;
+#[cfg(test)]
+mod vectors;
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
