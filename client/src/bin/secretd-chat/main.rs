@@ -123,6 +123,11 @@ enum Command {
         /// The member to remove.
         user: String,
     },
+    /// Rotate a room's keys (after a member left on their own).
+    Rotate {
+        /// Room name or pair id.
+        room: String,
+    },
     /// Print your user id and key fingerprint (compare it out of band).
     Whoami,
 }
@@ -258,6 +263,13 @@ async fn run(cli: Cli) -> Result<()> {
             out.emit(json!({ "removed": name }), || {
                 format!("removed {name} and rotated the room keys")
             });
+        }
+        Command::Rotate { room } => {
+            let mut device = open(&dir).await?;
+            let result = device.rotate(&room, Vec::new()).await;
+            dir.save(device.state())?;
+            result?;
+            out.emit(json!({ "rotated": room }), || format!("rotated the keys of [{room}]"));
         }
         Command::Whoami => whoami(out, &open(&dir).await?),
     }
