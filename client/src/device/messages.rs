@@ -236,7 +236,7 @@ impl Device {
     ) -> Result<Sent> {
         let mut floor = 0;
         for _ in 0..MAX_POST_ATTEMPTS {
-            self.sync_stream(pair_id, kind).await?;
+            self.catch_up(pair_id, kind).await?;
             let stream = self.stream_of(pair_id, kind)?;
             let (epoch_id, epoch) = stream
                 .current_epoch()
@@ -310,49 +310,60 @@ impl Device {
     }
 
     /// Catches a room up: the state stream first (trust), then the message stream.
-    /// Returns what was new.
+    /// Returns every event processed since the last call that returned events (see
+    /// [`Device::take_processed`]), these included.
     pub async fn sync_room(&mut self, room: &str) -> Result<Vec<Incoming>> {
         let pair_id = self.room(room)?.pair_id.clone();
-        let mut out = self.sync_stream(&pair_id, StreamKind::State).await?;
-        out.extend(self.sync_stream(&pair_id, StreamKind::Message).await?);
-        Ok(out)
+        self.catch_up_room(&pair_id).await?;
+        Ok(self.take_processed())
     }
 
-    /// Processes every event of one stream after the device's cursor.
+    /// Processes every event of one stream after the device's cursor; returns what
+    /// [`Device::take_processed`] returns.
     pub async fn sync_stream(&mut self, pair_id: &str, kind: StreamKind) -> Result<Vec<Incoming>> {
+        self.catch_up(pair_id, kind).await?;
+        Ok(self.take_processed())
+    }
+
+    /// Every event processed since the last call, in processing order — including those
+    /// processed on the way by posting, inviting or rotating, so a live view shows each
+    /// event exactly once.
+    pub fn take_processed(&mut self) -> Vec<Incoming> {
+        std::mem::take(&mut self.processed)
+    }
+
+    pub(crate) async fn catch_up_room(&mut self, pair_id: &str) -> Result<()> {
+        self.catch_up(pair_id, StreamKind::State).await?;
+        self.catch_up(pair_id, StreamKind::Message).await
+    }
+
+    async fn catch_up(&mut self, pair_id: &str, kind: StreamKind) -> Result<()> {
         let stream = self.stream_of(pair_id, kind)?;
         let (stream_id, after) = (stream.stream_id.clone(), stream.last_event_id);
-        let events = self.api.fetch_messages_after(&stream_id, after).await?;
-        let mut out = Vec::with_capacity(events.len());
-        for m in events {
-            out.push(self.process(pair_id, kind, m).await?);
+        for m in self.api.fetch_messages_after(&stream_id, after).await? {
+            self.process(pair_id, kind, m).await?;
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Handles one live event (from a subscription): processes it, or catches up first
-    /// when events before it are missing. Events already processed yield nothing.
+    /// when events before it are missing; returns what [`Device::take_processed`]
+    /// returns (nothing new for an event already processed).
     pub async fn receive(&mut self, m: PostedMessage) -> Result<Vec<Incoming>> {
         let Some((pair_id, kind)) = self.locate(&m.stream_id) else {
-            return Ok(Vec::new());
+            return Ok(self.take_processed());
         };
         let last = self.stream_of(&pair_id, kind)?.last_event_id;
-        if m.event_id <= last {
-            Ok(Vec::new())
-        } else if m.event_id == last + 1 {
-            Ok(vec![self.process(&pair_id, kind, m).await?])
-        } else {
-            self.sync_stream(&pair_id, kind).await
+        if m.event_id == last + 1 {
+            self.process(&pair_id, kind, m).await?;
+        } else if m.event_id > last {
+            self.catch_up(&pair_id, kind).await?;
         }
+        Ok(self.take_processed())
     }
 
     /// Decrypts, authenticates and applies the next event of a stream, moving the cursor.
-    async fn process(
-        &mut self,
-        pair_id: &str,
-        kind: StreamKind,
-        m: PostedMessage,
-    ) -> Result<Incoming> {
+    async fn process(&mut self, pair_id: &str, kind: StreamKind, m: PostedMessage) -> Result<()> {
         let mut content = self.authenticate_next(pair_id, kind, &m).await;
         if matches!(content, Err(Error::UnknownEpoch { .. })) {
             // A rotation we have not heard of: its invite may be waiting.
@@ -361,7 +372,7 @@ impl Device {
         }
         if kind == StreamKind::Message && matches!(content, Err(Error::Untrusted(_))) {
             // A TrustKey may have landed on the state stream since we read it.
-            Box::pin(self.sync_stream(pair_id, StreamKind::State)).await?;
+            Box::pin(self.catch_up(pair_id, StreamKind::State)).await?;
             content = self.authenticate_next(pair_id, kind, &m).await;
         }
         let counter = m.message.as_ref().map_or(0, |e| e.id);
@@ -389,7 +400,7 @@ impl Device {
             }
             Err(e) => (Err(e.to_string()), false, 0),
         };
-        Ok(Incoming {
+        self.processed.push(Incoming {
             pair_id: pair_id.to_string(),
             stream: kind,
             event_id: m.event_id,
@@ -399,7 +410,8 @@ impl Device {
             client_time_ms,
             stale_epoch: stale,
             content,
-        })
+        });
+        Ok(())
     }
 
     /// Decrypts the next event with the stream's cursors and authenticates it.
@@ -472,7 +484,7 @@ impl Device {
     /// first so trust is current).
     pub async fn history(&mut self, room: &str) -> Result<Transcript> {
         let pair_id = self.room(room)?.pair_id.clone();
-        self.sync_room(&pair_id).await?;
+        self.catch_up_room(&pair_id).await?;
         let stream = self.stream_of(&pair_id, StreamKind::Message)?;
         let stream_id = stream.stream_id.clone();
         let mut epochs = stream.epochs.clone();

@@ -32,6 +32,8 @@ pub struct Device {
     me: UserRef,
     /// Public keys already fetched and parsed: (user text form, fingerprint) → key.
     keys: HashMap<(String, [u8; 32]), PublicIdentity>,
+    /// Events processed and not yet handed out by [`Device::take_processed`].
+    processed: Vec<Incoming>,
     /// The largest ratchet jump this device derives when receiving.
     pub max_gap: u64,
 }
@@ -79,8 +81,9 @@ impl Device {
         let mut device = Self::new_device(api, user_id, identity, version).await?;
         device.accept_invites().await?;
         for pair in device.state.rooms.keys().cloned().collect::<Vec<_>>() {
-            device.sync_room(&pair).await?;
+            device.catch_up_room(&pair).await?;
         }
+        device.take_processed();
         Ok(device)
     }
 
@@ -130,6 +133,7 @@ impl Device {
             state,
             identity,
             keys: HashMap::new(),
+            processed: Vec::new(),
             max_gap: DEFAULT_MAX_GAP,
         })
     }

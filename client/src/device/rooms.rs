@@ -166,7 +166,7 @@ impl Device {
         user::check(who)?;
         let key = self.current_key_of(who).await?;
         if *who != self.me {
-            self.sync_room(pair_id).await?;
+            self.catch_up_room(pair_id).await?;
             let room = self.room_mut(pair_id)?;
             let known = room
                 .trusted
@@ -361,7 +361,7 @@ impl Device {
     /// new epoch on both streams.
     pub async fn rotate(&mut self, room: &str, removed: Vec<UserRef>) -> Result<()> {
         let pair_id = self.room(room)?.pair_id.clone();
-        self.sync_room(&pair_id).await?;
+        self.catch_up_room(&pair_id).await?;
         let info = self
             .api
             .list_channel_pairs()

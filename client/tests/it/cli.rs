@@ -1,7 +1,7 @@
-//! The `secretd-chat` binary end to end: init, create, invite, accept, send, read, listen,
+//! The `secretd-chat` binary end to end: init, create, invite, accept, send, read, chat,
 //! a second device by login, and a wrong password refused — against a real server.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -104,43 +104,63 @@ async fn two_terminals_chat() {
     assert_eq!(joined[0]["room"], pair.as_str());
     assert_eq!(joined[0]["accepted"], true);
 
-    // Bob listens in a second "terminal" while Alice sends.
-    let mut listener = chat(&b_dir, "pb", &["listen"])
+    // Bob chats in a second "terminal" while Alice sends from hers.
+    let mut bob_chat = chat(&b_dir, "pb", &["chat", "general"])
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let lines = BufReader::new(listener.stdout.take().unwrap());
+    let mut typed = bob_chat.stdin.take().unwrap();
+    let (tx, mut heard) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    let lines = BufReader::new(bob_chat.stdout.take().unwrap());
+    let reader = std::thread::spawn(move || {
+        for line in lines.lines() {
+            let v: Value = serde_json::from_str(&line.unwrap()).unwrap();
+            if v["kind"] == "text" && tx.send(v).is_err() {
+                return;
+            }
+        }
+    });
+    let mut next_text = async || {
+        let v = tokio::time::timeout(std::time::Duration::from_secs(60), heard.recv())
+            .await
+            .expect("chat printed a message within a minute")
+            .expect("chat is running");
+        (
+            v["sender"].as_str().unwrap().to_string(),
+            v["text"].as_str().unwrap().to_string(),
+        )
+    };
     ok(chat(
         &a_dir,
         "pa",
         &["send", "general", &format!("hello bob {secret}")],
     ))
     .await;
-    let want = format!("hello bob {secret}");
-    let heard = tokio::task::spawn_blocking(move || {
-        lines
-            .lines()
-            .map(|l| serde_json::from_str::<Value>(&l.unwrap()).unwrap())
-            .find(|v| v["kind"] == "text")
-    })
-    .await
-    .unwrap()
-    .expect("listen printed the message");
-    assert_eq!(heard["text"], want.as_str());
-    assert_eq!(heard["sender"], alice.to_string());
-    listener.kill().unwrap();
-    listener.wait().unwrap();
+    assert_eq!(
+        next_text().await,
+        (alice.to_string(), format!("hello bob {secret}"))
+    );
+    writeln!(typed, "hi alice {secret}").unwrap();
+    assert_eq!(
+        next_text().await,
+        (bob.to_string(), format!("hi alice {secret}"))
+    );
+    drop(typed); // end of input ends the chat
+    assert!(bob_chat.wait().unwrap().success());
+    reader.join().unwrap();
 
     ok(chat(
         &b_dir,
         "pb",
-        &["send", &pair, &format!("hi alice {secret}")],
+        &["send", &pair, &format!("bye {secret}")],
     ))
     .await;
     let both = vec![
         (alice.to_string(), format!("hello bob {secret}")),
         (bob.to_string(), format!("hi alice {secret}")),
+        (bob.to_string(), format!("bye {secret}")),
     ];
     assert_eq!(
         texts(&ok(chat(&a_dir, "pa", &["read", "general"])).await),

@@ -18,6 +18,7 @@ use secretd_client::crypto::identity::fingerprint_hex;
 use secretd_client::device::History;
 use secretd_client::{Device, Error, Result, user};
 use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 use output::Out;
 use store::StateDir;
@@ -114,6 +115,11 @@ enum Command {
     },
     /// Print messages as they arrive (and join rooms you are invited to), until Ctrl-C.
     Listen,
+    /// Chat in one room: each line you type is sent; everything arriving is printed.
+    Chat {
+        /// Room name or pair id.
+        room: String,
+    },
     /// List your rooms.
     Rooms,
     /// Remove a member (owner only) and rotate the room's keys.
@@ -251,7 +257,8 @@ async fn run(cli: Cli) -> Result<()> {
                 out.event(device.state(), e);
             }
         }
-        Command::Listen => listen(out, &dir).await?,
+        Command::Listen => listen(out, &dir, None).await?,
+        Command::Chat { room } => listen(out, &dir, Some(room)).await?,
         Command::Rooms => out.rooms(&dir.load()?),
         Command::Remove { room, user: who } => {
             let mut device = open(&dir).await?;
@@ -269,7 +276,9 @@ async fn run(cli: Cli) -> Result<()> {
             let result = device.rotate(&room, Vec::new()).await;
             dir.save(device.state())?;
             result?;
-            out.emit(json!({ "rotated": room }), || format!("rotated the keys of [{room}]"));
+            out.emit(json!({ "rotated": room }), || {
+                format!("rotated the keys of [{room}]")
+            });
         }
         Command::Whoami => whoami(out, &open(&dir).await?),
     }
@@ -286,13 +295,19 @@ fn whoami(out: Out, device: &Device) {
     });
 }
 
-async fn listen(out: Out, dir: &StateDir) -> Result<()> {
+/// Follows every room live; with `chat_room`, also sends each line read from stdin there
+/// (and stops at the end of input).
+async fn listen(out: Out, dir: &StateDir, chat_room: Option<String>) -> Result<()> {
     let mut device = open(dir).await?;
+    if let Some(room) = &chat_room {
+        device.room(room)?;
+    }
     out.accepted(&device.accept_invites().await?);
     for pair in device.state().rooms.keys().cloned().collect::<Vec<_>>() {
-        for e in device.sync_room(&pair).await? {
-            out.event(device.state(), &e);
-        }
+        device.sync_room(&pair).await?;
+    }
+    for e in device.take_processed() {
+        out.event(device.state(), &e);
     }
     dir.save(device.state())?;
     let cursors = |d: &Device, pair: Option<&str>| -> Vec<(String, u64)> {
@@ -307,35 +322,57 @@ async fn listen(out: Out, dir: &StateDir) -> Result<()> {
         .api()
         .subscribe(cursors(&device, None), Some(device.state().invites_after));
     if !out.json {
-        eprintln!("listening (Ctrl-C to stop)");
+        match &chat_room {
+            Some(room) => {
+                eprintln!("chatting in [{room}]: type a line to send it (Ctrl-D to stop)")
+            }
+            None => eprintln!("listening (Ctrl-C to stop)"),
+        }
     }
-    while let Some(delivery) = sub.next().await {
-        match delivery {
-            Delivery::Event(m) => {
-                for e in device.receive(m).await? {
-                    out.event(device.state(), &e);
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut typing = chat_room.is_some();
+    loop {
+        let mut received = Vec::new();
+        tokio::select! {
+            line = lines.next_line(), if typing => {
+                match line.map_err(|e| Error::io("cannot read stdin", e))? {
+                    Some(text) if !text.trim().is_empty() => {
+                        let room = chat_room.as_deref().unwrap_or_default();
+                        if let Err(e) = device.send_text(room, &text).await {
+                            eprintln!("error: not sent: {e}");
+                        }
+                    }
+                    Some(_) => {}
+                    None => typing = false,
+                }
+                if !typing {
+                    break;
                 }
             }
-            Delivery::Invite(invite) => {
-                let known = device
-                    .state()
-                    .rooms
-                    .contains_key(invite.pair.as_ref().map_or("", |p| p.pair_id.as_str()));
-                let accepted = device.accept_invite(&invite).await;
-                if !known && accepted.result.is_ok() {
-                    sub.add(cursors(&device, Some(&accepted.pair_id)));
+            delivery = sub.next() => {
+                let Some(delivery) = delivery else { break };
+                match delivery {
+                    Delivery::Event(m) => received = device.receive(m).await?,
+                    Delivery::Invite(invite) => {
+                        let pair = invite.pair.as_ref().map_or("", |p| p.pair_id.as_str());
+                        let known = device.state().rooms.contains_key(pair);
+                        let accepted = device.accept_invite(&invite).await;
+                        if !known && accepted.result.is_ok() {
+                            sub.add(cursors(&device, Some(&accepted.pair_id)));
+                        }
+                        out.accepted(&[accepted]);
+                    }
+                    Delivery::Ended { stream_id, code, message } => {
+                        eprintln!("stream {stream_id} ended: {message} ({code:?})");
+                    }
+                    Delivery::Reconnecting { reason } => eprintln!("reconnecting: {reason}"),
+                    Delivery::CaughtUp { .. } => {}
                 }
-                out.accepted(&[accepted]);
             }
-            Delivery::Ended {
-                stream_id,
-                code,
-                message,
-            } => {
-                eprintln!("stream {stream_id} ended: {message} ({code:?})");
-            }
-            Delivery::Reconnecting { reason } => eprintln!("reconnecting: {reason}"),
-            Delivery::CaughtUp { .. } => {}
+        }
+        received.extend(device.take_processed());
+        for e in &received {
+            out.event(device.state(), e);
         }
         dir.save(device.state())?;
     }
