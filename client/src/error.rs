@@ -22,7 +22,7 @@ pub enum Error {
         reason: String,
     },
     /// The password does not open the private-key backup.
-    #[error("wrong password: it does not open your private-key backup")]
+    #[error("wrong password: it does not open your private-key backup (or the backup was altered)")]
     WrongPassword,
     /// A private-key blob the client refuses (unknown version, weak parameters, damaged).
     #[error("unusable private-key backup: {0}")]

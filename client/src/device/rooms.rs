@@ -41,6 +41,21 @@ pub struct Accepted {
     pub result: std::result::Result<String, String>,
 }
 
+/// The most ratchet steps spent checking that an invite's chain state lies on a chain
+/// this device already holds.
+pub const MAX_CONSISTENCY_STEPS: u64 = 1 << 20;
+
+/// True when `given` lies on the same chain as `known` (one derives from the other).
+fn same_chain(known: &EpochState, given: &ChainPoint) -> bool {
+    let (from, to) = if given.counter >= known.origin.counter {
+        (&known.origin, given)
+    } else {
+        (given, &known.origin)
+    };
+    to.counter - from.counter <= MAX_CONSISTENCY_STEPS
+        && from.advanced_unbounded(to.counter).key == to.key
+}
+
 /// A fresh epoch for `stream_id`, starting after counter `start`.
 fn new_epoch(stream_id: &str, generation: u32, start: u64) -> Result<(String, EpochState)> {
     let seed = random::<16>()?;
@@ -339,6 +354,24 @@ impl Device {
             }
         }
         let name = incoming.name.clone();
+        if let Some(known) = self.state.rooms.get(&pair.pair_id) {
+            for (mine, given) in [
+                (&known.message, &incoming.message),
+                (&known.state, &incoming.state),
+            ] {
+                for (id, epoch) in &given.epochs {
+                    if mine
+                        .epochs
+                        .get(id)
+                        .is_some_and(|m| !same_chain(m, &epoch.origin))
+                    {
+                        return Err(Error::Protocol(format!(
+                            "the invite's keys for epoch {id} contradict the keys this device holds"
+                        )));
+                    }
+                }
+            }
+        }
         match self.state.rooms.get_mut(&pair.pair_id) {
             Some(room) => room.merge(incoming),
             None => {

@@ -175,4 +175,87 @@ fn fresh_copy(dev: &Device, room: &str) -> secretd_client::state::DeviceState {
     state
 }
 
-crate::on_both_stores!(spoiled_events_are_rejected);
+/// A member sends an invite whose chain key for a known epoch is not on the real chain:
+/// the invite is refused and the room's keys stay intact.
+async fn contradicting_invite_is_refused(backend: Backend) {
+    let server = Server::start(backend).await;
+    let (alice_id, mut alice) = server.new_user("pw a").await;
+    let (bob_id, mut bob) = server.new_user("pw b").await;
+    let room = alice.create_room("r", vec![], "").await.unwrap();
+    alice
+        .invite(&room, &user::local(bob_id), History::All)
+        .await
+        .unwrap();
+    bob.accept_invites().await.unwrap();
+    alice.send_text(&room, "before").await.unwrap();
+
+    let bob_key = Identity::from_pkcs8(&bob.state().identity_pkcs8).unwrap();
+    let r = bob.room(&room).unwrap().clone();
+    let (epoch, state) = r.message.current_epoch().unwrap();
+    let bogus = event::ChainState {
+        epoch: hex::decode(epoch).unwrap(),
+        generation: state.generation,
+        counter: state.origin.counter + 1,
+        chain_key: vec![7; 32],
+    };
+    let alice_key = secretd_client::crypto::identity::PublicIdentity::from_spki(
+        &bob.api()
+            .fetch_key(alice_id, "")
+            .await
+            .unwrap()
+            .current
+            .key_data,
+    )
+    .unwrap();
+    let trusted = vec![event::TrustedUser {
+        user: Some(user::local(bob_id)),
+        fingerprints: vec![bob_key.fingerprint().to_vec()],
+    }];
+    let body = event::InviteBody {
+        version: event::BODY_VERSION,
+        pair_id: r.pair_id.clone(),
+        message_id: r.message.stream_id.clone(),
+        state_id: r.state.stream_id.clone(),
+        inviter: Some(user::local(bob_id)),
+        inviter_fingerprint: bob_key.fingerprint().to_vec(),
+        invitee: Some(user::local(alice_id)),
+        invitee_fingerprint: alice_key.fingerprint().to_vec(),
+        message_chains: vec![bogus],
+        room: Some(event::RoomState {
+            name: "r".into(),
+            trusted,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let signed = event::sign_invite(&bob_key, &body).unwrap();
+    let sealed = secretd_client::crypto::invite::seal_invite(
+        &alice_key,
+        &uuid_bytes(&r.pair_id).unwrap(),
+        &user::local(alice_id),
+        &signed,
+    )
+    .unwrap();
+    bob.api()
+        .send_invite(&r.pair_id, alice_id, "", sealed)
+        .await
+        .unwrap();
+
+    let results = alice.accept_invites().await.unwrap();
+    let refused = results
+        .iter()
+        .find(|a| a.from.user_id == bob_id)
+        .expect("bob's invite");
+    let why = refused
+        .result
+        .as_ref()
+        .expect_err("a contradicting invite was accepted");
+    assert!(why.contains("contradict"), "{why}");
+    alice.send_text(&room, "after").await.unwrap();
+    let history = alice.history(&room).await.unwrap();
+    let texts: Vec<&str> = history.events.iter().map(text).collect();
+    assert_eq!(texts, ["before", "after"]);
+    server.stop().await;
+}
+
+crate::on_both_stores!(spoiled_events_are_rejected, contradicting_invite_is_refused);
