@@ -16,6 +16,8 @@ use secretd_client::Device;
 use secretd_client::api::Api;
 use secretd_client::crypto::blob::Kdf;
 use secretd_client::crypto::hmac_sha256;
+use secretd_client::device::History;
+use secretd_client::state::DeviceState;
 use tempfile::TempDir;
 
 /// The HS256 secret every test server verifies with.
@@ -169,4 +171,29 @@ impl Server {
             r.stop().await;
         }
     }
+}
+
+/// A room "r" created by `owner`, with `member` (user `member_id`) invited with all
+/// history and the invite accepted.
+pub async fn shared_room(owner: &mut Device, member: &mut Device, member_id: u64) -> String {
+    let room = owner.create_room("r", vec![], "").await.expect("create");
+    owner
+        .invite(&room, &secretd_client::user::local(member_id), History::All)
+        .await
+        .expect("invite");
+    member.accept_invites().await.expect("accept");
+    room
+}
+
+/// `dev`'s state with the room's message stream rewound to before its first event (every
+/// epoch back at its origin), to replay events with the keys the device holds.
+pub fn rewound(dev: &Device, room: &str) -> DeviceState {
+    let mut state = dev.state().clone();
+    let r = state.rooms.get_mut(room).expect("room");
+    r.message.last_event_id = 0;
+    r.message.last_counter = 0;
+    for e in r.message.epochs.values_mut() {
+        e.cursor = e.origin.clone();
+    }
+    state
 }

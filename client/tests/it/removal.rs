@@ -7,7 +7,7 @@ use secretd_client::{Device, Error};
 use tonic::Code;
 
 use crate::chat::marker;
-use crate::common::{Backend, Server};
+use crate::common::{Backend, Server, rewound};
 
 fn texts(events: &[Incoming]) -> Vec<String> {
     events
@@ -101,14 +101,7 @@ async fn removed_member_reads_nothing_after_rotation(backend: Backend) {
         }
     }
     // What removal does not undo: what she could read before.
-    let mut old = carol.state().clone();
-    let r = old.rooms.get_mut(&room).unwrap();
-    r.message.last_event_id = 0;
-    r.message.last_counter = 0;
-    for e in r.message.epochs.values_mut() {
-        e.cursor = e.origin.clone();
-    }
-    let mut replay = Device::from_state(carol.api().clone(), old).unwrap();
+    let mut replay = Device::from_state(carol.api().clone(), rewound(&carol, &room)).unwrap();
     let page = alice
         .api()
         .fetch_messages_page(&stream_id, 0, 1)

@@ -7,11 +7,11 @@ use secretd_client::crypto::envelope::{self, Position};
 use secretd_client::crypto::identity::Identity;
 use secretd_client::crypto::ratchet::message_key;
 use secretd_client::crypto::{random, uuid_bytes};
-use secretd_client::device::{Content, History, Incoming};
+use secretd_client::device::{Content, Incoming};
 use secretd_client::event::{self, Kind, SignedEvent, Text};
 use secretd_client::user::{self, UserRef};
 
-use crate::common::{Backend, Server};
+use crate::common::{Backend, Server, rewound, shared_room};
 
 /// How a crafted event is spoiled.
 enum Spoil {
@@ -91,12 +91,7 @@ async fn spoiled_events_are_rejected(backend: Backend) {
     let (_, mut alice) = server.new_user("pw a").await;
     let (bob_id, mut bob) = server.new_user("pw b").await;
     let (carol_id, _carol) = server.new_user("pw c").await;
-    let room = alice.create_room("r", vec![], "").await.unwrap();
-    alice
-        .invite(&room, &user::local(bob_id), History::All)
-        .await
-        .unwrap();
-    bob.accept_invites().await.unwrap();
+    let room = shared_room(&mut alice, &mut bob, bob_id).await;
     alice.send_text(&room, "good 1").await.unwrap();
 
     post_spoiled(&mut bob, &room, "flipped ciphertext", Spoil::Ciphertext).await;
@@ -153,7 +148,7 @@ async fn spoiled_events_are_rejected(backend: Backend) {
         .unwrap();
     let mut moved = raw.messages[0].clone();
     moved.message.as_mut().unwrap().id += 1;
-    let mut fresh = Device::from_state(alice.api().clone(), fresh_copy(&alice, &room)).unwrap();
+    let mut fresh = Device::from_state(alice.api().clone(), rewound(&alice, &room)).unwrap();
     let out = fresh.receive(moved).await.unwrap();
     assert!(
         rejection(&out[0]).starts_with("ciphertext rejected"),
@@ -163,30 +158,13 @@ async fn spoiled_events_are_rejected(backend: Backend) {
     server.stop().await;
 }
 
-/// Alice's state with the room's message stream rewound to before its first event.
-fn fresh_copy(dev: &Device, room: &str) -> secretd_client::state::DeviceState {
-    let mut state = dev.state().clone();
-    let r = state.rooms.get_mut(room).unwrap();
-    r.message.last_event_id = 0;
-    r.message.last_counter = 0;
-    for e in r.message.epochs.values_mut() {
-        e.cursor = e.origin.clone();
-    }
-    state
-}
-
 /// A member sends an invite whose chain key for a known epoch is not on the real chain:
 /// the invite is refused and the room's keys stay intact.
 async fn contradicting_invite_is_refused(backend: Backend) {
     let server = Server::start(backend).await;
     let (alice_id, mut alice) = server.new_user("pw a").await;
     let (bob_id, mut bob) = server.new_user("pw b").await;
-    let room = alice.create_room("r", vec![], "").await.unwrap();
-    alice
-        .invite(&room, &user::local(bob_id), History::All)
-        .await
-        .unwrap();
-    bob.accept_invites().await.unwrap();
+    let room = shared_room(&mut alice, &mut bob, bob_id).await;
     alice.send_text(&room, "before").await.unwrap();
 
     let bob_key = Identity::from_pkcs8(&bob.state().identity_pkcs8).unwrap();
