@@ -6,8 +6,10 @@
 //! fails half-way: keys are added before they are announced, cursors move only past
 //! events that were processed.
 
-pub mod messages;
+pub mod posting;
+pub mod receiving;
 pub mod rooms;
+pub mod rotation;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -21,7 +23,8 @@ use crate::error::{Error, Result};
 use crate::state::{DeviceState, Room, STATE_VERSION};
 use crate::user::{self, UserRef};
 
-pub use messages::{Content, Incoming, Sent, StreamKind, Transcript};
+pub use posting::Sent;
+pub use receiving::{Content, Incoming, StreamKind, Transcript};
 pub use rooms::{Accepted, History};
 
 /// One device of one user: identity, rooms, keys, and the connection to the homeserver.

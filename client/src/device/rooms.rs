@@ -1,7 +1,7 @@
 //! Rooms: creating a pair and seeding its ratchets, inviting (TrustKey + hybrid-encrypted
-//! invite), accepting invites, and removal with key rotation.
+//! invite) and accepting invites.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use super::{Device, check_trusted};
 use crate::crypto::identity::{PublicIdentity, fingerprint_hex};
@@ -9,12 +9,12 @@ use crate::crypto::invite::{open_invite, seal_invite};
 use crate::crypto::ratchet::{ChainPoint, initial_chain_key};
 use crate::crypto::{random, uuid_bytes};
 use crate::error::{Error, Result};
-use crate::event::{self, ChainState, InviteBody, Kind, Rekey, RoomState, TrustKey, TrustedUser};
+use crate::event::{self, ChainState, InviteBody, Kind, RoomState, TrustKey, TrustedUser};
 use crate::proto::secret::ReceivedInvite;
 use crate::state::{EpochState, Room, StreamState};
 use crate::user::{self, UserRef};
 
-use super::messages::StreamKind;
+use super::receiving::StreamKind;
 
 /// Largest photo a room state may carry inline.
 pub const MAX_PHOTO_BYTES: usize = 16 * 1024;
@@ -57,7 +57,11 @@ fn same_chain(known: &EpochState, given: &ChainPoint) -> bool {
 }
 
 /// A fresh epoch for `stream_id`, starting after counter `start`.
-fn new_epoch(stream_id: &str, generation: u32, start: u64) -> Result<(String, EpochState)> {
+pub(super) fn new_epoch(
+    stream_id: &str,
+    generation: u32,
+    start: u64,
+) -> Result<(String, EpochState)> {
     let seed = random::<16>()?;
     let epoch = random::<16>()?;
     let point = ChainPoint {
@@ -92,7 +96,7 @@ fn room_state_of(room: &Room) -> RoomState {
     }
 }
 
-fn chain_states(stream: &StreamState, history: History) -> Vec<ChainState> {
+pub(super) fn chain_states(stream: &StreamState, history: History) -> Vec<ChainState> {
     let state = |id: &str, generation: u32, p: &ChainPoint| ChainState {
         epoch: hex::decode(id).unwrap_or_default(),
         generation,
@@ -177,7 +181,12 @@ impl Device {
         self.invite_user(&pair_id, who, history).await
     }
 
-    async fn invite_user(&mut self, pair_id: &str, who: &UserRef, history: History) -> Result<u64> {
+    pub(super) async fn invite_user(
+        &mut self,
+        pair_id: &str,
+        who: &UserRef,
+        history: History,
+    ) -> Result<u64> {
         user::check(who)?;
         let key = self.current_key_of(who).await?;
         if *who != self.me {
@@ -205,7 +214,7 @@ impl Device {
     }
 
     /// Encrypts and sends one invite carrying the given chain states.
-    async fn send_invite(
+    pub(super) async fn send_invite(
         &mut self,
         pair_id: &str,
         who: &UserRef,
@@ -379,66 +388,5 @@ impl Device {
             }
         }
         Ok(name)
-    }
-
-    /// Removes a member (owner only) and rotates the room's keys so that they cannot read
-    /// anything posted afterwards.
-    pub async fn remove_member(&mut self, room: &str, who: &UserRef) -> Result<()> {
-        let pair_id = self.room(room)?.pair_id.clone();
-        self.api.remove_member(&pair_id, who.user_id).await?;
-        self.rotate(&pair_id, vec![who.clone()]).await
-    }
-
-    /// Rotates a room's keys: a new epoch on both streams, an invite carrying it to every
-    /// remaining member (and a self-invite with all history), then a Rekey marker in the
-    /// new epoch on both streams.
-    pub async fn rotate(&mut self, room: &str, removed: Vec<UserRef>) -> Result<()> {
-        let pair_id = self.room(room)?.pair_id.clone();
-        self.catch_up_room(&pair_id).await?;
-        let info = self
-            .api
-            .list_channel_pairs()
-            .await?
-            .into_iter()
-            .find(|p| p.pair.as_ref().is_some_and(|p| p.pair_id == pair_id))
-            .ok_or_else(|| {
-                Error::State(format!("the server does not list room {pair_id} for you"))
-            })?;
-        let mut fresh = BTreeSet::new();
-        let room = self.room_mut(&pair_id)?;
-        for stream in [&mut room.message, &mut room.state] {
-            let generation = stream.current_epoch().map_or(0, |(_, e)| e.generation + 1);
-            let (id, epoch) = new_epoch(&stream.stream_id, generation, stream.last_counter)?;
-            fresh.insert(id.clone());
-            stream.epochs.insert(id, epoch);
-        }
-        let generation = room
-            .message
-            .current_epoch()
-            .map_or(0, |(_, e)| e.generation);
-        let only_fresh = |s: &StreamState| -> Vec<ChainState> {
-            chain_states(s, History::All)
-                .into_iter()
-                .filter(|c| fresh.contains(&hex::encode(&c.epoch)))
-                .collect()
-        };
-        let chains = (only_fresh(&room.message), only_fresh(&room.state));
-        let my_id = self.me.user_id;
-        for member in info.members.iter().copied().filter(|&m| m != my_id) {
-            let who = user::local(member);
-            let key = self.current_key_of(&who).await?;
-            self.send_invite(&pair_id, &who, &key, chains.clone())
-                .await?;
-        }
-        let me = self.me.clone();
-        self.invite_user(&pair_id, &me, History::All).await?;
-        for kind in [StreamKind::Message, StreamKind::State] {
-            let marker = Kind::Rekey(Rekey {
-                generation,
-                removed: removed.clone(),
-            });
-            self.post_event(&pair_id, kind, marker).await?;
-        }
-        Ok(())
     }
 }

@@ -1,0 +1,124 @@
+//! Posting: catch up, take the next counter in the newest epoch, sign, encrypt with a
+//! fresh salt, post; on a refused counter (FAILED_PRECONDITION, or ALREADY_EXISTS from
+//! older servers) resync, advance past the head named in the trailers, re-encrypt and
+//! retry; after a transport failure re-send the identical bytes (exactly once).
+
+use tonic::Code;
+
+use super::Device;
+use super::receiving::StreamKind;
+use crate::api::head_of;
+use crate::crypto::envelope::{self, Position};
+use crate::crypto::ratchet::message_key;
+use crate::crypto::{random, uuid_bytes};
+use crate::error::{Error, Result};
+use crate::event::{self, Kind};
+
+/// How many times a post is re-encrypted after refused counters before giving up.
+pub const MAX_POST_ATTEMPTS: usize = 64;
+/// How many times an identical post is re-sent after a transport failure (exactly-once:
+/// the server answers a repeat with the original event id).
+pub const MAX_RESENDS: usize = 3;
+
+/// A successful post.
+#[derive(Clone, Copy, Debug)]
+pub struct Sent {
+    /// The event id the server gave it.
+    pub event_id: u64,
+    /// The ratchet counter it was encrypted at.
+    pub counter: u64,
+}
+
+impl Device {
+    /// Sends a chat message to a room.
+    pub async fn send_text(&mut self, room: &str, text: &str) -> Result<Sent> {
+        let pair_id = self.room(room)?.pair_id.clone();
+        let kind = Kind::Text(event::Text {
+            body: text.to_string(),
+        });
+        self.post_event(&pair_id, StreamKind::Message, kind).await
+    }
+
+    /// Posts one event: catch up, take the next counter in the newest epoch, sign, encrypt
+    /// with a fresh salt, post; a refused counter repeats all of it past the new head.
+    pub(crate) async fn post_event(
+        &mut self,
+        pair_id: &str,
+        kind: StreamKind,
+        what: Kind,
+    ) -> Result<Sent> {
+        let mut floor = 0;
+        for _ in 0..MAX_POST_ATTEMPTS {
+            self.catch_up(pair_id, kind).await?;
+            let stream = self.stream_of(pair_id, kind)?;
+            let (epoch_id, epoch) = stream
+                .current_epoch()
+                .ok_or_else(|| Error::State(format!("no keys to post in room {pair_id}")))?;
+            let counter = stream.last_counter.max(epoch.cursor.counter).max(floor) + 1;
+            let point = epoch.cursor.advanced_unbounded(counter);
+            let stream_id = stream.stream_id.clone();
+            let epoch_bytes: [u8; 16] = hex::decode(epoch_id)
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| Error::State("a saved epoch id is not 16 bytes of hex".into()))?;
+            let stream_bytes = uuid_bytes(&stream_id)?;
+            let body = event::body(self.me.clone(), &self.identity, what.clone());
+            let plaintext =
+                event::sign_event(&self.identity, &stream_bytes, counter, &epoch_bytes, &body)?;
+            let pos = Position {
+                stream: &stream_bytes,
+                counter,
+                epoch: &epoch_bytes,
+                sender: &self.me,
+            };
+            let sealed =
+                envelope::seal_event(&message_key(&point.key), pos, &random()?, &plaintext);
+            match self.post_exactly_once(&stream_id, counter, sealed).await {
+                Ok(event_id) => return Ok(Sent { event_id, counter }),
+                Err(e)
+                    if matches!(
+                        e.code(),
+                        Some(Code::FailedPrecondition | Code::AlreadyExists)
+                    ) =>
+                {
+                    if let Error::Rpc { status, .. } = &e {
+                        floor = head_of(status).map_or(counter, |h| h.counter);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::State(format!(
+            "gave up posting to room {pair_id} after {MAX_POST_ATTEMPTS} refused counters: the stream is too busy"
+        )))
+    }
+
+    /// Posts, re-sending the identical request after a transport failure.
+    async fn post_exactly_once(
+        &self,
+        stream_id: &str,
+        counter: u64,
+        sealed: Vec<u8>,
+    ) -> Result<u64> {
+        let mut tries = 0;
+        loop {
+            match self
+                .api
+                .post_message(stream_id, counter, sealed.clone())
+                .await
+            {
+                Err(e)
+                    if tries < MAX_RESENDS
+                        && matches!(
+                            e.code(),
+                            Some(Code::Unavailable | Code::Unknown | Code::DeadlineExceeded)
+                        ) =>
+                {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(100 << tries)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+}
