@@ -18,6 +18,8 @@
 //!
 //! The `secretd-chat` binary is a command-line chat client over [`device`].
 
+#![warn(missing_docs)]
+
 pub mod api;
 pub mod crypto;
 pub mod device;
