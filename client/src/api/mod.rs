@@ -31,6 +31,8 @@ pub const UNARY_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_RECEIVE: usize = 16 * 1024 * 1024;
 /// Page size the paging helpers ask for (the server's maximum).
 pub const PAGE_LIMIT: u32 = 1000;
+/// Trailer of a rate-limited or overloaded call: milliseconds to wait before retrying.
+pub const RETRY_AFTER_TRAILER: &str = "retry-after-ms";
 /// Trailer naming the stream's head counter on a refused post.
 pub const HEAD_COUNTER_TRAILER: &str = "secretd-head-counter";
 /// Trailer naming the stream's head event id on a refused post.
@@ -69,6 +71,18 @@ pub fn head_of(status: &Status) -> Option<Head> {
         counter: read(HEAD_COUNTER_TRAILER)?,
         event_id: read(HEAD_EVENT_ID_TRAILER)?,
     })
+}
+
+/// The delay a RESOURCE_EXHAUSTED answer asks for (trailer `retry-after-ms`), if any.
+pub fn retry_after(status: &Status) -> Option<Duration> {
+    let ms: u64 = status
+        .metadata()
+        .get(RETRY_AFTER_TRAILER)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()?;
+    Some(Duration::from_millis(ms))
 }
 
 /// A user's keys as FetchKey returns them.
@@ -339,4 +353,49 @@ pub fn user_id_from_token(token: &str) -> Result<u64> {
     };
     sub.filter(|&u| u > 0)
         .ok_or_else(|| bad("sub is missing or not a user id"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trailers_are_read() {
+        let mut status = Status::failed_precondition("counter taken");
+        status
+            .metadata_mut()
+            .insert(HEAD_COUNTER_TRAILER, "17".parse().unwrap());
+        assert_eq!(head_of(&status), None, "both trailers are needed");
+        status
+            .metadata_mut()
+            .insert(HEAD_EVENT_ID_TRAILER, "9".parse().unwrap());
+        assert_eq!(
+            head_of(&status),
+            Some(Head {
+                counter: 17,
+                event_id: 9
+            })
+        );
+        let mut limited = Status::resource_exhausted("slow down");
+        assert_eq!(retry_after(&limited), None);
+        limited
+            .metadata_mut()
+            .insert(RETRY_AFTER_TRAILER, "250".parse().unwrap());
+        assert_eq!(retry_after(&limited), Some(Duration::from_millis(250)));
+    }
+
+    #[test]
+    fn user_id_comes_from_sub() {
+        // {"sub":"42","exp":1} and {"sub":7}
+        assert_eq!(
+            user_id_from_token("x.eyJzdWIiOiI0MiIsImV4cCI6MX0.y").unwrap(),
+            42
+        );
+        assert_eq!(user_id_from_token("x.eyJzdWIiOjd9.y").unwrap(), 7);
+        assert!(user_id_from_token("not a jwt").is_err());
+        assert!(
+            user_id_from_token("x.eyJzdWIiOiIwIn0.y").is_err(),
+            "user 0 is not a user"
+        );
+    }
 }

@@ -7,7 +7,9 @@ use tonic::Code;
 
 use super::Device;
 use super::receiving::StreamKind;
-use crate::api::head_of;
+use std::time::Duration;
+
+use crate::api::{head_of, retry_after};
 use crate::crypto::envelope::{self, Position};
 use crate::crypto::ratchet::message_key;
 use crate::crypto::{random, uuid_bytes};
@@ -16,6 +18,9 @@ use crate::event::{self, Kind};
 
 /// How many times a post is re-encrypted after refused counters before giving up.
 pub const MAX_POST_ATTEMPTS: usize = 64;
+/// The longest `retry-after-ms` a post waits out by itself; a longer one is returned to
+/// the caller.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
 /// How many times an identical post is re-sent after a transport failure (exactly-once:
 /// the server answers a repeat with the original event id).
 pub const MAX_RESENDS: usize = 3;
@@ -93,7 +98,8 @@ impl Device {
         )))
     }
 
-    /// Posts, re-sending the identical request after a transport failure.
+    /// Posts, re-sending the identical request after a transport failure, or after the
+    /// delay a RESOURCE_EXHAUSTED answer names in `retry-after-ms` (at most 10 s).
     async fn post_exactly_once(
         &self,
         stream_id: &str,
@@ -102,22 +108,30 @@ impl Device {
     ) -> Result<u64> {
         let mut tries = 0;
         loop {
-            match self
+            let outcome = self
                 .api
                 .post_message(stream_id, counter, sealed.clone())
-                .await
-            {
-                Err(e)
-                    if tries < MAX_RESENDS
-                        && matches!(
-                            e.code(),
-                            Some(Code::Unavailable | Code::Unknown | Code::DeadlineExceeded)
-                        ) =>
-                {
+                .await;
+            let wait = match &outcome {
+                Err(Error::Rpc { status, .. }) if tries < MAX_RESENDS => match status.code() {
+                    Code::Unavailable | Code::Unknown | Code::DeadlineExceeded => {
+                        Some(Duration::from_millis(100 << tries))
+                    }
+                    // A rate limit or a full commit queue: nothing was stored, and the
+                    // server says when to come back.
+                    Code::ResourceExhausted => {
+                        retry_after(status).filter(|d| *d <= MAX_RETRY_AFTER)
+                    }
+                    _ => None,
+                },
+                _ => None,
+            };
+            match (wait, outcome) {
+                (Some(d), _) => {
                     tries += 1;
-                    tokio::time::sleep(std::time::Duration::from_millis(100 << tries)).await;
+                    tokio::time::sleep(d).await;
                 }
-                other => return other,
+                (None, outcome) => return outcome,
             }
         }
     }
