@@ -39,6 +39,9 @@ pub struct Device {
     processed: Vec<Incoming>,
     /// The largest ratchet jump this device derives when receiving.
     pub max_gap: u64,
+    /// Test hook: hold post attempts (see [`posting::PostGate`]).
+    #[doc(hidden)]
+    pub post_gate: Option<posting::PostGate>,
 }
 
 impl Device {
@@ -137,6 +140,7 @@ impl Device {
             identity,
             keys: HashMap::new(),
             processed: Vec::new(),
+            post_gate: None,
             max_gap: DEFAULT_MAX_GAP,
         })
     }

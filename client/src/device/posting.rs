@@ -32,6 +32,19 @@ pub struct Sent {
     pub event_id: u64,
     /// The ratchet counter it was encrypted at.
     pub counter: u64,
+    /// How many counters the server refused before this one (taken by racing posters).
+    pub refused: usize,
+}
+
+/// A test hook that holds every post attempt just before it is sent: the device reports
+/// the counter on `reached` and waits for a message on `resume` (or for `resume` to be
+/// dropped, which opens the gate for good). Deterministic tests of counter races use it.
+#[doc(hidden)]
+pub struct PostGate {
+    /// Counters of attempts that reached the gate.
+    pub reached: tokio::sync::mpsc::UnboundedSender<u64>,
+    /// One message lets one attempt through.
+    pub resume: tokio::sync::mpsc::UnboundedReceiver<()>,
 }
 
 impl Device {
@@ -53,7 +66,7 @@ impl Device {
         what: Kind,
     ) -> Result<Sent> {
         let mut floor = 0;
-        for _ in 0..MAX_POST_ATTEMPTS {
+        for refused in 0..MAX_POST_ATTEMPTS {
             self.catch_up(pair_id, kind).await?;
             let stream = self.stream_of(pair_id, kind)?;
             let (epoch_id, epoch) = stream
@@ -78,8 +91,18 @@ impl Device {
             };
             let sealed =
                 envelope::seal_event(&message_key(&point.key), pos, &random()?, &plaintext);
+            if let Some(gate) = &mut self.post_gate {
+                let _ = gate.reached.send(counter);
+                gate.resume.recv().await;
+            }
             match self.post_exactly_once(&stream_id, counter, sealed).await {
-                Ok(event_id) => return Ok(Sent { event_id, counter }),
+                Ok(event_id) => {
+                    return Ok(Sent {
+                        event_id,
+                        counter,
+                        refused,
+                    });
+                }
                 Err(e)
                     if matches!(
                         e.code(),

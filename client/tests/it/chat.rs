@@ -7,7 +7,9 @@ use std::collections::BTreeSet;
 use secretd_client::device::{Content, History, Incoming};
 use secretd_client::{Device, Error};
 
-use crate::common::{Backend, Server};
+use secretd_client::device::posting::PostGate;
+
+use crate::common::{Backend, Server, shared_room};
 
 /// Random text that must never appear on the server.
 pub fn marker() -> String {
@@ -205,4 +207,43 @@ async fn two_people_chat(backend: Backend) {
     server.stop().await;
 }
 
-crate::on_both_stores!(two_people_chat);
+/// A counter race made deterministic with the post gate: Bob's post is held after he
+/// picked counter n, Alice takes n meanwhile, Bob's post is refused and goes out at n + 1
+/// after the retry path (resync, new counter, new salt and signature).
+async fn counter_race_is_resolved_by_the_retry_path(backend: Backend) {
+    let server = Server::start(backend).await;
+    let (_, mut alice) = server.new_user("pw a").await;
+    let (bob_id, mut bob) = server.new_user("pw b").await;
+    let room = shared_room(&mut alice, &mut bob, bob_id).await;
+    let (reached_tx, mut reached) = tokio::sync::mpsc::unbounded_channel();
+    let (resume, resume_rx) = tokio::sync::mpsc::unbounded_channel();
+    bob.post_gate = Some(PostGate {
+        reached: reached_tx,
+        resume: resume_rx,
+    });
+    let r = room.clone();
+    let bob_task = tokio::spawn(async move {
+        let sent = bob.send_text(&r, "bob's").await.unwrap();
+        (bob, sent)
+    });
+    let n = reached.recv().await.unwrap();
+    let alice_sent = alice.send_text(&room, "alice's").await.unwrap();
+    assert_eq!(alice_sent.counter, n, "Alice takes the counter Bob picked");
+    resume.send(()).unwrap();
+    assert_eq!(
+        reached.recv().await.unwrap(),
+        n + 1,
+        "Bob's retry moves past the new head"
+    );
+    drop(resume);
+    let (mut bob, bob_sent) = bob_task.await.unwrap();
+    assert_eq!((bob_sent.counter, bob_sent.refused), (n + 1, 1));
+    assert_eq!(bob_sent.event_id, alice_sent.event_id + 1);
+    for dev in [&mut alice, &mut bob] {
+        let seen = texts(&dev.history(&room).await.unwrap().events);
+        assert_eq!(seen, ["alice's", "bob's"]);
+    }
+    server.stop().await;
+}
+
+crate::on_both_stores!(two_people_chat, counter_race_is_resolved_by_the_retry_path);
