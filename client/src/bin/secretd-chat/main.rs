@@ -238,7 +238,7 @@ async fn run(cli: Cli) -> Result<()> {
             dir.save(device.state())?;
             let sent = result?;
             out.emit(
-                json!({ "event_id": sent.event_id, "counter": sent.counter }),
+                json!({ "event_id": sent.event_id, "counter": sent.counter, "refused": sent.refused }),
                 || format!("sent (event {}, counter {})", sent.event_id, sent.counter),
             );
         }
