@@ -1,0 +1,401 @@
+//! A typed async client over the generated SecretService stubs: bearer-token handling,
+//! paging helpers, the head trailers of refused posts, and resumable subscriptions
+//! ([`subscription`]). No cryptography here: see [`crate::device`] for the E2EE layer.
+
+// Requests are built with `..Default::default()` even where every field is named, so that
+// fields the server's append-only proto gains later keep this code compiling.
+#![allow(clippy::needless_update)]
+
+pub mod paging;
+pub mod subscription;
+
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use base64::Engine;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+
+use crate::error::{Error, Result};
+use crate::proto::secret::secret_service_client::SecretServiceClient;
+use crate::proto::secret::{self as pb, ChannelPair, EncryptedMessage};
+
+/// The generated stub with the bearer interceptor.
+pub type Stub = SecretServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// How long a unary call may take before the client gives up (DEADLINE_EXCEEDED).
+pub const UNARY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest response the client decodes (the server keeps pages under 4 MiB by default).
+pub const MAX_RECEIVE: usize = 16 * 1024 * 1024;
+/// Page size the paging helpers ask for (the server's maximum).
+pub const PAGE_LIMIT: u32 = 1000;
+/// Trailer of a rate-limited or overloaded call: milliseconds to wait before retrying.
+pub const RETRY_AFTER_TRAILER: &str = "retry-after-ms";
+/// Trailer naming the stream's head counter on a refused post.
+pub const HEAD_COUNTER_TRAILER: &str = "secretd-head-counter";
+/// Trailer naming the stream's head event id on a refused post.
+pub const HEAD_EVENT_ID_TRAILER: &str = "secretd-head-event-id";
+
+/// Adds `authorization: Bearer <token>` to every call; the token can be replaced while
+/// calls and subscriptions go on (tokens expire).
+#[derive(Clone)]
+pub struct Bearer(Arc<RwLock<String>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        let token = self.0.read().map(|t| t.clone()).unwrap_or_default();
+        let value = format!("Bearer {token}").parse().map_err(|_| {
+            Status::unauthenticated("the token contains characters not allowed in a header")
+        })?;
+        req.metadata_mut().insert("authorization", value);
+        Ok(req)
+    }
+}
+
+/// The stream head a refused post names (FAILED_PRECONDITION trailers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Head {
+    /// The stream's last accepted counter.
+    pub counter: u64,
+    /// The stream's last event id.
+    pub event_id: u64,
+}
+
+/// The head named by a refused post's trailers, if present.
+pub fn head_of(status: &Status) -> Option<Head> {
+    let read =
+        |key: &str| -> Option<u64> { status.metadata().get(key)?.to_str().ok()?.parse().ok() };
+    Some(Head {
+        counter: read(HEAD_COUNTER_TRAILER)?,
+        event_id: read(HEAD_EVENT_ID_TRAILER)?,
+    })
+}
+
+/// The delay a RESOURCE_EXHAUSTED answer asks for (trailer `retry-after-ms`), if any.
+pub fn retry_after(status: &Status) -> Option<Duration> {
+    let ms: u64 = status
+        .metadata()
+        .get(RETRY_AFTER_TRAILER)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()?;
+    Some(Duration::from_millis(ms))
+}
+
+/// A user's keys as FetchKey returns them.
+#[derive(Clone, Debug)]
+pub struct UserKeys {
+    /// The current key.
+    pub current: pb::Key,
+    /// Past keys, newest first (possibly capped by the server).
+    pub past: Vec<pb::Key>,
+}
+
+/// A connection to one secretd, authenticated with a bearer token.
+#[derive(Clone)]
+pub struct Api {
+    url: String,
+    service: InterceptedService<Channel, Bearer>,
+    token: Arc<RwLock<String>>,
+}
+
+impl Api {
+    /// Connects to `url` (e.g. `http://127.0.0.1:50051`). The connection is re-established
+    /// by itself after it drops.
+    pub async fn connect(url: &str, token: &str) -> Result<Api> {
+        let connect_err = |reason: String| Error::Connect {
+            url: url.to_string(),
+            reason,
+        };
+        let channel = Endpoint::from_shared(url.to_string())
+            .map_err(|e| connect_err(format!("not a URL: {e}")))?
+            .connect_timeout(Duration::from_secs(10))
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(true)
+            .connect()
+            .await
+            .map_err(|e| connect_err(transport_reason(&e)))?;
+        let token = Arc::new(RwLock::new(token.to_string()));
+        Ok(Api {
+            url: url.to_string(),
+            service: InterceptedService::new(channel, Bearer(token.clone())),
+            token,
+        })
+    }
+
+    /// The server URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Replaces the bearer token for all later calls (and reconnects of subscriptions).
+    pub fn set_token(&self, token: &str) {
+        if let Ok(mut t) = self.token.write() {
+            *t = token.to_string();
+        }
+    }
+
+    /// The current bearer token.
+    pub fn token(&self) -> String {
+        self.token.read().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    /// The generated stub, for calls this wrapper does not cover.
+    pub fn stub(&self) -> Stub {
+        SecretServiceClient::new(self.service.clone()).max_decoding_message_size(MAX_RECEIVE)
+    }
+
+    /// PostKey: returns the fingerprint.
+    pub async fn post_key(&self, spki_der: &[u8]) -> Result<Vec<u8>> {
+        let req = pb::PostKeyRequest {
+            key_data: spki_der.to_vec(),
+            ..Default::default()
+        };
+        let mut stub = self.stub();
+        let r = unary("PostKey", stub.post_key(req)).await?;
+        Ok(r.fingerprint)
+    }
+
+    /// FetchKey of a user ("" homeserver = local).
+    pub async fn fetch_key(&self, user_id: u64, homeserver: &str) -> Result<UserKeys> {
+        let req = pb::FetchKeyRequest {
+            user_id,
+            homeserver: homeserver.to_string(),
+            ..Default::default()
+        };
+        let mut stub = self.stub();
+        let r = unary("FetchKey", stub.fetch_key(req)).await?;
+        let current = r.current_key.ok_or_else(|| {
+            Error::Protocol(format!(
+                "FetchKey of user {user_id} returned no current key"
+            ))
+        })?;
+        Ok(UserKeys {
+            current,
+            past: r.past_keys,
+        })
+    }
+
+    /// PostPrivateKey with an optional compare-and-set version; returns the new version.
+    pub async fn post_private_key(
+        &self,
+        blob: &[u8],
+        expected_version: Option<u64>,
+    ) -> Result<u64> {
+        let req = pb::PostPrivateKeyRequest {
+            key_data: blob.to_vec(),
+            expected_version,
+            ..Default::default()
+        };
+        let mut stub = self.stub();
+        Ok(unary("PostPrivateKey", stub.post_private_key(req))
+            .await?
+            .version)
+    }
+
+    /// FetchPrivateKey: the blob and its version, or None when nothing is stored.
+    pub async fn fetch_private_key(&self) -> Result<Option<(Vec<u8>, u64)>> {
+        let mut stub = self.stub();
+        match unary(
+            "FetchPrivateKey",
+            stub.fetch_private_key(pb::FetchPrivateKeyRequest::default()),
+        )
+        .await
+        {
+            Ok(r) => Ok(Some((r.key_data, r.version))),
+            Err(e) if e.code() == Some(Code::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// GenerateChannelPair.
+    pub async fn generate_channel_pair(&self) -> Result<ChannelPair> {
+        let mut stub = self.stub();
+        unary(
+            "GenerateChannelPair",
+            stub.generate_channel_pair(pb::GenerateChannelPairRequest::default()),
+        )
+        .await
+    }
+
+    /// SendInvite; returns the invite id.
+    pub async fn send_invite(
+        &self,
+        pair_id: &str,
+        user_id: u64,
+        homeserver: &str,
+        invite: Vec<u8>,
+    ) -> Result<u64> {
+        let req = pb::SendInviteRequest {
+            pair_id: pair_id.to_string(),
+            user_id,
+            homeserver: homeserver.to_string(),
+            invite,
+            ..Default::default()
+        };
+        let mut stub = self.stub();
+        Ok(unary("SendInvite", stub.send_invite(req)).await?.invite_id)
+    }
+
+    /// RemoveMember (owner only).
+    pub async fn remove_member(&self, pair_id: &str, user_id: u64) -> Result<()> {
+        let req = pb::RemoveMemberRequest {
+            pair_id: pair_id.to_string(),
+            user_id,
+            ..Default::default()
+        };
+        let mut stub = self.stub();
+        unary("RemoveMember", stub.remove_member(req))
+            .await
+            .map(|_| ())
+    }
+
+    /// LeaveChannelPair.
+    pub async fn leave_channel_pair(&self, pair_id: &str) -> Result<()> {
+        let req = pb::LeaveChannelPairRequest {
+            pair_id: pair_id.to_string(),
+            ..Default::default()
+        };
+        let mut stub = self.stub();
+        unary("LeaveChannelPair", stub.leave_channel_pair(req))
+            .await
+            .map(|_| ())
+    }
+
+    /// PostMessage; returns the event id. A refused counter is an [`Error::Rpc`] whose
+    /// status [`head_of`] reads.
+    pub async fn post_message(
+        &self,
+        stream_id: &str,
+        counter: u64,
+        ciphertext: Vec<u8>,
+    ) -> Result<u64> {
+        let req = pb::PostMessageRequest {
+            stream_id: stream_id.to_string(),
+            message: Some(EncryptedMessage {
+                message: ciphertext,
+                id: counter,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut stub = self.stub();
+        Ok(unary("PostMessage", stub.post_message(req)).await?.event_id)
+    }
+
+    /// One FetchMessages page forward from `after` (exclusive).
+    pub async fn fetch_messages_page(
+        &self,
+        stream_id: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<pb::FetchMessagesResponse> {
+        let req = pb::FetchMessagesRequest {
+            stream_id: stream_id.to_string(),
+            after_event_id: after,
+            limit,
+            ..Default::default()
+        };
+        let mut stub = self.stub();
+        unary("FetchMessages", stub.fetch_messages(req)).await
+    }
+}
+
+/// Runs a unary call with [`UNARY_TIMEOUT`], mapping its status into [`Error::Rpc`].
+pub(crate) async fn unary<T>(
+    call: &'static str,
+    fut: impl Future<Output = Result<tonic::Response<T>, Status>>,
+) -> Result<T> {
+    match tokio::time::timeout(UNARY_TIMEOUT, fut).await {
+        Ok(Ok(r)) => Ok(r.into_inner()),
+        Ok(Err(status)) => Err(Error::rpc(call, status)),
+        Err(_) => Err(Error::rpc(
+            call,
+            Status::deadline_exceeded(format!("no answer within {} s", UNARY_TIMEOUT.as_secs())),
+        )),
+    }
+}
+
+fn transport_reason(e: &tonic::transport::Error) -> String {
+    let mut reason = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        reason = format!("{reason}: {s}");
+        source = s.source();
+    }
+    reason
+}
+
+/// The user id a JWT names (its `sub` claim), read without verifying the token (the
+/// server verifies it; the client only needs to know who it is).
+pub fn user_id_from_token(token: &str) -> Result<u64> {
+    let bad = |why: &str| {
+        Error::State(format!(
+            "the token is not a JWT with a numeric sub claim: {why}"
+        ))
+    };
+    let payload = token
+        .split('.')
+        .nth(1)
+        .ok_or_else(|| bad("no payload part"))?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .map_err(|_| bad("the payload is not base64url"))?;
+    let claims: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|_| bad("the payload is not JSON"))?;
+    let sub = match &claims["sub"] {
+        serde_json::Value::String(s) => s.parse().ok(),
+        serde_json::Value::Number(n) => n.as_u64(),
+        _ => None,
+    };
+    sub.filter(|&u| u > 0)
+        .ok_or_else(|| bad("sub is missing or not a user id"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trailers_are_read() {
+        let mut status = Status::failed_precondition("counter taken");
+        status
+            .metadata_mut()
+            .insert(HEAD_COUNTER_TRAILER, "17".parse().unwrap());
+        assert_eq!(head_of(&status), None, "both trailers are needed");
+        status
+            .metadata_mut()
+            .insert(HEAD_EVENT_ID_TRAILER, "9".parse().unwrap());
+        assert_eq!(
+            head_of(&status),
+            Some(Head {
+                counter: 17,
+                event_id: 9
+            })
+        );
+        let mut limited = Status::resource_exhausted("slow down");
+        assert_eq!(retry_after(&limited), None);
+        limited
+            .metadata_mut()
+            .insert(RETRY_AFTER_TRAILER, "250".parse().unwrap());
+        assert_eq!(retry_after(&limited), Some(Duration::from_millis(250)));
+    }
+
+    #[test]
+    fn user_id_comes_from_sub() {
+        // {"sub":"42","exp":1} and {"sub":7}
+        assert_eq!(
+            user_id_from_token("x.eyJzdWIiOiI0MiIsImV4cCI6MX0.y").unwrap(),
+            42
+        );
+        assert_eq!(user_id_from_token("x.eyJzdWIiOjd9.y").unwrap(), 7);
+        assert!(user_id_from_token("not a jwt").is_err());
+        assert!(
+            user_id_from_token("x.eyJzdWIiOiIwIn0.y").is_err(),
+            "user 0 is not a user"
+        );
+    }
+}

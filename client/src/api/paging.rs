@@ -1,0 +1,93 @@
+//! Paging helpers: whole lists from paged RPCs (FetchInvites, ListChannelPairs,
+//! FetchMessages), each stopping when the server says no more follow.
+
+#![allow(clippy::needless_update)]
+
+use tonic::{Request, Status};
+
+use super::{Api, MAX_RECEIVE, PAGE_LIMIT, unary};
+use crate::error::{Error, Result};
+use crate::proto::paging::{ListChannelPairsPage, ListChannelPairsPageRequest};
+use crate::proto::secret::{self as pb, ChannelPairInfo, PostedMessage, ReceivedInvite};
+
+impl Api {
+    /// Every invite with an id above `after`, oldest first (all pages).
+    pub async fn fetch_invites_after(&self, mut after: u64) -> Result<Vec<ReceivedInvite>> {
+        let mut out = Vec::new();
+        loop {
+            let req = pb::FetchInvitesRequest {
+                after_invite_id: after,
+                limit: PAGE_LIMIT,
+                ..Default::default()
+            };
+            let mut stub = self.stub();
+            let page = unary("FetchInvites", stub.fetch_invites(req)).await?;
+            let Some(last) = page.invites.last().map(|i| i.invite_id) else {
+                return Ok(out);
+            };
+            after = last;
+            out.extend(page.invites);
+            if !page.has_more {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Every channel pair the caller belongs to (all pages when the server pages).
+    pub async fn list_channel_pairs(&self) -> Result<Vec<ChannelPairInfo>> {
+        let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+            "/protocol.secret.v1.SecretService/ListChannelPairs",
+        );
+        let mut out = Vec::new();
+        let mut after = String::new();
+        loop {
+            let mut grpc = tonic::client::Grpc::new(self.service.clone())
+                .max_decoding_message_size(MAX_RECEIVE);
+            grpc.ready()
+                .await
+                .map_err(|e| Error::rpc("ListChannelPairs", Status::unavailable(e.to_string())))?;
+            let req = ListChannelPairsPageRequest {
+                after_pair_id: after.clone(),
+                limit: PAGE_LIMIT,
+            };
+            let codec = tonic_prost::ProstCodec::<ListChannelPairsPageRequest, ListChannelPairsPage>::default();
+            let page: ListChannelPairsPage = unary(
+                "ListChannelPairs",
+                grpc.unary(Request::new(req), path.clone(), codec),
+            )
+            .await?;
+            let last = page
+                .pairs
+                .last()
+                .and_then(|p| p.pair.as_ref())
+                .map(|p| p.pair_id.clone());
+            out.extend(page.pairs);
+            match last {
+                Some(last) if page.has_more && last != after => after = last,
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// Every event of a stream after `after` (all pages), ascending.
+    pub async fn fetch_messages_after(
+        &self,
+        stream_id: &str,
+        mut after: u64,
+    ) -> Result<Vec<PostedMessage>> {
+        let mut out = Vec::new();
+        loop {
+            let page = self
+                .fetch_messages_page(stream_id, after, PAGE_LIMIT)
+                .await?;
+            let Some(last) = page.messages.last().map(|m| m.event_id) else {
+                return Ok(out);
+            };
+            after = last;
+            out.extend(page.messages);
+            if !page.has_more {
+                return Ok(out);
+            }
+        }
+    }
+}

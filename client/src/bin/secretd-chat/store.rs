@@ -1,0 +1,110 @@
+//! The state directory: `state.json` (0600) in a 0700 directory, written atomically
+//! (temporary file, fsync, rename) under an exclusive lock on `state.lock`, merged with
+//! what another process of the same device wrote meanwhile (so `listen` in one terminal
+//! and `send` in another lose nothing).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use secretd_client::state::DeviceState;
+use secretd_client::{Error, Result};
+
+/// A device's state directory.
+pub struct StateDir {
+    dir: PathBuf,
+}
+
+impl StateDir {
+    /// The directory (not created yet).
+    pub fn new(dir: &Path) -> StateDir {
+        StateDir {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn file(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+
+    /// True when a device was set up here.
+    pub fn exists(&self) -> bool {
+        self.file().exists()
+    }
+
+    fn create_dir(&self) -> Result<()> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .map_err(|e| Error::io(format!("cannot create {}", self.dir.display()), e))?;
+        fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::io(format!("cannot restrict {}", self.dir.display()), e))
+    }
+
+    fn lock(&self) -> Result<File> {
+        self.create_dir()?;
+        let path = self.dir.join("state.lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
+        file.lock()
+            .map_err(|e| Error::io(format!("cannot lock {}", path.display()), e))?;
+        Ok(file)
+    }
+
+    fn read(&self) -> Result<Option<DeviceState>> {
+        let path = self.file();
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(format!("cannot read {}", path.display()), e)),
+        };
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| Error::State(format!("{} is damaged: {e}", path.display())))
+    }
+
+    /// The saved state, or an error telling the user to run `init` or `login`.
+    pub fn load(&self) -> Result<DeviceState> {
+        let _lock = self.lock()?;
+        self.read()?.ok_or_else(|| {
+            Error::State(format!(
+                "no device in {}: run `secretd-chat init` (first device) or `login` (another device)",
+                self.dir.display()
+            ))
+        })
+    }
+
+    /// Saves `state`, merged with whatever another process saved since it was loaded.
+    pub fn save(&self, state: &DeviceState) -> Result<()> {
+        let _lock = self.lock()?;
+        let mut merged = state.clone();
+        if let Some(on_disk) = self.read()?
+            && on_disk.user_id == state.user_id
+        {
+            merged.merge(on_disk);
+        }
+        let json = serde_json::to_vec_pretty(&merged)
+            .map_err(|e| Error::State(format!("cannot encode the state: {e}")))?;
+        let tmp = self.dir.join("state.json.tmp");
+        let write = || -> std::io::Result<()> {
+            let mut f = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(&json)?;
+            f.sync_all()?;
+            fs::rename(&tmp, self.file())?;
+            File::open(&self.dir)?.sync_all()
+        };
+        write().map_err(|e| Error::io(format!("cannot write {}", self.file().display()), e))
+    }
+}

@@ -1,0 +1,234 @@
+//! A device's local state, serialisable with serde (the CLI keeps it as JSON).
+//!
+//! Everything in it only grows or moves forward (rooms, epochs, trusted keys, cursors), so
+//! two copies written by two processes of one device merge without loss:
+//! [`DeviceState::merge`].
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::ratchet::ChainPoint;
+
+/// Format version of the serialised state.
+pub const STATE_VERSION: u32 = 1;
+
+/// One device of one user.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DeviceState {
+    /// [`STATE_VERSION`].
+    pub version: u32,
+    /// The homeserver's secretd URL.
+    pub server: String,
+    /// The bearer token (JWT) the device calls with.
+    pub token: String,
+    /// The user id (the token's `sub`).
+    pub user_id: u64,
+    /// The unwrapped identity private key, PKCS#8 DER: whoever reads the state file holds
+    /// the key (the CLI writes it 0600 in a 0700 directory).
+    #[serde(with = "b64")]
+    pub identity_pkcs8: Vec<u8>,
+    /// SHA-256 of the identity public key (SPKI DER).
+    #[serde(with = "hex32")]
+    pub fingerprint: [u8; 32],
+    /// Version of the private-key backup on the server, as last seen.
+    pub backup_version: u64,
+    /// The last invite id processed (invites are processed in id order).
+    pub invites_after: u64,
+    /// Rooms by pair id.
+    pub rooms: BTreeMap<String, Room>,
+}
+
+/// One room: a channel pair with the keys and trust this device holds for it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Room {
+    /// The pair id.
+    pub pair_id: String,
+    /// The message stream.
+    pub message: StreamState,
+    /// The state stream.
+    pub state: StreamState,
+    /// The room's name.
+    pub name: String,
+    /// A small photo, or empty.
+    #[serde(with = "b64")]
+    pub photo: Vec<u8>,
+    /// A photo URL, or empty.
+    pub photo_url: String,
+    /// State-stream event id of the RoomState event that set name and photo (0 = set by
+    /// an invite).
+    pub name_set_at: u64,
+    /// Trusted identity keys: user (text form, see [`crate::user::display`]) → hex
+    /// fingerprints.
+    pub trusted: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// The keys and read position of one stream.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StreamState {
+    /// The stream id.
+    pub stream_id: String,
+    /// The last event id processed (events are processed in event-id order).
+    pub last_event_id: u64,
+    /// The counter of that event: the stream's head counter as far as this device knows.
+    pub last_counter: u64,
+    /// Ratchet epochs by hex epoch id.
+    pub epochs: BTreeMap<String, EpochState>,
+}
+
+/// One epoch of a stream's ratchet as this device holds it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EpochState {
+    /// 0 for a room's first epoch, +1 per rotation.
+    pub generation: u32,
+    /// The earliest chain key this device holds (from an invite or its own seed): history
+    /// is readable from `origin.counter + 1` on.
+    pub origin: ChainPoint,
+    /// The chain key at the last event of this epoch processed in order.
+    pub cursor: ChainPoint,
+}
+
+impl DeviceState {
+    /// Folds `other` (another process's copy of the same device) into `self`.
+    pub fn merge(&mut self, other: DeviceState) {
+        self.backup_version = self.backup_version.max(other.backup_version);
+        self.invites_after = self.invites_after.max(other.invites_after);
+        for (id, room) in other.rooms {
+            match self.rooms.get_mut(&id) {
+                Some(mine) => mine.merge(room),
+                None => {
+                    self.rooms.insert(id, room);
+                }
+            }
+        }
+    }
+
+    /// A room by pair id, or by name when exactly one room has it.
+    pub fn find_room(&self, name_or_id: &str) -> Result<&Room, crate::Error> {
+        if let Some(room) = self.rooms.get(name_or_id) {
+            return Ok(room);
+        }
+        let matches: Vec<&Room> = self
+            .rooms
+            .values()
+            .filter(|r| r.name == name_or_id)
+            .collect();
+        match matches.as_slice() {
+            [one] => Ok(one),
+            [] => Err(crate::Error::State(format!(
+                "no room named {name_or_id:?} on this device (see `rooms`; accept pending invites first)"
+            ))),
+            _ => Err(crate::Error::State(format!(
+                "{} rooms are named {name_or_id:?}: name the room by its pair id",
+                matches.len()
+            ))),
+        }
+    }
+}
+
+impl Room {
+    /// Folds another copy of this room into `self`.
+    pub fn merge(&mut self, other: Room) {
+        self.message.merge(other.message);
+        self.state.merge(other.state);
+        if other.name_set_at > self.name_set_at {
+            self.name = other.name;
+            self.photo = other.photo;
+            self.photo_url = other.photo_url;
+            self.name_set_at = other.name_set_at;
+        }
+        for (user, fps) in other.trusted {
+            self.trusted.entry(user).or_default().extend(fps);
+        }
+    }
+
+    /// The room's streams: message first, then state.
+    pub fn streams(&self) -> [&StreamState; 2] {
+        [&self.message, &self.state]
+    }
+}
+
+impl StreamState {
+    /// A stream this device has no keys for yet.
+    pub fn new(stream_id: String) -> StreamState {
+        StreamState {
+            stream_id,
+            last_event_id: 0,
+            last_counter: 0,
+            epochs: BTreeMap::new(),
+        }
+    }
+
+    /// Folds another copy of this stream into `self`.
+    pub fn merge(&mut self, other: StreamState) {
+        if other.last_event_id > self.last_event_id {
+            self.last_event_id = other.last_event_id;
+            self.last_counter = other.last_counter;
+        }
+        for (id, epoch) in other.epochs {
+            self.add_epoch(id, epoch);
+        }
+    }
+
+    /// Adds what `epoch` knows: the earlier origin and the later cursor win.
+    pub fn add_epoch(&mut self, id: String, epoch: EpochState) {
+        match self.epochs.get_mut(&id) {
+            Some(mine) => {
+                if epoch.origin.counter < mine.origin.counter {
+                    mine.origin = epoch.origin;
+                }
+                if epoch.cursor.counter > mine.cursor.counter {
+                    mine.cursor = epoch.cursor;
+                }
+                mine.generation = mine.generation.max(epoch.generation);
+            }
+            None => {
+                self.epochs.insert(id, epoch);
+            }
+        }
+    }
+
+    /// The epoch senders use: the highest generation (ties: the latest origin).
+    pub fn current_epoch(&self) -> Option<(&String, &EpochState)> {
+        self.epochs
+            .iter()
+            .max_by_key(|(_, e)| (e.generation, e.origin.counter))
+    }
+}
+
+/// Serde helpers: bytes as base64.
+pub mod b64 {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Serialises bytes as standard base64.
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    /// Deserialises standard base64.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        STANDARD.decode(text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Serde helpers: 32 bytes as hex.
+pub mod hex32 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Serialises 32 bytes as lower-case hex.
+    pub fn serialize<S: Serializer>(bytes: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(bytes))
+    }
+
+    /// Deserialises 32 bytes of hex.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let text = String::deserialize(d)?;
+        let bytes = hex::decode(text).map_err(serde::de::Error::custom)?;
+        bytes
+            .try_into()
+            .map_err(|_| serde::de::Error::custom("expected 32 bytes of hex"))
+    }
+}

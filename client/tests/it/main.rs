@@ -1,0 +1,9 @@
+//! Integration tests of the reference E2EE client against a real secretd (in-process, on
+//! SQLite and Postgres): one binary, a module per area.
+
+mod chat;
+mod cli;
+mod common;
+mod removal;
+mod subscription;
+mod tamper;
