@@ -9,6 +9,7 @@ mod common;
 
 mod auth;
 mod cli;
+mod faults;
 mod invites;
 mod keys;
 mod messages;

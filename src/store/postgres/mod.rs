@@ -99,6 +99,11 @@ impl PgStore {
     }
 }
 
+/// The pair and its owner if `user` is a member, with the member row locked FOR SHARE
+/// until the transaction ends: a write that depends on the membership (an invite, a
+/// removal by the owner) cannot commit after a concurrent removal of `user` has committed
+/// (the removal's DELETE waits for the lock, or this read waits for the removal and then
+/// finds no row).
 async fn pair_of_member(
     conn: &mut PgConnection,
     user: i64,
@@ -106,7 +111,8 @@ async fn pair_of_member(
 ) -> Result<Option<(PairIds, i64)>> {
     let row: Option<(Uuid, Uuid, i64)> = sqlx::query_as(
         "SELECT p.message_id, p.state_id, p.owner FROM channel_pairs p \
-         JOIN members m ON m.pair_id = p.pair_id AND m.user_id = $1 WHERE p.pair_id = $2",
+         JOIN members m ON m.pair_id = p.pair_id AND m.user_id = $1 WHERE p.pair_id = $2 \
+         FOR SHARE OF m",
     )
     .bind(user)
     .bind(pair)

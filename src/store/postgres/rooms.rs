@@ -30,6 +30,8 @@ impl RoomStore for PgStore {
         now: i64,
     ) -> Result<InviteRecord> {
         let mut tx = self.pool.begin().await?;
+        // Locks the inviter's membership: a removal racing this invite either waits for
+        // it or makes it PERMISSION_DENIED, never an invitee added after the removal.
         let (ids, _) = pair_of_member(&mut tx, from, pair)
             .await?
             .ok_or_else(pair_denied)?;

@@ -41,6 +41,8 @@ impl RoomStore for SqliteStore {
         body: &[u8],
         now: i64,
     ) -> Result<InviteRecord> {
+        // The single writer connection serialises this with every removal, so the
+        // membership read here cannot be overtaken by one (Postgres locks the row).
         let mut tx = self.writer.begin().await?;
         let (ids, _) = pair_of_member(&mut tx, from, pair)
             .await?
