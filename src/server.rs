@@ -115,7 +115,13 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
     let verifier = Arc::new(Verifier::from_settings(&settings)?);
     let url = settings.effective_database_url();
     let replica = Uuid::new_v4();
-    let store = store::open(&url, settings.db_max_connections, replica).await?;
+    let store = store::open_with_deadline(
+        &url,
+        settings.db_max_connections,
+        Duration::from_millis(settings.db_timeout_ms),
+        replica,
+    )
+    .await?;
     let backend = store.backend();
     let hub = Hub::new(store.clone(), settings.fanout_ring_events);
     let writers = match backend {
@@ -136,6 +142,7 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
             url.clone(),
             replica,
             hub.clone(),
+            Duration::from_millis(settings.listener_watchdog_ms),
             shutdown_rx.clone(),
         ));
     }

@@ -49,6 +49,14 @@ pub fn install_exporter(addr: SocketAddr) -> anyhow::Result<()> {
         "secretd_listener_connected",
         "1 while the Postgres change listener is connected"
     );
+    metrics::describe_counter!(
+        "secretd_db_deadline_total",
+        "Database operations abandoned at db_timeout_ms, by operation"
+    );
+    metrics::describe_counter!(
+        "secretd_listener_watchdog_total",
+        "Change-listener connections dropped because no notification came within listener_watchdog_ms"
+    );
     Ok(())
 }
 
@@ -76,4 +84,14 @@ pub fn subscriptions(delta: i64) {
 /// Sets the listener-connected gauge.
 pub fn listener_connected(up: bool) {
     metrics::gauge!("secretd_listener_connected").set(if up { 1.0 } else { 0.0 });
+}
+
+/// Counts a database operation abandoned at its deadline.
+pub fn db_deadline(operation: &'static str) {
+    metrics::counter!("secretd_db_deadline_total", "operation" => operation).increment(1);
+}
+
+/// Counts a listener connection dropped by the watchdog.
+pub fn listener_watchdog() {
+    metrics::counter!("secretd_listener_watchdog_total").increment(1);
 }

@@ -19,7 +19,9 @@ impl EventStore for PgStore {
         pairs_senders.dedup();
         let (ps, pu): (Vec<Uuid>, Vec<i64>) = pairs_senders.into_iter().unzip();
 
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.conn().await?;
+
+        let mut tx = conn.begin().await?;
         let rows = sqlx::query(
             "SELECT stream_id, head_event_id, head_counter, member_epoch FROM streams \
              WHERE stream_id = ANY($1) ORDER BY stream_id FOR UPDATE",
@@ -140,7 +142,7 @@ impl EventStore for PgStore {
         )
         .bind(user)
         .bind(stream)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.conn().await?)
         .await?;
         let (head_event_id, member_epoch) = row.ok_or_else(stream_denied)?;
         Ok(StreamAccess {
@@ -181,7 +183,7 @@ impl EventStore for PgStore {
             .bind(stream)
             .bind(bound)
             .bind(limit as i64 + 1)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.conn().await?)
             .await?;
         let first = rows.first().ok_or_else(stream_denied)?;
         let head_event_id: i64 = first.try_get(0)?;
@@ -226,7 +228,7 @@ impl EventStore for PgStore {
         .bind(after)
         .bind(up_to)
         .bind(limit as i64)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         let mut run = EventRun::default();
         for r in &rows {
@@ -244,7 +246,7 @@ impl EventStore for PgStore {
                 "SELECT stream_id, head_event_id FROM streams WHERE stream_id = ANY($1)",
             )
             .bind(streams)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.conn().await?)
             .await?,
         )
     }

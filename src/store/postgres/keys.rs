@@ -15,7 +15,8 @@ impl KeyStore for PgStore {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut tx = self.pool.begin().await?;
+            let mut conn = self.conn().await?;
+            let mut tx = conn.begin().await?;
             let current: Option<(i64, Vec<u8>)> = sqlx::query_as(
                 "SELECT seq, fingerprint FROM public_keys WHERE user_id = $1 ORDER BY seq DESC LIMIT 1",
             )
@@ -64,7 +65,7 @@ impl KeyStore for PgStore {
             "SELECT spki_der, fingerprint, posted_at FROM public_keys WHERE user_id = $1 ORDER BY seq DESC",
         )
         .bind(user)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         Ok(rows.into_iter().map(StoredKey::from).collect())
     }
@@ -87,7 +88,7 @@ impl KeyStore for PgStore {
                 .bind(user)
                 .bind(blob)
                 .bind(now)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.conn().await?)
                 .await?
             }
             Some(0) => {
@@ -98,7 +99,7 @@ impl KeyStore for PgStore {
                 .bind(user)
                 .bind(blob)
                 .bind(now)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.conn().await?)
                 .await?
             }
             Some(v) => {
@@ -110,7 +111,7 @@ impl KeyStore for PgStore {
                 .bind(blob)
                 .bind(now)
                 .bind(i64::try_from(v).unwrap_or(i64::MAX))
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.conn().await?)
                 .await?
             }
         };
@@ -120,7 +121,7 @@ impl KeyStore for PgStore {
                 let current: Option<i64> =
                     sqlx::query_scalar("SELECT version FROM private_keys WHERE user_id = $1")
                         .bind(user)
-                        .fetch_optional(&self.pool)
+                        .fetch_optional(&mut *self.conn().await?)
                         .await?;
                 Err(version_mismatch(
                     expected.unwrap_or(0),
@@ -134,7 +135,7 @@ impl KeyStore for PgStore {
         let row: Option<(Vec<u8>, i64)> =
             sqlx::query_as("SELECT blob, version FROM private_keys WHERE user_id = $1")
                 .bind(user)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.conn().await?)
                 .await?;
         Ok(row.map(|(b, v)| (b, v as u64)))
     }

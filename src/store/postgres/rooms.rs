@@ -16,7 +16,7 @@ impl RoomStore for PgStore {
         .bind(ids.state_id)
         .bind(owner)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *self.conn().await?)
         .await?;
         Ok(())
     }
@@ -29,7 +29,8 @@ impl RoomStore for PgStore {
         body: &[u8],
         now: i64,
     ) -> Result<InviteRecord> {
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.conn().await?;
+        let mut tx = conn.begin().await?;
         // Locks the inviter's membership: a removal racing this invite either waits for
         // it or makes it PERMISSION_DENIED, never an invitee added after the removal.
         let (ids, _) = pair_of_member(&mut tx, from, pair)
@@ -91,7 +92,7 @@ impl RoomStore for PgStore {
         .bind(user)
         .bind(after)
         .bind(limit as i64)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         Ok(rows
             .into_iter()
@@ -103,7 +104,7 @@ impl RoomStore for PgStore {
         let id: Option<i64> =
             sqlx::query_scalar("SELECT last_invite_id FROM inboxes WHERE user_id = $1")
                 .bind(user)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.conn().await?)
                 .await?;
         Ok(id.unwrap_or(0))
     }
@@ -116,7 +117,7 @@ impl RoomStore for PgStore {
              WHERE m.user_id = $1 ORDER BY p.created_at, p.pair_id",
         )
         .bind(user)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         Ok(rows
             .into_iter()
@@ -133,7 +134,8 @@ impl RoomStore for PgStore {
     }
 
     async fn leave_pair(&self, user: i64, pair: Uuid) -> Result<PairIds> {
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.conn().await?;
+        let mut tx = conn.begin().await?;
         let (ids, owner) = self
             .lock_pair_of_member(&mut tx, user, pair)
             .await?
@@ -144,7 +146,8 @@ impl RoomStore for PgStore {
     }
 
     async fn remove_member(&self, owner: i64, pair: Uuid, user: i64) -> Result<PairIds> {
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.conn().await?;
+        let mut tx = conn.begin().await?;
         let (ids, current_owner) = self
             .lock_pair_of_member(&mut tx, owner, pair)
             .await?

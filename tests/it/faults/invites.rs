@@ -1,37 +1,10 @@
-//! Faults and interleavings on Postgres, made deterministic: a removal held open in a
-//! test transaction while an invite races it.
+//! An invite racing the inviter's removal (Postgres), held at the decisive moment by a
+//! test transaction.
 
+use super::{direct_pool, hold_stream_rows, until_blocked_by};
 use crate::common::*;
 use secretd::proto::*;
 use tonic::Code;
-
-/// A direct connection pool to the test database (not through secretd).
-async fn direct_pool(b: &Backend) -> sqlx::PgPool {
-    let Backend::Postgres(url) = b else {
-        unreachable!("Postgres only")
-    };
-    sqlx::PgPool::connect(url).await.unwrap()
-}
-
-/// Polls until some backend waits for a lock held by the backend `pid`, or `done` says the
-/// racing call has already answered (a call that never waits is the defect the caller's
-/// assertions catch). Polling a condition, not sleeping through a window.
-async fn until_blocked_by(pool: &sqlx::PgPool, pid: i32, done: impl Fn() -> bool) {
-    for _ in 0..3000 {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
-        )
-        .bind(pid)
-        .fetch_one(pool)
-        .await
-        .unwrap();
-        if waiting > 0 || done() {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    panic!("the racing call neither answered nor waited for the held transaction in 30 s");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_invite_racing_the_inviters_removal_is_refused() {
@@ -49,16 +22,7 @@ async fn an_invite_racing_the_inviters_removal_is_refused() {
     // The owner's removal of the inviter, caught just before its COMMIT: the same
     // statements RemoveMember runs, in a transaction this test holds open.
     let pool = direct_pool(&b).await;
-    let mut removal = pool.begin().await.unwrap();
-    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-        .fetch_one(&mut *removal)
-        .await
-        .unwrap();
-    sqlx::query("SELECT stream_id FROM streams WHERE pair_id = $1 ORDER BY stream_id FOR UPDATE")
-        .bind(pair_id)
-        .execute(&mut *removal)
-        .await
-        .unwrap();
+    let (mut removal, pid) = hold_stream_rows(&pool, pair_id).await;
     sqlx::query("DELETE FROM members WHERE pair_id = $1 AND user_id = $2")
         .bind(pair_id)
         .bind(inviter as i64)
@@ -84,7 +48,7 @@ async fn an_invite_racing_the_inviters_removal_is_refused() {
             .await
         }
     });
-    until_blocked_by(&pool, pid, || racing.is_finished()).await;
+    until_blocked_by(&pool, pid, 1, || racing.is_finished()).await;
     // ...and the removal commits first.
     removal.commit().await.unwrap();
     expect_code(racing.await.unwrap(), Code::PermissionDenied);
