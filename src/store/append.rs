@@ -6,6 +6,10 @@
 
 use std::collections::HashMap;
 
+pub mod check;
+#[cfg(test)]
+mod props;
+
 use uuid::Uuid;
 
 use super::{AppendRequest, Appended, StoredEvent, stream_denied};

@@ -8,7 +8,10 @@
 //! order is commit order. Leaving or removing a member locks the same rows and bumps the
 //! streams' `member_epoch`, which the fan-out uses to re-check access (see `hub.rs`).
 
-mod append;
+/// The counter rules ([`append::plan_batch`]) and their model ([`append::check`]):
+/// public only for the fuzz targets in `fuzz/`, not part of the server's API.
+#[doc(hidden)]
+pub mod append;
 pub mod deadline;
 mod errors;
 pub mod postgres;
