@@ -86,6 +86,17 @@ pub struct Settings {
     pub max_stream_ids_per_message: usize,
     /// Database connections in the pool (Postgres) / readers (SQLite). Default 16.
     pub db_max_connections: u32,
+    /// Client-side deadline of every database operation, in milliseconds: an operation
+    /// the database does not finish by then (a black-holed connection included) answers
+    /// UNAVAILABLE, and its connection is closed rather than reused. Postgres sessions
+    /// also get it as `statement_timeout` and `idle_in_transaction_session_timeout`.
+    /// Default 5000.
+    pub db_timeout_ms: u64,
+    /// Watchdog of the Postgres change listener, in milliseconds: the listener pings
+    /// itself through the database every half of this, and a listener connection that
+    /// brings no notification for this long is dropped and reconnected, and every local
+    /// subscription repairs its gap from the database. Default 10000.
+    pub listener_watchdog_ms: u64,
     /// Most posts committed in one group-commit transaction. Default 512.
     pub commit_max_batch: usize,
     /// Concurrent group-commit writers on Postgres (streams are sharded over them).
@@ -278,6 +289,8 @@ fn with_defaults() -> Result<Builder, config::ConfigError> {
         .set_default("max_connections_per_user", 32)?
         .set_default("max_stream_ids_per_message", 2000)?
         .set_default("db_max_connections", 16)?
+        .set_default("db_timeout_ms", 5000)?
+        .set_default("listener_watchdog_ms", 10_000)?
         .set_default("commit_max_batch", 512)?
         .set_default("commit_writers", 1)?
         .set_default("shutdown_grace_secs", 10)?
@@ -326,6 +339,12 @@ impl Settings {
         }
         if self.commit_max_batch == 0 || self.commit_writers == 0 {
             return bad("commit_max_batch and commit_writers must be at least 1".into());
+        }
+        if self.db_timeout_ms < 10 || self.listener_watchdog_ms < 10 {
+            return bad(format!(
+                "db_timeout_ms ({}) and listener_watchdog_ms ({}) must be at least 10",
+                self.db_timeout_ms, self.listener_watchdog_ms
+            ));
         }
         if self.connection_buffer == 0 || self.fanout_ring_events == 0 {
             return bad("connection_buffer and fanout_ring_events must be at least 1".into());

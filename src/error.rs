@@ -164,9 +164,14 @@ fn is_transient(code: Option<&str>) -> bool {
     let Some(code) = code else { return false };
     // Postgres: connection exceptions (class 08), serialization failure, deadlock,
     // too many connections, admin/crash shutdown, cannot connect now, database not
-    // accepting connections (55000 only arises at connect for our statements).
+    // accepting connections (55000 only arises at connect for our statements),
+    // statement_timeout and idle_in_transaction_session_timeout (set to db_timeout_ms:
+    // the database is too slow or the connection was stuck).
     code.starts_with("08")
-        || matches!(code, "40001" | "40P01" | "53300" | "57P01" | "57P02" | "57P03" | "55000")
+        || matches!(
+            code,
+            "40001" | "40P01" | "53300" | "57P01" | "57P02" | "57P03" | "55000" | "57014" | "25P03"
+        )
         // SQLite: SQLITE_BUSY, SQLITE_LOCKED
         || matches!(code, "5" | "6")
 }

@@ -121,9 +121,14 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
     let verifier = Arc::new(Verifier::from_settings(&settings)?);
     let url = settings.effective_database_url();
     let replica = Uuid::new_v4();
-    let store = store::open(&url, settings.db_max_connections, replica)
-        .await
-        .with_context(|| format!("cannot open the database {}", redact_url(&url)))?;
+    let store = store::open_with_deadline(
+        &url,
+        settings.db_max_connections,
+        Duration::from_millis(settings.db_timeout_ms),
+        replica,
+    )
+    .await
+    .with_context(|| format!("cannot open the database {}", redact_url(&url)))?;
     let backend = store.backend();
     let hub = Hub::new(
         store.clone(),
@@ -148,6 +153,7 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
             url.clone(),
             replica,
             hub.clone(),
+            Duration::from_millis(settings.listener_watchdog_ms),
             shutdown_rx.clone(),
         ));
     }

@@ -65,6 +65,14 @@ pub fn install_exporter(addr: SocketAddr) -> anyhow::Result<()> {
         "Database pages read by single subscriptions catching up (resumes, slow readers, \
          gaps the hub could not fill)"
     );
+    metrics::describe_counter!(
+        "secretd_db_deadline_total",
+        "Database operations abandoned at db_timeout_ms, by operation"
+    );
+    metrics::describe_counter!(
+        "secretd_listener_watchdog_total",
+        "Change-listener connections dropped because no notification came within listener_watchdog_ms"
+    );
     Ok(())
 }
 
@@ -102,4 +110,14 @@ pub fn fanout_events_read(events: usize) {
 /// Counts a database page read by one subscription catching up.
 pub fn catchup_page() {
     metrics::counter!("secretd_catchup_pages_total").increment(1);
+}
+
+/// Counts a database operation abandoned at its deadline.
+pub fn db_deadline(operation: &'static str) {
+    metrics::counter!("secretd_db_deadline_total", "operation" => operation).increment(1);
+}
+
+/// Counts a listener connection dropped by the watchdog.
+pub fn listener_watchdog() {
+    metrics::counter!("secretd_listener_watchdog_total").increment(1);
 }

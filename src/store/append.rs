@@ -6,6 +6,10 @@
 
 use std::collections::HashMap;
 
+pub mod check;
+#[cfg(test)]
+mod props;
+
 use uuid::Uuid;
 
 use super::{AppendRequest, Appended, StoredEvent, stream_denied};
@@ -117,13 +121,11 @@ pub fn plan_batch(
                 {
                     Ok(Appended::Retry { event_id })
                 }
-                Some(_) => Err(Error::AlreadyExists(format!(
-                    "ratchet counter {} on this stream is already taken by a different \
-                     ciphertext or sender; fetch the stream, advance your ratchet past the head \
-                     counter {} and post again",
-                    post.counter, head.head_counter
-                ))),
-                None => Err(rejected(post.counter, head, max_gap)),
+                // Taken by another post (other bytes or sender), or never used: the same
+                // refusal and the same remedy (resync, advance, re-encrypt, retry). Never
+                // ALREADY_EXISTS: client libraries often read that code as success, and
+                // the message would be lost.
+                _ => Err(rejected(post.counter, head, max_gap)),
             }
         } else if post.counter - head.head_counter > max_gap {
             Err(rejected(post.counter, head, max_gap))
@@ -210,7 +212,7 @@ mod tests {
         let batch = [
             post(s, 1, 11, b"a"),     // ok -> 5
             post(s, 1, 11, b"a"),     // retry within the batch -> 5
-            post(s, 2, 11, b"a"),     // same counter, other sender
+            post(s, 2, 11, b"a"),     // same counter, other sender: refused like any other
             post(s, 1, 10, b"ten"),   // retry of a committed event -> 4
             post(s, 1, 9, b"nine"),   // never used, below head
             post(s, 1, 11 + 4, b"b"), // ok -> 6 (gap 4)
@@ -229,7 +231,7 @@ mod tests {
             vec![
                 Ok(5),
                 Ok(5),
-                Err(Code::AlreadyExists),
+                Err(Code::FailedPrecondition),
                 Ok(4),
                 Err(Code::FailedPrecondition),
                 Ok(6),
@@ -237,6 +239,17 @@ mod tests {
                 Err(Code::PermissionDenied)
             ]
         );
+        // A counter taken inside the batch names the head as it stands after the posts
+        // applied before it, like every other counter refusal.
+        assert!(matches!(
+            plan.outcomes[2],
+            Err(Error::CounterRejected {
+                counter: 11,
+                head_counter: 11,
+                head_event_id: 5,
+                ..
+            })
+        ));
         assert_eq!(plan.inserts.len(), 2);
         assert_eq!(plan.heads, vec![(s, 6, 15)]);
         assert!(matches!(

@@ -8,13 +8,18 @@
 //! order is commit order. Leaving or removing a member locks the same rows and bumps the
 //! streams' `member_epoch`, which the fan-out uses to re-check access (see `hub.rs`).
 
-mod append;
+/// The counter rules ([`append::plan_batch`]) and their model ([`append::check`]):
+/// public only for the fuzz targets in `fuzz/`, not part of the server's API.
+#[doc(hidden)]
+pub mod append;
+pub mod deadline;
 mod errors;
 mod page;
 pub mod postgres;
 pub mod sqlite;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -413,23 +418,36 @@ pub trait Store: KeyStore + RoomStore + EventStore + 'static {
 /// A shared, dynamically chosen store.
 pub type DynStore = Arc<dyn Store>;
 
-/// Opens the store named by `url` (`postgres://`, `postgresql://`, `sqlite:`) and runs its
-/// migrations. `replica_id` tags this process's change notifications (Postgres).
+/// The client-side deadline of a database operation when none is configured (the
+/// default of `db_timeout_ms`).
+pub const DEFAULT_DB_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Opens the store named by `url` with the default deadline (see [`open_with_deadline`]).
 pub async fn open(url: &str, max_connections: u32, replica_id: Uuid) -> anyhow::Result<DynStore> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(
-            postgres::PgStore::open(url, max_connections, replica_id).await?,
-        ))
+    open_with_deadline(url, max_connections, DEFAULT_DB_TIMEOUT, replica_id).await
+}
+
+/// Opens the store named by `url` (`postgres://`, `postgresql://`, `sqlite:`) and runs its
+/// migrations. Every operation of the returned store answers within `limit`
+/// (UNAVAILABLE when the database does not; see [`deadline`]). `replica_id` tags this
+/// process's change notifications (Postgres).
+pub async fn open_with_deadline(
+    url: &str,
+    max_connections: u32,
+    limit: Duration,
+    replica_id: Uuid,
+) -> anyhow::Result<DynStore> {
+    let inner: DynStore = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Arc::new(postgres::PgStore::open(url, max_connections, limit, replica_id).await?)
     } else if url.starts_with("sqlite:") {
-        Ok(Arc::new(
-            sqlite::SqliteStore::open(url, max_connections).await?,
-        ))
+        Arc::new(sqlite::SqliteStore::open(url, max_connections, limit).await?)
     } else {
         anyhow::bail!(
             "database_url is neither postgres://… nor sqlite://…; leave it empty for the \
              embedded SQLite file in the data directory"
         )
-    }
+    };
+    Ok(Arc::new(deadline::Deadline::new(inner, limit)))
 }
 
 /// Runs the migrations of the store named by `url` and closes it.

@@ -10,6 +10,7 @@ mod common;
 mod auth;
 mod cli;
 mod data_dir;
+mod faults;
 mod invites;
 mod jwt_claims;
 mod keys;

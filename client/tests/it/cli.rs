@@ -105,10 +105,12 @@ async fn two_terminals_chat() {
     assert_eq!(joined[0]["accepted"], true);
 
     // Bob chats in a second "terminal" while Alice sends from hers.
+    // Bob's chat writes its diagnostics to a file, shown if the test fails.
+    let chat_log = b_dir.join("chat.stderr");
     let mut bob_chat = chat(&b_dir, "pb", &["chat", "general"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&chat_log).unwrap())
         .spawn()
         .unwrap();
     let mut typed = bob_chat.stdin.take().unwrap();
@@ -126,7 +128,12 @@ async fn two_terminals_chat() {
         let v = tokio::time::timeout(std::time::Duration::from_secs(60), heard.recv())
             .await
             .expect("chat printed a message within a minute")
-            .expect("chat is running");
+            .unwrap_or_else(|| {
+                panic!(
+                    "chat stopped printing; its stderr:\n{}",
+                    std::fs::read_to_string(&chat_log).unwrap_or_default()
+                )
+            });
         (
             v["sender"].as_str().unwrap().to_string(),
             v["text"].as_str().unwrap().to_string(),

@@ -23,7 +23,9 @@ impl EventStore for PgStore {
         pairs_senders.dedup();
         let (ps, pu): (Vec<Uuid>, Vec<i64>) = pairs_senders.into_iter().unzip();
 
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.conn().await?;
+
+        let mut tx = conn.begin().await?;
         let rows = sqlx::query(
             "SELECT stream_id, head_event_id, head_counter, member_epoch FROM streams \
              WHERE stream_id = ANY($1) ORDER BY stream_id FOR UPDATE",
@@ -144,7 +146,7 @@ impl EventStore for PgStore {
         )
         .bind(user)
         .bind(stream)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.conn().await?)
         .await?;
         let (head_event_id, member_epoch) = row.ok_or_else(stream_denied)?;
         Ok(StreamAccess {
@@ -182,12 +184,13 @@ impl EventStore for PgStore {
                 before,
             ),
         };
+        let mut conn = self.conn().await?;
         let mut rows = sqlx::query(sql)
             .bind(user)
             .bind(stream)
             .bind(bound)
             .bind(limit as i64 + 1)
-            .fetch(&self.pool);
+            .fetch(&mut *conn);
         let first = rows.try_next().await?.ok_or_else(stream_denied)?;
         let head_event_id: i64 = first.try_get(0)?;
         let member_epoch: i64 = first.try_get(1)?;
@@ -229,7 +232,7 @@ impl EventStore for PgStore {
         .bind(after)
         .bind(up_to)
         .bind(limit as i64)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         let mut run = EventRun::default();
         for r in &rows {
@@ -247,7 +250,7 @@ impl EventStore for PgStore {
                  WHERE stream_id = ANY($1)",
         )
         .bind(streams)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?)
     }
 }

@@ -18,7 +18,8 @@ impl KeyStore for PgStore {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut tx = self.pool.begin().await?;
+            let mut conn = self.conn().await?;
+            let mut tx = conn.begin().await?;
             let current: Option<(i64, Vec<u8>)> = sqlx::query_as(
                 "SELECT seq, fingerprint FROM public_keys WHERE user_id = $1 ORDER BY seq DESC LIMIT 1",
             )
@@ -68,13 +69,14 @@ impl KeyStore for PgStore {
         limit: usize,
         budget: Budget<StoredKey>,
     ) -> Result<Paged<StoredKey>> {
+        let mut conn = self.conn().await?;
         let rows = sqlx::query_as::<_, KeyRow>(
             "SELECT spki_der, fingerprint, posted_at FROM public_keys WHERE user_id = $1 \
              ORDER BY seq DESC LIMIT $2",
         )
         .bind(user)
         .bind(limit as i64 + 1)
-        .fetch(&self.pool)
+        .fetch(&mut *conn)
         .map(|row| -> Result<StoredKey> { Ok(StoredKey::from(row?)) });
         page::collect(rows, limit, budget).await
     }
@@ -97,7 +99,7 @@ impl KeyStore for PgStore {
                 .bind(user)
                 .bind(blob)
                 .bind(now)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.conn().await?)
                 .await?
             }
             Some(0) => {
@@ -108,7 +110,7 @@ impl KeyStore for PgStore {
                 .bind(user)
                 .bind(blob)
                 .bind(now)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.conn().await?)
                 .await?
             }
             Some(v) => {
@@ -120,7 +122,7 @@ impl KeyStore for PgStore {
                 .bind(blob)
                 .bind(now)
                 .bind(i64::try_from(v).unwrap_or(i64::MAX))
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.conn().await?)
                 .await?
             }
         };
@@ -130,7 +132,7 @@ impl KeyStore for PgStore {
                 let current: Option<i64> =
                     sqlx::query_scalar("SELECT version FROM private_keys WHERE user_id = $1")
                         .bind(user)
-                        .fetch_optional(&self.pool)
+                        .fetch_optional(&mut *self.conn().await?)
                         .await?;
                 Err(version_mismatch(
                     expected.unwrap_or(0),
@@ -144,7 +146,7 @@ impl KeyStore for PgStore {
         let row: Option<(Vec<u8>, i64)> =
             sqlx::query_as("SELECT blob, version FROM private_keys WHERE user_id = $1")
                 .bind(user)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.conn().await?)
                 .await?;
         Ok(row.map(|(b, v)| (b, v as u64)))
     }

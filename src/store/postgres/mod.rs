@@ -11,11 +11,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use sqlx::Row;
-use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
+use std::str::FromStr;
+
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::{Connection, Postgres, Row};
 use uuid::Uuid;
 
 use super::append::{ExistingEvent, HeadRow, lookups_needed, plan_batch};
+use super::deadline::Conn;
 use super::*;
 use crate::pgnotify::{self, Change};
 
@@ -28,15 +31,67 @@ pub struct PgStore {
 impl PgStore {
     /// Connects and runs the migrations (under sqlx's advisory lock, so replicas starting
     /// together do not race).
-    pub async fn open(url: &str, max_connections: u32, replica: Uuid) -> anyhow::Result<Self> {
+    ///
+    /// `limit` is the client-side deadline of an operation (`db_timeout_ms`, enforced by
+    /// the store's [`Deadline`](super::deadline::Deadline) wrapper). The pool's sessions
+    /// get it as `statement_timeout` and `idle_in_transaction_session_timeout` too, so
+    /// the server side of an operation the client abandoned ends by itself and releases
+    /// its row locks even when the connection is half-open. An idle pooled connection is
+    /// pinged before use and dropped if it does not answer within a quarter of `limit`
+    /// (at most 1 s), so connections left dead by a network fault are skipped quickly.
+    pub async fn open(
+        url: &str,
+        max_connections: u32,
+        limit: Duration,
+        replica: Uuid,
+    ) -> anyhow::Result<Self> {
+        let options = PgConnectOptions::from_str(url)?;
+        let unreachable = |e: &dyn std::fmt::Display| {
+            anyhow::anyhow!(
+                "cannot connect to Postgres within {} ms: {e}",
+                limit.as_millis()
+            )
+        };
+        // Migrations on a connection of their own, without the session timeouts: a
+        // migration may take long, and so may waiting for another replica's.
+        let mut migrator = tokio::time::timeout(limit, PgConnection::connect_with(&options))
+            .await
+            .map_err(|e| unreachable(&e))?
+            .map_err(|e| unreachable(&e))?;
+        sqlx::migrate!("migrations/postgres")
+            .run(&mut migrator)
+            .await?;
+        migrator.close().await?;
+        let ms = limit.as_millis().max(1);
+        let ping_within = (limit / 4).min(Duration::from_secs(1));
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(2))
-            .acquire_timeout(Duration::from_secs(5))
-            .connect(url)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot connect to Postgres: {e}"))?;
-        sqlx::migrate!("migrations/postgres").run(&pool).await?;
+            .acquire_timeout(limit)
+            .test_before_acquire(false)
+            .before_acquire(move |conn, _| {
+                Box::pin(async move {
+                    match tokio::time::timeout(ping_within, conn.ping()).await {
+                        Ok(answered) => answered.map(|()| true),
+                        Err(_) => {
+                            tracing::warn!(
+                                "a pooled database connection did not answer; closing it"
+                            );
+                            Ok(false)
+                        }
+                    }
+                })
+            })
+            .connect_lazy_with(options.options([
+                ("statement_timeout", ms),
+                ("idle_in_transaction_session_timeout", ms),
+            ]));
         Ok(PgStore { pool, replica })
+    }
+
+    /// A connection for one operation (closed, not reused, if the operation is abandoned
+    /// at its deadline).
+    async fn conn(&self) -> Result<Conn<Postgres>> {
+        Conn::acquire(&self.pool).await
     }
 
     async fn notify(&self, conn: &mut PgConnection, changes: &[Change]) -> Result<()> {
@@ -99,6 +154,11 @@ impl PgStore {
     }
 }
 
+/// The pair and its owner if `user` is a member, with the member row locked FOR SHARE
+/// until the transaction ends: a write that depends on the membership (an invite, a
+/// removal by the owner) cannot commit after a concurrent removal of `user` has committed
+/// (the removal's DELETE waits for the lock, or this read waits for the removal and then
+/// finds no row).
 async fn pair_of_member(
     conn: &mut PgConnection,
     user: i64,
@@ -106,7 +166,8 @@ async fn pair_of_member(
 ) -> Result<Option<(PairIds, i64)>> {
     let row: Option<(Uuid, Uuid, i64)> = sqlx::query_as(
         "SELECT p.message_id, p.state_id, p.owner FROM channel_pairs p \
-         JOIN members m ON m.pair_id = p.pair_id AND m.user_id = $1 WHERE p.pair_id = $2",
+         JOIN members m ON m.pair_id = p.pair_id AND m.user_id = $1 WHERE p.pair_id = $2 \
+         FOR SHARE OF m",
     )
     .bind(user)
     .bind(pair)

@@ -19,7 +19,7 @@ impl RoomStore for PgStore {
         .bind(ids.state_id)
         .bind(owner)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *self.conn().await?)
         .await?;
         Ok(())
     }
@@ -33,7 +33,8 @@ impl RoomStore for PgStore {
         now: i64,
         caps: InviteCaps,
     ) -> Result<InviteRecord> {
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.conn().await?;
+        let mut tx = conn.begin().await?;
         if caps.members_per_pair > 0 {
             // Serialises the invites into one pair, so two of them cannot both take the
             // last place (NO KEY UPDATE: members' foreign-key checks still pass). Taken
@@ -43,6 +44,8 @@ impl RoomStore for PgStore {
                 .execute(&mut *tx)
                 .await?;
         }
+        // Locks the inviter's membership: a removal racing this invite either waits for
+        // it or makes it PERMISSION_DENIED, never an invitee added after the removal.
         let (ids, _) = pair_of_member(&mut tx, from, pair)
             .await?
             .ok_or_else(pair_denied)?;
@@ -123,6 +126,7 @@ impl RoomStore for PgStore {
         limit: usize,
         budget: Budget<InviteRecord>,
     ) -> Result<Paged<InviteRecord>> {
+        let mut conn = self.conn().await?;
         let rows = sqlx::query_as::<_, InviteRow>(
             "SELECT i.invite_id, i.pair_id, p.message_id, p.state_id, i.from_user, i.body, i.sent_at \
              FROM invites i JOIN channel_pairs p ON p.pair_id = i.pair_id \
@@ -131,7 +135,7 @@ impl RoomStore for PgStore {
         .bind(user)
         .bind(after)
         .bind(limit as i64 + 1)
-        .fetch(&self.pool)
+        .fetch(&mut *conn)
         .map(move |row| -> Result<InviteRecord> {
             Ok(InviteRecord::from_row(user, row?))
         });
@@ -142,7 +146,7 @@ impl RoomStore for PgStore {
         let id: Option<i64> =
             sqlx::query_scalar("SELECT last_invite_id FROM inboxes WHERE user_id = $1")
                 .bind(user)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.conn().await?)
                 .await?;
         Ok(id.unwrap_or(0))
     }
@@ -164,11 +168,12 @@ impl RoomStore for PgStore {
                 )
                 .bind(user)
                 .bind(pair)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.conn().await?)
                 .await?;
                 (created.ok_or_else(cursor_denied)?, pair)
             }
         };
+        let mut conn = self.conn().await?;
         let rows = sqlx::query_as::<_, (Uuid, Uuid, Uuid, i64, Vec<i64>)>(
             "SELECT p.pair_id, p.message_id, p.state_id, p.owner, \
                     ARRAY(SELECT m2.user_id FROM members m2 WHERE m2.pair_id = p.pair_id ORDER BY m2.user_id) \
@@ -180,7 +185,7 @@ impl RoomStore for PgStore {
         .bind(after_created)
         .bind(after_pair)
         .bind(limit as i64 + 1)
-        .fetch(&self.pool)
+        .fetch(&mut *conn)
         .map(|row| -> Result<PairInfo> {
             let (pair_id, message_id, state_id, owner, members) = row?;
             Ok(PairInfo {
@@ -197,7 +202,8 @@ impl RoomStore for PgStore {
     }
 
     async fn leave_pair(&self, user: i64, pair: Uuid) -> Result<PairIds> {
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.conn().await?;
+        let mut tx = conn.begin().await?;
         let (ids, owner) = self
             .lock_pair_of_member(&mut tx, user, pair)
             .await?
@@ -208,7 +214,8 @@ impl RoomStore for PgStore {
     }
 
     async fn remove_member(&self, owner: i64, pair: Uuid, user: i64) -> Result<PairIds> {
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.conn().await?;
+        let mut tx = conn.begin().await?;
         let (ids, current_owner) = self
             .lock_pair_of_member(&mut tx, owner, pair)
             .await?

@@ -32,26 +32,28 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (creating if missing) the database file and runs the migrations.
-    pub async fn open(url: &str, readers: u32) -> anyhow::Result<Self> {
+    /// Opens (creating if missing) the database file and runs the migrations. `limit` is
+    /// the client-side deadline of an operation (`db_timeout_ms`): waits for a lock or a
+    /// connection give up by then too.
+    pub async fn open(url: &str, readers: u32, limit: Duration) -> anyhow::Result<Self> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(5));
+            .busy_timeout(limit);
         if !is_in_memory(url) {
             create_private(options.get_filename())?;
         }
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(limit)
             .connect_with(options.clone())
             .await?;
         sqlx::migrate!("migrations/sqlite").run(&writer).await?;
         let readers = SqlitePoolOptions::new()
             .max_connections(readers.max(1))
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(limit)
             .connect_with(options.read_only(true).row_buffer_size(READ_AHEAD_ROWS))
             .await?;
         Ok(SqliteStore { writer, readers })

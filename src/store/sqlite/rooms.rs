@@ -60,6 +60,8 @@ impl RoomStore for SqliteStore {
     ) -> Result<InviteRecord> {
         // IMMEDIATE: take the write lock before reading, so a lock held by another
         // connection is waited for (busy_timeout) instead of failing the upgrade at once.
+        // The single writer connection serialises this with every removal, so the
+        // membership read here cannot be overtaken by one (Postgres locks the row).
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let (ids, _) = pair_of_member(&mut tx, from, pair)
             .await?

@@ -1,8 +1,10 @@
-//! The real binary as a child process, and a TCP proxy that loses responses.
+//! The real binary as a child process, and a TCP proxy that loses answers or stops
+//! forwarding without closing (in front of secretd or of Postgres).
 
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -89,64 +91,129 @@ pub async fn client_at(addr: &str, token: String) -> super::Client {
     )
 }
 
-/// A TCP proxy in front of a server that can stop passing the server's answers on, to
-/// play a client whose request arrived but whose response never came back.
+/// A TCP proxy in front of a server (secretd, or Postgres) that can lose answers or stop
+/// forwarding without closing anything, as a broken network path does.
+///
+/// - [`Proxy::swallow_responses`]: from now on the server's bytes are read and dropped
+///   (the client's requests still arrive).
+/// - [`Proxy::stall_existing`]: every connection open now stops forwarding in both
+///   directions, for good, and is never closed (a half-open connection); new ones work.
+/// - [`Proxy::stall_all`]: the same, and new connections are accepted and stalled too,
+///   until [`Proxy::heal`] (after which new connections work; stalled ones stay stalled).
+/// - [`Proxy::stall_after_next_commit`]: the next client chunk holding `COMMIT` is
+///   forwarded, then its connection stalls: the database commits, and the answer is lost.
 pub struct Proxy {
     pub addr: std::net::SocketAddr,
-    blackhole: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    shared: Arc<ProxyState>,
     task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    swallow: AtomicBool,
+    stall_new: AtomicBool,
+    stall_after_commit: AtomicBool,
+    /// Each connection's stall flag and its two pumps.
+    conns: std::sync::Mutex<Vec<(Arc<AtomicBool>, tokio::task::AbortHandle)>>,
 }
 
 impl Proxy {
     /// Starts a proxy to `upstream` on 127.0.0.1.
     pub async fn start(upstream: std::net::SocketAddr) -> Proxy {
-        use std::sync::Arc;
-        use std::sync::atomic::AtomicBool;
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let blackhole = Arc::new(AtomicBool::new(false));
-        let bh = blackhole.clone();
+        let shared = Arc::new(ProxyState::default());
+        let state = shared.clone();
         let task = tokio::spawn(async move {
-            let mut conns = Vec::new();
             while let Ok((down, _)) = listener.accept().await {
-                let up = tokio::net::TcpStream::connect(upstream).await.unwrap();
-                let (mut dr, mut dw) = down.into_split();
-                let (mut ur, mut uw) = up.into_split();
-                conns.push(tokio::spawn(async move {
-                    let _ = tokio::io::copy(&mut dr, &mut uw).await;
-                }));
-                let bh = bh.clone();
-                conns.push(tokio::spawn(async move {
-                    let mut buf = vec![0u8; 16 * 1024];
-                    loop {
-                        let n = match ur.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => n,
-                        };
-                        if !bh.load(Ordering::SeqCst) && dw.write_all(&buf[..n]).await.is_err() {
-                            return;
-                        }
-                    }
-                }));
+                let Ok(up) = tokio::net::TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let _ = (down.set_nodelay(true), up.set_nodelay(true));
+                let stalled = Arc::new(AtomicBool::new(state.stall_new.load(Ordering::SeqCst)));
+                let (dr, dw) = down.into_split();
+                let (ur, uw) = up.into_split();
+                let requests = tokio::spawn(pump(dr, uw, stalled.clone(), state.clone(), true));
+                let answers = tokio::spawn(pump(ur, dw, stalled.clone(), state.clone(), false));
+                let mut conns = state.conns.lock().unwrap();
+                conns.push((stalled.clone(), requests.abort_handle()));
+                conns.push((stalled, answers.abort_handle()));
             }
-            drop(conns);
         });
-        Proxy {
-            addr,
-            blackhole,
-            task,
-        }
+        Proxy { addr, shared, task }
     }
 
     /// From now on, the server's bytes are swallowed.
     pub fn swallow_responses(&self) {
-        self.blackhole.store(true, Ordering::SeqCst);
+        self.shared.swallow.store(true, Ordering::SeqCst);
+    }
+
+    /// Every connection open now goes silent for good, without closing.
+    pub fn stall_existing(&self) {
+        for (stalled, _) in self.shared.conns.lock().unwrap().iter() {
+            stalled.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Every connection, open now or accepted until [`Proxy::heal`], goes silent.
+    pub fn stall_all(&self) {
+        self.shared.stall_new.store(true, Ordering::SeqCst);
+        self.stall_existing();
+    }
+
+    /// New connections work again (stalled ones stay stalled).
+    pub fn heal(&self) {
+        self.shared.stall_new.store(false, Ordering::SeqCst);
+    }
+
+    /// The next client chunk holding `COMMIT` is forwarded, then its connection stalls.
+    pub fn stall_after_next_commit(&self) {
+        self.shared.stall_after_commit.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Forwards `from` to `to` until either side closes or the connection stalls (then it
+/// holds both halves open forever, forwarding nothing).
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    stalled: Arc<AtomicBool>,
+    state: Arc<ProxyState>,
+    requests: bool,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if stalled.load(Ordering::SeqCst) {
+            return std::future::pending().await;
+        }
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if stalled.load(Ordering::SeqCst) {
+            return std::future::pending().await;
+        }
+        if !requests && state.swallow.load(Ordering::SeqCst) {
+            continue;
+        }
+        let commit = requests
+            && state.stall_after_commit.load(Ordering::SeqCst)
+            && buf[..n].windows(6).any(|w| w == b"COMMIT");
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+        if commit && state.stall_after_commit.swap(false, Ordering::SeqCst) {
+            stalled.store(true, Ordering::SeqCst);
+        }
     }
 }
 
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.task.abort();
+        for (_, pump) in self.shared.conns.lock().unwrap().drain(..) {
+            pump.abort();
+        }
     }
 }

@@ -101,14 +101,15 @@ pub async fn post_all(
                     counter += 1;
                     break;
                 }
-                Err(st)
-                    if st.code() == Code::FailedPrecondition
-                        || st.code() == Code::AlreadyExists =>
-                {
-                    let head = match st.metadata().get("secretd-head-counter") {
-                        Some(v) => v.to_str().unwrap().parse::<u64>().unwrap(),
-                        None => counter, // ALREADY_EXISTS: someone took this counter
-                    };
+                Err(st) if st.code() == Code::FailedPrecondition => {
+                    let head: u64 = st
+                        .metadata()
+                        .get("secretd-head-counter")
+                        .expect("every counter refusal names the head")
+                        .to_str()
+                        .unwrap()
+                        .parse()
+                        .unwrap();
                     counter = head.max(counter) + 1;
                 }
                 Err(other) => panic!("post failed: {other:?}"),

@@ -1,0 +1,289 @@
+//! Client-side deadlines on every database operation.
+//!
+//! [`Deadline`] wraps a store: each call must finish within `db_timeout_ms`, or the caller
+//! gets UNAVAILABLE at that moment — also when the database (or the network path to it)
+//! stops answering without closing the connection, which no server-side timeout can
+//! notice. An operation abandoned at its deadline is dropped where it stands; the
+//! connection it held may be half-way through a statement and, on a black-holed path,
+//! would never answer sqlx's return-to-pool check, keeping its pool slot forever. So the
+//! backends take their connections through [`Conn`], which closes such a connection
+//! instead of returning it to the pool: the pool drops broken connections and the server
+//! recovers by itself once the database answers again.
+//!
+//! What an abandoned write did is decided by the database alone: a COMMIT that arrived
+//! commits, anything else rolls back (Postgres ends the session's transaction when the
+//! connection closes, or after `idle_in_transaction_session_timeout`). Either way a
+//! client's retry of an acknowledged-or-not post finds the truth under the stream's row
+//! lock: the original event id if it committed, a new one if it did not, never two
+//! copies.
+
+use std::future::Future;
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::pool::PoolConnection;
+use sqlx::{Database, Pool};
+use uuid::Uuid;
+
+use super::*;
+use crate::error::{Error, Result};
+
+tokio::task_local! {
+    /// Set by [`Deadline`] around each operation; true once the operation is abandoned.
+    static ABANDONED: Arc<AtomicBool>;
+}
+
+/// A store whose every operation answers within `limit` (UNAVAILABLE when it cannot).
+pub struct Deadline {
+    inner: DynStore,
+    limit: Duration,
+}
+
+impl Deadline {
+    /// Wraps `inner`.
+    pub fn new(inner: DynStore, limit: Duration) -> Self {
+        Deadline { inner, limit }
+    }
+
+    /// Runs `op` within the deadline. On expiry the operation is marked abandoned
+    /// *before* it is dropped, so the connection it holds is closed, not reused.
+    async fn bound<T>(&self, what: &'static str, op: impl Future<Output = Result<T>>) -> Result<T> {
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let op = ABANDONED.scope(abandoned.clone(), op);
+        tokio::pin!(op);
+        tokio::select! {
+            biased;
+            out = &mut op => out,
+            () = tokio::time::sleep(self.limit) => {
+                abandoned.store(true, Ordering::Release);
+                crate::telemetry::db_deadline(what);
+                tracing::warn!(
+                    operation = what,
+                    limit_ms = self.limit.as_millis() as u64,
+                    "database operation abandoned at its deadline"
+                );
+                Err(timed_out(self.limit))
+            }
+        }
+        // `op` is dropped here, after the flag is set.
+    }
+}
+
+/// The error of an operation that missed its deadline.
+pub fn timed_out(limit: Duration) -> Error {
+    Error::Unavailable(format!(
+        "the database did not answer within {} ms (db_timeout_ms); retry in a few seconds \
+         (a post retried with the same counter and bytes is stored once)",
+        limit.as_millis()
+    ))
+}
+
+/// A pooled connection taken for one store operation. Derefs to the driver's connection.
+/// If the operation is abandoned at its deadline while holding it, it is closed instead
+/// of being returned to the pool.
+pub(crate) struct Conn<DB: Database> {
+    conn: PoolConnection<DB>,
+    abandoned: Option<Arc<AtomicBool>>,
+}
+
+impl<DB: Database> Conn<DB> {
+    /// Takes a connection from `pool` for the current operation.
+    pub(crate) async fn acquire(pool: &Pool<DB>) -> Result<Self> {
+        Ok(Conn {
+            conn: pool.acquire().await?,
+            abandoned: ABANDONED.try_with(Arc::clone).ok(),
+        })
+    }
+}
+
+impl<DB: Database> Deref for Conn<DB> {
+    type Target = DB::Connection;
+
+    fn deref(&self) -> &DB::Connection {
+        &self.conn
+    }
+}
+
+impl<DB: Database> DerefMut for Conn<DB> {
+    fn deref_mut(&mut self) -> &mut DB::Connection {
+        &mut self.conn
+    }
+}
+
+impl<DB: Database> Drop for Conn<DB> {
+    fn drop(&mut self) {
+        if self
+            .abandoned
+            .as_ref()
+            .is_some_and(|a| a.load(Ordering::Acquire))
+        {
+            // Its state is unknown and its peer may never answer: close it (bounded by
+            // sqlx) rather than ping it on the way back into the pool (unbounded).
+            self.conn.close_on_drop();
+        }
+    }
+}
+
+#[async_trait]
+impl KeyStore for Deadline {
+    async fn post_public_key(
+        &self,
+        user: i64,
+        key: &CanonicalKey,
+        now: i64,
+    ) -> Result<PostKeyOutcome> {
+        let op = self.inner.post_public_key(user, key, now);
+        self.bound("post_public_key", op).await
+    }
+
+    async fn fetch_public_keys(
+        &self,
+        user: i64,
+        limit: usize,
+        budget: Budget<StoredKey>,
+    ) -> Result<Paged<StoredKey>> {
+        let op = self.inner.fetch_public_keys(user, limit, budget);
+        self.bound("fetch_public_keys", op).await
+    }
+
+    async fn post_private_key(
+        &self,
+        user: i64,
+        blob: &[u8],
+        expected: Option<u64>,
+        now: i64,
+    ) -> Result<u64> {
+        let op = self.inner.post_private_key(user, blob, expected, now);
+        self.bound("post_private_key", op).await
+    }
+
+    async fn fetch_private_key(&self, user: i64) -> Result<Option<(Vec<u8>, u64)>> {
+        let op = self.inner.fetch_private_key(user);
+        self.bound("fetch_private_key", op).await
+    }
+}
+
+#[async_trait]
+impl RoomStore for Deadline {
+    async fn create_pair(&self, owner: i64, ids: &PairIds, now: i64) -> Result<()> {
+        let op = self.inner.create_pair(owner, ids, now);
+        self.bound("create_pair", op).await
+    }
+
+    async fn send_invite(
+        &self,
+        from: i64,
+        pair: Uuid,
+        to: i64,
+        body: &[u8],
+        now: i64,
+        caps: InviteCaps,
+    ) -> Result<InviteRecord> {
+        let op = self.inner.send_invite(from, pair, to, body, now, caps);
+        self.bound("send_invite", op).await
+    }
+
+    async fn fetch_invites(
+        &self,
+        user: i64,
+        after: i64,
+        limit: usize,
+        budget: Budget<InviteRecord>,
+    ) -> Result<Paged<InviteRecord>> {
+        let op = self.inner.fetch_invites(user, after, limit, budget);
+        self.bound("fetch_invites", op).await
+    }
+
+    async fn last_invite_id(&self, user: i64) -> Result<i64> {
+        let op = self.inner.last_invite_id(user);
+        self.bound("last_invite_id", op).await
+    }
+
+    async fn list_pairs(
+        &self,
+        user: i64,
+        after: Option<Uuid>,
+        limit: usize,
+        budget: Budget<PairInfo>,
+    ) -> Result<Paged<PairInfo>> {
+        let op = self.inner.list_pairs(user, after, limit, budget);
+        self.bound("list_pairs", op).await
+    }
+
+    async fn leave_pair(&self, user: i64, pair: Uuid) -> Result<PairIds> {
+        let op = self.inner.leave_pair(user, pair);
+        self.bound("leave_pair", op).await
+    }
+
+    async fn remove_member(&self, owner: i64, pair: Uuid, user: i64) -> Result<PairIds> {
+        let op = self.inner.remove_member(owner, pair, user);
+        self.bound("remove_member", op).await
+    }
+}
+
+#[async_trait]
+impl EventStore for Deadline {
+    async fn append_batch(
+        &self,
+        batch: &[AppendRequest],
+        max_gap: i64,
+        now: i64,
+    ) -> Result<Vec<Result<Appended>>> {
+        let op = self.inner.append_batch(batch, max_gap, now);
+        self.bound("append_batch", op).await
+    }
+
+    async fn stream_access(&self, user: i64, stream: Uuid) -> Result<StreamAccess> {
+        let op = self.inner.stream_access(user, stream);
+        self.bound("stream_access", op).await
+    }
+
+    async fn fetch_events(
+        &self,
+        user: i64,
+        stream: Uuid,
+        page: Page,
+        limit: usize,
+        budget: Budget<StoredEvent>,
+    ) -> Result<EventPage> {
+        let op = self.inner.fetch_events(user, stream, page, limit, budget);
+        self.bound("fetch_events", op).await
+    }
+
+    async fn read_events(
+        &self,
+        stream: Uuid,
+        after: i64,
+        up_to: i64,
+        limit: usize,
+    ) -> Result<EventRun> {
+        let op = self.inner.read_events(stream, after, up_to, limit);
+        self.bound("read_events", op).await
+    }
+
+    async fn stream_heads(&self, streams: &[Uuid]) -> Result<Vec<(Uuid, i64, i64)>> {
+        let op = self.inner.stream_heads(streams);
+        self.bound("stream_heads", op).await
+    }
+}
+
+#[async_trait]
+impl Store for Deadline {
+    fn backend(&self) -> Backend {
+        self.inner.backend()
+    }
+
+    async fn close(&self) {
+        // A pool waits for every connection to come back; one stuck on a dead path must
+        // not hold up a shutdown.
+        if tokio::time::timeout(self.limit, self.inner.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the database connections did not close within db_timeout_ms");
+        }
+    }
+}
