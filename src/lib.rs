@@ -9,6 +9,8 @@ pub mod cli;
 pub mod commit;
 pub mod config;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hub;
 pub mod keycheck;
 pub mod limits;
