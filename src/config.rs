@@ -111,7 +111,8 @@ pub struct Settings {
     pub keepalive_interval_secs: u64,
     /// Seconds to wait for a keepalive ping's answer before closing. Default 10.
     pub keepalive_timeout_secs: u64,
-    /// Origins allowed to call through gRPC-Web (CORS). `*` (the default) allows any:
+    /// Origins allowed to call through gRPC-Web (CORS), as browsers send them
+    /// (`https://chat.example`, `http://127.0.0.1:8080`). `*` (the default) allows any:
     /// tokens travel in a header, not a cookie, so no ambient authority is exposed.
     pub cors_allowed_origins: Vec<String>,
     /// Events per stream kept in memory for live fan-out. Default 256.
@@ -386,6 +387,9 @@ impl Settings {
                 "jwt_algorithm is {:?}; use HS256, EdDSA or RS256",
                 self.jwt_algorithm
             ));
+        }
+        if let Err(e) = crate::cors::Policy::from_origins(&self.cors_allowed_origins) {
+            return bad(e.to_string());
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return bad(format!(

@@ -24,4 +24,5 @@ mod replicas;
 mod rooms;
 mod status_text;
 mod streaming;
+mod subscribe;
 mod subscriptions;
