@@ -9,6 +9,7 @@ mod common;
 
 mod auth;
 mod cli;
+mod cors;
 mod data_dir;
 mod faults;
 mod invites;
