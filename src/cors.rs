@@ -83,9 +83,7 @@ impl Policy {
             Origins::Any => Some(HeaderValue::from_static("*")),
             Origins::List(list) => {
                 let asked = origin.to_str().ok()?.to_ascii_lowercase();
-                list.iter()
-                    .any(|allowed| *allowed == asked)
-                    .then(|| origin.clone())
+                list.contains(&asked).then(|| origin.clone())
             }
         }
     }
@@ -104,7 +102,9 @@ fn normalize(origin: &str) -> anyhow::Result<String> {
         .strip_prefix("https://")
         .or_else(|| o.strip_prefix("http://"));
     match rest {
-        Some(host) if !host.is_empty() && !host.contains('/') && HeaderValue::from_str(&o).is_ok() => {
+        Some(host)
+            if !host.is_empty() && !host.contains('/') && HeaderValue::from_str(&o).is_ok() =>
+        {
             Ok(o)
         }
         _ => anyhow::bail!(
@@ -242,7 +242,12 @@ mod tests {
             p.allow_origin(&HeaderValue::from_static("https://evil.example")),
             None
         );
-        for bad in ["chat.example", "https://chat.example/", "ftp://x", "https://"] {
+        for bad in [
+            "chat.example",
+            "https://chat.example/",
+            "ftp://x",
+            "https://",
+        ] {
             let err = Policy::from_origins(&[bad.into()]).unwrap_err().to_string();
             assert!(err.contains("cors_allowed_origins"), "{err}");
         }

@@ -73,7 +73,14 @@ fn parse(raw: &[u8]) -> Answer {
         .expect("a header block");
     let head = String::from_utf8_lossy(&raw[..split]);
     let mut lines = head.split("\r\n");
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     let headers: Vec<(String, String)> = lines
         .map(|l| {
             let (n, v) = l.split_once(':').unwrap();
@@ -100,8 +107,8 @@ fn dechunk(mut body: &[u8]) -> Vec<u8> {
         let Some(eol) = body.windows(2).position(|w| w == b"\r\n") else {
             return out;
         };
-        let size = usize::from_str_radix(std::str::from_utf8(&body[..eol]).unwrap().trim(), 16)
-            .unwrap();
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&body[..eol]).unwrap().trim(), 16).unwrap();
         if size == 0 || body.len() < eol + 2 + size {
             return out;
         }
@@ -174,7 +181,10 @@ async fn preflight_names_every_header_explicitly() {
     // Every header the browser asked for is named (a `*` would not cover authorization).
     let allowed = a.header("access-control-allow-headers").unwrap();
     for asked in ASKED.split(',') {
-        assert!(allowed.split(", ").any(|h| h == asked), "{asked} in {allowed}");
+        assert!(
+            allowed.split(", ").any(|h| h == asked),
+            "{asked} in {allowed}"
+        );
     }
     assert_eq!(
         a.header("vary"),
@@ -189,7 +199,10 @@ async fn any_origin_by_default_with_the_same_explicit_lists() {
     let a = http1(&s, &preflight("https://anywhere.example"), b"").await;
     assert_eq!(a.status, 200, "{a:?}");
     assert_eq!(a.header("access-control-allow-origin"), Some("*"));
-    assert_eq!(a.header("access-control-allow-headers"), Some(ALLOW_HEADERS));
+    assert_eq!(
+        a.header("access-control-allow-headers"),
+        Some(ALLOW_HEADERS)
+    );
     assert_eq!(a.header("vary"), None, "one answer for every origin");
     s.stop().await;
 }
@@ -265,7 +278,10 @@ async fn grpc_web_text_unary_call_with_authorization() {
     .await;
     assert_eq!(a.status, 200, "{a:?}");
     assert_eq!(a.header("access-control-allow-origin"), Some(PAGE));
-    assert_eq!(a.header("access-control-expose-headers"), Some(EXPOSE_HEADERS));
+    assert_eq!(
+        a.header("access-control-expose-headers"),
+        Some(EXPOSE_HEADERS)
+    );
     assert!(
         a.header("content-type")
             .unwrap()
@@ -328,7 +344,11 @@ async fn subscribe_over_grpc_web() {
                 .await
                 .expect("the server streams")
                 .unwrap();
-            assert!(n > 0, "the call ended early: {}", String::from_utf8_lossy(raw));
+            assert!(
+                n > 0,
+                "the call ended early: {}",
+                String::from_utf8_lossy(raw)
+            );
             raw.extend_from_slice(&buf[..n]);
         }
     };
@@ -346,7 +366,11 @@ async fn subscribe_over_grpc_web() {
     assert!(trailers.is_empty(), "the call is still open");
     let events: Vec<_> = data
         .iter()
-        .map(|d| StreamMessagePostingResponse::decode(d.as_slice()).unwrap().event)
+        .map(|d| {
+            StreamMessagePostingResponse::decode(d.as_slice())
+                .unwrap()
+                .event
+        })
         .collect();
     assert!(matches!(&events[0], Some(Event::CaughtUp(c)) if c.stream_id == st));
     assert!(matches!(&events[1], Some(Event::Message(m)) if m.event_id == 1));

@@ -57,9 +57,8 @@ async fn resume_then_live_in_order_each_once(b: Backend) {
             other => panic!("unexpected {other:?}"),
         }
     }
-    let expected: Vec<(u64, Vec<u8>)> = (3..=5)
-        .map(|n| (n, format!("m{n}").into_bytes()))
-        .collect();
+    let expected: Vec<(u64, Vec<u8>)> =
+        (3..=5).map(|n| (n, format!("m{n}").into_bytes())).collect();
     assert_eq!(backlog, expected, "the events after the cursor, in order");
     caught.sort();
     let mut want = vec![(msgs.clone(), 5), (state.clone(), 1)];
@@ -144,7 +143,11 @@ async fn resume_during_writes_is_gapless(b: Backend) {
     }
     for r in readers {
         let (from, ids) = r.await.unwrap();
-        assert_eq!(ids, (from + 1..=TOTAL).collect::<Vec<_>>(), "reader from {from}");
+        assert_eq!(
+            ids,
+            (from + 1..=TOTAL).collect::<Vec<_>>(),
+            "reader from {from}"
+        );
     }
     s.stop().await;
 }
@@ -259,7 +262,10 @@ async fn removal_ends_that_stream_and_the_call_goes_on(b: Backend) {
     let Event::Invite(i) = sub.next().await else {
         panic!("expected the invite on the call")
     };
-    assert_eq!((i.invite_id, i.pair.as_ref()), (sent.invite_id, Some(&again)));
+    assert_eq!(
+        (i.invite_id, i.pair.as_ref()),
+        (sent.invite_id, Some(&again))
+    );
     s.stop().await;
 }
 
@@ -340,7 +346,10 @@ async fn stream_ids_are_capped() {
     );
     let mut sub = Subscription::subscribe(
         &mut c,
-        request(&[(&pair.message_id, 0)], &[&pair.state_id, &other.message_id]),
+        request(
+            &[(&pair.message_id, 0)],
+            &[&pair.state_id, &other.message_id],
+        ),
     )
     .await
     .unwrap();

@@ -56,7 +56,10 @@ impl Subscription {
 
     /// Sends a ManageStream as given.
     pub fn send(&self, m: proto::ManageStream) {
-        let tx = self.tx.as_ref().expect("a Subscribe call takes no ManageStream");
+        let tx = self
+            .tx
+            .as_ref()
+            .expect("a Subscribe call takes no ManageStream");
         tx.send(m).expect("call open");
     }
 
