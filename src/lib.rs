@@ -8,6 +8,7 @@ pub mod auth;
 pub mod cli;
 pub mod commit;
 pub mod config;
+pub mod cors;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;

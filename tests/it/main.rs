@@ -9,6 +9,7 @@ mod common;
 
 mod auth;
 mod cli;
+mod cors;
 mod data_dir;
 mod faults;
 mod fuzz_seeds;
@@ -25,4 +26,5 @@ mod replicas;
 mod rooms;
 mod status_text;
 mod streaming;
+mod subscribe;
 mod subscriptions;
