@@ -375,7 +375,7 @@ impl Settings {
                 self.max_request_bytes
             ));
         }
-        crate::limits::RateClass::validate_all(self).map_err(config::ConfigError::Message)?;
+        self.check_rates().map_err(config::ConfigError::Message)?;
         if !self.jwt_secret.is_empty()
             && let Err(short) = check_secret("jwt_secret", &self.jwt_secret)
         {
@@ -392,6 +392,54 @@ impl Settings {
                 "log_format is {:?}; use text or json",
                 self.log_format
             ));
+        }
+        Ok(())
+    }
+}
+
+impl Settings {
+    /// Every rate limit as (middle part of its keys `rate_<name>_per_sec` and
+    /// `rate_<name>_burst`, rate per second, burst), in the order of the keys.
+    pub fn rate_limits(&self) -> [(&'static str, f64, u32); 7] {
+        [
+            ("pairs", self.rate_pairs_per_sec, self.rate_pairs_burst),
+            (
+                "invites",
+                self.rate_invites_per_sec,
+                self.rate_invites_burst,
+            ),
+            ("keys", self.rate_keys_per_sec, self.rate_keys_burst),
+            (
+                "private_keys",
+                self.rate_private_keys_per_sec,
+                self.rate_private_keys_burst,
+            ),
+            ("posts", self.rate_posts_per_sec, self.rate_posts_burst),
+            ("reads", self.rate_reads_per_sec, self.rate_reads_burst),
+            (
+                "subscriptions",
+                self.rate_subscriptions_per_sec,
+                self.rate_subscriptions_burst,
+            ),
+        ]
+    }
+
+    /// Checks every rate limit: a rate is 0 (off) or a positive number of at most a
+    /// billion per second, and an enabled limit has a burst of at least 1.
+    fn check_rates(&self) -> Result<(), String> {
+        for (name, rate, burst) in self.rate_limits() {
+            if !rate.is_finite() || !(0.0..=1e9).contains(&rate) {
+                return Err(format!(
+                    "rate_{name}_per_sec is {rate}; use 0 (off) or a positive number of calls \
+                     per second"
+                ));
+            }
+            if rate > 0.0 && burst == 0 {
+                return Err(format!(
+                    "rate_{name}_burst is 0; it must be at least 1 while rate_{name}_per_sec is \
+                     set (set the rate to 0 to turn the limit off)"
+                ));
+            }
         }
         Ok(())
     }
@@ -497,6 +545,34 @@ mod tests {
                 assert!(!redact_url(url).contains(secret), "{url}");
             }
         }
+    }
+
+    #[test]
+    fn bad_rates_are_configuration_errors() {
+        let settings = |tweak: fn(&mut Settings)| {
+            let mut s = defaults();
+            tweak(&mut s);
+            s
+        };
+        let negative = settings(|s| s.rate_posts_per_sec = -1.0);
+        assert!(
+            negative
+                .check_rates()
+                .unwrap_err()
+                .contains("rate_posts_per_sec")
+        );
+        let no_burst = settings(|s| s.rate_reads_burst = 0);
+        assert!(
+            no_burst
+                .check_rates()
+                .unwrap_err()
+                .contains("rate_reads_burst")
+        );
+        let off = settings(|s| {
+            s.rate_reads_per_sec = 0.0;
+            s.rate_reads_burst = 0;
+        });
+        off.check_rates().unwrap();
     }
 
     #[test]

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::service::interceptor::InterceptedService;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -19,8 +18,10 @@ use crate::commit::{CommitSettings, Committer, Writers};
 use crate::config::{Settings, redact_url};
 use crate::hub::Hub;
 use crate::limits::RateLimits;
+use crate::replica::Replica;
 use crate::service::AppState;
 use crate::service::router::SecretRouter;
+use crate::shutdown::{Phase, Trigger};
 use crate::store::{self, Backend, DynStore};
 
 /// Runs `secretd migrate`.
@@ -78,7 +79,7 @@ fn termination_signal() -> anyhow::Result<impl std::future::Future<Output = ()>>
 pub struct Running {
     addr: SocketAddr,
     replica: Uuid,
-    shutdown: watch::Sender<bool>,
+    shutdown: Trigger,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     writers: Writers,
     store: DynStore,
@@ -101,14 +102,16 @@ impl Running {
     /// calls finish (for at most `shutdown_grace_secs`), commit queued posts, close the
     /// database.
     pub async fn stop(self) {
-        let _ = self.shutdown.send(true);
+        self.shutdown.advance(Phase::Draining);
         self.hub.stop_all();
         let mut server = self.server;
         if tokio::time::timeout(self.grace, &mut server).await.is_err() {
             tracing::warn!("in-flight calls did not finish within the grace period; closing them");
             server.abort();
         }
-        self.writers.drain().await;
+        // No call is left that could post: the writers commit their queues and end.
+        self.shutdown.advance(Phase::Finishing);
+        self.writers.join().await;
         self.store.close().await;
     }
 }
@@ -130,11 +133,13 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
     .await
     .with_context(|| format!("cannot open the database {}", redact_url(&url)))?;
     let backend = store.backend();
+    let (shutdown, signal) = crate::shutdown::channel();
     let hub = Hub::new(
-        store.clone(),
         settings.fanout_ring_events,
         settings.fanout_ring_budget_bytes,
+        signal.clone(),
     );
+    let replica_sync = Replica::new(store.clone(), hub.clone());
     let writers = match backend {
         // SQLite has one writer: more tasks would only queue on its connection.
         Backend::Sqlite => 1,
@@ -143,18 +148,19 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
     let (committer, writer_tasks) = Committer::start(
         store.clone(),
         hub.clone(),
+        replica_sync.clone(),
         CommitSettings::new(writers, &settings),
+        signal.clone(),
     );
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let limits = Arc::new(RateLimits::from_settings(&settings));
-    limits.spawn_sweeper(shutdown_rx.clone());
+    limits.spawn_sweeper(signal.clone());
     if backend == Backend::Postgres {
-        tokio::spawn(crate::pgnotify::run_listener(
+        tokio::spawn(crate::replica::run_listener(
             url.clone(),
             replica,
-            hub.clone(),
+            replica_sync,
             Duration::from_millis(settings.listener_watchdog_ms),
-            shutdown_rx.clone(),
+            signal.clone(),
         ));
     }
     if !settings.metrics_listen.is_empty() {
@@ -174,7 +180,6 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
         committer,
         limits,
         settings: settings.clone(),
-        shutdown: shutdown_rx.clone(),
     });
     let secret = InterceptedService::new(SecretRouter::new(state), AuthInterceptor::new(verifier));
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -189,7 +194,6 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
         .build_v1alpha()?;
 
     let cors = cors_layer(&settings.cors_allowed_origins)?;
-    let signal = shutdown_rx.clone();
     let router = tonic::transport::Server::builder()
         .accept_http1(true)
         .http2_keepalive_interval(Some(Duration::from_secs(
@@ -214,7 +218,7 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
     // it, and Nagle plus delayed ACKs added 40 ms to small responses.
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
-        crate::service::shutting_down(signal).await;
+        signal.draining().await;
         health.set_not_serving::<SecretRouter>().await;
     }));
     tracing::info!(
@@ -225,7 +229,7 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
     Ok(Running {
         addr,
         replica,
-        shutdown: shutdown_tx,
+        shutdown,
         server,
         writers: writer_tasks,
         store,

@@ -13,7 +13,6 @@ pub mod streaming;
 
 use std::sync::Arc;
 
-use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use crate::commit::Committer;
@@ -43,8 +42,6 @@ pub struct AppState {
     pub limits: Arc<RateLimits>,
     /// Configuration.
     pub settings: Arc<Settings>,
-    /// Becomes true when the server begins a graceful shutdown.
-    pub shutdown: watch::Receiver<bool>,
 }
 
 /// The tonic service (unary RPCs; StreamMessagePosting is served by [`router`]).
@@ -58,11 +55,6 @@ impl SecretApi {
     pub fn new(state: Arc<AppState>) -> Self {
         SecretApi { state }
     }
-}
-
-/// Resolves once the server begins a graceful shutdown.
-pub async fn shutting_down(mut rx: watch::Receiver<bool>) {
-    let _ = rx.wait_for(|stopping| *stopping).await;
 }
 
 /// Checks an opaque blob's size: 1 byte to 64 KiB.

@@ -114,7 +114,7 @@ impl EventStore for PgStore {
             .iter()
             .map(|&(stream, head, _)| Change::Event { stream, head })
             .collect();
-        let payloads = pgnotify::encode(self.replica, &changes);
+        let payloads = notify::encode(self.replica, &changes);
         sqlx::query(
             "WITH ins AS (INSERT INTO events (stream_id, event_id, counter, sender, posted_at, body) \
                           SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::bytea[])), \
@@ -131,7 +131,7 @@ impl EventStore for PgStore {
         .bind(&h_stream)
         .bind(&h_event)
         .bind(&h_counter)
-        .bind(pgnotify::CHANNEL)
+        .bind(notify::CHANNEL)
         .bind(&payloads)
         .execute(&mut *tx)
         .await?;

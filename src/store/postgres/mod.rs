@@ -20,7 +20,7 @@ use uuid::Uuid;
 use super::append::{ExistingEvent, HeadRow, lookups_needed, plan_batch};
 use super::deadline::Conn;
 use super::*;
-use crate::pgnotify::{self, Change};
+use notify::Change;
 
 /// Postgres store.
 pub struct PgStore {
@@ -95,10 +95,10 @@ impl PgStore {
     }
 
     async fn notify(&self, conn: &mut PgConnection, changes: &[Change]) -> Result<()> {
-        let payloads = pgnotify::encode(self.replica, changes);
+        let payloads = notify::encode(self.replica, changes);
         if !payloads.is_empty() {
             sqlx::query("SELECT count(pg_notify($1, p)) FROM UNNEST($2::text[]) AS p")
-                .bind(pgnotify::CHANNEL)
+                .bind(notify::CHANNEL)
                 .bind(payloads)
                 .execute(&mut *conn)
                 .await?;
@@ -206,6 +206,7 @@ fn is_unique_violation(err: &sqlx::Error) -> bool {
 
 mod events;
 mod keys;
+pub mod notify;
 mod rooms;
 
 #[async_trait]
