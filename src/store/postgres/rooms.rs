@@ -115,7 +115,6 @@ impl RoomStore for PgStore {
         tx.commit().await?;
         Ok(InviteRecord {
             invite_id,
-            to_user: to,
             pair: ids,
             from_user: from,
             body: body.to_vec(),
@@ -142,7 +141,7 @@ impl RoomStore for PgStore {
         .bind(limit as i64 + 1)
         .fetch(&mut *conn)
         .map(move |row| -> Result<InviteRecord> {
-            Ok(InviteRecord::from_row(user, row?))
+            Ok(InviteRecord::from_row(row?))
         });
         page::collect(rows, limit, budget).await
     }

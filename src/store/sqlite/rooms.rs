@@ -11,8 +11,11 @@ fn parse_members(list: &str) -> Result<Vec<i64>> {
     list.split(',')
         .filter(|m| !m.is_empty())
         .map(|m| {
-            m.parse().map_err(|_| {
-                Error::Internal(format!("member id {m:?} in the database is not a number"))
+            m.parse().map_err(|e| {
+                Error::internal(
+                    &format!("member id {m:?} in the database is not a number"),
+                    &e,
+                )
             })
         })
         .collect()
@@ -133,7 +136,6 @@ impl RoomStore for SqliteStore {
         tx.commit().await?;
         Ok(InviteRecord {
             invite_id,
-            to_user: to,
             pair: ids,
             from_user: from,
             body: body.to_vec(),
@@ -159,7 +161,7 @@ impl RoomStore for SqliteStore {
         .bind(limit as i64 + 1)
         .fetch(&self.readers)
         .map(move |row| -> Result<InviteRecord> {
-            Ok(InviteRecord::from_row(user, row?))
+            Ok(InviteRecord::from_row(row?))
         });
         page::collect(rows, limit, budget).await
     }
