@@ -11,6 +11,7 @@ mod auth;
 mod cli;
 mod data_dir;
 mod faults;
+mod fuzz_seeds;
 mod invites;
 mod jwt_claims;
 mod keys;
