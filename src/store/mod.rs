@@ -12,10 +12,13 @@
 /// public only for the fuzz targets in `fuzz/`, not part of the server's API.
 #[doc(hidden)]
 pub mod append;
+#[cfg(test)]
+mod contract;
 pub mod deadline;
 mod errors;
 mod page;
 pub mod postgres;
+mod sql;
 pub mod sqlite;
 
 use std::sync::Arc;
