@@ -65,6 +65,7 @@ macro_rules! on_both {
         mod postgres {
             $(
                 #[tokio::test]
+                #[cfg_attr(secretd_no_database_url, ignore = "skipped: DATABASE_URL is not set")]
                 async fn $name() {
                     if let Some(store) = super::postgres().await {
                         super::$name(&store).await;
