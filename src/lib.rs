@@ -18,6 +18,7 @@ pub mod telemetry;
 pub mod time;
 
 pub(crate) mod commit;
+pub(crate) mod cors;
 pub(crate) mod domain;
 pub(crate) mod error;
 pub(crate) mod hub;
