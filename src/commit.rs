@@ -29,6 +29,8 @@ use tokio::task::JoinHandle;
 use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::hub::Hub;
+use crate::replica::Replica;
+use crate::shutdown::{Phase, Signal};
 use crate::store::{AppendRequest, Appended, DynStore};
 use uuid::Uuid;
 
@@ -71,7 +73,17 @@ struct Job {
     reply: oneshot::Sender<Result<Appended>>,
 }
 
-/// Handle for submitting posts. Dropping every clone lets the writers drain and stop.
+/// Handle for submitting posts (the group commit's front door).
+///
+/// The path of a post (ARCHITECTURE.md has every hop): `service/messages.rs` →
+/// [`Committer::append`] → the queue of the writer owning the stream → one
+/// `Store::append_batch` transaction (`store/{postgres,sqlite}/events.rs`: lock heads,
+/// check membership, `plan_batch`, insert, move heads, NOTIFY) → COMMIT →
+/// `Hub::publish_committed` (encode once, ring, wake watchers) → the caller's answer;
+/// live response streams (`service/streaming/`) then pull the frame. Other replicas get
+/// the NOTIFY: `replica/listener.rs` → `Replica::apply` reads the rows once → their hub.
+///
+/// Cloning is cheap; the writers stop when the shutdown reaches `Phase::Finishing`.
 #[derive(Clone)]
 pub struct Committer {
     shards: Arc<Vec<mpsc::Sender<Job>>>,
@@ -79,17 +91,15 @@ pub struct Committer {
     queue_timeout: Duration,
 }
 
-/// The writer tasks.
+/// The writer tasks. They stop taking posts when the shutdown reaches
+/// [`Phase::Finishing`], commit (or fail) every queued one, and end.
 pub struct Writers {
     handles: Vec<JoinHandle<()>>,
-    stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl Writers {
-    /// Stops taking new posts, commits (or fails) every queued one, and waits for the
-    /// writers to finish.
-    pub async fn drain(self) {
-        let _ = self.stop.send(true);
+    /// Waits for the writers to finish (after the shutdown reached [`Phase::Finishing`]).
+    pub async fn join(self) {
         for h in self.handles {
             let _ = h.await;
         }
@@ -97,23 +107,31 @@ impl Writers {
 }
 
 impl Committer {
-    /// Starts the writer tasks.
-    pub fn start(store: DynStore, hub: Arc<Hub>, config: CommitSettings) -> (Committer, Writers) {
+    /// Starts the writer tasks: they commit through `store`, publish to `hub`, re-read
+    /// through `replica` what they could not tell was committed, and stop at `shutdown`'s
+    /// [`Phase::Finishing`].
+    pub fn start(
+        store: DynStore,
+        hub: Arc<Hub>,
+        replica: Arc<Replica>,
+        config: CommitSettings,
+        shutdown: Signal,
+    ) -> (Committer, Writers) {
         let CommitSettings {
             writers, max_batch, ..
         } = config;
         let max_gap = i64::try_from(config.max_gap).unwrap_or(i64::MAX);
         let mut shards = Vec::with_capacity(writers);
         let mut handles = Vec::with_capacity(writers);
-        let (stop, stopped) = tokio::sync::watch::channel(false);
         for _ in 0..writers.max(1) {
             let (tx, rx) = mpsc::channel(config.queue_depth.max(1));
             shards.push(tx);
             handles.push(tokio::spawn(writer(
                 rx,
-                stopped.clone(),
+                shutdown.clone(),
                 store.clone(),
                 hub.clone(),
+                replica.clone(),
                 max_batch.max(1),
                 max_gap,
             )));
@@ -124,7 +142,7 @@ impl Committer {
                 queue_depth: config.queue_depth.max(1),
                 queue_timeout: config.queue_timeout,
             },
-            Writers { handles, stop },
+            Writers { handles },
         )
     }
 
@@ -170,9 +188,10 @@ impl Committer {
 
 async fn writer(
     mut rx: mpsc::Receiver<Job>,
-    stop: tokio::sync::watch::Receiver<bool>,
+    shutdown: Signal,
     store: DynStore,
     hub: Arc<Hub>,
+    replica: Arc<Replica>,
     max_batch: usize,
     max_gap: i64,
 ) {
@@ -184,14 +203,14 @@ async fn writer(
     loop {
         let got = tokio::select! {
             n = rx.recv_many(&mut jobs, max_batch) => n,
-            _ = crate::service::shutting_down(stop.clone()), if !stopping => {
+            _ = shutdown.reached(Phase::Finishing), if !stopping => {
                 // Refuse new posts; what is already queued is still committed below.
                 rx.close();
                 stopping = true;
                 continue;
             }
             _ = tokio::time::sleep_until(in_doubt.next_try), if !in_doubt.streams.is_empty() => {
-                in_doubt.republish(&hub).await;
+                in_doubt.republish(&replica).await;
                 continue;
             }
         };
@@ -268,8 +287,8 @@ impl InDoubt {
 
     /// Re-reads the streams' heads and publishes what is new; on failure tries again
     /// later, backing off.
-    async fn republish(&mut self, hub: &Hub) {
-        if hub.republish(&mut self.streams).await {
+    async fn republish(&mut self, replica: &Replica) {
+        if replica.republish(&mut self.streams).await {
             self.backoff = REPUBLISH_RETRY.0;
         } else {
             self.next_try = tokio::time::Instant::now() + self.backoff;

@@ -11,11 +11,11 @@ use prost::Message;
 use tonic::Code;
 
 use crate::auth::Verifier;
+use crate::domain::StreamId;
 use crate::error::Error;
 use crate::keycheck;
 use crate::proto;
-use crate::service::check_blob;
-use crate::wire::{parse_id, parse_user_id};
+use crate::requests;
 
 pub use crate::store::append::check::{History, Scenario, check as check_plan_batch};
 
@@ -77,7 +77,7 @@ pub fn verify_signed_claims(claims: &[u8]) {
         return;
     };
     match verifier().verify_caller(&token) {
-        Ok(caller) => assert!(caller.user >= 1, "accepted user id {}", caller.user),
+        Ok(caller) => assert!(caller.user.get() >= 1, "accepted user id {}", caller.user),
         Err(status) => assert_eq!(status.code(), Code::Unauthenticated, "{status:?}"),
     }
 }
@@ -121,52 +121,39 @@ pub const REQUEST_TYPES: &[&str] = &[
 ];
 
 /// Decodes `bytes` as request type `kind` (an index into [`REQUEST_TYPES`], taken modulo
-/// its length) and runs the checks its handler applies before touching the store. Bytes
+/// its length) and parses it the way its handler does (the `TryFrom` conversions of
+/// `requests.rs`) before touching the store. Bytes
 /// that are not the message are a decode error (tonic refuses those before a handler
 /// runs); a decoded message is accepted or refused with INVALID_ARGUMENT, never a panic.
 pub fn validate_request(kind: u8, bytes: &[u8]) {
+    /// Decodes `bytes` as `M` and parses it into the handler's request type `R`.
+    fn parsed<M, R>(bytes: &[u8]) -> Option<Result<(), Error>>
+    where
+        M: Message + Default,
+        R: TryFrom<M, Error = Error>,
+    {
+        decode::<M>(bytes).map(|m| R::try_from(m).map(|_| ()))
+    }
     let result = match kind as usize % REQUEST_TYPES.len() {
-        0 => decode::<proto::PostKeyRequest>(bytes).map(|r| {
-            check_blob("key_data", r.key_data.len())
-                .and_then(|()| keycheck::canonicalize(&r.key_data).map(|_| ()))
+        0 => parsed::<proto::PostKeyRequest, requests::PostKey>(bytes),
+        1 => parsed::<proto::FetchKeyRequest, requests::FetchKey>(bytes),
+        2 => parsed::<proto::PostPrivateKeyRequest, requests::PostPrivateKey>(bytes),
+        3 => parsed::<proto::SendInviteRequest, requests::SendInvite>(bytes),
+        4 => decode::<proto::FetchInvitesRequest>(bytes).map(|r| {
+            let _ = requests::FetchInvites::from(r);
+            Ok(())
         }),
-        1 => decode::<proto::FetchKeyRequest>(bytes)
-            .map(|r| parse_user_id("user_id", r.user_id).map(|_| ())),
-        2 => decode::<proto::PostPrivateKeyRequest>(bytes)
-            .map(|r| check_blob("key_data", r.key_data.len())),
-        3 => decode::<proto::SendInviteRequest>(bytes).map(|r| {
-            parse_id("pair_id", &r.pair_id)?;
-            parse_user_id("user_id", r.user_id)?;
-            check_blob("invite", r.invite.len())
-        }),
-        4 => decode::<proto::FetchInvitesRequest>(bytes).map(|_| Ok(())),
-        5 => decode::<proto::ListChannelPairsRequest>(bytes).map(|r| {
-            match r.after_pair_id.as_str() {
-                "" => Ok(()),
-                id => parse_id("after_pair_id", id).map(|_| ()),
-            }
-        }),
-        6 => decode::<proto::LeaveChannelPairRequest>(bytes)
-            .map(|r| parse_id("pair_id", &r.pair_id).map(|_| ())),
-        7 => decode::<proto::RemoveMemberRequest>(bytes).map(|r| {
-            parse_id("pair_id", &r.pair_id)?;
-            parse_user_id("user_id", r.user_id).map(|_| ())
-        }),
-        8 => decode::<proto::PostMessageRequest>(bytes).map(|r| {
-            parse_id("stream_id", &r.stream_id)?;
-            let m = r
-                .message
-                .ok_or_else(|| Error::invalid("message is required"))?;
-            check_blob("message.message", m.message.len())
-        }),
-        9 => decode::<proto::FetchMessagesRequest>(bytes)
-            .map(|r| parse_id("stream_id", &r.stream_id).map(|_| ())),
+        5 => parsed::<proto::ListChannelPairsRequest, requests::ListChannelPairs>(bytes),
+        6 => parsed::<proto::LeaveChannelPairRequest, requests::LeaveChannelPair>(bytes),
+        7 => parsed::<proto::RemoveMemberRequest, requests::RemoveMember>(bytes),
+        8 => parsed::<proto::PostMessageRequest, requests::PostMessage>(bytes),
+        9 => parsed::<proto::FetchMessagesRequest, requests::FetchMessages>(bytes),
         _ => decode::<proto::ManageStream>(bytes).map(|r| {
             for id in r.subscribe_to.iter().chain(&r.unsubscribe_to) {
-                parse_id("subscribe_to", id)?;
+                StreamId::parse("subscribe_to", id)?;
             }
             for c in &r.resume_from {
-                parse_id("resume_from.stream_id", &c.stream_id)?;
+                StreamId::parse("resume_from.stream_id", &c.stream_id)?;
             }
             Ok(())
         }),

@@ -8,28 +8,29 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::service::interceptor::InterceptedService;
 use uuid::Uuid;
 
 use crate::auth::{AuthInterceptor, Verifier};
 use crate::commit::{CommitSettings, Committer, Writers};
-use crate::config::{Settings, redact_url};
+use crate::config::Settings;
 use crate::hub::Hub;
 use crate::limits::RateLimits;
+use crate::replica::Replica;
 use crate::service::AppState;
 use crate::service::router::SecretRouter;
+use crate::shutdown::{Phase, Trigger};
 use crate::store::{self, Backend, DynStore};
 
 /// Runs `secretd migrate`.
 pub async fn migrate_only(settings: &Settings) -> anyhow::Result<()> {
     crate::private_files::secure_data_dir(settings)?;
-    let url = settings.effective_database_url();
-    store::migrate(&url)
+    let database = settings.database()?;
+    store::migrate(database.url())
         .await
-        .with_context(|| format!("cannot migrate the database {}", redact_url(&url)))?;
-    tracing::info!(store = %redact_url(&url), "migrations are up to date");
+        .with_context(|| format!("cannot migrate the database {database}"))?;
+    tracing::info!(store = %database, "migrations are up to date");
     Ok(())
 }
 
@@ -38,7 +39,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     // Install the signal handlers before announcing readiness, so a SIGTERM that follows
     // the ready line at once is still a graceful stop.
     let signal = termination_signal()?;
-    let listener = TcpListener::bind(&settings.listen)
+    let listener = TcpListener::bind(settings.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.listen))?;
     let running = start(settings, listener).await?;
@@ -77,7 +78,7 @@ fn termination_signal() -> anyhow::Result<impl std::future::Future<Output = ()>>
 pub struct Running {
     addr: SocketAddr,
     replica: Uuid,
-    shutdown: watch::Sender<bool>,
+    shutdown: Trigger,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     writers: Writers,
     store: DynStore,
@@ -100,14 +101,16 @@ impl Running {
     /// calls finish (for at most `shutdown_grace_secs`), commit queued posts, close the
     /// database.
     pub async fn stop(self) {
-        let _ = self.shutdown.send(true);
+        self.shutdown.advance(Phase::Draining);
         self.hub.stop_all();
         let mut server = self.server;
         if tokio::time::timeout(self.grace, &mut server).await.is_err() {
             tracing::warn!("in-flight calls did not finish within the grace period; closing them");
             server.abort();
         }
-        self.writers.drain().await;
+        // No call is left that could post: the writers commit their queues and end.
+        self.shutdown.advance(Phase::Finishing);
+        self.writers.join().await;
         self.store.close().await;
     }
 }
@@ -118,22 +121,24 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
     let addr = listener.local_addr()?;
     crate::private_files::secure_data_dir(&settings)?;
     let verifier = Arc::new(Verifier::from_settings(&settings)?);
-    let url = settings.effective_database_url();
+    let database = settings.database()?;
     let replica = Uuid::new_v4();
     let store = store::open_with_deadline(
-        &url,
+        database.url(),
         settings.db_max_connections,
         Duration::from_millis(settings.db_timeout_ms),
         replica,
     )
     .await
-    .with_context(|| format!("cannot open the database {}", redact_url(&url)))?;
+    .with_context(|| format!("cannot open the database {database}"))?;
     let backend = store.backend();
+    let (shutdown, signal) = crate::shutdown::channel();
     let hub = Hub::new(
-        store.clone(),
         settings.fanout_ring_events,
         settings.fanout_ring_budget_bytes,
+        signal.clone(),
     );
+    let replica_sync = Replica::new(store.clone(), hub.clone());
     let writers = match backend {
         // SQLite has one writer: more tasks would only queue on its connection.
         Backend::Sqlite => 1,
@@ -142,27 +147,22 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
     let (committer, writer_tasks) = Committer::start(
         store.clone(),
         hub.clone(),
+        replica_sync.clone(),
         CommitSettings::new(writers, &settings),
+        signal.clone(),
     );
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let limits = Arc::new(RateLimits::from_settings(&settings));
-    limits.spawn_sweeper(shutdown_rx.clone());
+    limits.spawn_sweeper(signal.clone());
     if backend == Backend::Postgres {
-        tokio::spawn(crate::pgnotify::run_listener(
-            url.clone(),
+        tokio::spawn(crate::replica::run_listener(
+            database.url().to_string(),
             replica,
-            hub.clone(),
+            replica_sync,
             Duration::from_millis(settings.listener_watchdog_ms),
-            shutdown_rx.clone(),
+            signal.clone(),
         ));
     }
-    if !settings.metrics_listen.is_empty() {
-        let maddr: SocketAddr = settings.metrics_listen.parse().map_err(|e| {
-            anyhow::anyhow!(
-                "metrics_listen {:?} is not an address: {e}",
-                settings.metrics_listen
-            )
-        })?;
+    if let Some(maddr) = settings.metrics_listen {
         crate::telemetry::install_exporter(maddr)?;
         tracing::info!(%maddr, "Prometheus metrics at http://{maddr}/metrics");
     }
@@ -173,7 +173,6 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
         committer,
         limits,
         settings: settings.clone(),
-        shutdown: shutdown_rx.clone(),
     });
     let secret = InterceptedService::new(SecretRouter::new(state), AuthInterceptor::new(verifier));
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -190,7 +189,6 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
     let cors = crate::cors::CorsLayer::new(crate::cors::Policy::from_origins(
         &settings.cors_allowed_origins,
     )?);
-    let signal = shutdown_rx.clone();
     let router = tonic::transport::Server::builder()
         .accept_http1(true)
         .http2_keepalive_interval(Some(Duration::from_secs(
@@ -215,18 +213,18 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
     // it, and Nagle plus delayed ACKs added 40 ms to small responses.
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
-        crate::service::shutting_down(signal).await;
+        signal.draining().await;
         health.set_not_serving::<SecretRouter>().await;
     }));
     tracing::info!(
         store = backend.name(),
-        database = %redact_url(&url),
+        database = %database,
         "secretd listening on {addr}"
     );
     Ok(Running {
         addr,
         replica,
-        shutdown: shutdown_tx,
+        shutdown,
         server,
         writers: writer_tasks,
         store,

@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 use tonic::Status;
 
 use super::Caller;
-use crate::config::Settings;
+use crate::config::{JwtAlgorithm, Settings};
 
 /// Leeway for `exp` and `nbf`, in seconds (clock skew between the auth service and us).
 pub const LEEWAY_SECS: u64 = 30;
@@ -49,8 +49,8 @@ pub struct Verifier {
 impl Verifier {
     /// Builds the verifier from the settings (creating the HS256 secret file if needed).
     pub fn from_settings(settings: &Settings) -> anyhow::Result<Self> {
-        let (algorithm, key) = match settings.jwt_algorithm.as_str() {
-            "EdDSA" | "RS256" => {
+        let (algorithm, key) = match settings.jwt_algorithm {
+            JwtAlgorithm::EdDsa | JwtAlgorithm::Rs256 => {
                 let path = &settings.jwt_public_key_file;
                 anyhow::ensure!(
                     !path.is_empty(),
@@ -59,13 +59,13 @@ impl Verifier {
                 );
                 let pem = std::fs::read(path)
                     .map_err(|e| anyhow::anyhow!("cannot read jwt_public_key_file {path}: {e}"))?;
-                if settings.jwt_algorithm == "EdDSA" {
+                if settings.jwt_algorithm == JwtAlgorithm::EdDsa {
                     (Algorithm::EdDSA, DecodingKey::from_ed_pem(&pem)?)
                 } else {
                     (Algorithm::RS256, DecodingKey::from_rsa_pem(&pem)?)
                 }
             }
-            _ => (
+            JwtAlgorithm::Hs256 => (
                 Algorithm::HS256,
                 DecodingKey::from_secret(super::load_or_create_secret(settings)?.as_bytes()),
             ),
@@ -90,7 +90,7 @@ impl Verifier {
 
     /// Verifies a bearer token and returns the user id in its `sub`.
     pub fn verify(&self, token: &str) -> Result<i64, Status> {
-        self.verify_caller(token).map(|c| c.user)
+        self.verify_caller(token).map(|c| c.user.get())
     }
 
     /// Verifies a bearer token and returns the caller it names.
@@ -182,6 +182,7 @@ fn check_claims(
             return Err("the token has no `sub` claim; it must hold the decimal user id".into());
         }
         Some(Value::String(sub)) => parse_user_id(sub)
+            .map(crate::domain::UserId::trusted)
             .ok_or("the token's `sub` claim must be a decimal user id between 1 and 2^63-1")?,
         Some(Value::Number(_)) => {
             return Err(
@@ -305,7 +306,7 @@ mod tests {
         {
             let mut cache = v.cache();
             let caller = |expires_at| Caller {
-                user: 7,
+                user: crate::domain::UserId::trusted(7),
                 expires_at,
             };
             cache.insert(key("remembered"), caller(now + 100));

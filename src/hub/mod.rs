@@ -12,19 +12,16 @@
 //! access whenever it meets a frame with a newer epoch than it last verified, so an event
 //! appended after someone was removed never reaches them, even from another replica.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use uuid::Uuid;
 
-use crate::pgnotify::{Change, ChangeSink};
-use crate::store::{DynStore, PairIds, StoredEvent};
-
-/// Most events one remote notification makes the hub read from the database at once; a
-/// larger jump only moves the head, and subscribers page the rest themselves.
-const REMOTE_READ_LIMIT: usize = 256;
+use crate::domain::UserId;
+use crate::shutdown::Signal;
+use crate::store::{PairIds, StoredEvent};
 
 /// Locks a std mutex, ignoring poisoning (no code panics while holding these locks; if
 /// one ever did, the protected data is still consistent field by field).
@@ -42,14 +39,14 @@ pub use slot::{Frame, Read, Slot, Watch};
 
 /// The fan-out hub of one process.
 pub struct Hub {
-    store: DynStore,
     ring_events: usize,
     ring_bytes: usize,
     budget: Arc<Budget>,
     streams: Mutex<HashMap<Uuid, Arc<Slot>>>,
-    users: Mutex<HashMap<i64, Vec<Arc<Connection>>>>,
+    users: Mutex<HashMap<UserId, Vec<Arc<Connection>>>>,
     next_id: AtomicU64,
-    stopping: AtomicBool,
+    /// The server's shutdown: once it begins, calls registered later end at once.
+    shutdown: Signal,
     /// Runs inside [`Hub::watch`] between taking the slot and joining it (unit tests of
     /// the watch/unwatch interleavings).
     #[cfg(test)]
@@ -58,17 +55,17 @@ pub struct Hub {
 
 impl Hub {
     /// A hub keeping up to `ring_events` encoded events (and at most 1 MiB) per watched
-    /// stream, and at most `ring_budget` bytes in all rings together.
-    pub fn new(store: DynStore, ring_events: usize, ring_budget: usize) -> Arc<Self> {
+    /// stream, and at most `ring_budget` bytes in all rings together; `shutdown` is the
+    /// server's (see [`Hub::stop_all`]).
+    pub fn new(ring_events: usize, ring_budget: usize, shutdown: Signal) -> Arc<Self> {
         Arc::new(Hub {
-            store,
             ring_events: ring_events.max(1),
             ring_bytes: 1 << 20,
             budget: Budget::new(ring_budget),
             streams: Mutex::new(HashMap::new()),
             users: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
-            stopping: AtomicBool::new(false),
+            shutdown,
             #[cfg(test)]
             watch_hook: Mutex::new(None),
         })
@@ -76,7 +73,7 @@ impl Hub {
 
     /// Registers a StreamMessagePosting call of `user`; `None` when the user already has
     /// `limit` open calls on this process.
-    pub fn register(self: &Arc<Self>, user: i64, limit: usize) -> Option<ConnectionGuard> {
+    pub fn register(self: &Arc<Self>, user: UserId, limit: usize) -> Option<ConnectionGuard> {
         let conn = Arc::new(Connection::new(
             self.next_id.fetch_add(1, Ordering::Relaxed),
             user,
@@ -88,7 +85,7 @@ impl Hub {
         }
         list.push(conn.clone());
         // Read under the users lock, so a concurrent stop_all cannot miss this call.
-        if self.stopping.load(Ordering::Acquire) {
+        if self.shutdown.is_draining() {
             conn.stop();
         }
         crate::telemetry::connections(1);
@@ -98,10 +95,10 @@ impl Hub {
         })
     }
 
-    /// Graceful shutdown: every open call (and any registered later) ends with
+    /// Graceful shutdown, called once the shutdown signal is in `Phase::Draining`
+    /// (`crate::shutdown::Phase`): every open call (and any registered later) ends with
     /// UNAVAILABLE at once.
     pub fn stop_all(&self) {
-        self.stopping.store(true, Ordering::Release);
         for list in lock(&self.users).values() {
             for c in list {
                 c.stop();
@@ -174,32 +171,6 @@ impl Hub {
         Some(slot.head())
     }
 
-    /// Re-reads the heads of `streams` and publishes whatever this process has not seen
-    /// (used when committed events may not have been published: a batch whose answer was
-    /// lost after its COMMIT). Streams nobody here watches are dropped from the set; on
-    /// success the set is emptied. Returns false when the database could not be read
-    /// (the set is kept for a retry).
-    pub async fn republish(&self, streams: &mut HashSet<Uuid>) -> bool {
-        streams.retain(|s| self.is_watched(s));
-        if streams.is_empty() {
-            return true;
-        }
-        let list: Vec<Uuid> = streams.iter().copied().collect();
-        match self.store.stream_heads(&list).await {
-            Ok(heads) => {
-                for (stream, head, _) in heads {
-                    self.pull_remote(stream, head).await;
-                }
-                streams.clear();
-                true
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot re-read stream heads after a failed commit; retrying");
-                false
-            }
-        }
-    }
-
     /// Records that `head` is committed (read from the database); wakes watchers if it is
     /// news.
     pub fn observe_head(&self, stream: Uuid, head: i64) {
@@ -255,7 +226,7 @@ impl Hub {
     }
 
     /// Tells the user's connections that they have a new invite.
-    pub fn invite_sent(&self, user: i64) {
+    pub fn invite_sent(&self, user: UserId) {
         if let Some(list) = lock(&self.users).get(&user) {
             for c in list {
                 c.wake_invites();
@@ -264,7 +235,7 @@ impl Hub {
     }
 
     /// Tells the user's connections to re-check their access to the pair's streams.
-    pub fn membership_changed(&self, pair: &PairIds, user: i64) {
+    pub fn membership_changed(&self, pair: &PairIds, user: UserId) {
         if let Some(list) = lock(&self.users).get(&user) {
             for c in list {
                 c.wake_recheck(&pair.streams(), i64::MAX);
@@ -272,89 +243,28 @@ impl Hub {
         }
     }
 
-    /// Reads new events on `stream` up to `head` once (another replica's, or this one's
-    /// whose publishing was in doubt), and publishes them to every local watcher.
-    async fn pull_remote(&self, stream: Uuid, head: i64) {
-        let Some(slot) = lock(&self.streams).get(&stream).cloned() else {
-            return;
-        };
-        let known = slot.head();
-        if head <= known {
-            return;
-        }
-        if (head - known) as usize > REMOTE_READ_LIMIT {
-            self.observe_head(stream, head);
-            return;
-        }
-        match self
-            .store
-            .read_events(stream, known, head, REMOTE_READ_LIMIT)
-            .await
-        {
-            Ok(run) => {
-                crate::telemetry::fanout_events_read(run.events.len());
-                let epoch = run.member_epoch;
-                self.publish(stream, run.events.iter().map(|e| Frame::encode(e, epoch)));
-                // Whatever the read did not cover is still committed: let readers page it.
-                self.observe_head_if_gap(stream, head);
-            }
-            Err(err) => {
-                tracing::warn!(%stream, error = %err, "cannot read remote events; subscribers will page them");
-                self.observe_head(stream, head);
-            }
+    /// The streams some local call watches.
+    pub fn watched_streams(&self) -> Vec<Uuid> {
+        lock(&self.streams).keys().copied().collect()
+    }
+
+    /// Repairs a watched stream after notifications may have been missed: `head` and
+    /// `epoch` were just read from the database. Moves the head (readers behind go to the
+    /// database) and asks subscriptions verified at an older epoch to re-check access.
+    pub fn repair(&self, stream: Uuid, head: i64, epoch: i64) {
+        if let Some(slot) = lock(&self.streams).get(&stream).cloned() {
+            slot.observe_head(head);
+            slot.recheck_below(epoch);
         }
     }
 
-    fn observe_head_if_gap(&self, stream: Uuid, head: i64) {
-        let Some(slot) = lock(&self.streams).get(&stream).cloned() else {
-            return;
-        };
-        if slot.head() < head {
-            self.observe_head(stream, head);
-        }
-    }
-
-    /// Used after the change listener reconnects (anything may have been missed): re-reads
-    /// the heads and membership epochs of every watched stream, moves the heads (readers
-    /// behind go to the database), asks every subscription verified at an older epoch to
-    /// re-check its access (a removal may have gone unnoticed), and wakes every connection
-    /// for invites.
-    pub async fn repair_all(&self) {
-        let streams: Vec<Uuid> = lock(&self.streams).keys().copied().collect();
-        for chunk in streams.chunks(1000) {
-            match self.store.stream_heads(chunk).await {
-                Ok(heads) => {
-                    for (stream, head, epoch) in heads {
-                        if let Some(slot) = lock(&self.streams).get(&stream).cloned() {
-                            slot.observe_head(head);
-                            slot.recheck_below(epoch);
-                        }
-                    }
-                }
-                Err(err) => tracing::warn!(error = %err, "cannot repair stream heads"),
-            }
-        }
+    /// Wakes every local call to look for invites (some may have been missed).
+    pub fn wake_all_invites(&self) {
         for list in lock(&self.users).values() {
             for c in list {
                 c.wake_invites();
             }
         }
-    }
-}
-
-impl ChangeSink for Hub {
-    async fn apply(&self, changes: Vec<Change>) {
-        for change in changes {
-            match change {
-                Change::Event { stream, head } => self.pull_remote(stream, head).await,
-                Change::Invite { user } => self.invite_sent(user),
-                Change::Membership { pair, user } => self.membership_changed(&pair, user),
-            }
-        }
-    }
-
-    async fn resync(&self) {
-        self.repair_all().await;
     }
 }
 

@@ -20,10 +20,10 @@ use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use tokio::sync::watch;
 
 use crate::config::Settings;
 use crate::error::Error;
+use crate::shutdown::Signal;
 
 /// How often the keyed state forgets users whose allowance is full again.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
@@ -112,37 +112,8 @@ impl RateClass {
 
     /// The configured (rate per second, burst) of this class.
     pub fn configured(self, s: &Settings) -> (f64, u32) {
-        match self {
-            RateClass::Pairs => (s.rate_pairs_per_sec, s.rate_pairs_burst),
-            RateClass::Invites => (s.rate_invites_per_sec, s.rate_invites_burst),
-            RateClass::Keys => (s.rate_keys_per_sec, s.rate_keys_burst),
-            RateClass::PrivateKeys => (s.rate_private_keys_per_sec, s.rate_private_keys_burst),
-            RateClass::Posts => (s.rate_posts_per_sec, s.rate_posts_burst),
-            RateClass::Reads => (s.rate_reads_per_sec, s.rate_reads_burst),
-            RateClass::Subscriptions => (s.rate_subscriptions_per_sec, s.rate_subscriptions_burst),
-        }
-    }
-
-    /// Checks every class's rate and burst: a rate is 0 (off) or a positive number of at
-    /// most a billion per second, and an enabled class has a burst of at least 1.
-    pub fn validate_all(s: &Settings) -> Result<(), String> {
-        for class in RateClass::ALL {
-            let (rate, burst) = class.configured(s);
-            let name = class.name();
-            if !rate.is_finite() || !(0.0..=1e9).contains(&rate) {
-                return Err(format!(
-                    "rate_{name}_per_sec is {rate}; use 0 (off) or a positive number of calls \
-                     per second"
-                ));
-            }
-            if rate > 0.0 && burst == 0 {
-                return Err(format!(
-                    "rate_{name}_burst is 0; it must be at least 1 while rate_{name}_per_sec is \
-                     set (set the rate to 0 to turn the limit off)"
-                ));
-            }
-        }
-        Ok(())
+        let (_, rate, burst) = s.rate_limits()[self as usize];
+        (rate, burst)
     }
 }
 
@@ -225,12 +196,12 @@ impl RateLimits {
     }
 
     /// Sweeps every [`SWEEP_INTERVAL`] until the server shuts down.
-    pub fn spawn_sweeper(self: &Arc<Self>, shutdown: watch::Receiver<bool>) {
+    pub fn spawn_sweeper(self: &Arc<Self>, shutdown: Signal) {
         let limits = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(SWEEP_INTERVAL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let stop = crate::service::shutting_down(shutdown);
+            let stop = shutdown.draining();
             tokio::pin!(stop);
             loop {
                 tokio::select! {
@@ -313,23 +284,10 @@ mod tests {
     }
 
     #[test]
-    fn bad_rates_are_configuration_errors() {
-        let negative = settings(|s| s.rate_posts_per_sec = -1.0);
-        assert!(
-            RateClass::validate_all(&negative)
-                .unwrap_err()
-                .contains("rate_posts_per_sec")
-        );
-        let no_burst = settings(|s| s.rate_reads_burst = 0);
-        assert!(
-            RateClass::validate_all(&no_burst)
-                .unwrap_err()
-                .contains("rate_reads_burst")
-        );
-        let off = settings(|s| {
-            s.rate_reads_per_sec = 0.0;
-            s.rate_reads_burst = 0;
-        });
-        RateClass::validate_all(&off).unwrap();
+    fn classes_match_their_config_keys() {
+        let s = crate::config::defaults();
+        for class in RateClass::ALL {
+            assert_eq!(s.rate_limits()[class as usize].0, class.name());
+        }
     }
 }

@@ -13,23 +13,16 @@ pub mod streaming;
 
 use std::sync::Arc;
 
-use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use crate::commit::Committer;
 use crate::config::Settings;
+use crate::domain::UserId;
 use crate::error::Error;
 use crate::hub::Hub;
 use crate::limits::RateLimits;
 use crate::proto::{self, secret_service_server::SecretService};
 use crate::store::DynStore;
-
-/// Largest opaque blob (ciphertext, invite, private key) in bytes: 64 KiB.
-pub const MAX_BLOB: usize = 64 * 1024;
-/// Page size when `limit` is 0.
-pub const DEFAULT_LIMIT: usize = 100;
-/// Largest page size; larger limits are clamped.
-pub const MAX_LIMIT: usize = 1000;
 
 /// Everything a handler needs.
 pub struct AppState {
@@ -43,8 +36,6 @@ pub struct AppState {
     pub limits: Arc<RateLimits>,
     /// Configuration.
     pub settings: Arc<Settings>,
-    /// Becomes true when the server begins a graceful shutdown.
-    pub shutdown: watch::Receiver<bool>,
 }
 
 /// The tonic service (unary RPCs; StreamMessagePosting is served by [`router`]).
@@ -60,47 +51,7 @@ impl SecretApi {
     }
 }
 
-/// Resolves once the server begins a graceful shutdown.
-pub async fn shutting_down(mut rx: watch::Receiver<bool>) {
-    let _ = rx.wait_for(|stopping| *stopping).await;
-}
-
-/// Checks an opaque blob's size: 1 byte to 64 KiB.
-pub fn check_blob(field: &str, len: usize) -> Result<(), Error> {
-    if len == 0 {
-        return Err(Error::invalid(format!(
-            "{field} is empty; it must hold 1 byte to 64 KiB"
-        )));
-    }
-    if len > MAX_BLOB {
-        return Err(Error::invalid(format!(
-            "{field} is {len} bytes; the limit is {MAX_BLOB} bytes (64 KiB)"
-        )));
-    }
-    Ok(())
-}
-
-/// Page size from a request's `limit`: 0 → 100, above 1000 → 1000.
-pub fn page_limit(limit: u32) -> usize {
-    match limit as usize {
-        0 => DEFAULT_LIMIT,
-        n => n.min(MAX_LIMIT),
-    }
-}
-
-/// Whether `homeserver` names this server; a foreign one is UNIMPLEMENTED until
-/// federation exists.
-pub fn check_local(settings: &Settings, homeserver: &str) -> Result<(), Error> {
-    if homeserver.is_empty() || homeserver == settings.server_name {
-        Ok(())
-    } else {
-        Err(Error::Unimplemented(format!(
-            "homeserver {homeserver:?} is not this server ({:?}); reaching users on other \
-             homeservers needs federation, which secretd does not support yet",
-            settings.server_name
-        )))
-    }
-}
+pub use crate::requests::{check_blob, page_limit};
 
 /// Turns a handler's result into a tonic answer and counts it.
 fn answer<T>(method: &'static str, result: Result<T, Error>) -> Result<Response<T>, Status> {
@@ -111,18 +62,15 @@ fn answer<T>(method: &'static str, result: Result<T, Error>) -> Result<Response<
         }
         Err(e) => {
             crate::telemetry::rpc(method, e.code());
-            if matches!(e, Error::Internal(_)) {
-                tracing::error!(method, error = %e, "internal error");
-            } else {
-                tracing::debug!(method, error = %e, "request refused");
-            }
+            // INTERNAL errors were logged with their cause where they arose.
+            tracing::debug!(method, error = %e, "request refused");
             Err(e.into())
         }
     }
 }
 
 /// The caller and the message of a request.
-fn parts<T>(req: Request<T>) -> Result<(i64, T), Status> {
+fn parts<T>(req: Request<T>) -> Result<(UserId, T), Status> {
     let user = crate::auth::Caller::of(&req)?;
     Ok((user, req.into_inner()))
 }
@@ -136,7 +84,10 @@ impl SecretService for SecretApi {
         req: Request<proto::PostKeyRequest>,
     ) -> StatusResult<proto::PostKeyResponse> {
         let (user, r) = parts(req)?;
-        answer("PostKey", keys::post_key(&self.state, user, r).await)
+        answer(
+            "PostKey",
+            async { keys::post_key(&self.state, user, r.try_into()?).await }.await,
+        )
     }
 
     async fn fetch_key(
@@ -144,7 +95,10 @@ impl SecretService for SecretApi {
         req: Request<proto::FetchKeyRequest>,
     ) -> StatusResult<proto::FetchKeyResponse> {
         let (_, r) = parts(req)?;
-        answer("FetchKey", keys::fetch_key(&self.state, r).await)
+        answer(
+            "FetchKey",
+            async { keys::fetch_key(&self.state, r.try_into()?).await }.await,
+        )
     }
 
     async fn post_private_key(
@@ -154,7 +108,7 @@ impl SecretService for SecretApi {
         let (user, r) = parts(req)?;
         answer(
             "PostPrivateKey",
-            keys::post_private_key(&self.state, user, r).await,
+            async { keys::post_private_key(&self.state, user, r.try_into()?).await }.await,
         )
     }
 
@@ -185,7 +139,10 @@ impl SecretService for SecretApi {
         req: Request<proto::SendInviteRequest>,
     ) -> StatusResult<proto::SendInviteResponse> {
         let (user, r) = parts(req)?;
-        answer("SendInvite", rooms::send_invite(&self.state, user, r).await)
+        answer(
+            "SendInvite",
+            async { rooms::send_invite(&self.state, user, r.try_into()?).await }.await,
+        )
     }
 
     async fn fetch_invites(
@@ -195,7 +152,7 @@ impl SecretService for SecretApi {
         let (user, r) = parts(req)?;
         answer(
             "FetchInvites",
-            rooms::fetch_invites(&self.state, user, r).await,
+            rooms::fetch_invites(&self.state, user, r.into()).await,
         )
     }
 
@@ -206,7 +163,7 @@ impl SecretService for SecretApi {
         let (user, r) = parts(req)?;
         answer(
             "ListChannelPairs",
-            rooms::list_channel_pairs(&self.state, user, r).await,
+            async { rooms::list_channel_pairs(&self.state, user, r.try_into()?).await }.await,
         )
     }
 
@@ -217,7 +174,7 @@ impl SecretService for SecretApi {
         let (user, r) = parts(req)?;
         answer(
             "LeaveChannelPair",
-            rooms::leave_channel_pair(&self.state, user, r).await,
+            async { rooms::leave_channel_pair(&self.state, user, r.try_into()?).await }.await,
         )
     }
 
@@ -228,7 +185,7 @@ impl SecretService for SecretApi {
         let (user, r) = parts(req)?;
         answer(
             "RemoveMember",
-            rooms::remove_member(&self.state, user, r).await,
+            async { rooms::remove_member(&self.state, user, r.try_into()?).await }.await,
         )
     }
 
@@ -239,7 +196,7 @@ impl SecretService for SecretApi {
         let (user, r) = parts(req)?;
         answer(
             "PostMessage",
-            messages::post_message(&self.state, user, r).await,
+            async { messages::post_message(&self.state, user, r.try_into()?).await }.await,
         )
     }
 
@@ -250,7 +207,7 @@ impl SecretService for SecretApi {
         let (user, r) = parts(req)?;
         answer(
             "FetchMessages",
-            messages::fetch_messages(&self.state, user, r).await,
+            async { messages::fetch_messages(&self.state, user, r.try_into()?).await }.await,
         )
     }
 

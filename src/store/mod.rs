@@ -1,21 +1,25 @@
-//! Storage: one trait, [`Store`], with a Postgres backend (`postgres.rs`, production and
-//! scale-out) and a bundled-SQLite backend (`sqlite.rs`, the embedded default). Both run
+//! Storage: one trait, [`Store`], with a Postgres backend (`postgres/`, production and
+//! scale-out) and a bundled-SQLite backend (`sqlite/`, the embedded default). Both run
 //! their embedded migrations at start and pass the same test suite.
 //!
 //! Ordering and membership are enforced here, inside the database transaction: an append
 //! locks the stream's head row, checks that the sender is a member, applies the counter
 //! rules (`append.rs`) and assigns the next dense event id in the same transaction, so id
 //! order is commit order. Leaving or removing a member locks the same rows and bumps the
-//! streams' `member_epoch`, which the fan-out uses to re-check access (see `hub.rs`).
+//! streams' `member_epoch`, which the fan-out uses to re-check access (see `hub/`).
 
 /// The counter rules ([`append::plan_batch`]) and their model ([`append::check`]):
 /// public only for the fuzz targets in `fuzz/`, not part of the server's API.
 #[doc(hidden)]
 pub mod append;
+#[cfg(test)]
+mod contract;
 pub mod deadline;
 mod errors;
+mod migrations;
 mod page;
 pub mod postgres;
+mod sql;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -28,6 +32,7 @@ use uuid::Uuid;
 pub use errors::*;
 pub use page::{Budget, Paged};
 
+pub use crate::domain::{PairId, StreamId, UserId};
 use crate::error::Result;
 use crate::keycheck::CanonicalKey;
 
@@ -162,8 +167,6 @@ impl InviteCaps {
 pub struct InviteRecord {
     /// Dense per invitee, from 1.
     pub invite_id: i64,
-    /// The invitee.
-    pub to_user: i64,
     /// The pair invited into.
     pub pair: PairIds,
     /// The inviter.
@@ -179,12 +182,11 @@ pub struct InviteRecord {
 pub(crate) type InviteRow = (i64, Uuid, Uuid, Uuid, i64, Vec<u8>, i64);
 
 impl InviteRecord {
-    /// Builds a record from an [`InviteRow`] of `to_user`'s invites.
-    pub(crate) fn from_row(to_user: i64, row: InviteRow) -> Self {
+    /// Builds a record from an [`InviteRow`].
+    pub(crate) fn from_row(row: InviteRow) -> Self {
         let (invite_id, pair_id, message_id, state_id, from_user, body, sent_at) = row;
         InviteRecord {
             invite_id,
-            to_user,
             pair: PairIds {
                 pair_id,
                 message_id,
@@ -302,7 +304,7 @@ pub trait KeyStore: Send + Sync {
     /// user had before and replaced is ALREADY_EXISTS.
     async fn post_public_key(
         &self,
-        user: i64,
+        user: UserId,
         key: &CanonicalKey,
         now: i64,
     ) -> Result<PostKeyOutcome>;
@@ -310,7 +312,7 @@ pub trait KeyStore: Send + Sync {
     /// `limit` of them within `budget`; `has_more` when older keys exist.
     async fn fetch_public_keys(
         &self,
-        user: i64,
+        user: UserId,
         limit: usize,
         budget: Budget<StoredKey>,
     ) -> Result<Paged<StoredKey>>;
@@ -318,26 +320,26 @@ pub trait KeyStore: Send + Sync {
     /// Returns the new version.
     async fn post_private_key(
         &self,
-        user: i64,
+        user: UserId,
         blob: &[u8],
         expected: Option<u64>,
         now: i64,
     ) -> Result<u64>;
     /// The blob and its version.
-    async fn fetch_private_key(&self, user: i64) -> Result<Option<(Vec<u8>, u64)>>;
+    async fn fetch_private_key(&self, user: UserId) -> Result<Option<(Vec<u8>, u64)>>;
 }
 
 /// Channel pairs, membership and invites.
 #[async_trait]
 pub trait RoomStore: Send + Sync {
     /// Creates a pair with `owner` as owner and only member.
-    async fn create_pair(&self, owner: i64, ids: &PairIds, now: i64) -> Result<()>;
+    async fn create_pair(&self, owner: UserId, ids: &PairIds, now: i64) -> Result<()>;
     /// Stores an invite from a member and makes the invitee a member, within `caps`.
     async fn send_invite(
         &self,
-        from: i64,
-        pair: Uuid,
-        to: i64,
+        from: UserId,
+        pair: PairId,
+        to: UserId,
         body: &[u8],
         now: i64,
         caps: InviteCaps,
@@ -345,27 +347,27 @@ pub trait RoomStore: Send + Sync {
     /// The user's invites with id > `after`, oldest first: at most `limit` within `budget`.
     async fn fetch_invites(
         &self,
-        user: i64,
+        user: UserId,
         after: i64,
         limit: usize,
         budget: Budget<InviteRecord>,
     ) -> Result<Paged<InviteRecord>>;
     /// The id of the user's newest invite (0 = none).
-    async fn last_invite_id(&self, user: i64) -> Result<i64>;
+    async fn last_invite_id(&self, user: UserId) -> Result<i64>;
     /// Pairs the user is a member of, oldest first (by creation time, then pair id),
     /// after the pair `after` (which the user must be a member of: [`cursor_denied`]
     /// otherwise): at most `limit` within `budget`.
     async fn list_pairs(
         &self,
-        user: i64,
-        after: Option<Uuid>,
+        user: UserId,
+        after: Option<PairId>,
         limit: usize,
         budget: Budget<PairInfo>,
     ) -> Result<Paged<PairInfo>>;
     /// Removes the user from the pair (ownership passes on if they owned it).
-    async fn leave_pair(&self, user: i64, pair: Uuid) -> Result<PairIds>;
+    async fn leave_pair(&self, user: UserId, pair: PairId) -> Result<PairIds>;
     /// The owner removes another member.
-    async fn remove_member(&self, owner: i64, pair: Uuid, user: i64) -> Result<PairIds>;
+    async fn remove_member(&self, owner: UserId, pair: PairId, user: UserId) -> Result<PairIds>;
 }
 
 /// Stream events: ordered appends and reads.
@@ -380,13 +382,13 @@ pub trait EventStore: Send + Sync {
         now: i64,
     ) -> Result<Vec<Result<Appended>>>;
     /// Checks that the user may read the stream and returns its head.
-    async fn stream_access(&self, user: i64, stream: Uuid) -> Result<StreamAccess>;
+    async fn stream_access(&self, user: UserId, stream: StreamId) -> Result<StreamAccess>;
     /// A page of a stream's history for a member: at most `limit` events within `budget`,
     /// the ones nearest the cursor (for [`Page::Before`], the newest before it).
     async fn fetch_events(
         &self,
-        user: i64,
-        stream: Uuid,
+        user: UserId,
+        stream: StreamId,
         page: Page,
         limit: usize,
         budget: Budget<StoredEvent>,
@@ -395,7 +397,7 @@ pub trait EventStore: Send + Sync {
     /// check (the fan-out checks access itself via the epoch).
     async fn read_events(
         &self,
-        stream: Uuid,
+        stream: StreamId,
         after: i64,
         up_to: i64,
         limit: usize,

@@ -42,7 +42,7 @@ async fn kill_listener(server: &TestServer) -> usize {
         unreachable!()
     };
     let pool = sqlx::PgPool::connect(url).await.unwrap();
-    let name = secretd::pgnotify::listener_name(server.replica_id());
+    let name = secretd::replica::listener_name(server.replica_id());
     let killed: Vec<(bool,)> = sqlx::query_as(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
     )
@@ -255,7 +255,7 @@ async fn events_committed_while_the_listener_is_down_are_repaired() {
     .await
     .unwrap();
     let outage = async {
-        let name = secretd::pgnotify::listener_name(a.replica_id());
+        let name = secretd::replica::listener_name(a.replica_id());
         let killed: Vec<(bool,)> = sqlx::query_as(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
         )

@@ -29,17 +29,9 @@ fn drain(call: &Call) -> Vec<i64> {
 
 /// A hub with `stream` published up to `head` (contiguously from `from`), and a call
 /// holding a subscription at `cursor` that catches up to `target`.
-async fn setup(
-    from: i64,
-    head: i64,
-    cursor: i64,
-    target: i64,
-) -> (Arc<Hub>, Call, Uuid, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("t.db").display());
-    let store = crate::store::open(&url, 1, Uuid::new_v4()).await.unwrap();
-    let hub = Hub::new(store, 256, 1 << 20);
-    let guard = hub.register(1, 10).unwrap();
+async fn setup(from: i64, head: i64, cursor: i64, target: i64) -> (Arc<Hub>, Call, Uuid) {
+    let hub = Hub::new(256, 1 << 20, crate::shutdown::channel().1);
+    let guard = hub.register(crate::domain::UserId::trusted(1), 10).unwrap();
     let stream = Uuid::new_v4();
     let slot = hub.watch(guard.connection(), stream);
     hub.publish(
@@ -63,7 +55,7 @@ async fn setup(
             live: false,
         },
     );
-    (hub, call, stream, dir)
+    (hub, call, stream)
 }
 
 fn run(call: &Call, stream: Uuid) {
@@ -80,7 +72,7 @@ fn run(call: &Call, stream: Uuid) {
 async fn a_live_subscription_says_caught_up_before_events_committed_after_its_read() {
     // The subscriber read head 5; event 6 was committed and published before its first
     // catch-up step.
-    let (_hub, call, stream, _dir) = setup(6, 6, 5, 5).await;
+    let (_hub, call, stream) = setup(6, 6, 5, 5).await;
     run(&call, stream);
     assert_eq!(drain(&call), vec![-5, 6]);
 }
@@ -88,7 +80,7 @@ async fn a_live_subscription_says_caught_up_before_events_committed_after_its_re
 #[tokio::test]
 async fn a_resume_says_caught_up_at_the_head_it_was_handled_at() {
     // Resumed after 2 when the head was 5; events 6 and 7 came in before the catch-up.
-    let (_hub, call, stream, _dir) = setup(1, 7, 2, 5).await;
+    let (_hub, call, stream) = setup(1, 7, 2, 5).await;
     run(&call, stream);
     assert_eq!(drain(&call), vec![3, 4, 5, -5, 6, 7]);
 }

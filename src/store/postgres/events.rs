@@ -114,7 +114,7 @@ impl EventStore for PgStore {
             .iter()
             .map(|&(stream, head, _)| Change::Event { stream, head })
             .collect();
-        let payloads = pgnotify::encode(self.replica, &changes);
+        let payloads = notify::encode(self.replica, &changes);
         sqlx::query(
             "WITH ins AS (INSERT INTO events (stream_id, event_id, counter, sender, posted_at, body) \
                           SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::bytea[])), \
@@ -131,7 +131,7 @@ impl EventStore for PgStore {
         .bind(&h_stream)
         .bind(&h_event)
         .bind(&h_counter)
-        .bind(pgnotify::CHANNEL)
+        .bind(notify::CHANNEL)
         .bind(&payloads)
         .execute(&mut *tx)
         .await?;
@@ -139,15 +139,14 @@ impl EventStore for PgStore {
         Ok(plan.outcomes)
     }
 
-    async fn stream_access(&self, user: i64, stream: Uuid) -> Result<StreamAccess> {
-        let row: Option<(i64, i64)> = sqlx::query_as(
-            "SELECT s.head_event_id, s.member_epoch FROM streams s \
-             JOIN members m ON m.pair_id = s.pair_id AND m.user_id = $1 WHERE s.stream_id = $2",
-        )
-        .bind(user)
-        .bind(stream)
-        .fetch_optional(&mut *self.conn().await?)
-        .await?;
+    async fn stream_access(&self, user: UserId, stream: StreamId) -> Result<StreamAccess> {
+        let user = user.get();
+        let stream = stream.get();
+        let row: Option<(i64, i64)> = sqlx::query_as(sql::STREAM_ACCESS)
+            .bind(user)
+            .bind(stream)
+            .fetch_optional(&mut *self.conn().await?)
+            .await?;
         let (head_event_id, member_epoch) = row.ok_or_else(stream_denied)?;
         Ok(StreamAccess {
             head_event_id,
@@ -157,12 +156,14 @@ impl EventStore for PgStore {
 
     async fn fetch_events(
         &self,
-        user: i64,
-        stream: Uuid,
+        user: UserId,
+        stream: StreamId,
         page: Page,
         limit: usize,
         budget: Budget<StoredEvent>,
     ) -> Result<EventPage> {
+        let user = user.get();
+        let stream = stream.get();
         // One statement, one snapshot: the access check, the head and the page agree.
         // No row at all = no access; one row with NULL event columns = an empty page.
         // Rows come nearest the cursor first (descending for a backward page).
@@ -217,11 +218,12 @@ impl EventStore for PgStore {
 
     async fn read_events(
         &self,
-        stream: Uuid,
+        stream: StreamId,
         after: i64,
         up_to: i64,
         limit: usize,
     ) -> Result<EventRun> {
+        let stream = stream.get();
         let rows = sqlx::query(
             "SELECT s.member_epoch, e.event_id, e.counter, e.sender, e.posted_at, e.body FROM streams s \
              LEFT JOIN LATERAL (SELECT * FROM events WHERE stream_id = s.stream_id AND event_id > $2 \

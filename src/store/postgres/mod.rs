@@ -20,7 +20,7 @@ use uuid::Uuid;
 use super::append::{ExistingEvent, HeadRow, lookups_needed, plan_batch};
 use super::deadline::Conn;
 use super::*;
-use crate::pgnotify::{self, Change};
+use notify::Change;
 
 /// Postgres store.
 pub struct PgStore {
@@ -58,9 +58,7 @@ impl PgStore {
             .await
             .map_err(|e| unreachable(&e))?
             .map_err(|e| unreachable(&e))?;
-        sqlx::migrate!("migrations/postgres")
-            .run(&mut migrator)
-            .await?;
+        super::migrations::postgres().run(&mut migrator).await?;
         migrator.close().await?;
         let ms = limit.as_millis().max(1);
         let ping_within = (limit / 4).min(Duration::from_secs(1));
@@ -95,10 +93,10 @@ impl PgStore {
     }
 
     async fn notify(&self, conn: &mut PgConnection, changes: &[Change]) -> Result<()> {
-        let payloads = pgnotify::encode(self.replica, changes);
+        let payloads = notify::encode(self.replica, changes);
         if !payloads.is_empty() {
             sqlx::query("SELECT count(pg_notify($1, p)) FROM UNNEST($2::text[]) AS p")
-                .bind(pgnotify::CHANNEL)
+                .bind(notify::CHANNEL)
                 .bind(payloads)
                 .execute(&mut *conn)
                 .await?;
@@ -206,6 +204,7 @@ fn is_unique_violation(err: &sqlx::Error) -> bool {
 
 mod events;
 mod keys;
+pub mod notify;
 mod rooms;
 
 #[async_trait]

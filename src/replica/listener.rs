@@ -1,107 +1,15 @@
-//! Cross-replica change notifications over Postgres LISTEN/NOTIFY.
-//!
-//! Writers send at most a few `pg_notify('secretd', payload)` per transaction (one per
-//! group-commit batch, never one per event: a NOTIFY serialises commits). A payload names
-//! the sending replica and a list of changes; it carries no event data. Each replica's
-//! listener (`server.rs` starts [`run_listener`]) reads the new rows once per stream and
-//! hands them to its local hub. When the listener connection drops, it reconnects and asks
-//! the hub to repair every local subscription from the database.
-
-use std::time::Duration;
+//! The change listener: LISTEN on the notification channel, with a self-ping watchdog.
 
 use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use uuid::Uuid;
 
-use crate::store::PairIds;
-
-/// The NOTIFY channel.
-pub const CHANNEL: &str = "secretd";
-/// Postgres rejects payloads of 8000 bytes or more; stay well below.
-const MAX_PAYLOAD: usize = 7800;
-
-/// One change another replica may need to know about.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
-    /// A stream's head moved to `head`.
-    Event {
-        /// The stream.
-        stream: Uuid,
-        /// Its new head event id.
-        head: i64,
-    },
-    /// The user received an invite.
-    Invite {
-        /// The invitee.
-        user: i64,
-    },
-    /// The user left or was removed from the pair.
-    Membership {
-        /// The pair.
-        pair: PairIds,
-        /// The user who lost access.
-        user: i64,
-    },
-}
-
-/// Encodes changes as one or more payloads of at most ~7.8 KB each.
-pub fn encode(replica: Uuid, changes: &[Change]) -> Vec<String> {
-    let prefix = replica.simple().to_string();
-    let mut out = Vec::new();
-    let mut cur = prefix.clone();
-    for change in changes {
-        let item = match change {
-            Change::Event { stream, head } => format!(" e{}.{head}", stream.simple()),
-            Change::Invite { user } => format!(" i{user}"),
-            Change::Membership { pair, user } => format!(
-                " m{}.{}.{}.{user}",
-                pair.pair_id.simple(),
-                pair.message_id.simple(),
-                pair.state_id.simple()
-            ),
-        };
-        if cur.len() + item.len() > MAX_PAYLOAD {
-            out.push(std::mem::replace(&mut cur, prefix.clone()));
-        }
-        cur.push_str(&item);
-    }
-    if cur.len() > prefix.len() {
-        out.push(cur);
-    }
-    out
-}
-
-/// Decodes a payload into (sending replica, changes). Malformed items are skipped.
-pub fn decode(payload: &str) -> Option<(Uuid, Vec<Change>)> {
-    let mut parts = payload.split(' ');
-    let replica = Uuid::try_parse(parts.next()?).ok()?;
-    let changes = parts
-        .filter_map(|item| {
-            let (kind, rest) = item.split_at_checked(1)?;
-            let mut f = rest.split('.');
-            match kind {
-                "e" => Some(Change::Event {
-                    stream: Uuid::try_parse(f.next()?).ok()?,
-                    head: f.next()?.parse().ok()?,
-                }),
-                "i" => Some(Change::Invite {
-                    user: rest.parse().ok()?,
-                }),
-                "m" => Some(Change::Membership {
-                    pair: PairIds {
-                        pair_id: Uuid::try_parse(f.next()?).ok()?,
-                        message_id: Uuid::try_parse(f.next()?).ok()?,
-                        state_id: Uuid::try_parse(f.next()?).ok()?,
-                    },
-                    user: f.next()?.parse().ok()?,
-                }),
-                _ => None,
-            }
-        })
-        .collect();
-    Some((replica, changes))
-}
+use super::Replica;
+use crate::shutdown::Signal;
+use crate::store::postgres::notify::{CHANNEL, decode};
 
 /// The `application_name` of a replica's listener connection (so operators, and the
 /// tests that cut it on purpose, can find it in `pg_stat_activity`).
@@ -109,36 +17,28 @@ pub fn listener_name(replica: Uuid) -> String {
     format!("secretd-listener-{}", replica.simple())
 }
 
-/// What the listener reports to the fan-out.
-pub trait ChangeSink: Send + Sync + 'static {
-    /// Changes made by another replica.
-    fn apply(&self, changes: Vec<Change>) -> impl std::future::Future<Output = ()> + Send;
-    /// The listener was (re)connected after a drop: anything may have been missed.
-    fn resync(&self) -> impl std::future::Future<Output = ()> + Send;
-}
-
 /// The channel a replica's listener pings itself on (its watchdog; see [`run_listener`]).
 pub fn ping_channel(replica: Uuid) -> String {
     format!("secretd_ping_{}", replica.simple())
 }
 
-/// Listens on [`CHANNEL`] until `shutdown` fires, forwarding other replicas' changes to
-/// `sink`; reconnects with backoff after a drop and then asks `sink` to resync.
+/// Listens on [`CHANNEL`] until the shutdown begins, handing other replicas' changes to
+/// `replica`; reconnects with backoff after a drop and then asks `replica` to repair.
 ///
 /// **Watchdog.** A half-open connection (the database or the path to it stopped
 /// answering without closing) never reports an error, so the listener also pings itself:
 /// every `watchdog / 2` a NOTIFY on its own [`ping_channel`] goes out through a second
 /// connection (`application_name` `secretd-ping-<replica>`). Any notification proves the listener's connection
 /// alive; when none has arrived for `watchdog` while it waited, the connection is
-/// dropped, a new one is made, and `sink.resync()` repairs every local subscription. A
+/// dropped, a new one is made, and [`Replica::repair_all`] repairs every local subscription. A
 /// dead listener is therefore noticed within `watchdog` (`listener_watchdog_ms`), plus
 /// the time it takes to connect again.
-pub async fn run_listener<S: ChangeSink>(
+pub async fn run_listener(
     url: String,
     replica: Uuid,
-    sink: std::sync::Arc<S>,
+    fanout: Arc<Replica>,
     watchdog: Duration,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: Signal,
 ) {
     let ping = ping_channel(replica);
     let mut backoff = Duration::from_millis(100);
@@ -166,7 +66,7 @@ pub async fn run_listener<S: ChangeSink>(
         };
         let attempt = tokio::select! {
             r = tokio::time::timeout(watchdog, connected) => r,
-            _ = shutdown.changed() => return,
+            _ = shutdown.draining() => return,
         };
         let mut listener = match attempt {
             Ok(Ok(l)) => l,
@@ -179,7 +79,7 @@ pub async fn run_listener<S: ChangeSink>(
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.changed() => return,
+                    _ = shutdown.draining() => return,
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
@@ -188,7 +88,7 @@ pub async fn run_listener<S: ChangeSink>(
         backoff = Duration::from_millis(100);
         // Whatever committed while no listener was attached is only visible in the
         // database: repair every local subscription now that LISTEN is in place.
-        sink.resync().await;
+        fanout.repair_all().await;
         crate::telemetry::listener_connected(true);
         let pinger = tokio::spawn(ping_forever(pinger_pool, ping.clone(), watchdog / 2));
         let _stop_pinger = AbortOnDrop(pinger);
@@ -196,7 +96,7 @@ pub async fn run_listener<S: ChangeSink>(
             let silent_until = tokio::time::Instant::now() + watchdog;
             let next = tokio::select! {
                 biased;
-                _ = shutdown.changed() => return,
+                _ = shutdown.draining() => return,
                 n = listener.try_recv() => n,
                 () = tokio::time::sleep_until(silent_until) => {
                     crate::telemetry::listener_watchdog();
@@ -213,7 +113,7 @@ pub async fn run_listener<S: ChangeSink>(
                         && let Some((from, changes)) = decode(notification.payload())
                         && from != replica
                     {
-                        sink.apply(changes).await;
+                        fanout.apply(changes).await;
                     }
                 }
                 // The connection dropped (try_recv reports it as None): reconnect and
@@ -251,37 +151,5 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn payloads_round_trip_and_split() {
-        let replica = Uuid::new_v4();
-        let pair = PairIds::generate();
-        let mut changes = vec![
-            Change::Invite { user: 42 },
-            Change::Membership { pair, user: 7 },
-        ];
-        for i in 0..500 {
-            changes.push(Change::Event {
-                stream: Uuid::new_v4(),
-                head: i,
-            });
-        }
-        let payloads = encode(replica, &changes);
-        assert!(payloads.len() > 1);
-        let mut back = Vec::new();
-        for p in &payloads {
-            assert!(p.len() < 8000);
-            let (r, c) = decode(p).unwrap();
-            assert_eq!(r, replica);
-            back.extend(c);
-        }
-        assert_eq!(back, changes);
-        assert!(encode(replica, &[]).is_empty());
     }
 }
