@@ -13,6 +13,8 @@ use std::sync::Arc;
 
 use tonic::{Request, Status};
 
+use crate::domain::UserId;
+
 mod secret;
 mod verify;
 
@@ -25,7 +27,7 @@ pub use verify::{LEEWAY_SECS, Verifier};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Caller {
     /// The user id from the token's `sub`.
-    pub user: i64,
+    pub user: UserId,
     /// Unix seconds after which the token is no longer accepted (its `exp` plus the
     /// leeway): long-lived calls (StreamMessagePosting) end then.
     pub expires_at: u64,
@@ -33,7 +35,7 @@ pub struct Caller {
 
 impl Caller {
     /// Reads the caller's user id from a request the interceptor has passed.
-    pub fn of<T>(req: &Request<T>) -> Result<i64, Status> {
+    pub fn of<T>(req: &Request<T>) -> Result<UserId, Status> {
         Self::get(req).map(|c| c.user)
     }
 

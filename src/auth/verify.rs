@@ -90,7 +90,7 @@ impl Verifier {
 
     /// Verifies a bearer token and returns the user id in its `sub`.
     pub fn verify(&self, token: &str) -> Result<i64, Status> {
-        self.verify_caller(token).map(|c| c.user)
+        self.verify_caller(token).map(|c| c.user.get())
     }
 
     /// Verifies a bearer token and returns the caller it names.
@@ -182,6 +182,7 @@ fn check_claims(
             return Err("the token has no `sub` claim; it must hold the decimal user id".into());
         }
         Some(Value::String(sub)) => parse_user_id(sub)
+            .map(crate::domain::UserId::trusted)
             .ok_or("the token's `sub` claim must be a decimal user id between 1 and 2^63-1")?,
         Some(Value::Number(_)) => {
             return Err(
@@ -305,7 +306,7 @@ mod tests {
         {
             let mut cache = v.cache();
             let caller = |expires_at| Caller {
-                user: 7,
+                user: crate::domain::UserId::trusted(7),
                 expires_at,
             };
             cache.insert(key("remembered"), caller(now + 100));

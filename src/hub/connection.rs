@@ -9,6 +9,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::{Hub, lock};
+use crate::domain::UserId;
 
 /// Work for a call's session task (the slow path).
 #[derive(Default, Debug)]
@@ -47,7 +48,7 @@ impl SessionWork {
 /// wakes the session.
 pub struct Connection {
     id: u64,
-    user: i64,
+    user: UserId,
     notify: Notify,
     outbound: AtomicWaker,
     live: Mutex<HashSet<Uuid>>,
@@ -57,7 +58,7 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub(super) fn new(id: u64, user: i64) -> Self {
+    pub(super) fn new(id: u64, user: UserId) -> Self {
         Connection {
             id,
             user,

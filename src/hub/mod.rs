@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use uuid::Uuid;
 
+use crate::domain::UserId;
 use crate::shutdown::Signal;
 use crate::store::{PairIds, StoredEvent};
 
@@ -42,7 +43,7 @@ pub struct Hub {
     ring_bytes: usize,
     budget: Arc<Budget>,
     streams: Mutex<HashMap<Uuid, Arc<Slot>>>,
-    users: Mutex<HashMap<i64, Vec<Arc<Connection>>>>,
+    users: Mutex<HashMap<UserId, Vec<Arc<Connection>>>>,
     next_id: AtomicU64,
     /// The server's shutdown: once it begins, calls registered later end at once.
     shutdown: Signal,
@@ -72,7 +73,7 @@ impl Hub {
 
     /// Registers a StreamMessagePosting call of `user`; `None` when the user already has
     /// `limit` open calls on this process.
-    pub fn register(self: &Arc<Self>, user: i64, limit: usize) -> Option<ConnectionGuard> {
+    pub fn register(self: &Arc<Self>, user: UserId, limit: usize) -> Option<ConnectionGuard> {
         let conn = Arc::new(Connection::new(
             self.next_id.fetch_add(1, Ordering::Relaxed),
             user,
@@ -225,7 +226,7 @@ impl Hub {
     }
 
     /// Tells the user's connections that they have a new invite.
-    pub fn invite_sent(&self, user: i64) {
+    pub fn invite_sent(&self, user: UserId) {
         if let Some(list) = lock(&self.users).get(&user) {
             for c in list {
                 c.wake_invites();
@@ -234,7 +235,7 @@ impl Hub {
     }
 
     /// Tells the user's connections to re-check their access to the pair's streams.
-    pub fn membership_changed(&self, pair: &PairIds, user: i64) {
+    pub fn membership_changed(&self, pair: &PairIds, user: UserId) {
         if let Some(list) = lock(&self.users).get(&user) {
             for c in list {
                 c.wake_recheck(&pair.streams(), i64::MAX);

@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 
 use super::*;
+use crate::domain::UserId;
 use bytes::Bytes;
 
 fn hub() -> Arc<Hub> {
@@ -35,8 +36,8 @@ pub(crate) fn event(stream: Uuid, id: i64) -> StoredEvent {
 async fn one_encoding_is_shared_by_every_watcher() {
     let hub = hub();
     let stream = Uuid::new_v4();
-    let g1 = hub.register(1, 10).unwrap();
-    let g2 = hub.register(2, 10).unwrap();
+    let g1 = hub.register(UserId::trusted(1), 10).unwrap();
+    let g2 = hub.register(UserId::trusted(2), 10).unwrap();
     let s1 = hub.watch(g1.connection(), stream);
     let s2 = hub.watch(g2.connection(), stream);
     hub.publish_committed([(&event(stream, 1), 0), (&event(stream, 2), 0)]);
@@ -63,7 +64,7 @@ async fn one_encoding_is_shared_by_every_watcher() {
 async fn the_ring_is_bounded_and_gaps_send_readers_to_the_database() {
     let hub = hub();
     let stream = Uuid::new_v4();
-    let g = hub.register(1, 10).unwrap();
+    let g = hub.register(UserId::trusted(1), 10).unwrap();
     let slot = hub.watch(g.connection(), stream);
     let events: Vec<StoredEvent> = (1..=10).map(|i| event(stream, i)).collect();
     hub.publish_committed(events.iter().map(|e| (e, 0)));
@@ -97,20 +98,20 @@ async fn the_ring_is_bounded_and_gaps_send_readers_to_the_database() {
 #[tokio::test]
 async fn connection_limit_is_per_user() {
     let hub = hub();
-    let a = hub.register(7, 2).unwrap();
-    let _b = hub.register(7, 2).unwrap();
-    assert!(hub.register(7, 2).is_none());
-    assert!(hub.register(8, 2).is_some());
+    let a = hub.register(UserId::trusted(7), 2).unwrap();
+    let _b = hub.register(UserId::trusted(7), 2).unwrap();
+    assert!(hub.register(UserId::trusted(7), 2).is_none());
+    assert!(hub.register(UserId::trusted(8), 2).is_some());
     drop(a);
-    assert!(hub.register(7, 2).is_some());
+    assert!(hub.register(UserId::trusted(7), 2).is_some());
 }
 
 #[tokio::test]
 async fn a_watch_racing_the_last_unwatch_joins_a_live_slot() {
     let hub = hub();
     let stream = Uuid::new_v4();
-    let old = hub.register(1, 10).unwrap();
-    let new = hub.register(1, 10).unwrap();
+    let old = hub.register(UserId::trusted(1), 10).unwrap();
+    let new = hub.register(UserId::trusted(1), 10).unwrap();
     let old_slot = hub.watch(old.connection(), stream);
     // A reconnect: the new call subscribes while the old one (the stream's last watcher)
     // tears down, exactly between the new watch taking the slot and joining it.
@@ -144,7 +145,7 @@ async fn rings_share_a_global_byte_budget() {
     let len = frame_len();
     // Room for three frames in all rings together.
     let hub = hub_with_budget(3 * len);
-    let g = hub.register(1, 10).unwrap();
+    let g = hub.register(UserId::trusted(1), 10).unwrap();
     let wa = hub.watch(g.connection(), a);
     let wb = hub.watch(g.connection(), b);
     hub.publish_committed([(&event(a, 1), 0), (&event(a, 2), 0)]);
@@ -177,7 +178,7 @@ async fn rings_share_a_global_byte_budget() {
 async fn a_frame_larger_than_the_budget_is_not_kept_and_readers_go_to_the_database() {
     let s = Uuid::new_v4();
     let hub = hub_with_budget(frame_len() - 1);
-    let g = hub.register(1, 10).unwrap();
+    let g = hub.register(UserId::trusted(1), 10).unwrap();
     let w = hub.watch(g.connection(), s);
     hub.publish_committed([(&event(s, 1), 0), (&event(s, 2), 0)]);
     assert_eq!(hub.budget.used(), 0);

@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 pub use listener::{listener_name, ping_channel, run_listener};
 
+use crate::domain::{StreamId, UserId};
 use crate::hub::{Frame, Hub};
 use crate::store::DynStore;
 use crate::store::postgres::notify::Change;
@@ -46,8 +47,10 @@ impl Replica {
         for change in changes {
             match change {
                 Change::Event { stream, head } => self.pull(stream, head).await,
-                Change::Invite { user } => self.hub.invite_sent(user),
-                Change::Membership { pair, user } => self.hub.membership_changed(&pair, user),
+                Change::Invite { user } => self.hub.invite_sent(UserId::trusted(user)),
+                Change::Membership { pair, user } => {
+                    self.hub.membership_changed(&pair, UserId::trusted(user))
+                }
             }
         }
     }
@@ -93,7 +96,7 @@ impl Replica {
         }
         match self
             .store
-            .read_events(stream, known, head, REMOTE_READ_LIMIT)
+            .read_events(StreamId::trusted(stream), known, head, REMOTE_READ_LIMIT)
             .await
         {
             Ok(run) => {

@@ -1,32 +1,28 @@
 //! PostKey, FetchKey, PostPrivateKey, FetchPrivateKey.
 
+use crate::domain::UserId;
 use crate::error::{Error, Result};
-use crate::keycheck;
 use crate::proto;
-use crate::service::{AppState, check_blob, check_local, paging};
+use crate::requests::{FetchKey, PostKey, PostPrivateKey};
+use crate::service::{AppState, paging};
 use crate::store::PostKeyOutcome;
 use crate::time::now_micros;
 use crate::wire;
 
 pub(super) async fn post_key(
     st: &AppState,
-    user: i64,
-    r: proto::PostKeyRequest,
+    user: UserId,
+    r: PostKey,
 ) -> Result<proto::PostKeyResponse> {
-    let key = keycheck::canonicalize(&r.key_data)?;
-    let outcome = st.store.post_public_key(user, &key, now_micros()).await?;
+    let outcome = st.store.post_public_key(user, &r.key, now_micros()).await?;
     Ok(proto::PostKeyResponse {
-        fingerprint: key.fingerprint.to_vec(),
+        fingerprint: r.key.fingerprint.to_vec(),
         changed: outcome == PostKeyOutcome::Changed,
     })
 }
 
-pub(super) async fn fetch_key(
-    st: &AppState,
-    r: proto::FetchKeyRequest,
-) -> Result<proto::FetchKeyResponse> {
-    let user = wire::parse_user_id("user_id", r.user_id)?;
-    check_local(&st.settings, &r.homeserver)?;
+pub(super) async fn fetch_key(st: &AppState, r: FetchKey) -> Result<proto::FetchKeyResponse> {
+    let user = r.user.into_local(&st.settings.server_name)?;
     // The current key is the first item of the page (it always comes), then the past
     // keys, newest first, up to the cap.
     let envelope = proto::FetchKeyResponse {
@@ -50,20 +46,19 @@ pub(super) async fn fetch_key(
 
 pub(super) async fn post_private_key(
     st: &AppState,
-    user: i64,
-    r: proto::PostPrivateKeyRequest,
+    user: UserId,
+    r: PostPrivateKey,
 ) -> Result<proto::PostPrivateKeyResponse> {
-    check_blob("key_data", r.key_data.len())?;
     let version = st
         .store
-        .post_private_key(user, &r.key_data, r.expected_version, now_micros())
+        .post_private_key(user, &r.blob, r.expected_version, now_micros())
         .await?;
     Ok(proto::PostPrivateKeyResponse { version })
 }
 
 pub(super) async fn fetch_private_key(
     st: &AppState,
-    user: i64,
+    user: UserId,
 ) -> Result<proto::FetchPrivateKeyResponse> {
     let (key_data, version) = st.store.fetch_private_key(user).await?.ok_or_else(|| {
         Error::NotFound("no private key is stored for you yet; PostPrivateKey stores one".into())

@@ -17,18 +17,12 @@ use tonic::{Request, Response, Status};
 
 use crate::commit::Committer;
 use crate::config::Settings;
+use crate::domain::UserId;
 use crate::error::Error;
 use crate::hub::Hub;
 use crate::limits::RateLimits;
 use crate::proto::{self, secret_service_server::SecretService};
 use crate::store::DynStore;
-
-/// Largest opaque blob (ciphertext, invite, private key) in bytes: 64 KiB.
-pub const MAX_BLOB: usize = 64 * 1024;
-/// Page size when `limit` is 0.
-pub const DEFAULT_LIMIT: usize = 100;
-/// Largest page size; larger limits are clamped.
-pub const MAX_LIMIT: usize = 1000;
 
 /// Everything a handler needs.
 pub struct AppState {
@@ -57,42 +51,7 @@ impl SecretApi {
     }
 }
 
-/// Checks an opaque blob's size: 1 byte to 64 KiB.
-pub fn check_blob(field: &str, len: usize) -> Result<(), Error> {
-    if len == 0 {
-        return Err(Error::invalid(format!(
-            "{field} is empty; it must hold 1 byte to 64 KiB"
-        )));
-    }
-    if len > MAX_BLOB {
-        return Err(Error::invalid(format!(
-            "{field} is {len} bytes; the limit is {MAX_BLOB} bytes (64 KiB)"
-        )));
-    }
-    Ok(())
-}
-
-/// Page size from a request's `limit`: 0 → 100, above 1000 → 1000.
-pub fn page_limit(limit: u32) -> usize {
-    match limit as usize {
-        0 => DEFAULT_LIMIT,
-        n => n.min(MAX_LIMIT),
-    }
-}
-
-/// Whether `homeserver` names this server; a foreign one is UNIMPLEMENTED until
-/// federation exists.
-pub fn check_local(settings: &Settings, homeserver: &str) -> Result<(), Error> {
-    if homeserver.is_empty() || homeserver == settings.server_name {
-        Ok(())
-    } else {
-        Err(Error::Unimplemented(format!(
-            "homeserver {homeserver:?} is not this server ({:?}); reaching users on other \
-             homeservers needs federation, which secretd does not support yet",
-            settings.server_name
-        )))
-    }
-}
+pub use crate::requests::{check_blob, page_limit};
 
 /// Turns a handler's result into a tonic answer and counts it.
 fn answer<T>(method: &'static str, result: Result<T, Error>) -> Result<Response<T>, Status> {
@@ -114,7 +73,7 @@ fn answer<T>(method: &'static str, result: Result<T, Error>) -> Result<Response<
 }
 
 /// The caller and the message of a request.
-fn parts<T>(req: Request<T>) -> Result<(i64, T), Status> {
+fn parts<T>(req: Request<T>) -> Result<(UserId, T), Status> {
     let user = crate::auth::Caller::of(&req)?;
     Ok((user, req.into_inner()))
 }
@@ -128,7 +87,10 @@ impl SecretService for SecretApi {
         req: Request<proto::PostKeyRequest>,
     ) -> StatusResult<proto::PostKeyResponse> {
         let (user, r) = parts(req)?;
-        answer("PostKey", keys::post_key(&self.state, user, r).await)
+        answer(
+            "PostKey",
+            async { keys::post_key(&self.state, user, r.try_into()?).await }.await,
+        )
     }
 
     async fn fetch_key(
@@ -136,7 +98,10 @@ impl SecretService for SecretApi {
         req: Request<proto::FetchKeyRequest>,
     ) -> StatusResult<proto::FetchKeyResponse> {
         let (_, r) = parts(req)?;
-        answer("FetchKey", keys::fetch_key(&self.state, r).await)
+        answer(
+            "FetchKey",
+            async { keys::fetch_key(&self.state, r.try_into()?).await }.await,
+        )
     }
 
     async fn post_private_key(
@@ -146,7 +111,7 @@ impl SecretService for SecretApi {
         let (user, r) = parts(req)?;
         answer(
             "PostPrivateKey",
-            keys::post_private_key(&self.state, user, r).await,
+            async { keys::post_private_key(&self.state, user, r.try_into()?).await }.await,
         )
     }
 
@@ -177,7 +142,10 @@ impl SecretService for SecretApi {
         req: Request<proto::SendInviteRequest>,
     ) -> StatusResult<proto::SendInviteResponse> {
         let (user, r) = parts(req)?;
-        answer("SendInvite", rooms::send_invite(&self.state, user, r).await)
+        answer(
+            "SendInvite",
+            async { rooms::send_invite(&self.state, user, r.try_into()?).await }.await,
+        )
     }
 
     async fn fetch_invites(
@@ -187,7 +155,7 @@ impl SecretService for SecretApi {
         let (user, r) = parts(req)?;
         answer(
             "FetchInvites",
-            rooms::fetch_invites(&self.state, user, r).await,
+            rooms::fetch_invites(&self.state, user, r.into()).await,
         )
     }
 
@@ -198,7 +166,7 @@ impl SecretService for SecretApi {
         let (user, r) = parts(req)?;
         answer(
             "ListChannelPairs",
-            rooms::list_channel_pairs(&self.state, user, r).await,
+            async { rooms::list_channel_pairs(&self.state, user, r.try_into()?).await }.await,
         )
     }
 
@@ -209,7 +177,7 @@ impl SecretService for SecretApi {
         let (user, r) = parts(req)?;
         answer(
             "LeaveChannelPair",
-            rooms::leave_channel_pair(&self.state, user, r).await,
+            async { rooms::leave_channel_pair(&self.state, user, r.try_into()?).await }.await,
         )
     }
 
@@ -220,7 +188,7 @@ impl SecretService for SecretApi {
         let (user, r) = parts(req)?;
         answer(
             "RemoveMember",
-            rooms::remove_member(&self.state, user, r).await,
+            async { rooms::remove_member(&self.state, user, r.try_into()?).await }.await,
         )
     }
 
@@ -231,7 +199,7 @@ impl SecretService for SecretApi {
         let (user, r) = parts(req)?;
         answer(
             "PostMessage",
-            messages::post_message(&self.state, user, r).await,
+            async { messages::post_message(&self.state, user, r.try_into()?).await }.await,
         )
     }
 
@@ -242,7 +210,7 @@ impl SecretService for SecretApi {
         let (user, r) = parts(req)?;
         answer(
             "FetchMessages",
-            messages::fetch_messages(&self.state, user, r).await,
+            async { messages::fetch_messages(&self.state, user, r.try_into()?).await }.await,
         )
     }
 

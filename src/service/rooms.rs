@@ -1,14 +1,19 @@
 //! GenerateChannelPair, SendInvite, FetchInvites, ListChannelPairs, LeaveChannelPair,
 //! RemoveMember.
 
+use crate::domain::UserId;
 use crate::error::Result;
 use crate::proto;
-use crate::service::{AppState, check_blob, check_local, page_limit, paging};
+use crate::requests::{FetchInvites, LeaveChannelPair, ListChannelPairs, RemoveMember, SendInvite};
+use crate::service::{AppState, paging};
 use crate::store::{InviteCaps, PairIds};
 use crate::time::now_micros;
-use crate::wire::{self, parse_id, parse_user_id};
+use crate::wire;
 
-pub(super) async fn generate_channel_pair(st: &AppState, user: i64) -> Result<proto::ChannelPair> {
+pub(super) async fn generate_channel_pair(
+    st: &AppState,
+    user: UserId,
+) -> Result<proto::ChannelPair> {
     let ids = PairIds::generate();
     st.store.create_pair(user, &ids, now_micros()).await?;
     Ok(wire::channel_pair(&ids))
@@ -16,20 +21,17 @@ pub(super) async fn generate_channel_pair(st: &AppState, user: i64) -> Result<pr
 
 pub(super) async fn send_invite(
     st: &AppState,
-    user: i64,
-    r: proto::SendInviteRequest,
+    user: UserId,
+    r: SendInvite,
 ) -> Result<proto::SendInviteResponse> {
-    let pair = parse_id("pair_id", &r.pair_id)?;
-    let to = parse_user_id("user_id", r.user_id)?;
-    check_local(&st.settings, &r.homeserver)?;
-    check_blob("invite", r.invite.len())?;
+    let to = r.to.into_local(&st.settings.server_name)?;
     let caps = InviteCaps {
         pending_per_sender: st.settings.max_pending_invites_per_sender,
         members_per_pair: st.settings.max_members_per_pair,
     };
     let invite = st
         .store
-        .send_invite(user, pair, to, &r.invite, now_micros(), caps)
+        .send_invite(user, r.pair, to, &r.invite, now_micros(), caps)
         .await?;
     st.hub.invite_sent(to);
     Ok(proto::SendInviteResponse {
@@ -39,14 +41,13 @@ pub(super) async fn send_invite(
 
 pub(super) async fn fetch_invites(
     st: &AppState,
-    user: i64,
-    r: proto::FetchInvitesRequest,
+    user: UserId,
+    r: FetchInvites,
 ) -> Result<proto::FetchInvitesResponse> {
-    let after = i64::try_from(r.after_invite_id).unwrap_or(i64::MAX);
     let budget = paging::invites_budget(&st.settings);
     let page = st
         .store
-        .fetch_invites(user, after, page_limit(r.limit), budget)
+        .fetch_invites(user, r.after, r.limit, budget)
         .await?;
     Ok(proto::FetchInvitesResponse {
         invites: page.items.into_iter().map(wire::received_invite).collect(),
@@ -56,22 +57,15 @@ pub(super) async fn fetch_invites(
 
 pub(super) async fn list_channel_pairs(
     st: &AppState,
-    user: i64,
-    r: proto::ListChannelPairsRequest,
+    user: UserId,
+    r: ListChannelPairs,
 ) -> Result<proto::ListChannelPairsResponse> {
-    let after = match r.after_pair_id.as_str() {
-        "" => None,
-        id => Some(parse_id("after_pair_id", id)?),
-    };
     let envelope = proto::ListChannelPairsResponse {
         pairs: Vec::new(),
         has_more: true,
     };
     let budget = paging::budget(&st.settings, envelope, wire::pair_info_size);
-    let page = st
-        .store
-        .list_pairs(user, after, page_limit(r.limit), budget)
-        .await?;
+    let page = st.store.list_pairs(user, r.after, r.limit, budget).await?;
     Ok(proto::ListChannelPairsResponse {
         pairs: page.items.into_iter().map(wire::pair_info).collect(),
         has_more: page.has_more,
@@ -80,23 +74,20 @@ pub(super) async fn list_channel_pairs(
 
 pub(super) async fn leave_channel_pair(
     st: &AppState,
-    user: i64,
-    r: proto::LeaveChannelPairRequest,
+    user: UserId,
+    r: LeaveChannelPair,
 ) -> Result<proto::LeaveChannelPairResponse> {
-    let pair = parse_id("pair_id", &r.pair_id)?;
-    let ids = st.store.leave_pair(user, pair).await?;
+    let ids = st.store.leave_pair(user, r.pair).await?;
     st.hub.membership_changed(&ids, user);
     Ok(proto::LeaveChannelPairResponse {})
 }
 
 pub(super) async fn remove_member(
     st: &AppState,
-    user: i64,
-    r: proto::RemoveMemberRequest,
+    user: UserId,
+    r: RemoveMember,
 ) -> Result<proto::RemoveMemberResponse> {
-    let pair = parse_id("pair_id", &r.pair_id)?;
-    let target = parse_user_id("user_id", r.user_id)?;
-    let ids = st.store.remove_member(user, pair, target).await?;
-    st.hub.membership_changed(&ids, target);
+    let ids = st.store.remove_member(user, r.pair, r.user).await?;
+    st.hub.membership_changed(&ids, r.user);
     Ok(proto::RemoveMemberResponse {})
 }

@@ -90,7 +90,7 @@ impl Service<http::Request<Body>> for SecretRouter {
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         let method = method_name(req.uri().path());
-        let user = req.extensions().get::<Caller>().map(|c| c.user);
+        let user = req.extensions().get::<Caller>().map(|c| c.user.get());
         let slot = match self.admit(method, user) {
             Ok(slot) => slot,
             Err(refused) => return Box::pin(std::future::ready(Ok(refused.into_http()))),

@@ -131,7 +131,7 @@ impl<DB: Database> Drop for Conn<DB> {
 impl KeyStore for Deadline {
     async fn post_public_key(
         &self,
-        user: i64,
+        user: UserId,
         key: &CanonicalKey,
         now: i64,
     ) -> Result<PostKeyOutcome> {
@@ -141,7 +141,7 @@ impl KeyStore for Deadline {
 
     async fn fetch_public_keys(
         &self,
-        user: i64,
+        user: UserId,
         limit: usize,
         budget: Budget<StoredKey>,
     ) -> Result<Paged<StoredKey>> {
@@ -151,7 +151,7 @@ impl KeyStore for Deadline {
 
     async fn post_private_key(
         &self,
-        user: i64,
+        user: UserId,
         blob: &[u8],
         expected: Option<u64>,
         now: i64,
@@ -160,7 +160,7 @@ impl KeyStore for Deadline {
         self.bound("post_private_key", op).await
     }
 
-    async fn fetch_private_key(&self, user: i64) -> Result<Option<(Vec<u8>, u64)>> {
+    async fn fetch_private_key(&self, user: UserId) -> Result<Option<(Vec<u8>, u64)>> {
         let op = self.inner.fetch_private_key(user);
         self.bound("fetch_private_key", op).await
     }
@@ -168,16 +168,16 @@ impl KeyStore for Deadline {
 
 #[async_trait]
 impl RoomStore for Deadline {
-    async fn create_pair(&self, owner: i64, ids: &PairIds, now: i64) -> Result<()> {
+    async fn create_pair(&self, owner: UserId, ids: &PairIds, now: i64) -> Result<()> {
         let op = self.inner.create_pair(owner, ids, now);
         self.bound("create_pair", op).await
     }
 
     async fn send_invite(
         &self,
-        from: i64,
-        pair: Uuid,
-        to: i64,
+        from: UserId,
+        pair: PairId,
+        to: UserId,
         body: &[u8],
         now: i64,
         caps: InviteCaps,
@@ -188,7 +188,7 @@ impl RoomStore for Deadline {
 
     async fn fetch_invites(
         &self,
-        user: i64,
+        user: UserId,
         after: i64,
         limit: usize,
         budget: Budget<InviteRecord>,
@@ -197,15 +197,15 @@ impl RoomStore for Deadline {
         self.bound("fetch_invites", op).await
     }
 
-    async fn last_invite_id(&self, user: i64) -> Result<i64> {
+    async fn last_invite_id(&self, user: UserId) -> Result<i64> {
         let op = self.inner.last_invite_id(user);
         self.bound("last_invite_id", op).await
     }
 
     async fn list_pairs(
         &self,
-        user: i64,
-        after: Option<Uuid>,
+        user: UserId,
+        after: Option<PairId>,
         limit: usize,
         budget: Budget<PairInfo>,
     ) -> Result<Paged<PairInfo>> {
@@ -213,12 +213,12 @@ impl RoomStore for Deadline {
         self.bound("list_pairs", op).await
     }
 
-    async fn leave_pair(&self, user: i64, pair: Uuid) -> Result<PairIds> {
+    async fn leave_pair(&self, user: UserId, pair: PairId) -> Result<PairIds> {
         let op = self.inner.leave_pair(user, pair);
         self.bound("leave_pair", op).await
     }
 
-    async fn remove_member(&self, owner: i64, pair: Uuid, user: i64) -> Result<PairIds> {
+    async fn remove_member(&self, owner: UserId, pair: PairId, user: UserId) -> Result<PairIds> {
         let op = self.inner.remove_member(owner, pair, user);
         self.bound("remove_member", op).await
     }
@@ -236,15 +236,15 @@ impl EventStore for Deadline {
         self.bound("append_batch", op).await
     }
 
-    async fn stream_access(&self, user: i64, stream: Uuid) -> Result<StreamAccess> {
+    async fn stream_access(&self, user: UserId, stream: StreamId) -> Result<StreamAccess> {
         let op = self.inner.stream_access(user, stream);
         self.bound("stream_access", op).await
     }
 
     async fn fetch_events(
         &self,
-        user: i64,
-        stream: Uuid,
+        user: UserId,
+        stream: StreamId,
         page: Page,
         limit: usize,
         budget: Budget<StoredEvent>,
@@ -255,7 +255,7 @@ impl EventStore for Deadline {
 
     async fn read_events(
         &self,
-        stream: Uuid,
+        stream: StreamId,
         after: i64,
         up_to: i64,
         limit: usize,

@@ -28,6 +28,7 @@ use uuid::Uuid;
 pub use errors::*;
 pub use page::{Budget, Paged};
 
+pub use crate::domain::{PairId, StreamId, UserId};
 use crate::error::Result;
 use crate::keycheck::CanonicalKey;
 
@@ -302,7 +303,7 @@ pub trait KeyStore: Send + Sync {
     /// user had before and replaced is ALREADY_EXISTS.
     async fn post_public_key(
         &self,
-        user: i64,
+        user: UserId,
         key: &CanonicalKey,
         now: i64,
     ) -> Result<PostKeyOutcome>;
@@ -310,7 +311,7 @@ pub trait KeyStore: Send + Sync {
     /// `limit` of them within `budget`; `has_more` when older keys exist.
     async fn fetch_public_keys(
         &self,
-        user: i64,
+        user: UserId,
         limit: usize,
         budget: Budget<StoredKey>,
     ) -> Result<Paged<StoredKey>>;
@@ -318,26 +319,26 @@ pub trait KeyStore: Send + Sync {
     /// Returns the new version.
     async fn post_private_key(
         &self,
-        user: i64,
+        user: UserId,
         blob: &[u8],
         expected: Option<u64>,
         now: i64,
     ) -> Result<u64>;
     /// The blob and its version.
-    async fn fetch_private_key(&self, user: i64) -> Result<Option<(Vec<u8>, u64)>>;
+    async fn fetch_private_key(&self, user: UserId) -> Result<Option<(Vec<u8>, u64)>>;
 }
 
 /// Channel pairs, membership and invites.
 #[async_trait]
 pub trait RoomStore: Send + Sync {
     /// Creates a pair with `owner` as owner and only member.
-    async fn create_pair(&self, owner: i64, ids: &PairIds, now: i64) -> Result<()>;
+    async fn create_pair(&self, owner: UserId, ids: &PairIds, now: i64) -> Result<()>;
     /// Stores an invite from a member and makes the invitee a member, within `caps`.
     async fn send_invite(
         &self,
-        from: i64,
-        pair: Uuid,
-        to: i64,
+        from: UserId,
+        pair: PairId,
+        to: UserId,
         body: &[u8],
         now: i64,
         caps: InviteCaps,
@@ -345,27 +346,27 @@ pub trait RoomStore: Send + Sync {
     /// The user's invites with id > `after`, oldest first: at most `limit` within `budget`.
     async fn fetch_invites(
         &self,
-        user: i64,
+        user: UserId,
         after: i64,
         limit: usize,
         budget: Budget<InviteRecord>,
     ) -> Result<Paged<InviteRecord>>;
     /// The id of the user's newest invite (0 = none).
-    async fn last_invite_id(&self, user: i64) -> Result<i64>;
+    async fn last_invite_id(&self, user: UserId) -> Result<i64>;
     /// Pairs the user is a member of, oldest first (by creation time, then pair id),
     /// after the pair `after` (which the user must be a member of: [`cursor_denied`]
     /// otherwise): at most `limit` within `budget`.
     async fn list_pairs(
         &self,
-        user: i64,
-        after: Option<Uuid>,
+        user: UserId,
+        after: Option<PairId>,
         limit: usize,
         budget: Budget<PairInfo>,
     ) -> Result<Paged<PairInfo>>;
     /// Removes the user from the pair (ownership passes on if they owned it).
-    async fn leave_pair(&self, user: i64, pair: Uuid) -> Result<PairIds>;
+    async fn leave_pair(&self, user: UserId, pair: PairId) -> Result<PairIds>;
     /// The owner removes another member.
-    async fn remove_member(&self, owner: i64, pair: Uuid, user: i64) -> Result<PairIds>;
+    async fn remove_member(&self, owner: UserId, pair: PairId, user: UserId) -> Result<PairIds>;
 }
 
 /// Stream events: ordered appends and reads.
@@ -380,13 +381,13 @@ pub trait EventStore: Send + Sync {
         now: i64,
     ) -> Result<Vec<Result<Appended>>>;
     /// Checks that the user may read the stream and returns its head.
-    async fn stream_access(&self, user: i64, stream: Uuid) -> Result<StreamAccess>;
+    async fn stream_access(&self, user: UserId, stream: StreamId) -> Result<StreamAccess>;
     /// A page of a stream's history for a member: at most `limit` events within `budget`,
     /// the ones nearest the cursor (for [`Page::Before`], the newest before it).
     async fn fetch_events(
         &self,
-        user: i64,
-        stream: Uuid,
+        user: UserId,
+        stream: StreamId,
         page: Page,
         limit: usize,
         budget: Budget<StoredEvent>,
@@ -395,7 +396,7 @@ pub trait EventStore: Send + Sync {
     /// check (the fan-out checks access itself via the epoch).
     async fn read_events(
         &self,
-        stream: Uuid,
+        stream: StreamId,
         after: i64,
         up_to: i64,
         limit: usize,

@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use super::session::{Flow, Session, db_stop};
 use super::{Call, Sub};
+use crate::domain::StreamId;
 use crate::error::Error;
 use crate::hub::Read;
 use crate::proto::stream_message_posting_response::Event;
@@ -80,7 +81,13 @@ impl Session {
         let page = match self
             .state
             .store
-            .fetch_events(self.user, stream, Page::After(cursor), DB_PAGE, budget)
+            .fetch_events(
+                self.user,
+                StreamId::trusted(stream),
+                Page::After(cursor),
+                DB_PAGE,
+                budget,
+            )
             .await
         {
             Ok(p) => p,

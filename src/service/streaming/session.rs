@@ -8,12 +8,13 @@ use tonic::Status;
 use uuid::Uuid;
 
 use super::{Call, Control, Sub};
+use crate::domain::{StreamId, UserId};
 use crate::error::Error;
 use crate::hub::{ConnectionGuard, SessionWork};
 use crate::proto::stream_message_posting_response::Event;
 use crate::proto::{ManageStream, PreEncoded, SubscriptionError};
 use crate::service::AppState;
-use crate::wire::{self, parse_id};
+use crate::wire;
 
 /// Invites read per page (at most 64 KiB each: one page is at most 1 MiB per call).
 const INVITE_PAGE: usize = 16;
@@ -34,7 +35,7 @@ pub(super) struct Session {
     pub(super) state: Arc<AppState>,
     pub(super) guard: ConnectionGuard,
     pub(super) call: Arc<Call>,
-    pub(super) user: i64,
+    pub(super) user: UserId,
     /// The newest invite id sent (or skipped by `invites_after`); newer ones go out live.
     invite_cursor: i64,
     /// Every invite after this id, up to `invite_cursor`, was sent on this call (or
@@ -48,7 +49,7 @@ impl Session {
         guard: ConnectionGuard,
         call: Arc<Call>,
         alive: tokio::sync::oneshot::Sender<()>,
-        user: i64,
+        user: UserId,
     ) -> Self {
         Session {
             _alive: alive,
@@ -161,7 +162,7 @@ impl Session {
                 .await?;
         }
         for name in &m.unsubscribe_to {
-            match parse_id("unsubscribe_to", name) {
+            match StreamId::parse("unsubscribe_to", name).map(StreamId::get) {
                 Ok(stream) => self.forget(stream),
                 Err(e) => self.push_error(name, &e).await?,
             }
@@ -186,10 +187,10 @@ impl Session {
     /// from the current head.
     async fn subscribe(&mut self, name: String, after: Option<u64>) -> Flow {
         let rate = crate::limits::RateClass::Subscriptions;
-        if let Err(e) = self.state.limits.check(rate, self.user) {
+        if let Err(e) = self.state.limits.check(rate, self.user.get()) {
             return self.push_error(&name, &e).await;
         }
-        let stream = match parse_id("stream_id", &name) {
+        let stream = match StreamId::parse("stream_id", &name).map(StreamId::get) {
             Ok(s) => s,
             Err(e) => return self.push_error(&name, &e).await,
         };
@@ -211,7 +212,12 @@ impl Session {
         // Watch before reading the head, so nothing committed after the read is missed.
         // Every return before the subscription is stored drops the watch, which stops it.
         let watch = (!existing).then(|| self.state.hub.watch(self.guard.connection(), stream));
-        let access = match self.state.store.stream_access(self.user, stream).await {
+        let access = match self
+            .state
+            .store
+            .stream_access(self.user, StreamId::trusted(stream))
+            .await
+        {
             Ok(a) => a,
             Err(e @ (Error::PermissionDenied(_) | Error::NotFound(_))) => {
                 // A refused resume also ends the subscription it would have moved.
@@ -309,7 +315,12 @@ impl Session {
         if !self.call.lock().subs.contains_key(&stream) {
             return Ok(());
         }
-        match self.state.store.stream_access(self.user, stream).await {
+        match self
+            .state
+            .store
+            .stream_access(self.user, StreamId::trusted(stream))
+            .await
+        {
             Ok(access) => {
                 if let Some(sub) = self.call.lock().subs.get_mut(&stream) {
                     sub.verified_epoch = sub.verified_epoch.max(access.member_epoch);

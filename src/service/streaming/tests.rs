@@ -31,7 +31,7 @@ fn drain(call: &Call) -> Vec<i64> {
 /// holding a subscription at `cursor` that catches up to `target`.
 async fn setup(from: i64, head: i64, cursor: i64, target: i64) -> (Arc<Hub>, Call, Uuid) {
     let hub = Hub::new(256, 1 << 20, crate::shutdown::channel().1);
-    let guard = hub.register(1, 10).unwrap();
+    let guard = hub.register(crate::domain::UserId::trusted(1), 10).unwrap();
     let stream = Uuid::new_v4();
     let slot = hub.watch(guard.connection(), stream);
     hub.publish(

@@ -139,7 +139,9 @@ impl EventStore for PgStore {
         Ok(plan.outcomes)
     }
 
-    async fn stream_access(&self, user: i64, stream: Uuid) -> Result<StreamAccess> {
+    async fn stream_access(&self, user: UserId, stream: StreamId) -> Result<StreamAccess> {
+        let user = user.get();
+        let stream = stream.get();
         let row: Option<(i64, i64)> = sqlx::query_as(
             "SELECT s.head_event_id, s.member_epoch FROM streams s \
              JOIN members m ON m.pair_id = s.pair_id AND m.user_id = $1 WHERE s.stream_id = $2",
@@ -157,12 +159,14 @@ impl EventStore for PgStore {
 
     async fn fetch_events(
         &self,
-        user: i64,
-        stream: Uuid,
+        user: UserId,
+        stream: StreamId,
         page: Page,
         limit: usize,
         budget: Budget<StoredEvent>,
     ) -> Result<EventPage> {
+        let user = user.get();
+        let stream = stream.get();
         // One statement, one snapshot: the access check, the head and the page agree.
         // No row at all = no access; one row with NULL event columns = an empty page.
         // Rows come nearest the cursor first (descending for a backward page).
@@ -217,11 +221,12 @@ impl EventStore for PgStore {
 
     async fn read_events(
         &self,
-        stream: Uuid,
+        stream: StreamId,
         after: i64,
         up_to: i64,
         limit: usize,
     ) -> Result<EventRun> {
+        let stream = stream.get();
         let rows = sqlx::query(
             "SELECT s.member_epoch, e.event_id, e.counter, e.sender, e.posted_at, e.body FROM streams s \
              LEFT JOIN LATERAL (SELECT * FROM events WHERE stream_id = s.stream_id AND event_id > $2 \

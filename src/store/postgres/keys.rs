@@ -9,10 +9,11 @@ use crate::store::page;
 impl KeyStore for PgStore {
     async fn post_public_key(
         &self,
-        user: i64,
+        user: UserId,
         key: &CanonicalKey,
         now: i64,
     ) -> Result<PostKeyOutcome> {
+        let user = user.get();
         // Two concurrent posts for one user may pick the same seq; the loser retries and
         // then sees the winner's row.
         let mut attempt = 0;
@@ -65,10 +66,11 @@ impl KeyStore for PgStore {
 
     async fn fetch_public_keys(
         &self,
-        user: i64,
+        user: UserId,
         limit: usize,
         budget: Budget<StoredKey>,
     ) -> Result<Paged<StoredKey>> {
+        let user = user.get();
         let mut conn = self.conn().await?;
         let rows = sqlx::query_as::<_, KeyRow>(
             "SELECT spki_der, fingerprint, posted_at FROM public_keys WHERE user_id = $1 \
@@ -83,11 +85,12 @@ impl KeyStore for PgStore {
 
     async fn post_private_key(
         &self,
-        user: i64,
+        user: UserId,
         blob: &[u8],
         expected: Option<u64>,
         now: i64,
     ) -> Result<u64> {
+        let user = user.get();
         // Each branch is one atomic statement; no row returned means the compare lost.
         let stored: Option<i64> = match expected {
             None => {
@@ -142,7 +145,8 @@ impl KeyStore for PgStore {
         }
     }
 
-    async fn fetch_private_key(&self, user: i64) -> Result<Option<(Vec<u8>, u64)>> {
+    async fn fetch_private_key(&self, user: UserId) -> Result<Option<(Vec<u8>, u64)>> {
+        let user = user.get();
         let row: Option<(Vec<u8>, i64)> =
             sqlx::query_as("SELECT blob, version FROM private_keys WHERE user_id = $1")
                 .bind(user)

@@ -7,7 +7,8 @@ use crate::store::page;
 
 #[async_trait]
 impl RoomStore for PgStore {
-    async fn create_pair(&self, owner: i64, ids: &PairIds, now: i64) -> Result<()> {
+    async fn create_pair(&self, owner: UserId, ids: &PairIds, now: i64) -> Result<()> {
+        let owner = owner.get();
         sqlx::query(
             "WITH p AS (INSERT INTO channel_pairs (pair_id, message_id, state_id, owner, created_at) \
                         VALUES ($1, $2, $3, $4, $5) RETURNING pair_id), \
@@ -26,13 +27,16 @@ impl RoomStore for PgStore {
 
     async fn send_invite(
         &self,
-        from: i64,
-        pair: Uuid,
-        to: i64,
+        from: UserId,
+        pair: PairId,
+        to: UserId,
         body: &[u8],
         now: i64,
         caps: InviteCaps,
     ) -> Result<InviteRecord> {
+        let from = from.get();
+        let pair = pair.get();
+        let to = to.get();
         let mut conn = self.conn().await?;
         let mut tx = conn.begin().await?;
         if caps.members_per_pair > 0 {
@@ -121,11 +125,12 @@ impl RoomStore for PgStore {
 
     async fn fetch_invites(
         &self,
-        user: i64,
+        user: UserId,
         after: i64,
         limit: usize,
         budget: Budget<InviteRecord>,
     ) -> Result<Paged<InviteRecord>> {
+        let user = user.get();
         let mut conn = self.conn().await?;
         let rows = sqlx::query_as::<_, InviteRow>(
             "SELECT i.invite_id, i.pair_id, p.message_id, p.state_id, i.from_user, i.body, i.sent_at \
@@ -142,7 +147,8 @@ impl RoomStore for PgStore {
         page::collect(rows, limit, budget).await
     }
 
-    async fn last_invite_id(&self, user: i64) -> Result<i64> {
+    async fn last_invite_id(&self, user: UserId) -> Result<i64> {
+        let user = user.get();
         let id: Option<i64> =
             sqlx::query_scalar("SELECT last_invite_id FROM inboxes WHERE user_id = $1")
                 .bind(user)
@@ -153,11 +159,13 @@ impl RoomStore for PgStore {
 
     async fn list_pairs(
         &self,
-        user: i64,
-        after: Option<Uuid>,
+        user: UserId,
+        after: Option<PairId>,
         limit: usize,
         budget: Budget<PairInfo>,
     ) -> Result<Paged<PairInfo>> {
+        let user = user.get();
+        let after = after.map(PairId::get);
         // Keyset paging on (created_at, pair_id); before the first pair for no cursor.
         let (after_created, after_pair) = match after {
             None => (i64::MIN, Uuid::nil()),
@@ -201,7 +209,9 @@ impl RoomStore for PgStore {
         page::collect(rows, limit, budget).await
     }
 
-    async fn leave_pair(&self, user: i64, pair: Uuid) -> Result<PairIds> {
+    async fn leave_pair(&self, user: UserId, pair: PairId) -> Result<PairIds> {
+        let user = user.get();
+        let pair = pair.get();
         let mut conn = self.conn().await?;
         let mut tx = conn.begin().await?;
         let (ids, owner) = self
@@ -213,7 +223,10 @@ impl RoomStore for PgStore {
         Ok(ids)
     }
 
-    async fn remove_member(&self, owner: i64, pair: Uuid, user: i64) -> Result<PairIds> {
+    async fn remove_member(&self, owner: UserId, pair: PairId, user: UserId) -> Result<PairIds> {
+        let owner = owner.get();
+        let pair = pair.get();
+        let user = user.get();
         let mut conn = self.conn().await?;
         let mut tx = conn.begin().await?;
         let (ids, current_owner) = self

@@ -119,7 +119,9 @@ impl EventStore for SqliteStore {
         Ok(plan.outcomes)
     }
 
-    async fn stream_access(&self, user: i64, stream: Uuid) -> Result<StreamAccess> {
+    async fn stream_access(&self, user: UserId, stream: StreamId) -> Result<StreamAccess> {
+        let user = user.get();
+        let stream = stream.get();
         let row: Option<(i64, i64)> = sqlx::query_as(
             "SELECT s.head_event_id, s.member_epoch FROM streams s \
              JOIN members m ON m.pair_id = s.pair_id AND m.user_id = ? WHERE s.stream_id = ?",
@@ -137,12 +139,14 @@ impl EventStore for SqliteStore {
 
     async fn fetch_events(
         &self,
-        user: i64,
-        stream: Uuid,
+        user: UserId,
+        stream: StreamId,
         page: Page,
         limit: usize,
         budget: Budget<StoredEvent>,
     ) -> Result<EventPage> {
+        let user = user.get();
+        let stream = stream.get();
         // One read transaction: the access check, the head and the page see one snapshot.
         let mut tx = self.readers.begin().await?;
         let head: Option<(i64, i64)> = sqlx::query_as(
@@ -188,11 +192,12 @@ impl EventStore for SqliteStore {
 
     async fn read_events(
         &self,
-        stream: Uuid,
+        stream: StreamId,
         after: i64,
         up_to: i64,
         limit: usize,
     ) -> Result<EventRun> {
+        let stream = stream.get();
         let mut tx = self.readers.begin().await?;
         let epoch: Option<i64> =
             sqlx::query_scalar("SELECT member_epoch FROM streams WHERE stream_id = ?")

@@ -9,10 +9,11 @@ use crate::store::page;
 impl KeyStore for SqliteStore {
     async fn post_public_key(
         &self,
-        user: i64,
+        user: UserId,
         key: &CanonicalKey,
         now: i64,
     ) -> Result<PostKeyOutcome> {
+        let user = user.get();
         let mut tx = self.writer.begin().await?;
         let current: Option<(i64, Vec<u8>)> = sqlx::query_as(
             "SELECT seq, fingerprint FROM public_keys WHERE user_id = ? ORDER BY seq DESC LIMIT 1",
@@ -51,10 +52,11 @@ impl KeyStore for SqliteStore {
 
     async fn fetch_public_keys(
         &self,
-        user: i64,
+        user: UserId,
         limit: usize,
         budget: Budget<StoredKey>,
     ) -> Result<Paged<StoredKey>> {
+        let user = user.get();
         let rows = sqlx::query_as::<_, KeyRow>(
             "SELECT spki_der, fingerprint, posted_at FROM public_keys WHERE user_id = ? \
              ORDER BY seq DESC LIMIT ?",
@@ -68,11 +70,12 @@ impl KeyStore for SqliteStore {
 
     async fn post_private_key(
         &self,
-        user: i64,
+        user: UserId,
         blob: &[u8],
         expected: Option<u64>,
         now: i64,
     ) -> Result<u64> {
+        let user = user.get();
         let mut tx = self.writer.begin().await?;
         let current: Option<i64> =
             sqlx::query_scalar("SELECT version FROM private_keys WHERE user_id = ?")
@@ -99,7 +102,8 @@ impl KeyStore for SqliteStore {
         Ok(version as u64)
     }
 
-    async fn fetch_private_key(&self, user: i64) -> Result<Option<(Vec<u8>, u64)>> {
+    async fn fetch_private_key(&self, user: UserId) -> Result<Option<(Vec<u8>, u64)>> {
+        let user = user.get();
         let row: Option<(Vec<u8>, i64)> =
             sqlx::query_as("SELECT blob, version FROM private_keys WHERE user_id = ?")
                 .bind(user)

@@ -20,7 +20,8 @@ fn parse_members(list: &str) -> Result<Vec<i64>> {
 
 #[async_trait]
 impl RoomStore for SqliteStore {
-    async fn create_pair(&self, owner: i64, ids: &PairIds, now: i64) -> Result<()> {
+    async fn create_pair(&self, owner: UserId, ids: &PairIds, now: i64) -> Result<()> {
+        let owner = owner.get();
         let mut tx = self.writer.begin().await?;
         sqlx::query(
             "INSERT INTO channel_pairs (pair_id, message_id, state_id, owner, created_at) VALUES (?, ?, ?, ?, ?)",
@@ -51,13 +52,16 @@ impl RoomStore for SqliteStore {
 
     async fn send_invite(
         &self,
-        from: i64,
-        pair: Uuid,
-        to: i64,
+        from: UserId,
+        pair: PairId,
+        to: UserId,
         body: &[u8],
         now: i64,
         caps: InviteCaps,
     ) -> Result<InviteRecord> {
+        let from = from.get();
+        let pair = pair.get();
+        let to = to.get();
         // IMMEDIATE: take the write lock before reading, so a lock held by another
         // connection is waited for (busy_timeout) instead of failing the upgrade at once.
         // The single writer connection serialises this with every removal, so the
@@ -139,11 +143,12 @@ impl RoomStore for SqliteStore {
 
     async fn fetch_invites(
         &self,
-        user: i64,
+        user: UserId,
         after: i64,
         limit: usize,
         budget: Budget<InviteRecord>,
     ) -> Result<Paged<InviteRecord>> {
+        let user = user.get();
         let rows = sqlx::query_as::<_, InviteRow>(
             "SELECT i.invite_id, i.pair_id, p.message_id, p.state_id, i.from_user, i.body, i.sent_at \
              FROM invites i JOIN channel_pairs p ON p.pair_id = i.pair_id \
@@ -159,7 +164,8 @@ impl RoomStore for SqliteStore {
         page::collect(rows, limit, budget).await
     }
 
-    async fn last_invite_id(&self, user: i64) -> Result<i64> {
+    async fn last_invite_id(&self, user: UserId) -> Result<i64> {
+        let user = user.get();
         let id: Option<i64> =
             sqlx::query_scalar("SELECT last_invite_id FROM inboxes WHERE user_id = ?")
                 .bind(user)
@@ -170,11 +176,13 @@ impl RoomStore for SqliteStore {
 
     async fn list_pairs(
         &self,
-        user: i64,
-        after: Option<Uuid>,
+        user: UserId,
+        after: Option<PairId>,
         limit: usize,
         budget: Budget<PairInfo>,
     ) -> Result<Paged<PairInfo>> {
+        let user = user.get();
+        let after = after.map(PairId::get);
         // One read transaction, so the cursor and the page see one snapshot.
         let mut tx = self.readers.begin().await?;
         // Keyset paging on (created_at, pair_id); before the first pair for no cursor.
@@ -227,7 +235,9 @@ impl RoomStore for SqliteStore {
         Ok(paged)
     }
 
-    async fn leave_pair(&self, user: i64, pair: Uuid) -> Result<PairIds> {
+    async fn leave_pair(&self, user: UserId, pair: PairId) -> Result<PairIds> {
+        let user = user.get();
+        let pair = pair.get();
         let mut tx = self.writer.begin().await?;
         let (ids, owner) = pair_of_member(&mut tx, user, pair)
             .await?
@@ -237,7 +247,10 @@ impl RoomStore for SqliteStore {
         Ok(ids)
     }
 
-    async fn remove_member(&self, owner: i64, pair: Uuid, user: i64) -> Result<PairIds> {
+    async fn remove_member(&self, owner: UserId, pair: PairId, user: UserId) -> Result<PairIds> {
+        let owner = owner.get();
+        let pair = pair.get();
+        let user = user.get();
         let mut tx = self.writer.begin().await?;
         let (ids, current_owner) = pair_of_member(&mut tx, owner, pair)
             .await?

@@ -1,0 +1,273 @@
+//! Requests parsed into domain types: one `TryFrom<proto::…Request>` per unary RPC that
+//! carries data. A handler receives a value of these types or the client gets
+//! INVALID_ARGUMENT with an actionable message; nothing past this point re-checks ids,
+//! sizes or counters.
+//!
+//! What needs the server's settings is left to the handler: a [`UserRef`] becomes a
+//! local [`UserId`] with [`UserRef::into_local`] (UNIMPLEMENTED for other homeservers).
+
+use bytes::Bytes;
+
+use crate::domain::{PairId, StreamId, UserId, UserRef};
+use crate::error::Error;
+use crate::keycheck::{self, CanonicalKey};
+use crate::proto;
+use crate::store::Page;
+
+/// Largest opaque blob (ciphertext, invite, private key) in bytes: 64 KiB.
+pub const MAX_BLOB: usize = 64 * 1024;
+/// Page size when `limit` is 0.
+pub const DEFAULT_LIMIT: usize = 100;
+/// Largest page size; larger limits are clamped.
+pub const MAX_LIMIT: usize = 1000;
+
+/// Checks an opaque blob's size: 1 byte to 64 KiB.
+pub fn check_blob(field: &str, len: usize) -> Result<(), Error> {
+    if len == 0 {
+        return Err(Error::invalid(format!(
+            "{field} is empty; it must hold 1 byte to 64 KiB"
+        )));
+    }
+    if len > MAX_BLOB {
+        return Err(Error::invalid(format!(
+            "{field} is {len} bytes; the limit is {MAX_BLOB} bytes (64 KiB)"
+        )));
+    }
+    Ok(())
+}
+
+/// Page size from a request's `limit`: 0 → 100, above 1000 → 1000.
+pub fn page_limit(limit: u32) -> usize {
+    match limit as usize {
+        0 => DEFAULT_LIMIT,
+        n => n.min(MAX_LIMIT),
+    }
+}
+
+/// A cursor from a request: ids above 2^63-1 are past every stored id.
+fn cursor(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// PostKey: the key in canonical form (validated RSA public key).
+#[derive(Debug)]
+pub struct PostKey {
+    /// SPKI DER and fingerprint.
+    pub key: CanonicalKey,
+}
+
+impl TryFrom<proto::PostKeyRequest> for PostKey {
+    type Error = Error;
+    fn try_from(r: proto::PostKeyRequest) -> Result<Self, Error> {
+        Ok(PostKey {
+            key: keycheck::canonicalize(&r.key_data)?,
+        })
+    }
+}
+
+/// FetchKey: whose key.
+#[derive(Debug)]
+pub struct FetchKey {
+    /// The user named.
+    pub user: UserRef,
+}
+
+impl TryFrom<proto::FetchKeyRequest> for FetchKey {
+    type Error = Error;
+    fn try_from(r: proto::FetchKeyRequest) -> Result<Self, Error> {
+        Ok(FetchKey {
+            user: UserRef::parse(&r.homeserver, "user_id", r.user_id)?,
+        })
+    }
+}
+
+/// PostPrivateKey: the encrypted backup and the compare-and-set version.
+#[derive(Debug)]
+pub struct PostPrivateKey {
+    /// The blob (1 byte to 64 KiB).
+    pub blob: Vec<u8>,
+    /// The version the client expects to replace (`Some(0)`: none stored yet; `None`:
+    /// overwrite whatever is stored).
+    pub expected_version: Option<u64>,
+}
+
+impl TryFrom<proto::PostPrivateKeyRequest> for PostPrivateKey {
+    type Error = Error;
+    fn try_from(r: proto::PostPrivateKeyRequest) -> Result<Self, Error> {
+        check_blob("key_data", r.key_data.len())?;
+        Ok(PostPrivateKey {
+            blob: r.key_data,
+            expected_version: r.expected_version,
+        })
+    }
+}
+
+/// SendInvite: into which pair, to whom, the opaque invite.
+#[derive(Debug)]
+pub struct SendInvite {
+    /// The pair invited into.
+    pub pair: PairId,
+    /// The invitee as named (the handler keeps local users only).
+    pub to: UserRef,
+    /// The invite bytes (1 byte to 64 KiB).
+    pub invite: Vec<u8>,
+}
+
+impl TryFrom<proto::SendInviteRequest> for SendInvite {
+    type Error = Error;
+    fn try_from(r: proto::SendInviteRequest) -> Result<Self, Error> {
+        let pair = PairId::parse("pair_id", &r.pair_id)?;
+        let to = UserRef::parse(&r.homeserver, "user_id", r.user_id)?;
+        check_blob("invite", r.invite.len())?;
+        Ok(SendInvite {
+            pair,
+            to,
+            invite: r.invite,
+        })
+    }
+}
+
+/// FetchInvites: a page of the caller's invites.
+#[derive(Debug)]
+pub struct FetchInvites {
+    /// Invites with a larger id.
+    pub after: i64,
+    /// Page size.
+    pub limit: usize,
+}
+
+impl From<proto::FetchInvitesRequest> for FetchInvites {
+    fn from(r: proto::FetchInvitesRequest) -> Self {
+        FetchInvites {
+            after: cursor(r.after_invite_id),
+            limit: page_limit(r.limit),
+        }
+    }
+}
+
+/// ListChannelPairs: a page of the caller's pairs.
+#[derive(Debug)]
+pub struct ListChannelPairs {
+    /// Pairs after this one (`None`: from the first).
+    pub after: Option<PairId>,
+    /// Page size.
+    pub limit: usize,
+}
+
+impl TryFrom<proto::ListChannelPairsRequest> for ListChannelPairs {
+    type Error = Error;
+    fn try_from(r: proto::ListChannelPairsRequest) -> Result<Self, Error> {
+        let after = match r.after_pair_id.as_str() {
+            "" => None,
+            id => Some(PairId::parse("after_pair_id", id)?),
+        };
+        Ok(ListChannelPairs {
+            after,
+            limit: page_limit(r.limit),
+        })
+    }
+}
+
+/// LeaveChannelPair: the pair to leave.
+#[derive(Debug)]
+pub struct LeaveChannelPair {
+    /// The pair.
+    pub pair: PairId,
+}
+
+impl TryFrom<proto::LeaveChannelPairRequest> for LeaveChannelPair {
+    type Error = Error;
+    fn try_from(r: proto::LeaveChannelPairRequest) -> Result<Self, Error> {
+        Ok(LeaveChannelPair {
+            pair: PairId::parse("pair_id", &r.pair_id)?,
+        })
+    }
+}
+
+/// RemoveMember: which member of which pair.
+#[derive(Debug)]
+pub struct RemoveMember {
+    /// The pair.
+    pub pair: PairId,
+    /// The member to remove.
+    pub user: UserId,
+}
+
+impl TryFrom<proto::RemoveMemberRequest> for RemoveMember {
+    type Error = Error;
+    fn try_from(r: proto::RemoveMemberRequest) -> Result<Self, Error> {
+        Ok(RemoveMember {
+            pair: PairId::parse("pair_id", &r.pair_id)?,
+            user: UserId::parse("user_id", r.user_id)?,
+        })
+    }
+}
+
+/// PostMessage: the ciphertext for a stream and its ratchet counter.
+#[derive(Debug)]
+pub struct PostMessage {
+    /// The stream.
+    pub stream: StreamId,
+    /// The ratchet counter (1 ..= 2^63-1).
+    pub counter: i64,
+    /// The ciphertext (1 byte to 64 KiB).
+    pub body: Bytes,
+}
+
+impl TryFrom<proto::PostMessageRequest> for PostMessage {
+    type Error = Error;
+    fn try_from(r: proto::PostMessageRequest) -> Result<Self, Error> {
+        let stream = StreamId::parse("stream_id", &r.stream_id)?;
+        let message = r.message.ok_or_else(|| {
+            Error::invalid("message is required (the ciphertext and its ratchet counter)")
+        })?;
+        check_blob("message.message", message.message.len())?;
+        let counter = match i64::try_from(message.id) {
+            Ok(c) if c >= 1 => c,
+            _ => {
+                return Err(Error::invalid(format!(
+                    "message.id (the ratchet counter) is {}; it must be between 1 and 2^63-1",
+                    message.id
+                )));
+            }
+        };
+        Ok(PostMessage {
+            stream,
+            counter,
+            body: Bytes::from(message.message),
+        })
+    }
+}
+
+/// FetchMessages: a page of a stream, forward or backward.
+#[derive(Debug)]
+pub struct FetchMessages {
+    /// The stream.
+    pub stream: StreamId,
+    /// Which page.
+    pub page: Page,
+    /// Page size.
+    pub limit: usize,
+}
+
+impl TryFrom<proto::FetchMessagesRequest> for FetchMessages {
+    type Error = Error;
+    fn try_from(r: proto::FetchMessagesRequest) -> Result<Self, Error> {
+        let stream = StreamId::parse("stream_id", &r.stream_id)?;
+        if r.after_event_id != 0 && r.before_event_id != 0 {
+            return Err(Error::invalid(
+                "set after_event_id (page forward) or before_event_id (page backward), not both",
+            ));
+        }
+        let page = if r.before_event_id != 0 {
+            Page::Before(cursor(r.before_event_id))
+        } else {
+            Page::After(cursor(r.after_event_id))
+        };
+        Ok(FetchMessages {
+            stream,
+            page,
+            limit: page_limit(r.limit),
+        })
+    }
+}
