@@ -9,17 +9,16 @@
 
 use std::io::ErrorKind;
 use std::path::Path;
-use std::str::FromStr;
 
-use crate::config::Settings;
+use crate::config::{Database, Settings};
 
 /// Makes the data directory private (creating it 0700, or tightening it) when the
 /// SQLite database lives in it. (The JWT secret file makes it private when it is used.)
 pub fn secure_data_dir(settings: &Settings) -> anyhow::Result<()> {
-    let url = settings.effective_database_url();
-    let database_inside = url.starts_with("sqlite:")
-        && sqlx::sqlite::SqliteConnectOptions::from_str(&url)
-            .is_ok_and(|o| o.get_filename().starts_with(&settings.data_dir));
+    let database_inside = matches!(
+        settings.database(),
+        Ok(Database::Sqlite { path, .. }) if path.starts_with(&settings.data_dir)
+    );
     if database_inside {
         private_dir(&settings.data_dir)?;
     }

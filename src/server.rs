@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::auth::{AuthInterceptor, Verifier};
 use crate::commit::{CommitSettings, Committer, Writers};
-use crate::config::{Settings, redact_url};
+use crate::config::Settings;
 use crate::hub::Hub;
 use crate::limits::RateLimits;
 use crate::replica::Replica;
@@ -27,11 +27,11 @@ use crate::store::{self, Backend, DynStore};
 /// Runs `secretd migrate`.
 pub async fn migrate_only(settings: &Settings) -> anyhow::Result<()> {
     crate::private_files::secure_data_dir(settings)?;
-    let url = settings.effective_database_url();
-    store::migrate(&url)
+    let database = settings.database()?;
+    store::migrate(database.url())
         .await
-        .with_context(|| format!("cannot migrate the database {}", redact_url(&url)))?;
-    tracing::info!(store = %redact_url(&url), "migrations are up to date");
+        .with_context(|| format!("cannot migrate the database {database}"))?;
+    tracing::info!(store = %database, "migrations are up to date");
     Ok(())
 }
 
@@ -40,7 +40,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     // Install the signal handlers before announcing readiness, so a SIGTERM that follows
     // the ready line at once is still a graceful stop.
     let signal = termination_signal()?;
-    let listener = TcpListener::bind(&settings.listen)
+    let listener = TcpListener::bind(settings.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.listen))?;
     let running = start(settings, listener).await?;
@@ -122,16 +122,16 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
     let addr = listener.local_addr()?;
     crate::private_files::secure_data_dir(&settings)?;
     let verifier = Arc::new(Verifier::from_settings(&settings)?);
-    let url = settings.effective_database_url();
+    let database = settings.database()?;
     let replica = Uuid::new_v4();
     let store = store::open_with_deadline(
-        &url,
+        database.url(),
         settings.db_max_connections,
         Duration::from_millis(settings.db_timeout_ms),
         replica,
     )
     .await
-    .with_context(|| format!("cannot open the database {}", redact_url(&url)))?;
+    .with_context(|| format!("cannot open the database {database}"))?;
     let backend = store.backend();
     let (shutdown, signal) = crate::shutdown::channel();
     let hub = Hub::new(
@@ -156,20 +156,14 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
     limits.spawn_sweeper(signal.clone());
     if backend == Backend::Postgres {
         tokio::spawn(crate::replica::run_listener(
-            url.clone(),
+            database.url().to_string(),
             replica,
             replica_sync,
             Duration::from_millis(settings.listener_watchdog_ms),
             signal.clone(),
         ));
     }
-    if !settings.metrics_listen.is_empty() {
-        let maddr: SocketAddr = settings.metrics_listen.parse().map_err(|e| {
-            anyhow::anyhow!(
-                "metrics_listen {:?} is not an address: {e}",
-                settings.metrics_listen
-            )
-        })?;
+    if let Some(maddr) = settings.metrics_listen {
         crate::telemetry::install_exporter(maddr)?;
         tracing::info!(%maddr, "Prometheus metrics at http://{maddr}/metrics");
     }
@@ -223,7 +217,7 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
     }));
     tracing::info!(
         store = backend.name(),
-        database = %redact_url(&url),
+        database = %database,
         "secretd listening on {addr}"
     );
     Ok(Running {

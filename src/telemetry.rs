@@ -25,7 +25,7 @@ pub fn init(settings: &Settings) {
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    let _ = if settings.log_format == "json" {
+    let _ = if settings.log_format == crate::config::LogFormat::Json {
         builder.json().flatten_event(true).try_init()
     } else {
         builder.try_init()

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Serialize;
 
-use crate::config::{MIN_JWT_SECRET_BYTES, Misconfigured, Settings, check_secret};
+use crate::config::{JwtAlgorithm, MIN_JWT_SECRET_BYTES, Misconfigured, Settings, check_secret};
 use crate::private_files;
 
 /// File name of the generated HS256 secret inside the data directory.
@@ -36,8 +36,8 @@ pub fn load_or_create_secret_with(
     before_publish: &mut dyn FnMut(),
 ) -> anyhow::Result<String> {
     if !settings.jwt_secret.is_empty() {
-        check_secret("jwt_secret", &settings.jwt_secret)?;
-        return Ok(settings.jwt_secret.clone());
+        check_secret("jwt_secret", settings.jwt_secret.expose())?;
+        return Ok(settings.jwt_secret.expose().to_string());
     }
     let dir = &settings.data_dir;
     private_files::private_dir(dir)?;
@@ -163,7 +163,7 @@ struct Claims {
 /// audience, using the secret the server would use with the same settings.
 pub fn mint_token(settings: &Settings, user: u64, ttl_secs: u64) -> anyhow::Result<String> {
     anyhow::ensure!(
-        settings.jwt_algorithm == "HS256",
+        settings.jwt_algorithm == JwtAlgorithm::Hs256,
         "mint-token signs HS256 tokens only; with {} the homeserver's auth service holds \
          the private key",
         settings.jwt_algorithm

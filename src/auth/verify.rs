@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 use tonic::Status;
 
 use super::Caller;
-use crate::config::Settings;
+use crate::config::{JwtAlgorithm, Settings};
 
 /// Leeway for `exp` and `nbf`, in seconds (clock skew between the auth service and us).
 pub const LEEWAY_SECS: u64 = 30;
@@ -49,8 +49,8 @@ pub struct Verifier {
 impl Verifier {
     /// Builds the verifier from the settings (creating the HS256 secret file if needed).
     pub fn from_settings(settings: &Settings) -> anyhow::Result<Self> {
-        let (algorithm, key) = match settings.jwt_algorithm.as_str() {
-            "EdDSA" | "RS256" => {
+        let (algorithm, key) = match settings.jwt_algorithm {
+            JwtAlgorithm::EdDsa | JwtAlgorithm::Rs256 => {
                 let path = &settings.jwt_public_key_file;
                 anyhow::ensure!(
                     !path.is_empty(),
@@ -59,13 +59,13 @@ impl Verifier {
                 );
                 let pem = std::fs::read(path)
                     .map_err(|e| anyhow::anyhow!("cannot read jwt_public_key_file {path}: {e}"))?;
-                if settings.jwt_algorithm == "EdDSA" {
+                if settings.jwt_algorithm == JwtAlgorithm::EdDsa {
                     (Algorithm::EdDSA, DecodingKey::from_ed_pem(&pem)?)
                 } else {
                     (Algorithm::RS256, DecodingKey::from_rsa_pem(&pem)?)
                 }
             }
-            _ => (
+            JwtAlgorithm::Hs256 => (
                 Algorithm::HS256,
                 DecodingKey::from_secret(super::load_or_create_secret(settings)?.as_bytes()),
             ),

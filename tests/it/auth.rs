@@ -167,7 +167,7 @@ async fn every_rpc_needs_a_valid_token() {
 #[tokio::test]
 async fn eddsa_tokens_verify_with_the_configured_public_key() {
     let s = TestServer::start_with(Backend::Sqlite, |st| {
-        st.jwt_algorithm = "EdDSA".into();
+        st.jwt_algorithm = secretd::config::JwtAlgorithm::EdDsa;
         st.jwt_public_key_file = fixture("ed25519.pub.pem").display().to_string();
     })
     .await;

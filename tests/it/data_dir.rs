@@ -12,7 +12,7 @@ use secretd::config::Settings;
 fn settings_for(dir: &Path) -> Settings {
     Settings {
         data_dir: dir.to_path_buf(),
-        jwt_secret: String::new(),
+        jwt_secret: String::new().into(),
         ..secretd::config::defaults()
     }
 }

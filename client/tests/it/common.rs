@@ -116,8 +116,8 @@ impl Server {
             Backend::Postgres(url) => url.clone(),
         };
         let settings = Settings {
-            listen: "127.0.0.1:0".into(),
-            database_url,
+            listen: ([127, 0, 0, 1], 0).into(),
+            database_url: database_url.into(),
             data_dir: dir.path().to_path_buf(),
             jwt_secret: SECRET.into(),
             db_max_connections: 8,

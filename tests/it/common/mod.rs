@@ -93,11 +93,15 @@ pub fn random_user() -> u64 {
     1_000_000_000 + base + NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
+/// 127.0.0.1, any free port.
+const LOOPBACK_ANY_PORT: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+
 /// Settings for a test server on `backend` with its data in `dir`.
 pub fn test_settings(backend: &Backend, dir: &Path) -> Settings {
     Settings {
-        listen: "127.0.0.1:0".into(),
-        database_url: backend.url(dir),
+        listen: LOOPBACK_ANY_PORT,
+        database_url: backend.url(dir).into(),
         data_dir: dir.to_path_buf(),
         jwt_secret: SECRET.into(),
         db_max_connections: 8,
@@ -153,7 +157,7 @@ impl TestServer {
             r.stop().await;
         }
         let mut settings = self.settings.clone();
-        settings.listen = "127.0.0.1:0".into();
+        settings.listen = LOOPBACK_ANY_PORT;
         Self::launch(self.backend.clone(), settings, self.dir).await
     }
 

@@ -114,7 +114,7 @@ pub async fn expect_message(sub: &mut Subscription, id: u64) {
 /// deadlines and the smallest pool, so a leaked connection shows at once.
 pub fn behind(url: &str) -> impl FnOnce(&mut Settings) + '_ {
     move |st| {
-        st.database_url = url.to_string();
+        st.database_url = url.into();
         st.db_timeout_ms = DB_TIMEOUT_MS;
         st.listener_watchdog_ms = DB_TIMEOUT_MS;
         st.db_max_connections = 2;

@@ -4,9 +4,14 @@
 //! Every key is documented on [`Settings`] and in README.md. Keys are flat, so each has a
 //! direct environment twin: `max_counter_gap` is `SECRETD_MAX_COUNTER_GAP`.
 
+mod types;
+
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+
+pub use types::{Database, JwtAlgorithm, LogFormat, Secret, UnknownDatabase};
 
 /// The default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
@@ -47,22 +52,26 @@ pub fn check_secret(source: &str, secret: &str) -> Result<(), Misconfigured> {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    /// gRPC listen address (also serves gRPC-Web). Default `127.0.0.1:50051`.
-    pub listen: String,
+    /// gRPC listen address (also serves gRPC-Web): an IP address and port. Default
+    /// `127.0.0.1:50051`.
+    #[serde(deserialize_with = "types::listen_addr")]
+    pub listen: SocketAddr,
     /// Database: `postgres://…` or `sqlite://PATH`. Empty (the default) means the SQLite
-    /// file `secretd.db` in `data_dir`.
-    pub database_url: String,
+    /// file `secretd.db` in `data_dir`. Redacted in `Debug`; see [`Settings::database`].
+    pub database_url: Secret,
     /// Directory for the SQLite file and the generated JWT secret. Default `./data`.
     pub data_dir: PathBuf,
     /// Address of the Prometheus metrics endpoint (`GET /metrics`). Empty = off.
-    pub metrics_listen: String,
+    #[serde(deserialize_with = "types::optional_addr")]
+    pub metrics_listen: Option<SocketAddr>,
     /// This homeserver's name; `homeserver` fields equal to it (or empty) mean local.
     pub server_name: String,
     /// HS256 secret shared with the homeserver's auth service. Empty = read (or on first
-    /// start create) `data_dir/jwt-secret`.
-    pub jwt_secret: String,
+    /// start create) `data_dir/jwt-secret`. Redacted in `Debug`.
+    pub jwt_secret: Secret,
     /// `HS256` (default), `EdDSA` or `RS256`.
-    pub jwt_algorithm: String,
+    #[serde(deserialize_with = "types::parsed")]
+    pub jwt_algorithm: JwtAlgorithm,
     /// PEM file with the public key that verifies EdDSA or RS256 tokens.
     pub jwt_public_key_file: String,
     /// Required `iss` claim. Empty = not checked.
@@ -70,7 +79,8 @@ pub struct Settings {
     /// Required `aud` claim. Empty = not checked.
     pub jwt_audience: String,
     /// Log format: `text` or `json`.
-    pub log_format: String,
+    #[serde(deserialize_with = "types::parsed")]
+    pub log_format: LogFormat,
     /// Log filter in `RUST_LOG` syntax (e.g. `info`, `secretd=debug`). `RUST_LOG` wins.
     pub log_level: String,
     /// Largest accepted jump of a stream's ratchet counter in one post. Default 1024.
@@ -195,13 +205,10 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// The database URL with the embedded default filled in.
-    pub fn effective_database_url(&self) -> String {
-        if self.database_url.trim().is_empty() {
-            format!("sqlite://{}", self.data_dir.join("secretd.db").display())
-        } else {
-            self.database_url.trim().to_string()
-        }
+    /// The database `database_url` names, or the embedded SQLite file in `data_dir`. An
+    /// unknown kind of URL is an error at start (exit code 1), not at load.
+    pub fn database(&self) -> Result<Database, UnknownDatabase> {
+        Database::from_url(self.database_url.expose(), &self.data_dir)
     }
 }
 
@@ -377,21 +384,9 @@ impl Settings {
         }
         self.check_rates().map_err(config::ConfigError::Message)?;
         if !self.jwt_secret.is_empty()
-            && let Err(short) = check_secret("jwt_secret", &self.jwt_secret)
+            && let Err(short) = check_secret("jwt_secret", self.jwt_secret.expose())
         {
             return bad(short.0);
-        }
-        if !matches!(self.jwt_algorithm.as_str(), "HS256" | "EdDSA" | "RS256") {
-            return bad(format!(
-                "jwt_algorithm is {:?}; use HS256, EdDSA or RS256",
-                self.jwt_algorithm
-            ));
-        }
-        if !matches!(self.log_format.as_str(), "text" | "json") {
-            return bad(format!(
-                "log_format is {:?}; use text or json",
-                self.log_format
-            ));
         }
         Ok(())
     }
