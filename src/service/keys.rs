@@ -65,3 +65,14 @@ pub(super) async fn fetch_private_key(
     })?;
     Ok(proto::FetchPrivateKeyResponse { key_data, version })
 }
+
+/// Federate: federation is not wired yet (step 4 of issue 11).
+pub(super) fn federate(
+    _st: &AppState,
+    _user: UserId,
+    _r: proto::FederateRequest,
+) -> Result<proto::FederateResponse> {
+    Err(Error::FailedPrecondition(
+        "federation is off on this server (config key federation.enabled)".into(),
+    ))
+}

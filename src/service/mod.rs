@@ -214,6 +214,14 @@ impl SecretService for SecretApi {
         )
     }
 
+    async fn federate(
+        &self,
+        req: Request<proto::FederateRequest>,
+    ) -> StatusResult<proto::FederateResponse> {
+        let (user, r) = parts(req)?;
+        answer("Federate", keys::federate(&self.state, user, r))
+    }
+
     type StreamMessagePostingStream =
         tokio_stream::Empty<Result<proto::StreamMessagePostingResponse, Status>>;
 
