@@ -10,6 +10,7 @@ pub mod commit;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod federation;
 pub mod hub;
 pub mod keycheck;
 pub mod limits;

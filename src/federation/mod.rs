@@ -1,0 +1,7 @@
+//! Federation, part 1 (DESIGN §9, issue 11): this server's Ed25519 key, the pinned peer
+//! map, server-to-server tokens, the `SecretFederationService` and FetchKey of users of
+//! other homeservers.
+//!
+//! - `key.rs`: the server key (created at first start, or from config) and its key id;
+
+pub mod key;
