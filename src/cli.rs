@@ -1,7 +1,7 @@
 //! Command-line interface: `secretd [serve|migrate|mint-token|health|federation-key]`.
 //!
 //! Flags override the config file and the environment; each flag's environment twin is the
-//! config key in upper case with a `SECRETD_` prefix (see `config.rs`).
+//! config key in upper case with a `SECRETD_` prefix (see `config/mod.rs`).
 
 use std::path::PathBuf;
 

@@ -73,7 +73,17 @@ struct Job {
     reply: oneshot::Sender<Result<Appended>>,
 }
 
-/// Handle for submitting posts. Dropping every clone lets the writers drain and stop.
+/// Handle for submitting posts (the group commit's front door).
+///
+/// The path of a post (ARCHITECTURE.md has every hop): `service/messages.rs` →
+/// [`Committer::append`] → the queue of the writer owning the stream → one
+/// `Store::append_batch` transaction (`store/{postgres,sqlite}/events.rs`: lock heads,
+/// check membership, `plan_batch`, insert, move heads, NOTIFY) → COMMIT →
+/// `Hub::publish_committed` (encode once, ring, wake watchers) → the caller's answer;
+/// live response streams (`service/streaming/`) then pull the frame. Other replicas get
+/// the NOTIFY: `replica/listener.rs` → `Replica::apply` reads the rows once → their hub.
+///
+/// Cloning is cheap; the writers stop when the shutdown reaches `Phase::Finishing`.
 #[derive(Clone)]
 pub struct Committer {
     shards: Arc<Vec<mpsc::Sender<Job>>>,

@@ -78,19 +78,6 @@ impl UserRef {
         })
     }
 
-    /// This homeserver's user `user`.
-    pub fn local(user: UserId) -> Self {
-        UserRef {
-            homeserver: String::new(),
-            user,
-        }
-    }
-
-    /// The homeserver as named (empty = this one).
-    pub fn homeserver(&self) -> &str {
-        &self.homeserver
-    }
-
     /// The user as a user of this homeserver (named by an empty homeserver or by
     /// `server_name`); a foreign one is UNIMPLEMENTED until federation exists.
     pub fn into_local(self, server_name: &str) -> Result<UserId, Error> {

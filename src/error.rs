@@ -14,6 +14,26 @@ pub const HEAD_EVENT_ID_KEY: &str = "secretd-head-event-id";
 /// limit, an overloaded commit queue), the milliseconds to wait before retrying.
 pub const RETRY_AFTER_KEY: &str = "retry-after-ms";
 
+/// What a client reads for every INTERNAL error (the details are in the server log).
+const INTERNAL_TEXT: &str = "internal error: the server logged the details";
+
+/// `err` followed by each error of its `source()` chain, joined by `: ` (the `{:#}` of an
+/// `anyhow::Error`).
+pub fn cause_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut next = err.source();
+    while let Some(e) = next {
+        let more = e.to_string();
+        // Some errors repeat their source's text in their own; say it once.
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        next = e.source();
+    }
+    text
+}
+
 /// An error the service reports to a client.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
@@ -71,7 +91,8 @@ pub enum Error {
     /// The server or its database is not available right now; retry.
     #[error("{0}")]
     Unavailable(String),
-    /// A bug on the server side; details are in the server log.
+    /// A bug on the server side; details are in the server log (logged once, by
+    /// [`Error::internal`], where the cause is known).
     #[error("{0}")]
     Internal(String),
 }
@@ -93,6 +114,13 @@ impl Error {
             Error::Unavailable(_) => Code::Unavailable,
             Error::Internal(_) => Code::Internal,
         }
+    }
+
+    /// An INTERNAL error: logs `what` and `cause` with its whole `source()` chain, once,
+    /// here; the client only learns that the server logged the details.
+    pub fn internal(what: &str, cause: &(dyn std::error::Error + 'static)) -> Self {
+        tracing::error!(error = %cause_chain(cause), "internal error: {what}");
+        Error::Internal(INTERNAL_TEXT.into())
     }
 
     /// Shorthand for an INVALID_ARGUMENT error.
@@ -132,19 +160,16 @@ impl From<sqlx::Error> for Error {
             | sqlx::Error::Tls(_)
             | sqlx::Error::Protocol(_)
             | sqlx::Error::WorkerCrashed => {
-                tracing::warn!(error = %err, "database unavailable");
+                tracing::warn!(error = %cause_chain(&err), "database unavailable");
                 Error::Unavailable(
                     "the database is unavailable right now; retry in a few seconds".into(),
                 )
             }
             sqlx::Error::Database(db) if is_transient(db.code().as_deref()) => {
-                tracing::warn!(error = %err, "transient database error");
+                tracing::warn!(error = %cause_chain(&err), "transient database error");
                 Error::Unavailable("the database is busy or shutting down; retry".into())
             }
-            _ => {
-                tracing::error!(error = %err, "database error");
-                Error::Internal("internal error: the server logged the details".into())
-            }
+            _ => Error::internal("database error", &err),
         }
     }
 }

@@ -88,7 +88,7 @@ pub fn canonicalize(input: &[u8]) -> Result<CanonicalKey, Error> {
         .map_err(|_| Error::invalid("key_data is not a valid RSA public key (bad modulus)"))?;
     let spki_der = key
         .to_public_key_der()
-        .map_err(|_| Error::Internal("internal error: cannot re-encode a valid key".into()))?
+        .map_err(|e| Error::internal("cannot re-encode a valid RSA key", &e))?
         .into_vec();
     Ok(CanonicalKey {
         fingerprint: fingerprint(&spki_der),

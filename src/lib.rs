@@ -4,24 +4,31 @@
 //! is in `ARCHITECTURE.md`; the contract the code meets is `DESIGN.md` (shared) and the
 //! proto file in `proto/`.
 
+// The surface the binaries (`main.rs`, `bench/`), the integration tests and the client's
+// tests use; everything else is crate-private, so the compiler reports what is dead.
 pub mod auth;
 pub mod cli;
-pub mod commit;
 pub mod config;
-pub mod domain;
-pub mod error;
 pub mod federation;
-pub mod hub;
-pub mod keycheck;
 pub mod limits;
-pub mod private_files;
 pub mod proto;
 pub mod replica;
-pub mod requests;
 pub mod server;
 pub mod service;
-pub mod shutdown;
-pub mod store;
 pub mod telemetry;
 pub mod time;
-pub mod wire;
+
+pub(crate) mod commit;
+pub(crate) mod domain;
+pub(crate) mod error;
+pub(crate) mod hub;
+pub(crate) mod keycheck;
+pub(crate) mod private_files;
+pub(crate) mod requests;
+pub(crate) mod shutdown;
+pub(crate) mod store;
+pub(crate) mod wire;
+
+/// What the fuzz targets in `fuzz/` call; not the server's API.
+#[doc(hidden)]
+pub mod fuzzing;

@@ -20,9 +20,6 @@ pub mod federation {
 /// The encoded `FileDescriptorSet` of both protos (with imports), for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("secret_descriptor");
 
-/// Fully qualified gRPC path prefix of the service (`/protocol.secret.v1.SecretService/`).
-pub const SERVICE_PATH_PREFIX: &str = "/protocol.secret.v1.SecretService/";
-
 /// A protobuf message that is already encoded.
 ///
 /// The fan-out hub encodes each event once (as a `StreamMessagePostingResponse`) and hands

@@ -172,7 +172,6 @@ mod tests {
                 assert_eq!(into_posted_message(e.clone()), posted_message(&e));
                 let i = InviteRecord {
                     invite_id: counter,
-                    to_user: 1,
                     pair: PairIds::generate(),
                     from_user: counter,
                     body: vec![1u8; len],

@@ -23,6 +23,7 @@ impl Budget {
     }
 
     /// Bytes held by rings now.
+    #[cfg(test)]
     pub fn used(&self) -> usize {
         self.used.load(Ordering::Acquire)
     }

@@ -1,7 +1,7 @@
 //! The `SecretService` implementation, one file per RPC group:
 //! `keys.rs` (PostKey, FetchKey, PostPrivateKey, FetchPrivateKey), `rooms.rs` (channel
 //! pairs, membership, invites), `messages.rs` (PostMessage, FetchMessages) and
-//! `streaming.rs` (StreamMessagePosting). `router.rs` routes StreamMessagePosting to its
+//! `streaming/` (StreamMessagePosting). `router.rs` routes StreamMessagePosting to its
 //! pre-encoded-frame handler and everything else to the generated server.
 
 mod keys;
@@ -62,11 +62,8 @@ fn answer<T>(method: &'static str, result: Result<T, Error>) -> Result<Response<
         }
         Err(e) => {
             crate::telemetry::rpc(method, e.code());
-            if matches!(e, Error::Internal(_)) {
-                tracing::error!(method, error = %e, "internal error");
-            } else {
-                tracing::debug!(method, error = %e, "request refused");
-            }
+            // INTERNAL errors were logged with their cause where they arose.
+            tracing::debug!(method, error = %e, "request refused");
             Err(e.into())
         }
     }

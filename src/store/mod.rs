@@ -1,21 +1,24 @@
-//! Storage: one trait, [`Store`], with a Postgres backend (`postgres.rs`, production and
-//! scale-out) and a bundled-SQLite backend (`sqlite.rs`, the embedded default). Both run
+//! Storage: one trait, [`Store`], with a Postgres backend (`postgres/`, production and
+//! scale-out) and a bundled-SQLite backend (`sqlite/`, the embedded default). Both run
 //! their embedded migrations at start and pass the same test suite.
 //!
 //! Ordering and membership are enforced here, inside the database transaction: an append
 //! locks the stream's head row, checks that the sender is a member, applies the counter
 //! rules (`append.rs`) and assigns the next dense event id in the same transaction, so id
 //! order is commit order. Leaving or removing a member locks the same rows and bumps the
-//! streams' `member_epoch`, which the fan-out uses to re-check access (see `hub.rs`).
+//! streams' `member_epoch`, which the fan-out uses to re-check access (see `hub/`).
 
 /// The counter rules ([`append::plan_batch`]) and their model ([`append::check`]):
 /// public only for the fuzz targets in `fuzz/`, not part of the server's API.
 #[doc(hidden)]
 pub mod append;
+#[cfg(test)]
+mod contract;
 pub mod deadline;
 mod errors;
 mod page;
 pub mod postgres;
+mod sql;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -163,8 +166,6 @@ impl InviteCaps {
 pub struct InviteRecord {
     /// Dense per invitee, from 1.
     pub invite_id: i64,
-    /// The invitee.
-    pub to_user: i64,
     /// The pair invited into.
     pub pair: PairIds,
     /// The inviter.
@@ -180,12 +181,11 @@ pub struct InviteRecord {
 pub(crate) type InviteRow = (i64, Uuid, Uuid, Uuid, i64, Vec<u8>, i64);
 
 impl InviteRecord {
-    /// Builds a record from an [`InviteRow`] of `to_user`'s invites.
-    pub(crate) fn from_row(to_user: i64, row: InviteRow) -> Self {
+    /// Builds a record from an [`InviteRow`].
+    pub(crate) fn from_row(row: InviteRow) -> Self {
         let (invite_id, pair_id, message_id, state_id, from_user, body, sent_at) = row;
         InviteRecord {
             invite_id,
-            to_user,
             pair: PairIds {
                 pair_id,
                 message_id,

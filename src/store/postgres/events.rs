@@ -142,14 +142,11 @@ impl EventStore for PgStore {
     async fn stream_access(&self, user: UserId, stream: StreamId) -> Result<StreamAccess> {
         let user = user.get();
         let stream = stream.get();
-        let row: Option<(i64, i64)> = sqlx::query_as(
-            "SELECT s.head_event_id, s.member_epoch FROM streams s \
-             JOIN members m ON m.pair_id = s.pair_id AND m.user_id = $1 WHERE s.stream_id = $2",
-        )
-        .bind(user)
-        .bind(stream)
-        .fetch_optional(&mut *self.conn().await?)
-        .await?;
+        let row: Option<(i64, i64)> = sqlx::query_as(sql::STREAM_ACCESS)
+            .bind(user)
+            .bind(stream)
+            .fetch_optional(&mut *self.conn().await?)
+            .await?;
         let (head_event_id, member_epoch) = row.ok_or_else(stream_denied)?;
         Ok(StreamAccess {
             head_event_id,

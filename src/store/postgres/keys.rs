@@ -21,38 +21,32 @@ impl KeyStore for PgStore {
             attempt += 1;
             let mut conn = self.conn().await?;
             let mut tx = conn.begin().await?;
-            let current: Option<(i64, Vec<u8>)> = sqlx::query_as(
-                "SELECT seq, fingerprint FROM public_keys WHERE user_id = $1 ORDER BY seq DESC LIMIT 1",
-            )
-            .bind(user)
-            .fetch_optional(&mut *tx)
-            .await?;
+            let current: Option<(i64, Vec<u8>)> = sqlx::query_as(sql::CURRENT_PUBLIC_KEY)
+                .bind(user)
+                .fetch_optional(&mut *tx)
+                .await?;
             if let Some((_, fp)) = &current
                 && fp[..] == key.fingerprint[..]
             {
                 return Ok(PostKeyOutcome::Unchanged);
             }
-            let retired: Option<i64> = sqlx::query_scalar(
-                "SELECT seq FROM public_keys WHERE user_id = $1 AND fingerprint = $2",
-            )
-            .bind(user)
-            .bind(&key.fingerprint[..])
-            .fetch_optional(&mut *tx)
-            .await?;
+            let retired: Option<i64> = sqlx::query_scalar(sql::KNOWN_PUBLIC_KEY)
+                .bind(user)
+                .bind(&key.fingerprint[..])
+                .fetch_optional(&mut *tx)
+                .await?;
             if retired.is_some() {
                 return Err(retired_key());
             }
             let seq = current.map_or(1, |(s, _)| s + 1);
-            let inserted = sqlx::query(
-                "INSERT INTO public_keys (user_id, seq, spki_der, fingerprint, posted_at) VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(user)
-            .bind(seq)
-            .bind(&key.spki_der)
-            .bind(&key.fingerprint[..])
-            .bind(now)
-            .execute(&mut *tx)
-            .await;
+            let inserted = sqlx::query(sql::INSERT_PUBLIC_KEY)
+                .bind(user)
+                .bind(seq)
+                .bind(&key.spki_der)
+                .bind(&key.fingerprint[..])
+                .bind(now)
+                .execute(&mut *tx)
+                .await;
             match inserted {
                 Ok(_) => {
                     tx.commit().await?;
@@ -72,14 +66,11 @@ impl KeyStore for PgStore {
     ) -> Result<Paged<StoredKey>> {
         let user = user.get();
         let mut conn = self.conn().await?;
-        let rows = sqlx::query_as::<_, KeyRow>(
-            "SELECT spki_der, fingerprint, posted_at FROM public_keys WHERE user_id = $1 \
-             ORDER BY seq DESC LIMIT $2",
-        )
-        .bind(user)
-        .bind(limit as i64 + 1)
-        .fetch(&mut *conn)
-        .map(|row| -> Result<StoredKey> { Ok(StoredKey::from(row?)) });
+        let rows = sqlx::query_as::<_, KeyRow>(sql::FETCH_PUBLIC_KEYS)
+            .bind(user)
+            .bind(limit as i64 + 1)
+            .fetch(&mut *conn)
+            .map(|row| -> Result<StoredKey> { Ok(StoredKey::from(row?)) });
         page::collect(rows, limit, budget).await
     }
 
@@ -132,11 +123,10 @@ impl KeyStore for PgStore {
         match stored {
             Some(v) => Ok(v as u64),
             None => {
-                let current: Option<i64> =
-                    sqlx::query_scalar("SELECT version FROM private_keys WHERE user_id = $1")
-                        .bind(user)
-                        .fetch_optional(&mut *self.conn().await?)
-                        .await?;
+                let current: Option<i64> = sqlx::query_scalar(sql::PRIVATE_KEY_VERSION)
+                    .bind(user)
+                    .fetch_optional(&mut *self.conn().await?)
+                    .await?;
                 Err(version_mismatch(
                     expected.unwrap_or(0),
                     current.map(|v| v as u64),
@@ -147,11 +137,10 @@ impl KeyStore for PgStore {
 
     async fn fetch_private_key(&self, user: UserId) -> Result<Option<(Vec<u8>, u64)>> {
         let user = user.get();
-        let row: Option<(Vec<u8>, i64)> =
-            sqlx::query_as("SELECT blob, version FROM private_keys WHERE user_id = $1")
-                .bind(user)
-                .fetch_optional(&mut *self.conn().await?)
-                .await?;
+        let row: Option<(Vec<u8>, i64)> = sqlx::query_as(sql::FETCH_PRIVATE_KEY)
+            .bind(user)
+            .fetch_optional(&mut *self.conn().await?)
+            .await?;
         Ok(row.map(|(b, v)| (b, v as u64)))
     }
 }

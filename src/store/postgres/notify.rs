@@ -2,7 +2,7 @@
 //!
 //! Writers send at most a few notifications per transaction (one per group-commit batch,
 //! never one per event: a NOTIFY serialises commits). A payload names the sending replica
-//! and a list of changes; it carries no event data. `replica.rs` listens and decodes.
+//! and a list of changes; it carries no event data. `replica/` listens and decodes.
 
 use uuid::Uuid;
 

@@ -122,14 +122,11 @@ impl EventStore for SqliteStore {
     async fn stream_access(&self, user: UserId, stream: StreamId) -> Result<StreamAccess> {
         let user = user.get();
         let stream = stream.get();
-        let row: Option<(i64, i64)> = sqlx::query_as(
-            "SELECT s.head_event_id, s.member_epoch FROM streams s \
-             JOIN members m ON m.pair_id = s.pair_id AND m.user_id = ? WHERE s.stream_id = ?",
-        )
-        .bind(user)
-        .bind(stream)
-        .fetch_optional(&self.readers)
-        .await?;
+        let row: Option<(i64, i64)> = sqlx::query_as(sql::STREAM_ACCESS)
+            .bind(user)
+            .bind(stream)
+            .fetch_optional(&self.readers)
+            .await?;
         let (head_event_id, member_epoch) = row.ok_or_else(stream_denied)?;
         Ok(StreamAccess {
             head_event_id,
@@ -149,14 +146,11 @@ impl EventStore for SqliteStore {
         let stream = stream.get();
         // One read transaction: the access check, the head and the page see one snapshot.
         let mut tx = self.readers.begin().await?;
-        let head: Option<(i64, i64)> = sqlx::query_as(
-            "SELECT s.head_event_id, s.member_epoch FROM streams s \
-             JOIN members m ON m.pair_id = s.pair_id AND m.user_id = ? WHERE s.stream_id = ?",
-        )
-        .bind(user)
-        .bind(stream)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let head: Option<(i64, i64)> = sqlx::query_as(sql::STREAM_ACCESS)
+            .bind(user)
+            .bind(stream)
+            .fetch_optional(&mut *tx)
+            .await?;
         let (head_event_id, member_epoch) = head.ok_or_else(stream_denied)?;
         // Rows come nearest the cursor first (descending for a backward page).
         let (sql, bound) = match page {

@@ -15,37 +15,32 @@ impl KeyStore for SqliteStore {
     ) -> Result<PostKeyOutcome> {
         let user = user.get();
         let mut tx = self.writer.begin().await?;
-        let current: Option<(i64, Vec<u8>)> = sqlx::query_as(
-            "SELECT seq, fingerprint FROM public_keys WHERE user_id = ? ORDER BY seq DESC LIMIT 1",
-        )
-        .bind(user)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let current: Option<(i64, Vec<u8>)> = sqlx::query_as(sql::CURRENT_PUBLIC_KEY)
+            .bind(user)
+            .fetch_optional(&mut *tx)
+            .await?;
         if let Some((_, fp)) = &current
             && fp[..] == key.fingerprint[..]
         {
             return Ok(PostKeyOutcome::Unchanged);
         }
-        let retired: Option<i64> =
-            sqlx::query_scalar("SELECT seq FROM public_keys WHERE user_id = ? AND fingerprint = ?")
-                .bind(user)
-                .bind(&key.fingerprint[..])
-                .fetch_optional(&mut *tx)
-                .await?;
+        let retired: Option<i64> = sqlx::query_scalar(sql::KNOWN_PUBLIC_KEY)
+            .bind(user)
+            .bind(&key.fingerprint[..])
+            .fetch_optional(&mut *tx)
+            .await?;
         if retired.is_some() {
             return Err(retired_key());
         }
         let seq = current.map_or(1, |(s, _)| s + 1);
-        sqlx::query(
-            "INSERT INTO public_keys (user_id, seq, spki_der, fingerprint, posted_at) VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(user)
-        .bind(seq)
-        .bind(&key.spki_der)
-        .bind(&key.fingerprint[..])
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(sql::INSERT_PUBLIC_KEY)
+            .bind(user)
+            .bind(seq)
+            .bind(&key.spki_der)
+            .bind(&key.fingerprint[..])
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(PostKeyOutcome::Changed)
     }
@@ -57,14 +52,11 @@ impl KeyStore for SqliteStore {
         budget: Budget<StoredKey>,
     ) -> Result<Paged<StoredKey>> {
         let user = user.get();
-        let rows = sqlx::query_as::<_, KeyRow>(
-            "SELECT spki_der, fingerprint, posted_at FROM public_keys WHERE user_id = ? \
-             ORDER BY seq DESC LIMIT ?",
-        )
-        .bind(user)
-        .bind(limit as i64 + 1)
-        .fetch(&self.readers)
-        .map(|row| -> Result<StoredKey> { Ok(StoredKey::from(row?)) });
+        let rows = sqlx::query_as::<_, KeyRow>(sql::FETCH_PUBLIC_KEYS)
+            .bind(user)
+            .bind(limit as i64 + 1)
+            .fetch(&self.readers)
+            .map(|row| -> Result<StoredKey> { Ok(StoredKey::from(row?)) });
         page::collect(rows, limit, budget).await
     }
 
@@ -77,11 +69,10 @@ impl KeyStore for SqliteStore {
     ) -> Result<u64> {
         let user = user.get();
         let mut tx = self.writer.begin().await?;
-        let current: Option<i64> =
-            sqlx::query_scalar("SELECT version FROM private_keys WHERE user_id = ?")
-                .bind(user)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let current: Option<i64> = sqlx::query_scalar(sql::PRIVATE_KEY_VERSION)
+            .bind(user)
+            .fetch_optional(&mut *tx)
+            .await?;
         if let Some(expected) = expected
             && current.unwrap_or(0) as u64 != expected
         {
@@ -104,11 +95,10 @@ impl KeyStore for SqliteStore {
 
     async fn fetch_private_key(&self, user: UserId) -> Result<Option<(Vec<u8>, u64)>> {
         let user = user.get();
-        let row: Option<(Vec<u8>, i64)> =
-            sqlx::query_as("SELECT blob, version FROM private_keys WHERE user_id = ?")
-                .bind(user)
-                .fetch_optional(&self.readers)
-                .await?;
+        let row: Option<(Vec<u8>, i64)> = sqlx::query_as(sql::FETCH_PRIVATE_KEY)
+            .bind(user)
+            .fetch_optional(&self.readers)
+            .await?;
         Ok(row.map(|(b, v)| (b, v as u64)))
     }
 }

@@ -11,8 +11,11 @@ fn parse_members(list: &str) -> Result<Vec<i64>> {
     list.split(',')
         .filter(|m| !m.is_empty())
         .map(|m| {
-            m.parse().map_err(|_| {
-                Error::Internal(format!("member id {m:?} in the database is not a number"))
+            m.parse().map_err(|e| {
+                Error::internal(
+                    &format!("member id {m:?} in the database is not a number"),
+                    &e,
+                )
             })
         })
         .collect()
@@ -70,11 +73,10 @@ impl RoomStore for SqliteStore {
         let (ids, _) = pair_of_member(&mut tx, from, pair)
             .await?
             .ok_or_else(pair_denied)?;
-        let has_key: Option<i64> =
-            sqlx::query_scalar("SELECT 1 FROM public_keys WHERE user_id = ? LIMIT 1")
-                .bind(to)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let has_key: Option<i64> = sqlx::query_scalar(sql::HAS_PUBLIC_KEY)
+            .bind(to)
+            .fetch_optional(&mut *tx)
+            .await?;
         if has_key.is_none() {
             return Err(no_public_key(to));
         }
@@ -91,16 +93,12 @@ impl RoomStore for SqliteStore {
             }
         }
         if caps.pending_per_sender > 0 && from != to {
-            let pending: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM (SELECT 1 FROM invites i \
-                 JOIN members m ON m.pair_id = i.pair_id AND m.user_id = i.to_user \
-                 WHERE i.to_user = ? AND i.from_user = ? LIMIT ?)",
-            )
-            .bind(to)
-            .bind(from)
-            .bind(caps.pending_scan_limit())
-            .fetch_one(&mut *tx)
-            .await?;
+            let pending: i64 = sqlx::query_scalar(sql::PENDING_INVITES)
+                .bind(to)
+                .bind(from)
+                .bind(caps.pending_scan_limit())
+                .fetch_one(&mut *tx)
+                .await?;
             caps.check_pending(from, to, pending)?;
         }
         let invite_id: i64 = sqlx::query_scalar(
@@ -133,7 +131,6 @@ impl RoomStore for SqliteStore {
         tx.commit().await?;
         Ok(InviteRecord {
             invite_id,
-            to_user: to,
             pair: ids,
             from_user: from,
             body: body.to_vec(),
@@ -149,28 +146,21 @@ impl RoomStore for SqliteStore {
         budget: Budget<InviteRecord>,
     ) -> Result<Paged<InviteRecord>> {
         let user = user.get();
-        let rows = sqlx::query_as::<_, InviteRow>(
-            "SELECT i.invite_id, i.pair_id, p.message_id, p.state_id, i.from_user, i.body, i.sent_at \
-             FROM invites i JOIN channel_pairs p ON p.pair_id = i.pair_id \
-             WHERE i.to_user = ? AND i.invite_id > ? ORDER BY i.invite_id LIMIT ?",
-        )
-        .bind(user)
-        .bind(after)
-        .bind(limit as i64 + 1)
-        .fetch(&self.readers)
-        .map(move |row| -> Result<InviteRecord> {
-            Ok(InviteRecord::from_row(user, row?))
-        });
+        let rows = sqlx::query_as::<_, InviteRow>(sql::FETCH_INVITES)
+            .bind(user)
+            .bind(after)
+            .bind(limit as i64 + 1)
+            .fetch(&self.readers)
+            .map(move |row| -> Result<InviteRecord> { Ok(InviteRecord::from_row(row?)) });
         page::collect(rows, limit, budget).await
     }
 
     async fn last_invite_id(&self, user: UserId) -> Result<i64> {
         let user = user.get();
-        let id: Option<i64> =
-            sqlx::query_scalar("SELECT last_invite_id FROM inboxes WHERE user_id = ?")
-                .bind(user)
-                .fetch_optional(&self.readers)
-                .await?;
+        let id: Option<i64> = sqlx::query_scalar(sql::LAST_INVITE_ID)
+            .bind(user)
+            .fetch_optional(&self.readers)
+            .await?;
         Ok(id.unwrap_or(0))
     }
 
@@ -189,14 +179,11 @@ impl RoomStore for SqliteStore {
         let (after_created, after_pair) = match after {
             None => (i64::MIN, Uuid::nil()),
             Some(pair) => {
-                let created: Option<i64> = sqlx::query_scalar(
-                    "SELECT p.created_at FROM channel_pairs p \
-                     JOIN members m ON m.pair_id = p.pair_id AND m.user_id = ? WHERE p.pair_id = ?",
-                )
-                .bind(user)
-                .bind(pair)
-                .fetch_optional(&mut *tx)
-                .await?;
+                let created: Option<i64> = sqlx::query_scalar(sql::PAIR_CREATED_FOR_MEMBER)
+                    .bind(user)
+                    .bind(pair)
+                    .fetch_optional(&mut *tx)
+                    .await?;
                 (created.ok_or_else(cursor_denied)?, pair)
             }
         };
@@ -256,12 +243,11 @@ impl RoomStore for SqliteStore {
             .await?
             .ok_or_else(pair_denied)?;
         check_removal(owner, current_owner, user)?;
-        let target: Option<i64> =
-            sqlx::query_scalar("SELECT 1 FROM members WHERE pair_id = ? AND user_id = ?")
-                .bind(pair)
-                .bind(user)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let target: Option<i64> = sqlx::query_scalar(sql::IS_MEMBER)
+            .bind(pair)
+            .bind(user)
+            .fetch_optional(&mut *tx)
+            .await?;
         if target.is_none() {
             return Err(not_a_member(user));
         }

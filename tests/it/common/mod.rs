@@ -60,8 +60,23 @@ impl Backend {
     }
 }
 
+/// Logs of the in-process servers on stderr when `TEST_LOG` is set (a filter in
+/// `RUST_LOG` syntax: `TEST_LOG=debug`, `TEST_LOG=secretd=trace`); cargo shows them for
+/// failing tests, or for all with `-- --nocapture`.
+pub fn init_test_log() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if let Ok(filter) = std::env::var("TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}
+
 /// Runs each listed `async fn name(backend: Backend)` as `sqlite::name` and
-/// `postgres::name`.
+/// `postgres::name` (compiled as ignored when `DATABASE_URL` was unset at build time).
 #[macro_export]
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
@@ -69,6 +84,7 @@ macro_rules! both_backends {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $name() {
+                    $crate::common::init_test_log();
                     super::$name($crate::common::Backend::Sqlite).await
                 }
             )*
@@ -76,7 +92,9 @@ macro_rules! both_backends {
         mod postgres {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                #[cfg_attr(secretd_no_database_url, ignore = "skipped: DATABASE_URL is not set")]
                 async fn $name() {
+                    $crate::common::init_test_log();
                     if let Some(b) = $crate::common::Backend::postgres() {
                         super::$name(b).await
                     }
@@ -136,6 +154,7 @@ impl TestServer {
     }
 
     async fn launch(backend: Backend, settings: Settings, dir: TempDir) -> TestServer {
+        init_test_log();
         let listener = tokio::net::TcpListener::bind(&settings.listen)
             .await
             .expect("bind");

@@ -1,0 +1,316 @@
+//! Store contract tests: the [`Store`] trait called directly on both backends, one test
+//! per shared method (the SQL of `sql.rs`), each asserting the same answers on SQLite and
+//! on Postgres. Postgres runs when `DATABASE_URL` is set (users are random, so runs
+//! share the database).
+
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use super::*;
+use crate::error::Error;
+use crate::keycheck::{CanonicalKey, canonicalize};
+
+/// A store on a fresh SQLite file (kept alive by the returned directory).
+async fn sqlite() -> (DynStore, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("contract.db").display());
+    (open(&url, 2, Uuid::new_v4()).await.unwrap(), dir)
+}
+
+/// A store on the Postgres of `DATABASE_URL`, or None when it is not set.
+async fn postgres() -> Option<DynStore> {
+    let url = std::env::var("DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())?;
+    Some(open(&url, 2, Uuid::new_v4()).await.unwrap())
+}
+
+/// A user id no other test run uses.
+fn user() -> UserId {
+    static NEXT: AtomicI64 = AtomicI64::new(0);
+    let base = i64::from(rand::random::<u32>()) * 1_000_000;
+    UserId::trusted(3_000_000_000_000 + base + NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+fn key(fixture: &str) -> CanonicalKey {
+    let path = format!("{}/tests/fixtures/{fixture}", env!("CARGO_MANIFEST_DIR"));
+    canonicalize(&std::fs::read(path).unwrap()).unwrap()
+}
+
+fn pair_id(ids: &PairIds) -> PairId {
+    PairId::parse("pair_id", &ids.pair_id.hyphenated().to_string()).unwrap()
+}
+
+fn unlimited<T>() -> Budget<T> {
+    Budget::new(usize::MAX, |_| 1)
+}
+
+fn code<T: std::fmt::Debug>(r: Result<T>) -> tonic::Code {
+    r.map(|v| panic!("expected an error, got {v:?}"))
+        .unwrap_err()
+        .code()
+}
+
+/// Runs `$name(store)` as `sqlite::$name` and `postgres::$name`.
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let (store, _dir) = super::sqlite().await;
+                    super::$name(&store).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                #[cfg_attr(secretd_no_database_url, ignore = "skipped: DATABASE_URL is not set")]
+                async fn $name() {
+                    if let Some(store) = super::postgres().await {
+                        super::$name(&store).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+on_both!(
+    public_keys,
+    private_keys,
+    invites,
+    pairs_and_membership,
+    stream_access
+);
+
+/// post_public_key, fetch_public_keys (newest first, limit, has_more), a retired key.
+async fn public_keys(store: &DynStore) {
+    let u = user();
+    assert!(
+        store
+            .fetch_public_keys(u, 10, unlimited())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    let (a, b) = (key("rsa4096_1.pub.pem"), key("rsa4096_2.pub.pem"));
+    let changed = store.post_public_key(u, &a, 1).await.unwrap();
+    assert_eq!(changed, PostKeyOutcome::Changed);
+    assert_eq!(
+        store.post_public_key(u, &a, 2).await.unwrap(),
+        PostKeyOutcome::Unchanged
+    );
+    store.post_public_key(u, &b, 3).await.unwrap();
+    let page = store.fetch_public_keys(u, 10, unlimited()).await.unwrap();
+    let fingerprints: Vec<_> = page.items.iter().map(|k| k.fingerprint.clone()).collect();
+    assert_eq!(
+        fingerprints,
+        [b.fingerprint.to_vec(), a.fingerprint.to_vec()]
+    );
+    assert_eq!(page.items[0].posted_at, 3);
+    assert_eq!(page.items[0].spki_der, b.spki_der);
+    assert!(!page.has_more);
+    let first = store.fetch_public_keys(u, 1, unlimited()).await.unwrap();
+    assert_eq!(first.items.len(), 1);
+    assert!(first.has_more);
+    assert_eq!(
+        code(store.post_public_key(u, &a, 4).await),
+        tonic::Code::AlreadyExists
+    );
+}
+
+/// post_private_key (compare-and-set), fetch_private_key.
+async fn private_keys(store: &DynStore) {
+    let u = user();
+    assert_eq!(store.fetch_private_key(u).await.unwrap(), None);
+    assert_eq!(
+        store.post_private_key(u, b"one", Some(0), 1).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        code(store.post_private_key(u, b"two", Some(0), 2).await),
+        tonic::Code::Aborted
+    );
+    assert_eq!(
+        store.post_private_key(u, b"two", Some(1), 2).await.unwrap(),
+        2
+    );
+    assert_eq!(
+        store.post_private_key(u, b"three", None, 3).await.unwrap(),
+        3
+    );
+    assert_eq!(
+        store.fetch_private_key(u).await.unwrap(),
+        Some((b"three".to_vec(), 3))
+    );
+}
+
+/// send_invite (key needed, caps), fetch_invites (cursor, limit), last_invite_id.
+async fn invites(store: &DynStore) {
+    let (owner, invitee, stranger) = (user(), user(), user());
+    let ids = PairIds::generate();
+    let pair = pair_id(&ids);
+    store.create_pair(owner, &ids, 1).await.unwrap();
+    let caps = InviteCaps::default();
+    assert_eq!(
+        code(store.send_invite(owner, pair, invitee, b"x", 2, caps).await),
+        tonic::Code::FailedPrecondition,
+        "an invitee without a key"
+    );
+    store
+        .post_public_key(invitee, &key("rsa4096_3.pub.pem"), 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        code(
+            store
+                .send_invite(stranger, pair, invitee, b"x", 2, caps)
+                .await
+        ),
+        tonic::Code::PermissionDenied,
+        "an inviter who is not a member"
+    );
+    assert_eq!(store.last_invite_id(invitee).await.unwrap(), 0);
+    for n in 1..=3u8 {
+        let sent = store
+            .send_invite(owner, pair, invitee, &[n], i64::from(n), caps)
+            .await
+            .unwrap();
+        assert_eq!(sent.invite_id, i64::from(n));
+        assert_eq!(sent.pair, ids);
+    }
+    let capped = InviteCaps {
+        pending_per_sender: 3,
+        members_per_pair: 0,
+    };
+    assert_eq!(
+        code(
+            store
+                .send_invite(owner, pair, invitee, b"x", 4, capped)
+                .await
+        ),
+        tonic::Code::ResourceExhausted
+    );
+    assert_eq!(store.last_invite_id(invitee).await.unwrap(), 3);
+    let page = store
+        .fetch_invites(invitee, 1, 1, unlimited())
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 1);
+    assert!(page.has_more);
+    let i = &page.items[0];
+    assert_eq!((i.invite_id, i.from_user, i.sent_at), (2, owner.get(), 2));
+    assert_eq!((i.pair, i.body.as_slice()), (ids, &[2u8][..]));
+    let rest = store
+        .fetch_invites(invitee, 2, 10, unlimited())
+        .await
+        .unwrap();
+    assert_eq!(rest.items.len(), 1);
+    assert!(!rest.has_more);
+}
+
+/// list_pairs (cursor), leave_pair, remove_member: who may, and what they get.
+async fn pairs_and_membership(store: &DynStore) {
+    let (owner, member, other) = (user(), user(), user());
+    let first = PairIds::generate();
+    let second = PairIds::generate();
+    store.create_pair(owner, &first, 1).await.unwrap();
+    store.create_pair(owner, &second, 2).await.unwrap();
+    store
+        .post_public_key(member, &key("rsa4096_1.pub.pem"), 2)
+        .await
+        .unwrap();
+    let (p1, p2) = (pair_id(&first), pair_id(&second));
+    for p in [p1, p2] {
+        store
+            .send_invite(owner, p, member, b"x", 3, InviteCaps::default())
+            .await
+            .unwrap();
+    }
+    let all = store
+        .list_pairs(owner, None, 10, unlimited())
+        .await
+        .unwrap();
+    let listed: Vec<_> = all.items.iter().map(|p| p.ids).collect();
+    assert_eq!(listed, [first, second]);
+    let mut members = vec![owner.get(), member.get()];
+    members.sort();
+    assert_eq!(all.items[0].members, members);
+    assert_eq!(all.items[0].owner, owner.get());
+    let after = store
+        .list_pairs(owner, Some(p1), 10, unlimited())
+        .await
+        .unwrap();
+    assert_eq!(after.items.len(), 1);
+    assert_eq!(after.items[0].ids, second);
+    assert_eq!(
+        code(store.list_pairs(other, Some(p1), 10, unlimited()).await),
+        tonic::Code::PermissionDenied,
+        "a cursor the caller is not a member of"
+    );
+
+    // Removal: only the owner, only members, never oneself.
+    assert_eq!(
+        code(store.remove_member(member, p1, owner).await),
+        tonic::Code::PermissionDenied
+    );
+    assert_eq!(
+        code(store.remove_member(owner, p1, other).await),
+        tonic::Code::NotFound
+    );
+    assert_eq!(
+        code(store.remove_member(owner, p1, owner).await),
+        tonic::Code::InvalidArgument
+    );
+    assert_eq!(store.remove_member(owner, p1, member).await.unwrap(), first);
+    assert_eq!(
+        code(store.leave_pair(member, p1).await),
+        tonic::Code::PermissionDenied
+    );
+
+    // Leaving: the owner's pair passes to the remaining member.
+    assert_eq!(store.leave_pair(owner, p2).await.unwrap(), second);
+    let left = store
+        .list_pairs(member, None, 10, unlimited())
+        .await
+        .unwrap();
+    assert_eq!(left.items.len(), 1);
+    assert_eq!(left.items[0].owner, member.get());
+    assert_eq!(left.items[0].members, [member.get()]);
+}
+
+/// stream_access: members see the head and epoch; others, and unknown streams, are
+/// refused alike.
+async fn stream_access(store: &DynStore) {
+    let (owner, other) = (user(), user());
+    let ids = PairIds::generate();
+    store.create_pair(owner, &ids, 1).await.unwrap();
+    let stream = StreamId::trusted(ids.message_id);
+    let access = store.stream_access(owner, stream).await.unwrap();
+    assert_eq!(access.head_event_id, 0);
+    let appended = store
+        .append_batch(
+            &[AppendRequest {
+                stream_id: ids.message_id,
+                sender: owner.get(),
+                counter: 1,
+                body: Bytes::from_static(b"x"),
+            }],
+            10,
+            2,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(appended[..], [Ok(Appended::New { .. })]));
+    let access = store.stream_access(owner, stream).await.unwrap();
+    assert_eq!(access.head_event_id, 1);
+    let denied: Error = store.stream_access(other, stream).await.unwrap_err();
+    let unknown = store
+        .stream_access(owner, StreamId::trusted(Uuid::new_v4()))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    assert_eq!(denied.to_string(), unknown.to_string(), "nothing leaks");
+}
