@@ -3,5 +3,7 @@
 //! other homeservers.
 //!
 //! - `key.rs`: the server key (created at first start, or from config) and its key id;
+//! - `token.rs`: minting and verifying "s2s" and "fed-user" EdDSA JWTs against pinned keys;
 
 pub mod key;
+pub mod token;
