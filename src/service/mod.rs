@@ -4,7 +4,7 @@
 //! `streaming/` (StreamMessagePosting). `router.rs` routes StreamMessagePosting to its
 //! pre-encoded-frame handler and everything else to the generated server.
 
-mod keys;
+pub(crate) mod keys;
 mod messages;
 mod paging;
 mod rooms;
@@ -36,6 +36,8 @@ pub struct AppState {
     pub limits: Arc<RateLimits>,
     /// Configuration.
     pub settings: Arc<Settings>,
+    /// Federation (server key, peers, key cache); `None` when `federation.enabled` is off.
+    pub federation: Option<Arc<crate::federation::Federation>>,
 }
 
 /// The tonic service (unary RPCs; StreamMessagePosting is served by [`router`]).
