@@ -27,6 +27,7 @@ mod auth;
 mod cli;
 mod data_dir;
 mod faults;
+mod federation;
 mod fuzz_seeds;
 mod invites;
 mod jwt_claims;
