@@ -10,7 +10,8 @@ use std::{env, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
-    // sqlx::migrate! embeds the SQL files at compile time.
+    // store/migrations.rs embeds the SQL files with include_str! (rustc tracks those);
+    // this makes a new file in migrations/ rebuild too.
     println!("cargo:rerun-if-changed=migrations");
     // The Postgres tests are compiled as ignored when DATABASE_URL is unset, so a run
     // without Postgres says so in its summary ("N ignored", and the test

@@ -16,6 +16,7 @@ pub mod append;
 mod contract;
 pub mod deadline;
 mod errors;
+mod migrations;
 mod page;
 pub mod postgres;
 mod sql;

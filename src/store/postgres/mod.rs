@@ -58,9 +58,7 @@ impl PgStore {
             .await
             .map_err(|e| unreachable(&e))?
             .map_err(|e| unreachable(&e))?;
-        sqlx::migrate!("migrations/postgres")
-            .run(&mut migrator)
-            .await?;
+        super::migrations::postgres().run(&mut migrator).await?;
         migrator.close().await?;
         let ms = limit.as_millis().max(1);
         let ping_within = (limit / 4).min(Duration::from_secs(1));

@@ -50,7 +50,7 @@ impl SqliteStore {
             .acquire_timeout(limit)
             .connect_with(options.clone())
             .await?;
-        sqlx::migrate!("migrations/sqlite").run(&writer).await?;
+        super::migrations::sqlite().run(&writer).await?;
         let readers = SqlitePoolOptions::new()
             .max_connections(readers.max(1))
             .acquire_timeout(limit)
