@@ -47,9 +47,10 @@ impl ServerKey {
         let rng = ring::rand::SystemRandom::new();
         let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng)
             .map_err(|_| anyhow::anyhow!("cannot generate an Ed25519 key"))?;
-        let key = ServerKey::from_pkcs8(pkcs8.as_ref())
+        let der = pkcs8_v1(pkcs8.as_ref());
+        let key = ServerKey::from_pkcs8(&der)
             .map_err(|e| anyhow::anyhow!("a generated key does not parse: {e}"))?;
-        Ok((key, pkcs8.as_ref().to_vec()))
+        Ok((key, der))
     }
 
     /// The key in a PKCS#8 document (DER), or why it is not an Ed25519 key.
@@ -110,6 +111,29 @@ pub fn key_id(public: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// ring writes PKCS#8 v2 (RFC 5958, with the public key), which OpenSSL 3.0 cannot read;
+/// the v1 form (RFC 8410: the 32-byte seed only) is what `openssl genpkey -algorithm
+/// ed25519` writes, so operators can inspect the file with openssl. Anything not of the
+/// expected shape is kept as it is.
+fn pkcs8_v1(v2: &[u8]) -> Vec<u8> {
+    const V2_PREFIX: [u8; 16] = [
+        0x30, 0x51, 0x02, 0x01, 0x01, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+    const V1_PREFIX: [u8; 16] = [
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+    match v2.get(..48) {
+        Some(head) if head.starts_with(&V2_PREFIX) => {
+            let mut v1 = V1_PREFIX.to_vec();
+            v1.extend_from_slice(&head[16..48]);
+            v1
+        }
+        _ => v2.to_vec(),
+    }
 }
 
 /// PKCS#8 DER as a PEM document.
@@ -258,6 +282,16 @@ mod tests {
         assert_eq!(raw.key_id(), key.key_id());
         assert_eq!(key.key_id().len(), 16);
         assert!(ServerKey::from_file_bytes(b"not a key").is_err());
+    }
+
+    #[test]
+    fn generated_keys_are_pkcs8_v1_as_openssl_writes_them() {
+        let (key, der) = ServerKey::generate().unwrap();
+        // SEQUENCE of 46 bytes, version 0, id-Ed25519, the 32-byte seed.
+        assert_eq!(der.len(), 48);
+        assert_eq!(&der[..5], &[0x30, 0x2e, 0x02, 0x01, 0x00]);
+        let again = ServerKey::from_pkcs8(&der).unwrap();
+        assert_eq!(again.public_key(), key.public_key());
     }
 
     #[test]
