@@ -19,6 +19,7 @@ pub mod telemetry;
 pub mod time;
 
 pub(crate) mod commit;
+pub(crate) mod cors;
 pub(crate) mod domain;
 pub(crate) mod error;
 pub(crate) mod hub;

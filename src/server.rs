@@ -10,7 +10,6 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tonic::service::interceptor::InterceptedService;
-use tower_http::cors::{AllowOrigin, CorsLayer};
 use uuid::Uuid;
 
 use crate::auth::{AuthInterceptor, Verifier};
@@ -199,7 +198,9 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let cors = cors_layer(&settings.cors_allowed_origins)?;
+    let cors = crate::cors::CorsLayer::new(crate::cors::Policy::from_origins(
+        &settings.cors_allowed_origins,
+    )?);
     let router = tonic::transport::Server::builder()
         .accept_http1(true)
         .http2_keepalive_interval(Some(Duration::from_secs(
@@ -243,31 +244,4 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
         hub,
         grace: Duration::from_secs(settings.shutdown_grace_secs),
     })
-}
-
-fn cors_layer(origins: &[String]) -> anyhow::Result<CorsLayer> {
-    let allow = if origins.iter().any(|o| o == "*") {
-        AllowOrigin::any()
-    } else {
-        let list = origins
-            .iter()
-            .map(|o| {
-                o.parse()
-                    .map_err(|e| anyhow::anyhow!("cors origin {o:?}: {e}"))
-            })
-            .collect::<anyhow::Result<Vec<http::HeaderValue>>>()?;
-        AllowOrigin::list(list)
-    };
-    Ok(CorsLayer::new()
-        .allow_origin(allow)
-        .allow_headers(tower_http::cors::Any)
-        .allow_methods([http::Method::POST, http::Method::OPTIONS])
-        .expose_headers([
-            http::HeaderName::from_static("grpc-status"),
-            http::HeaderName::from_static("grpc-message"),
-            http::HeaderName::from_static("grpc-status-details-bin"),
-            http::HeaderName::from_static(crate::error::HEAD_COUNTER_KEY),
-            http::HeaderName::from_static(crate::error::HEAD_EVENT_ID_KEY),
-            http::HeaderName::from_static(crate::error::RETRY_AFTER_KEY),
-        ]))
 }

@@ -48,7 +48,7 @@ pub fn install_exporter(addr: SocketAddr) -> anyhow::Result<()> {
     );
     metrics::describe_gauge!(
         "secretd_stream_connections",
-        "Open StreamMessagePosting calls"
+        "Open StreamMessagePosting and Subscribe calls"
     );
     metrics::describe_gauge!("secretd_subscriptions", "Live stream subscriptions");
     metrics::describe_gauge!(

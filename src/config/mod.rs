@@ -87,9 +87,10 @@ pub struct Settings {
     pub log_level: String,
     /// Largest accepted jump of a stream's ratchet counter in one post. Default 1024.
     pub max_counter_gap: u64,
-    /// Subscriptions one StreamMessagePosting call may hold. Default 1000.
+    /// Subscriptions one StreamMessagePosting or Subscribe call may hold. Default 1000.
     pub max_subscriptions_per_connection: usize,
-    /// Open StreamMessagePosting calls one user may hold on one replica. Default 32.
+    /// Open StreamMessagePosting and Subscribe calls (together) one user may hold on one
+    /// replica. Default 32.
     pub max_connections_per_user: usize,
     /// Stream ids one ManageStream message may name (`subscribe_to`, `unsubscribe_to` and
     /// `resume_from` together). A message naming more ends the call with
@@ -123,7 +124,8 @@ pub struct Settings {
     pub keepalive_interval_secs: u64,
     /// Seconds to wait for a keepalive ping's answer before closing. Default 10.
     pub keepalive_timeout_secs: u64,
-    /// Origins allowed to call through gRPC-Web (CORS). `*` (the default) allows any:
+    /// Origins allowed to call through gRPC-Web (CORS), as browsers send them
+    /// (`https://chat.example`, `http://127.0.0.1:8080`). `*` (the default) allows any:
     /// tokens travel in a header, not a cookie, so no ambient authority is exposed.
     pub cors_allowed_origins: Vec<String>,
     /// Events per stream kept in memory for live fan-out. Default 256.
@@ -172,8 +174,9 @@ pub struct Settings {
     pub rate_reads_per_sec: f64,
     /// History-read burst. Default 2000.
     pub rate_reads_burst: u32,
-    /// Subscription attempts per user per second: opening a StreamMessagePosting call, and
-    /// each stream named in `subscribe_to` or `resume_from` (0 = off). Default 400.
+    /// Subscription attempts per user per second: opening a StreamMessagePosting or
+    /// Subscribe call, and each stream named in `subscribe_to` or `resume_from` (0 = off).
+    /// Default 400.
     pub rate_subscriptions_per_sec: f64,
     /// Subscription-attempt burst. Default 4000 (a client reconnecting and resuming 1,000
     /// streams uses a quarter of it).
@@ -406,6 +409,9 @@ impl Settings {
             && let Err(short) = check_secret("jwt_secret", self.jwt_secret.expose())
         {
             return bad(short.0);
+        }
+        if let Err(e) = crate::cors::Policy::from_origins(&self.cors_allowed_origins) {
+            return bad(e.to_string());
         }
         Ok(())
     }

@@ -43,8 +43,8 @@ pub enum RateClass {
     Posts,
     /// FetchMessages, FetchInvites, ListChannelPairs, FetchKey, FetchPrivateKey, Federate.
     Reads,
-    /// Opening a StreamMessagePosting call, and each stream named in its `subscribe_to`
-    /// or `resume_from`.
+    /// Opening a StreamMessagePosting or Subscribe call, and each stream named in its
+    /// `subscribe_to` or `resume_from`.
     Subscriptions,
 }
 
@@ -72,7 +72,7 @@ impl RateClass {
             "PostMessage" => RateClass::Posts,
             "FetchMessages" | "FetchInvites" | "ListChannelPairs" | "FetchKey"
             | "FetchPrivateKey" | "Federate" => RateClass::Reads,
-            "StreamMessagePosting" => RateClass::Subscriptions,
+            "StreamMessagePosting" | "Subscribe" => RateClass::Subscriptions,
             _ => return None,
         })
     }
@@ -104,8 +104,8 @@ impl RateClass {
                  FetchPrivateKey together)"
             }
             RateClass::Subscriptions => {
-                "subscription attempts (StreamMessagePosting calls opened and streams named in \
-                 subscribe_to or resume_from)"
+                "subscription attempts (StreamMessagePosting and Subscribe calls opened and \
+                 streams named in subscribe_to or resume_from)"
             }
         }
     }

@@ -1,8 +1,8 @@
 //! The `SecretService` implementation, one file per RPC group:
 //! `keys.rs` (PostKey, FetchKey, PostPrivateKey, FetchPrivateKey), `rooms.rs` (channel
 //! pairs, membership, invites), `messages.rs` (PostMessage, FetchMessages) and
-//! `streaming/` (StreamMessagePosting). `router.rs` routes StreamMessagePosting to its
-//! pre-encoded-frame handler and everything else to the generated server.
+//! `streaming/` (StreamMessagePosting and Subscribe). `router.rs` routes those two to their
+//! pre-encoded-frame handlers and everything else to the generated server.
 
 pub(crate) mod keys;
 mod messages;
@@ -232,5 +232,15 @@ impl SecretService for SecretApi {
         Err(Status::internal(
             "StreamMessagePosting is served by the router",
         ))
+    }
+
+    type SubscribeStream = tokio_stream::Empty<Result<proto::StreamMessagePostingResponse, Status>>;
+
+    /// Never reached: [`router::SecretRouter`] serves this path with pre-encoded frames.
+    async fn subscribe(
+        &self,
+        _req: Request<proto::SubscribeRequest>,
+    ) -> StatusResult<Self::SubscribeStream> {
+        Err(Status::internal("Subscribe is served by the router"))
     }
 }

@@ -1,6 +1,6 @@
-//! Routes `/protocol.secret.v1.SecretService/*`: StreamMessagePosting goes to the
-//! streaming handler, which sends frames encoded once per event ([`PreEncoded`]); every
-//! other method goes to the tonic-generated server.
+//! Routes `/protocol.secret.v1.SecretService/*`: StreamMessagePosting and Subscribe go to
+//! the streaming handlers, which send frames encoded once per event ([`PreEncoded`]);
+//! every other method goes to the tonic-generated server.
 //!
 //! Before either, in this order: the caller's rate limit for the method's class (refused
 //! before the request is even decoded), the caller's unary calls in progress
@@ -25,10 +25,12 @@ use crate::auth::Caller;
 use crate::limits::in_flight::{self, InFlight, Slot};
 use crate::limits::{RateClass, request_size};
 use crate::proto::secret_service_server::{SERVICE_NAME, SecretServiceServer};
-use crate::proto::{ManageStream, PreEncoded};
+use crate::proto::{ManageStream, PreEncoded, SubscribeRequest};
 
 /// Path of the bidirectional streaming method.
 pub const STREAM_PATH: &str = "/protocol.secret.v1.SecretService/StreamMessagePosting";
+/// Path of the server-streaming subscription method.
+pub const SUBSCRIBE_PATH: &str = "/protocol.secret.v1.SecretService/Subscribe";
 
 /// The routing service for the whole `SecretService`.
 #[derive(Clone)]
@@ -62,7 +64,8 @@ impl SecretRouter {
             None => Ok(()),
         }
         .and_then(|()| match method {
-            "StreamMessagePosting" => Ok(None), // max_connections_per_user caps these
+            // max_connections_per_user caps these
+            "StreamMessagePosting" | "Subscribe" => Ok(None),
             _ => self.in_flight.enter(user),
         });
         admitted.map_err(|refused| {
@@ -106,6 +109,15 @@ impl Service<http::Request<Body>> for SecretRouter {
                 let response = grpc.streaming(handler, req).await;
                 Ok(response.map(|body| Body::new(request_size::Trailing::new(body, tripped))))
             })
+        } else if req.uri().path() == SUBSCRIBE_PATH {
+            let handler = streaming::subscribe::Handler::new(self.state.clone());
+            Box::pin(async move {
+                let codec = tonic_prost::ProstCodec::<PreEncoded, SubscribeRequest>::default();
+                let mut grpc = tonic::server::Grpc::new(codec)
+                    .apply_max_message_size_config(Some(limit), None);
+                let response = grpc.server_streaming(handler, req).await;
+                Ok(response.map(|body| Body::new(request_size::Trailing::new(body, tripped))))
+            })
         } else {
             let deadline = Duration::from_millis(self.state.settings.unary_timeout_ms);
             let call = self.generated.call(req);
@@ -140,7 +152,7 @@ fn past_deadline(deadline: Duration) -> Status {
 /// The method name of a SecretService path (`/protocol.secret.v1.SecretService/PostKey` →
 /// `PostKey`), as a static string for metrics; "unknown" for anything else.
 fn method_name(path: &str) -> &'static str {
-    const METHODS: [&str; 14] = [
+    const METHODS: [&str; 15] = [
         "PostKey",
         "FetchKey",
         "PostPrivateKey",
@@ -155,6 +167,7 @@ fn method_name(path: &str) -> &'static str {
         "FetchMessages",
         "StreamMessagePosting",
         "Federate",
+        "Subscribe",
     ];
     let name = path.rsplit('/').next().unwrap_or_default();
     METHODS

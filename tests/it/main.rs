@@ -25,6 +25,7 @@ fn postgres_half_skipped_set_DATABASE_URL() {
 
 mod auth;
 mod cli;
+mod cors;
 mod data_dir;
 mod faults;
 mod federation;
@@ -42,4 +43,5 @@ mod replicas;
 mod rooms;
 mod status_text;
 mod streaming;
+mod subscribe;
 mod subscriptions;

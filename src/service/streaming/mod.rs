@@ -1,5 +1,6 @@
 //! StreamMessagePosting: one bidirectional call carrying any number of subscriptions and
-//! the caller's new invites.
+//! the caller's new invites; Subscribe (`subscribe.rs`) is the same call for a fixed set
+//! of streams, fed by one control message instead of the request stream.
 //!
 //! A call has two halves sharing one [`Call`] (its subscriptions with their cursors and a
 //! small queue of frames ready to send):
@@ -21,6 +22,7 @@
 
 mod catchup;
 mod session;
+pub mod subscribe;
 #[cfg(test)]
 mod tests;
 
@@ -56,7 +58,8 @@ impl Handler {
     }
 }
 
-type CallFuture = Pin<Box<dyn Future<Output = Result<Response<Outbound>, Status>> + Send>>;
+pub(crate) type CallFuture =
+    Pin<Box<dyn Future<Output = Result<Response<Outbound>, Status>> + Send>>;
 
 impl tonic::server::StreamingService<ManageStream> for Handler {
     type Response = PreEncoded;
@@ -67,41 +70,76 @@ impl tonic::server::StreamingService<ManageStream> for Handler {
         let state = self.state.clone();
         Box::pin(async move {
             let caller = crate::auth::Caller::get(&req)?;
-            let user = caller.user;
-            let limit = state.settings.max_connections_per_user;
-            let guard = state.hub.register(user, limit).ok_or_else(|| {
-                crate::telemetry::rpc("StreamMessagePosting", Code::ResourceExhausted);
-                Status::resource_exhausted(format!(
-                    "you already have {limit} open StreamMessagePosting calls on this server \
-                     (max_connections_per_user); close one or retry later"
-                ))
-            })?;
-            let conn = guard.connection().clone();
-            let call = Arc::new(Call {
-                inner: Mutex::new(CallInner::default()),
-                room: Notify::new(),
-                cap: state.settings.connection_buffer.max(1),
-            });
-            let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
-            let (alive, session_gone) = tokio::sync::oneshot::channel::<()>();
-            tokio::spawn(read_inbound(
-                req.into_inner(),
-                control_tx,
-                state.settings.max_stream_ids_per_message,
-                conn.clone(),
-                session_gone,
-            ));
-            tokio::spawn(
-                session::Session::new(state, guard, call.clone(), alive, user).run(control_rx),
-            );
-            Ok(Response::new(Outbound {
-                call,
-                conn,
-                live: HashSet::new(),
-                expiry: Box::pin(tokio::time::sleep(until(caller.expires_at))),
-                done: false,
-            }))
+            let max_ids = state.settings.max_stream_ids_per_message;
+            let (outbound, control) = open(state, &caller, "StreamMessagePosting")?;
+            tokio::spawn(read_inbound(req.into_inner(), control, max_ids));
+            Ok(Response::new(outbound))
         })
+    }
+}
+
+/// Where a call's session takes its control messages from: StreamMessagePosting feeds it
+/// from the request stream ([`read_inbound`]), Subscribe with the one message its request
+/// makes and then nothing. Dropping it ends no call: a session without control messages
+/// goes on serving what it has.
+pub(crate) struct ControlSource {
+    tx: mpsc::Sender<Control>,
+    conn: Arc<Connection>,
+    /// Resolves when the session is gone.
+    session_gone: tokio::sync::oneshot::Receiver<()>,
+}
+
+/// Opens a subscription call of `caller` (`method` names it in metrics): registers it
+/// under the user's cap (`max_connections_per_user`, shared by StreamMessagePosting and
+/// Subscribe), starts its session task, and returns the response stream and the source
+/// that feeds the session.
+pub(crate) fn open(
+    state: Arc<AppState>,
+    caller: &crate::auth::Caller,
+    method: &'static str,
+) -> Result<(Outbound, ControlSource), Status> {
+    let user = caller.user;
+    let limit = state.settings.max_connections_per_user;
+    let guard = state.hub.register(user, limit).ok_or_else(|| {
+        crate::telemetry::rpc(method, Code::ResourceExhausted);
+        Status::resource_exhausted(format!(
+            "you already have {limit} open subscription calls (StreamMessagePosting and \
+             Subscribe together) on this server (max_connections_per_user); close one or \
+             retry later"
+        ))
+    })?;
+    let conn = guard.connection().clone();
+    let call = Arc::new(Call {
+        inner: Mutex::new(CallInner::default()),
+        room: Notify::new(),
+        cap: state.settings.connection_buffer.max(1),
+    });
+    let (tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
+    let (alive, session_gone) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(session::Session::new(state, guard, call.clone(), alive, user).run(control_rx));
+    let outbound = Outbound {
+        call,
+        conn: conn.clone(),
+        live: HashSet::new(),
+        expiry: Box::pin(tokio::time::sleep(until(caller.expires_at))),
+        done: false,
+    };
+    let source = ControlSource {
+        tx,
+        conn,
+        session_gone,
+    };
+    Ok((outbound, source))
+}
+
+impl ControlSource {
+    /// Hands the session one message without waiting (the queue of a new call has room),
+    /// then lets go: the session applies it and serves the call from then on.
+    pub(crate) fn send_only(self, message: ManageStream) {
+        // A full queue or a session already gone both mean the call is ending anyway.
+        if self.tx.try_send(Ok(message)).is_ok() {
+            self.conn.wake();
+        }
     }
 }
 
@@ -124,13 +162,12 @@ fn until(expires_at: u64) -> Duration {
 /// naming more than `max_ids` stream ids ends the call with INVALID_ARGUMENT (after the
 /// messages before it). Ends (dropping the request stream, so the HTTP/2 stream closes)
 /// when the session is gone.
-async fn read_inbound(
-    mut inbound: Streaming<ManageStream>,
-    control: mpsc::Sender<Control>,
-    max_ids: usize,
-    conn: Arc<Connection>,
-    mut session_gone: tokio::sync::oneshot::Receiver<()>,
-) {
+async fn read_inbound(mut inbound: Streaming<ManageStream>, source: ControlSource, max_ids: usize) {
+    let ControlSource {
+        tx: control,
+        conn,
+        mut session_gone,
+    } = source;
     loop {
         let message = tokio::select! {
             m = inbound.message() => m,

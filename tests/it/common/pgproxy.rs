@@ -32,6 +32,9 @@ struct State {
     cut: tokio::sync::watch::Sender<u64>,
     /// The next COMMIT's answer is lost and its connection dropped.
     lose_next_commit: AtomicBool,
+    /// What the proxy cuts off at the moment it loses that answer ([`UP`]: nothing), so
+    /// no query can slip through between the lost answer and the outage.
+    down_after_lost_commit: AtomicU8,
 }
 
 impl PgProxy {
@@ -62,6 +65,7 @@ impl PgProxy {
             down: AtomicU8::new(UP),
             cut: tokio::sync::watch::channel(0).0,
             lose_next_commit: AtomicBool::new(false),
+            down_after_lost_commit: AtomicU8::new(UP),
         });
         let st = state.clone();
         let task = tokio::spawn(async move {
@@ -114,6 +118,16 @@ impl PgProxy {
         self.state.lose_next_commit.store(true, Ordering::SeqCst);
     }
 
+    /// The next COMMIT's answer is lost, and in the same step queries start failing as
+    /// with [`fail_queries`](Self::fail_queries): the server cannot read anything between
+    /// the lost answer and the outage, whatever the scheduling.
+    pub fn lose_next_commit_answer_then_fail_queries(&self) {
+        self.state
+            .down_after_lost_commit
+            .store(QUERIES, Ordering::SeqCst);
+        self.lose_next_commit_answer();
+    }
+
     /// True until an armed COMMIT answer has been lost.
     pub fn commit_answer_pending(&self) -> bool {
         self.state.lose_next_commit.load(Ordering::SeqCst)
@@ -157,6 +171,10 @@ async fn pipe(mut client: TcpStream, upstream: SocketAddr, st: Arc<State>) {
         tokio::select! {
             r = cr.read(&mut cbuf) => {
                 let n = match r { Ok(0) | Err(_) => return, Ok(n) => n };
+                // A cut may not have been seen yet: never forward past it.
+                if PgProxy::refuses(&st, listener) {
+                    return;
+                }
                 let chunk = &cbuf[..n];
                 if !commit_sent
                     && contains(chunk, b"COMMIT")
@@ -173,6 +191,11 @@ async fn pipe(mut client: TcpStream, upstream: SocketAddr, st: Arc<State>) {
                 let chunk = &sbuf[..n];
                 // Postgres answers COMMIT with CommandComplete "COMMIT" once it is durable.
                 if commit_sent && contains(chunk, b"COMMIT\0") {
+                    let then = st.down_after_lost_commit.swap(UP, Ordering::SeqCst);
+                    if then != UP {
+                        st.down.store(then, Ordering::SeqCst);
+                        st.cut.send_modify(|g| *g += 1);
+                    }
                     st.lose_next_commit.store(false, Ordering::SeqCst);
                     return;
                 }

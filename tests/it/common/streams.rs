@@ -1,4 +1,5 @@
-//! Client-side helpers for StreamMessagePosting and for posting like a client.
+//! Client-side helpers for StreamMessagePosting and Subscribe, and for posting like a
+//! client.
 
 use std::time::Duration;
 
@@ -7,9 +8,10 @@ use tonic::{Code, Status};
 
 use super::{Client, post};
 
-/// One StreamMessagePosting call seen from the client.
+/// One StreamMessagePosting or Subscribe call seen from the client.
 pub struct Subscription {
-    tx: tokio::sync::mpsc::UnboundedSender<proto::ManageStream>,
+    /// The request stream of a StreamMessagePosting call (None for Subscribe).
+    tx: Option<tokio::sync::mpsc::UnboundedSender<proto::ManageStream>>,
     pub rx: tonic::Streaming<proto::StreamMessagePostingResponse>,
 }
 
@@ -24,7 +26,16 @@ impl Subscription {
             .stream_message_posting(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
             .await?
             .into_inner();
-        Ok(Subscription { tx, rx })
+        Ok(Subscription { tx: Some(tx), rx })
+    }
+
+    /// Opens a Subscribe call; returns once the response headers arrived.
+    pub async fn subscribe(
+        client: &mut Client,
+        request: proto::SubscribeRequest,
+    ) -> Result<Subscription, Status> {
+        let rx = client.subscribe(request).await?.into_inner();
+        Ok(Subscription { tx: None, rx })
     }
 
     /// Sends a ManageStream.
@@ -45,7 +56,11 @@ impl Subscription {
 
     /// Sends a ManageStream as given.
     pub fn send(&self, m: proto::ManageStream) {
-        self.tx.send(m).expect("call open");
+        let tx = self
+            .tx
+            .as_ref()
+            .expect("a Subscribe call takes no ManageStream");
+        tx.send(m).expect("call open");
     }
 
     /// The next thing the server sends (panics after `secs` seconds of silence).

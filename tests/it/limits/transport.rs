@@ -1,5 +1,5 @@
-//! Transport limits: the request-size limit over HTTP/2 and gRPC-Web (unary and
-//! streaming), HTTP/2 streams per connection, calls in flight per connection, and the
+//! Transport limits: the request-size limit over HTTP/2 and gRPC-Web (unary,
+//! StreamMessagePosting and Subscribe), HTTP/2 streams per connection, calls in flight per connection, and the
 //! rate-limit delay reaching a browser through CORS.
 
 use std::time::Duration;
@@ -35,6 +35,16 @@ async fn an_oversize_request_names_the_limit_over_http2() {
     let mut sub = Subscription::open(&mut c).await.unwrap();
     sub.manage(&[&"x".repeat(OVER)], &[], &[]);
     let status = sub.next_within(10).await.unwrap_err();
+    names_the_size_limit(&status);
+    // Subscribe: refused as a whole with the same status.
+    let request = proto::SubscribeRequest {
+        subscribe_to: vec!["x".repeat(OVER)],
+        ..Default::default()
+    };
+    let status = Subscription::subscribe(&mut c, request)
+        .await
+        .map(|_| ())
+        .unwrap_err();
     names_the_size_limit(&status);
     // The connection and the server go on: both kinds of call work again.
     assert_eq!(post(&mut c, &stream, 1, b"small").await.unwrap(), 1);
@@ -81,7 +91,7 @@ fn frame_of(len: usize) -> Vec<u8> {
 async fn an_oversize_request_names_the_limit_over_grpc_web() {
     let server = TestServer::start(Backend::Sqlite).await;
     let user = random_user();
-    for method in ["PostMessage", "StreamMessagePosting"] {
+    for method in ["PostMessage", "StreamMessagePosting", "Subscribe"] {
         let answer = grpc_web(&server, method, user, frame_of(OVER)).await;
         assert!(answer.starts_with("http/1.1 200"), "{method}: {answer}");
         let compact = answer.replace(' ', "");
