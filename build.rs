@@ -1,5 +1,10 @@
 //! Compiles `proto/` with protox (pure Rust, no system protoc) and generates the tonic
-//! client and server. The encoded descriptor set is written to OUT_DIR for reflection.
+//! clients and servers. The encoded descriptor set (both services, with imports) is
+//! written to OUT_DIR for reflection.
+//!
+//! Two passes: `protocol.secret.v1` first, then `protocol.secret.federation.v1`, whose
+//! references to `protocol.secret.v1` types point at the first pass's types
+//! (`crate::proto`) instead of generating them again.
 
 use std::{env, path::PathBuf};
 
@@ -17,17 +22,33 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if env::var("DATABASE_URL").map_or(true, |url| url.is_empty()) {
         println!("cargo:rustc-cfg=secretd_no_database_url");
     }
-    let mut compiler = protox::Compiler::new(["proto"])?;
-    compiler.include_imports(true).include_source_info(true);
-    compiler.open_file("protocol/secret/v1/secret.proto")?;
     let out = PathBuf::from(env::var("OUT_DIR")?);
-    std::fs::write(
-        out.join("secret_descriptor.bin"),
-        compiler.encode_file_descriptor_set(),
-    )?;
+
+    let mut secret = protox::Compiler::new(["proto"])?;
+    secret.include_imports(true).include_source_info(true);
+    secret.open_file("protocol/secret/v1/secret.proto")?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        .compile_fds(compiler.file_descriptor_set())?;
+        .compile_fds(secret.file_descriptor_set())?;
+
+    let mut federation = protox::Compiler::new(["proto"])?;
+    federation.include_imports(true).include_source_info(true);
+    federation.open_file("protocol/secret/federation/v1/federation.proto")?;
+    // The federation proto imports secret.proto: its descriptor set holds both files.
+    std::fs::write(
+        out.join("secret_descriptor.bin"),
+        federation.encode_file_descriptor_set(),
+    )?;
+    // Its own directory: this pass also writes a `protocol.secret.v1.rs` (services only,
+    // the messages being extern), which must not replace the first pass's.
+    let federation_out = out.join("federation");
+    std::fs::create_dir_all(&federation_out)?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .out_dir(&federation_out)
+        .extern_path(".protocol.secret.v1", "crate::proto")
+        .compile_fds(federation.file_descriptor_set())?;
     Ok(())
 }

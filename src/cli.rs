@@ -1,4 +1,4 @@
-//! Command-line interface: `secretd [serve|migrate|mint-token]`.
+//! Command-line interface: `secretd [serve|migrate|mint-token|health|federation-key]`.
 //!
 //! Flags override the config file and the environment; each flag's environment twin is the
 //! config key in upper case with a `SECRETD_` prefix (see `config/mod.rs`).
@@ -30,6 +30,9 @@ pub enum Command {
     /// Ask a running server's gRPC health service; exit 0 when it is serving (for
     /// container health checks).
     Health(HealthArgs),
+    /// Print this server's federation key as one line `SERVER_NAME KEY_ID BASE64_PUBLIC_KEY`
+    /// (creating the key in the data directory if needed), for peers' configs.
+    FederationKey(CommonArgs),
 }
 
 /// Flags of `health`.

@@ -78,6 +78,18 @@ impl UserRef {
         })
     }
 
+    /// The foreign homeserver named, or `None` for this one (an empty homeserver or
+    /// `server_name`: our own name is normalised to local on the way in).
+    pub fn foreign_homeserver(&self, server_name: &str) -> Option<&str> {
+        (!self.homeserver.is_empty() && self.homeserver != server_name)
+            .then_some(self.homeserver.as_str())
+    }
+
+    /// The user id on its homeserver (for a foreign user, an id of *that* server).
+    pub fn user_on_homeserver(&self) -> UserId {
+        self.user
+    }
+
     /// The user as a user of this homeserver (named by an empty homeserver or by
     /// `server_name`); a foreign one is UNIMPLEMENTED until federation exists.
     pub fn into_local(self, server_name: &str) -> Result<UserId, Error> {

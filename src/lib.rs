@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod federation;
 pub mod limits;
 pub mod proto;
 pub mod replica;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use secretd::cli::{Cli, Command, HealthArgs, ServeArgs};
-use secretd::{auth, config, server, telemetry};
+use secretd::{auth, config, federation, server, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -18,6 +18,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => (args.common.config.clone(), args.overrides()),
         Command::Migrate(args) => (args.config.clone(), args.overrides()),
         Command::MintToken(args) => (args.common.config.clone(), args.common.overrides()),
+        Command::FederationKey(args) => (args.config.clone(), args.overrides()),
         Command::Health(_) => unreachable!("handled above"),
     };
     let settings = match config::load(file.as_deref(), &overrides) {
@@ -32,6 +33,20 @@ fn main() -> ExitCode {
         return match auth::mint_token(&settings, args.user, args.ttl) {
             Ok(token) => {
                 println!("{token}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => failure(&err),
+        };
+    }
+    if let Command::FederationKey(_) = &command {
+        return match federation::key::load_or_create(&settings) {
+            Ok(key) => {
+                println!(
+                    "{} {} {}",
+                    settings.server_name,
+                    key.key_id(),
+                    key.public_key_base64()
+                );
                 ExitCode::SUCCESS
             }
             Err(err) => failure(&err),

@@ -1,4 +1,5 @@
-//! Generated protobuf types and the tonic client/server for `protocol.secret.v1`, plus
+//! Generated protobuf types and the tonic client/server for `protocol.secret.v1` (and, in
+//! [`federation`], `protocol.secret.federation.v1`), plus
 //! [`PreEncoded`], the frame type that lets one encoding of an event go to many
 //! subscribers.
 
@@ -6,7 +7,17 @@
 
 tonic::include_proto!("protocol.secret.v1");
 
-/// The encoded `FileDescriptorSet` of the proto (with imports), for server reflection.
+/// The server-to-server service `protocol.secret.federation.v1` (DESIGN §9); its
+/// references to `protocol.secret.v1` types are the types of this module.
+pub mod federation {
+    #![allow(missing_docs, clippy::all)]
+    include!(concat!(
+        env!("OUT_DIR"),
+        "/federation/protocol.secret.federation.v1.rs"
+    ));
+}
+
+/// The encoded `FileDescriptorSet` of both protos (with imports), for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("secret_descriptor");
 
 /// A protobuf message that is already encoded.

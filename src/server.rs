@@ -167,12 +167,24 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
         tracing::info!(%maddr, "Prometheus metrics at http://{maddr}/metrics");
     }
 
+    let federation = crate::federation::Federation::start(&settings)?;
     let state = Arc::new(AppState {
         store: store.clone(),
         hub: hub.clone(),
         committer,
         limits,
         settings: settings.clone(),
+        federation: federation.clone(),
+    });
+    // SecretFederationService, behind its own gate (s2s tokens, per-peer limits), when
+    // federation is on.
+    let federation_service = federation.map(|federation| {
+        let api = crate::federation::service::FederationApi::new(state.clone(), federation.clone());
+        crate::federation::gate::FederationGate::new(
+            crate::proto::federation::secret_federation_service_server::SecretFederationServiceServer::new(api)
+                .max_decoding_message_size(settings.max_request_bytes),
+            federation,
+        )
     });
     let secret = InterceptedService::new(SecretRouter::new(state), AuthInterceptor::new(verifier));
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -208,7 +220,8 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
         .add_service(secret)
         .add_service(health_service)
         .add_service(reflection_v1)
-        .add_service(reflection_v1alpha);
+        .add_service(reflection_v1alpha)
+        .add_optional_service(federation_service);
     // Accepted sockets get TCP_NODELAY here: with an incoming stream tonic does not set
     // it, and Nagle plus delayed ACKs added 40 ms to small responses.
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));

@@ -70,6 +70,11 @@ pub fn install_exporter(addr: SocketAddr) -> anyhow::Result<()> {
         "Database operations abandoned at db_timeout_ms, by operation"
     );
     metrics::describe_counter!(
+        "secretd_federation_calls_total",
+        "Server-to-server calls by peer, direction (in: a peer called us; out: we called a \
+         peer) and outcome (ok, or what went wrong)"
+    );
+    metrics::describe_counter!(
         "secretd_listener_watchdog_total",
         "Change-listener connections dropped because no notification came within listener_watchdog_ms"
     );
@@ -120,4 +125,16 @@ pub fn db_deadline(operation: &'static str) {
 /// Counts a listener connection dropped by the watchdog.
 pub fn listener_watchdog() {
     metrics::counter!("secretd_listener_watchdog_total").increment(1);
+}
+
+/// Counts a server-to-server call: `peer` (a configured peer's name, or "unknown"),
+/// `direction` "in" or "out", `outcome` "ok" or a short word for what went wrong.
+pub fn federation_call(peer: &str, direction: &'static str, outcome: &'static str) {
+    metrics::counter!(
+        "secretd_federation_calls_total",
+        "peer" => peer.to_string(),
+        "direction" => direction,
+        "outcome" => outcome
+    )
+    .increment(1);
 }

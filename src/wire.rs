@@ -56,6 +56,8 @@ fn posted_message_with(e: &StoredEvent, body: Option<Vec<u8>>) -> proto::PostedM
         event_id: e.event_id as u64,
         sender: e.sender as u64,
         posted_at: Some(to_timestamp(e.posted_at)),
+        // Only local users post today (foreign members come with federation part 2).
+        sender_homeserver: String::new(),
     }
 }
 
@@ -73,6 +75,9 @@ fn received_invite_with(i: &InviteRecord, body: Vec<u8>) -> proto::ReceivedInvit
         from_user: i.from_user as u64,
         invite: body,
         sent_at: Some(to_timestamp(i.sent_at)),
+        // Local inviters into local pairs only, until federation part 2.
+        from_homeserver: String::new(),
+        pair_homeserver: String::new(),
     }
 }
 
@@ -81,7 +86,16 @@ pub fn pair_info(p: PairInfo) -> proto::ChannelPairInfo {
     proto::ChannelPairInfo {
         pair: Some(channel_pair(&p.ids)),
         owner: p.owner as u64,
+        member_refs: p
+            .members
+            .iter()
+            .map(|&m| proto::UserRef {
+                homeserver: String::new(),
+                user_id: m as u64,
+            })
+            .collect(),
         members: p.members.into_iter().map(|m| m as u64).collect(),
+        owner_homeserver: String::new(),
     }
 }
 

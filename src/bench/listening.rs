@@ -39,6 +39,7 @@ async fn members(
                         user_id: user,
                         homeserver: String::new(),
                         invite: b"bench".to_vec(),
+                        ..Default::default()
                     })
                     .await?;
                 Ok::<_, tonic::Status>(user)

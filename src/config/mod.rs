@@ -4,6 +4,7 @@
 //! Every key is documented on [`Settings`] and in README.md. Keys are flat, so each has a
 //! direct environment twin: `max_counter_gap` is `SECRETD_MAX_COUNTER_GAP`.
 
+mod federation;
 mod types;
 
 use std::net::SocketAddr;
@@ -11,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use federation::{ED25519_PUBLIC_KEY_LEN, FederationSettings, PeerConfig};
 pub use types::{Database, JwtAlgorithm, LogFormat, Secret, UnknownDatabase};
 
 /// The default listen address.
@@ -205,6 +207,9 @@ pub struct Settings {
     /// Largest request message in bytes; a larger one is RESOURCE_EXHAUSTED. Default
     /// 262144 (256 KiB); at least 69632 (68 KiB), so a 64 KiB blob always fits.
     pub max_request_bytes: usize,
+    /// The `[federation]` table (DESIGN §9; see [`FederationSettings`]). Off by default.
+    #[serde(default)]
+    pub federation: FederationSettings,
 }
 
 impl Settings {
@@ -249,6 +254,13 @@ pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Settings, conf
                     .iter()
                     .any(|key| k["SECRETD_".len()..].eq_ignore_ascii_case(key))
             });
+    // `[federation]`'s scalar keys: SECRETD_FEDERATION_<KEY> sets `federation.<key>`.
+    let (federation_env, scalars): (config::Map<String, String>, config::Map<String, String>) =
+        scalars.into_iter().partition(|(k, _)| {
+            federation::SCALAR_KEYS
+                .iter()
+                .any(|key| k["SECRETD_".len()..].eq_ignore_ascii_case(&format!("federation_{key}")))
+        });
     let env = || config::Environment::with_prefix("SECRETD").prefix_separator("_");
     builder = builder.add_source(env().source(Some(scalars)));
     let mut list_env = env().try_parsing(true).list_separator(",");
@@ -256,6 +268,10 @@ pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Settings, conf
         list_env = list_env.with_list_parse_key(key);
     }
     builder = builder.add_source(list_env.source(Some(lists)));
+    for (k, v) in federation_env {
+        let key = k["SECRETD_FEDERATION_".len()..].to_ascii_lowercase();
+        builder = builder.set_override(format!("federation.{key}"), v)?;
+    }
     builder = builder
         .set_override_option("listen", overrides.listen.clone())?
         .set_override_option("database_url", overrides.database_url.clone())?
@@ -386,6 +402,9 @@ impl Settings {
             ));
         }
         self.check_rates().map_err(config::ConfigError::Message)?;
+        self.federation
+            .validate(&self.server_name)
+            .map_err(config::ConfigError::Message)?;
         if !self.jwt_secret.is_empty()
             && let Err(short) = check_secret("jwt_secret", self.jwt_secret.expose())
         {

@@ -41,7 +41,7 @@ pub enum RateClass {
     PrivateKeys,
     /// PostMessage.
     Posts,
-    /// FetchMessages, FetchInvites, ListChannelPairs, FetchKey, FetchPrivateKey.
+    /// FetchMessages, FetchInvites, ListChannelPairs, FetchKey, FetchPrivateKey, Federate.
     Reads,
     /// Opening a StreamMessagePosting or Subscribe call, and each stream named in its
     /// `subscribe_to` or `resume_from`.
@@ -71,7 +71,7 @@ impl RateClass {
             "PostPrivateKey" => RateClass::PrivateKeys,
             "PostMessage" => RateClass::Posts,
             "FetchMessages" | "FetchInvites" | "ListChannelPairs" | "FetchKey"
-            | "FetchPrivateKey" => RateClass::Reads,
+            | "FetchPrivateKey" | "Federate" => RateClass::Reads,
             "StreamMessagePosting" | "Subscribe" => RateClass::Subscriptions,
             _ => return None,
         })

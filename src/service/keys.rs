@@ -22,7 +22,28 @@ pub(super) async fn post_key(
 }
 
 pub(super) async fn fetch_key(st: &AppState, r: FetchKey) -> Result<proto::FetchKeyResponse> {
-    let user = r.user.into_local(&st.settings.server_name)?;
+    let Some(homeserver) = r.user.foreign_homeserver(&st.settings.server_name) else {
+        return local_keys(st, r.user.into_local(&st.settings.server_name)?).await;
+    };
+    // A user of another homeserver: asked over federation (cached).
+    let Some(federation) = &st.federation else {
+        return Err(Error::FailedPrecondition(format!(
+            "federation is off on this server (config key federation.enabled), so users of \
+             homeserver {homeserver:?} cannot be reached"
+        )));
+    };
+    federation
+        .fetch_user_key(
+            homeserver,
+            r.user.user_on_homeserver(),
+            st.settings.max_past_keys,
+        )
+        .await
+}
+
+/// The current and past keys of a user of this server: FetchKey's answer, and
+/// FetchUserKey's for peers.
+pub(crate) async fn local_keys(st: &AppState, user: UserId) -> Result<proto::FetchKeyResponse> {
     // The current key is the first item of the page (it always comes), then the past
     // keys, newest first, up to the cap.
     let envelope = proto::FetchKeyResponse {
@@ -64,4 +85,52 @@ pub(super) async fn fetch_private_key(
         Error::NotFound("no private key is stored for you yet; PostPrivateKey stores one".into())
     })?;
     Ok(proto::FetchPrivateKeyResponse { key_data, version })
+}
+
+/// Federate: a "fed-user" token for the caller to present at the peer `server_id`.
+pub(super) fn federate(
+    st: &AppState,
+    user: UserId,
+    r: proto::FederateRequest,
+) -> Result<proto::FederateResponse> {
+    use crate::federation::token::{self, TokenType};
+    let target = r.server_id.trim();
+    if target.is_empty() {
+        return Err(Error::invalid(
+            "server_id is required: the server name of the homeserver the token is for",
+        ));
+    }
+    if target == st.settings.server_name {
+        return Err(Error::invalid(format!(
+            "server_id {target:?} is this server; use your ordinary token here"
+        )));
+    }
+    let Some(federation) = &st.federation else {
+        return Err(Error::FailedPrecondition(
+            "federation is off on this server (config key federation.enabled)".into(),
+        ));
+    };
+    if federation.peers.get(target).is_none() {
+        return Err(Error::FailedPrecondition(format!(
+            "homeserver {target:?} is not a federation peer of this server (config \
+             federation.peers)"
+        )));
+    }
+    let ttl = TokenType::FedUser.max_lifetime_secs();
+    let (token, exp) = token::mint(
+        &federation.key,
+        &federation.server_name,
+        target,
+        TokenType::FedUser,
+        Some(user.get() as u64),
+        ttl,
+    )
+    .map_err(|e| Error::Internal(format!("cannot sign a federation token: {e}")))?;
+    Ok(proto::FederateResponse {
+        token,
+        expires_at: Some(prost_types::Timestamp {
+            seconds: i64::try_from(exp).unwrap_or(i64::MAX),
+            nanos: 0,
+        }),
+    })
 }

@@ -4,7 +4,7 @@
 //! `streaming/` (StreamMessagePosting and Subscribe). `router.rs` routes those two to their
 //! pre-encoded-frame handlers and everything else to the generated server.
 
-mod keys;
+pub(crate) mod keys;
 mod messages;
 mod paging;
 mod rooms;
@@ -36,6 +36,8 @@ pub struct AppState {
     pub limits: Arc<RateLimits>,
     /// Configuration.
     pub settings: Arc<Settings>,
+    /// Federation (server key, peers, key cache); `None` when `federation.enabled` is off.
+    pub federation: Option<Arc<crate::federation::Federation>>,
 }
 
 /// The tonic service (unary RPCs; StreamMessagePosting is served by [`router`]).
@@ -209,6 +211,14 @@ impl SecretService for SecretApi {
             "FetchMessages",
             async { messages::fetch_messages(&self.state, user, r.try_into()?).await }.await,
         )
+    }
+
+    async fn federate(
+        &self,
+        req: Request<proto::FederateRequest>,
+    ) -> StatusResult<proto::FederateResponse> {
+        let (user, r) = parts(req)?;
+        answer("Federate", keys::federate(&self.state, user, r))
     }
 
     type StreamMessagePostingStream =

@@ -152,7 +152,7 @@ fn past_deadline(deadline: Duration) -> Status {
 /// The method name of a SecretService path (`/protocol.secret.v1.SecretService/PostKey` →
 /// `PostKey`), as a static string for metrics; "unknown" for anything else.
 fn method_name(path: &str) -> &'static str {
-    const METHODS: [&str; 14] = [
+    const METHODS: [&str; 15] = [
         "PostKey",
         "FetchKey",
         "PostPrivateKey",
@@ -166,6 +166,7 @@ fn method_name(path: &str) -> &'static str {
         "PostMessage",
         "FetchMessages",
         "StreamMessagePosting",
+        "Federate",
         "Subscribe",
     ];
     let name = path.rsplit('/').next().unwrap_or_default();

@@ -26,6 +26,7 @@ async fn invites_make_members_and_are_kept(b: Backend) {
             user_id: bb,
             homeserver: "localhost".into(),
             invite: sealed.clone(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -90,6 +91,7 @@ async fn invite_rejections(b: Backend) {
         user_id: user,
         homeserver: hs.into(),
         invite,
+        ..Default::default()
     };
     // The invitee needs a public key.
     let st = expect_code(
@@ -187,6 +189,7 @@ async fn self_invites_work(b: Backend) {
             user_id: a,
             homeserver: String::new(),
             invite: b"keys for my laptop".to_vec(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -222,6 +225,7 @@ async fn invites_page_oldest_first(b: Backend) {
                 user_id: bb,
                 homeserver: String::new(),
                 invite: vec![i],
+                ..Default::default()
             })
             .await
             .unwrap()

@@ -28,6 +28,7 @@ mod cli;
 mod cors;
 mod data_dir;
 mod faults;
+mod federation;
 mod fuzz_seeds;
 mod invites;
 mod jwt_claims;

@@ -236,6 +236,7 @@ async fn send_big_invites(
                 user_id: invitee,
                 homeserver: String::new(),
                 invite: big_body(n),
+                ..Default::default()
             })
             .await
             .expect("invite")
@@ -427,6 +428,7 @@ async fn list_channel_pairs_stops_at_the_budget(b: Backend) {
             user_id: member,
             homeserver: String::new(),
             invite: b"sealed".to_vec(),
+            ..Default::default()
         })
         .await
         .expect("invite");

@@ -32,6 +32,7 @@ async fn remove(owner: &mut Client, pair: &ChannelPair, user: u64) {
         .remove_member(RemoveMemberRequest {
             pair_id: pair.pair_id.clone(),
             user_id: user,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -172,6 +173,7 @@ async fn invites_and_removals_cross_replicas() {
             user_id: guest,
             homeserver: String::new(),
             invite: b"welcome".to_vec(),
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -99,6 +99,7 @@ async fn leaving_and_ownership_passing_on(b: Backend) {
     cc.remove_member(RemoveMemberRequest {
         pair_id: pair.pair_id.clone(),
         user_id: bb,
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -106,6 +107,7 @@ async fn leaving_and_ownership_passing_on(b: Backend) {
         ca.remove_member(RemoveMemberRequest {
             pair_id: pair.pair_id.clone(),
             user_id: c,
+            ..Default::default()
         })
         .await,
         Code::PermissionDenied,
@@ -145,6 +147,7 @@ async fn removal_rules(b: Backend) {
     let rm = |user: u64| RemoveMemberRequest {
         pair_id: pair.pair_id.clone(),
         user_id: user,
+        ..Default::default()
     };
     // Only the owner removes.
     let st = expect_code(cb.remove_member(rm(c)).await, Code::PermissionDenied);
@@ -194,6 +197,7 @@ async fn pair_scoped_codes(
                     user_id: someone,
                     homeserver: String::new(),
                     invite: b"x".to_vec(),
+                    ..Default::default()
                 })
                 .await
                 .map(|_| ()),
@@ -236,6 +240,7 @@ async fn pair_scoped_codes(
                 c.remove_member(RemoveMemberRequest {
                     pair_id: pair.pair_id.clone(),
                     user_id: someone,
+                    ..Default::default()
                 })
                 .await
                 .map(|_| ()),
@@ -274,6 +279,7 @@ async fn authorization_matrix(b: Backend) {
     co.remove_member(RemoveMemberRequest {
         pair_id: pair.pair_id.clone(),
         user_id: removed,
+        ..Default::default()
     })
     .await
     .unwrap();

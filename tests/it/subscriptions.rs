@@ -96,6 +96,7 @@ async fn removal_and_leaving_end_subscriptions(b: Backend) {
     co.remove_member(RemoveMemberRequest {
         pair_id: pair.pair_id.clone(),
         user_id: removed,
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -163,6 +164,7 @@ async fn invites_arrive_on_the_open_call(b: Backend) {
         user_id: bb,
         homeserver: String::new(),
         invite: b"old".to_vec(),
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -177,6 +179,7 @@ async fn invites_arrive_on_the_open_call(b: Backend) {
             user_id: bb,
             homeserver: String::new(),
             invite: b"sealed".to_vec(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -210,6 +213,7 @@ async fn invites_after_closes_the_gap_after_fetch_invites(b: Backend) {
                 user_id: guest,
                 homeserver: String::new(),
                 invite: body.as_bytes().to_vec(),
+                ..Default::default()
             })
             .await
             .unwrap()

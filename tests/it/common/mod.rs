@@ -309,6 +309,7 @@ pub async fn invite(owner: &mut Client, their_client: &mut Client, pair: &Channe
             user_id: user,
             homeserver: String::new(),
             invite: b"sealed invite".to_vec(),
+            ..Default::default()
         })
         .await
         .expect("invite");

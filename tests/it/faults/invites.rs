@@ -44,6 +44,7 @@ async fn an_invite_racing_the_inviters_removal_is_refused() {
                 user_id: invitee,
                 homeserver: String::new(),
                 invite: b"sealed".to_vec(),
+                ..Default::default()
             })
             .await
         }

@@ -19,6 +19,7 @@ fn invite_req(pair: &ChannelPair, user: u64) -> SendInviteRequest {
         user_id: user,
         homeserver: String::new(),
         invite: b"sealed invite".to_vec(),
+        ..Default::default()
     }
 }
 

@@ -113,6 +113,7 @@ async fn invites_are_rate_limited() {
             user_id: users[who],
             homeserver: String::new(),
             invite: b"keys for my other device".to_vec(),
+            ..Default::default()
         };
         async move { ok(c.send_invite(req).await) }
     })

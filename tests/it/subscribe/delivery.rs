@@ -209,6 +209,7 @@ async fn removal_ends_that_stream_and_the_call_goes_on(b: Backend) {
     co.remove_member(RemoveMemberRequest {
         pair_id: pair.pair_id.clone(),
         user_id: removed,
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -237,6 +238,7 @@ async fn removal_ends_that_stream_and_the_call_goes_on(b: Backend) {
             user_id: removed,
             homeserver: String::new(),
             invite: b"come back".to_vec(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -264,6 +266,7 @@ async fn invites_after_then_live_invites(b: Backend) {
             user_id: guest,
             homeserver: String::new(),
             invite: body.as_bytes().to_vec(),
+            ..Default::default()
         })
         .await
         .unwrap()

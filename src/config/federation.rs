@@ -1,0 +1,214 @@
+//! The `[federation]` table (DESIGN §9): whether this server federates, its signing key,
+//! the outgoing-call timeout, the key cache, the per-peer limit on incoming calls and the
+//! static map of peers with their pinned Ed25519 keys.
+//!
+//! Scalar keys have environment twins `SECRETD_FEDERATION_<KEY>` (e.g.
+//! `SECRETD_FEDERATION_ENABLED=true`); peers come from the config file only. Everything is
+//! checked when the configuration loads: a bad peer is a configuration error (exit 2)
+//! naming the key, e.g. `federation.peers[1].public_key`.
+
+use std::collections::HashSet;
+
+use base64::Engine;
+use serde::Deserialize;
+
+/// The scalar keys of `[federation]`, which have environment twins.
+pub const SCALAR_KEYS: [&str; 6] = [
+    "enabled",
+    "signing_key_file",
+    "request_timeout_secs",
+    "key_cache_secs",
+    "rate_per_sec",
+    "rate_burst",
+];
+
+/// Length of a raw Ed25519 public key in bytes.
+pub const ED25519_PUBLIC_KEY_LEN: usize = 32;
+
+/// The `[federation]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FederationSettings {
+    /// Serve SecretFederationService and reach peers. Default false: FetchKey of a
+    /// foreign homeserver and Federate answer FAILED_PRECONDITION.
+    pub enabled: bool,
+    /// PKCS#8 file (PEM or DER) with this server's Ed25519 key; replicas of one
+    /// homeserver share it. Empty (the default) = `data_dir/federation-key`, created
+    /// (mode 0600) at the first start with federation enabled or by
+    /// `secretd federation-key`. A configured file must exist.
+    pub signing_key_file: String,
+    /// Deadline of an outgoing call to a peer, in seconds (connecting included). Default 5.
+    pub request_timeout_secs: u64,
+    /// How long a user key fetched from a peer is served from memory, in seconds.
+    /// Default 300; 0 = ask the peer every time.
+    pub key_cache_secs: u64,
+    /// Incoming server-to-server calls per peer per second (0 = off). Default 100.
+    pub rate_per_sec: f64,
+    /// Incoming server-to-server calls a peer may make at once before the rate applies.
+    /// Default 200.
+    pub rate_burst: u32,
+    /// The homeservers this one federates with (`[[federation.peers]]`).
+    pub peers: Vec<PeerConfig>,
+}
+
+impl Default for FederationSettings {
+    fn default() -> Self {
+        FederationSettings {
+            enabled: false,
+            signing_key_file: String::new(),
+            request_timeout_secs: 5,
+            key_cache_secs: 300,
+            rate_per_sec: 100.0,
+            rate_burst: 200,
+            peers: Vec::new(),
+        }
+    }
+}
+
+/// One `[[federation.peers]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// The peer's `server_name` (what its users' `homeserver` fields say, its tokens'
+    /// `iss` and our tokens' `aud` for it).
+    pub server_name: String,
+    /// Where the peer's secretd listens: `http://host:port`.
+    pub endpoint: String,
+    /// The peer's Ed25519 public key, base64 (standard alphabet), as its
+    /// `secretd federation-key` prints it. Pinned: only tokens signed by it are accepted
+    /// as coming from this peer.
+    pub public_key: String,
+}
+
+impl PeerConfig {
+    /// The raw 32-byte public key, or why `public_key` is not one.
+    pub fn public_key_bytes(&self) -> Result<[u8; ED25519_PUBLIC_KEY_LEN], String> {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(self.public_key.trim())
+            .map_err(|e| format!("is not base64 ({e})"))?;
+        <[u8; ED25519_PUBLIC_KEY_LEN]>::try_from(bytes.as_slice()).map_err(|_| {
+            format!(
+                "is {} bytes long; an Ed25519 public key is {ED25519_PUBLIC_KEY_LEN} bytes \
+                 (paste the last word `secretd federation-key` prints on that server)",
+                bytes.len()
+            )
+        })
+    }
+}
+
+impl FederationSettings {
+    /// Checks the table; `server_name` is this server's name (no peer may carry it). The
+    /// error names the offending key.
+    pub fn validate(&self, server_name: &str) -> Result<(), String> {
+        if self.request_timeout_secs == 0 {
+            return Err("federation.request_timeout_secs must be at least 1".into());
+        }
+        if !self.rate_per_sec.is_finite() || !(0.0..=1e9).contains(&self.rate_per_sec) {
+            return Err(format!(
+                "federation.rate_per_sec is {}; use 0 (off) or a positive number of calls per \
+                 second",
+                self.rate_per_sec
+            ));
+        }
+        if self.rate_per_sec > 0.0 && self.rate_burst == 0 {
+            return Err(
+                "federation.rate_burst is 0; it must be at least 1 while federation.rate_per_sec \
+                 is set (set the rate to 0 to turn the limit off)"
+                    .into(),
+            );
+        }
+        let mut seen = HashSet::new();
+        for (i, peer) in self.peers.iter().enumerate() {
+            let key = |field: &str| format!("federation.peers[{i}].{field}");
+            let name = peer.server_name.trim();
+            if name.is_empty() || name != peer.server_name {
+                return Err(format!(
+                    "{} must be the peer's server name, without surrounding spaces",
+                    key("server_name")
+                ));
+            }
+            if name == server_name {
+                return Err(format!(
+                    "{} is {name:?}, this server's own server_name; list other homeservers only",
+                    key("server_name")
+                ));
+            }
+            if !seen.insert(name) {
+                return Err(format!(
+                    "{} {name:?} is listed twice; list each peer once",
+                    key("server_name")
+                ));
+            }
+            check_endpoint(&peer.endpoint).map_err(|e| format!("{} {e}", key("endpoint")))?;
+            peer.public_key_bytes()
+                .map_err(|e| format!("{} {e}", key("public_key")))?;
+        }
+        Ok(())
+    }
+
+    /// The peer named `server_name`, if configured.
+    pub fn peer(&self, server_name: &str) -> Option<&PeerConfig> {
+        self.peers.iter().find(|p| p.server_name == server_name)
+    }
+}
+
+/// An endpoint must be `http://host:port` (TLS to peers is not built in yet: put a
+/// TLS-terminating proxy on the path, or keep peers on a private network).
+fn check_endpoint(endpoint: &str) -> Result<(), String> {
+    let uri: http::Uri = endpoint
+        .parse()
+        .map_err(|e| format!("{endpoint:?} is not a URL ({e})"))?;
+    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+        return Err(format!(
+            "{endpoint:?} must be of the form http://host:port (https is not supported yet)"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(name: &str, key: &str) -> PeerConfig {
+        PeerConfig {
+            server_name: name.into(),
+            endpoint: "http://127.0.0.1:1".into(),
+            public_key: key.into(),
+        }
+    }
+
+    #[test]
+    fn peers_are_checked_by_key() {
+        let good = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+        let with = |peers: Vec<PeerConfig>| FederationSettings {
+            peers,
+            ..FederationSettings::default()
+        };
+        with(vec![peer("b.test", &good)])
+            .validate("a.test")
+            .unwrap();
+        for (peers, key) in [
+            (vec![peer("b.test", "!!")], "federation.peers[0].public_key"),
+            (
+                vec![peer("b.test", "AAAA")],
+                "federation.peers[0].public_key",
+            ),
+            (
+                vec![peer("a.test", &good)],
+                "federation.peers[0].server_name",
+            ),
+            (
+                vec![peer("b.test", &good), peer("b.test", &good)],
+                "federation.peers[1].server_name",
+            ),
+        ] {
+            let err = with(peers).validate("a.test").unwrap_err();
+            assert!(err.starts_with(key), "{err}");
+        }
+        let mut bad_endpoint = peer("b.test", &good);
+        bad_endpoint.endpoint = "b.test:50051".into();
+        let err = with(vec![bad_endpoint]).validate("a.test").unwrap_err();
+        assert!(err.starts_with("federation.peers[0].endpoint"), "{err}");
+    }
+}

@@ -1,0 +1,148 @@
+//! A homeserver for the federation tests: the real `secretd` binary with a config file
+//! naming its server, its federation settings and its pinned peers.
+
+use std::path::Path;
+
+use tempfile::TempDir;
+
+use crate::common::*;
+
+/// A homeserver's name and data directory, with its federation key already created by
+/// `secretd federation-key` (so peers can pin it before it starts).
+pub struct NodeKey {
+    pub name: String,
+    pub dir: TempDir,
+    pub key_id: String,
+    pub public_key: String,
+}
+
+impl NodeKey {
+    /// Runs `secretd federation-key` for a new data directory of server `name`.
+    pub fn new(name: &str) -> NodeKey {
+        let dir = tempfile::tempdir().unwrap();
+        let out = run_binary(
+            &["federation-key", "--data-dir", "data"],
+            dir.path(),
+            &[("SECRETD_SERVER_NAME", name)],
+        );
+        assert!(out.status.success(), "{out:?}");
+        let line = String::from_utf8(out.stdout).unwrap();
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(words.len(), 3, "{line}");
+        assert_eq!(words[0], name);
+        NodeKey {
+            name: name.into(),
+            key_id: words[1].into(),
+            public_key: words[2].into(),
+            dir,
+        }
+    }
+
+    /// The server's key, as the server itself loads it (tests sign tokens with it).
+    pub fn server_key(&self) -> secretd::federation::key::ServerKey {
+        let bytes = std::fs::read(self.dir.path().join("data/federation-key")).unwrap();
+        secretd::federation::key::ServerKey::from_file_bytes(&bytes).unwrap()
+    }
+}
+
+/// A `[[federation.peers]]` entry.
+pub struct PeerSpec {
+    pub name: String,
+    pub endpoint: String,
+    pub public_key: String,
+}
+
+impl PeerSpec {
+    /// A peer listening at `addr`.
+    pub fn at(key: &NodeKey, addr: &str) -> PeerSpec {
+        PeerSpec {
+            name: key.name.clone(),
+            endpoint: format!("http://{addr}"),
+            public_key: key.public_key.clone(),
+        }
+    }
+
+    /// A peer this server never calls (only its key matters): port 9 (discard).
+    pub fn unreachable(key: &NodeKey) -> PeerSpec {
+        PeerSpec::at(key, "127.0.0.1:9")
+    }
+}
+
+/// A running homeserver.
+pub struct Node {
+    pub process: ServerProcess,
+    pub addr: String,
+}
+
+/// Writes `dir/secretd.toml` for server `name` with federation on, `federation` extra
+/// `[federation]` keys (raw TOML values) and `peers`.
+pub fn write_config(dir: &Path, name: &str, peers: &[PeerSpec], federation: &[(&str, &str)]) {
+    let mut toml = format!("server_name = \"{name}\"\n\n[federation]\nenabled = true\n");
+    for (k, v) in federation {
+        toml.push_str(&format!("{k} = {v}\n"));
+    }
+    for p in peers {
+        toml.push_str(&format!(
+            "\n[[federation.peers]]\nserver_name = \"{}\"\nendpoint = \"{}\"\npublic_key = \"{}\"\n",
+            p.name, p.endpoint, p.public_key
+        ));
+    }
+    std::fs::write(dir.join("secretd.toml"), toml).unwrap();
+}
+
+impl Node {
+    /// Starts homeserver `key` on `backend` with `peers` pinned.
+    pub async fn start(
+        key: &NodeKey,
+        backend: &Backend,
+        peers: &[PeerSpec],
+        federation: &[(&str, &str)],
+    ) -> Node {
+        Self::start_with_env(key, backend, peers, federation, &[]).await
+    }
+
+    /// [`Node::start`] with extra environment variables.
+    pub async fn start_with_env(
+        key: &NodeKey,
+        backend: &Backend,
+        peers: &[PeerSpec],
+        federation: &[(&str, &str)],
+        envs: &[(&str, &str)],
+    ) -> Node {
+        let dir = key.dir.path();
+        write_config(dir, &key.name, peers, federation);
+        let url = backend.url(&dir.join("data"));
+        let mut all = vec![("SECRETD_JWT_SECRET", SECRET)];
+        all.extend_from_slice(envs);
+        let process = spawn_binary(
+            &[
+                "serve",
+                "--config",
+                "secretd.toml",
+                "--data-dir",
+                "data",
+                "--listen",
+                "127.0.0.1:0",
+                "--database-url",
+                &url,
+            ],
+            &all,
+            dir,
+        )
+        .await;
+        Node {
+            addr: process.addr.clone(),
+            process,
+        }
+    }
+
+    /// A SecretService client of this server authenticated as its user `user`.
+    pub async fn client(&self, user: u64) -> Client {
+        client_at(&self.addr, token(user, 3600)).await
+    }
+
+    /// Kills the process (a server that is simply gone).
+    pub async fn kill(mut self) {
+        self.process.child.kill().await.unwrap();
+    }
+}
