@@ -125,15 +125,16 @@ async fn two_terminals_chat() {
         }
     });
     let mut next_text = async || {
+        let log = || std::fs::read_to_string(&chat_log).unwrap_or_default();
         let v = tokio::time::timeout(std::time::Duration::from_secs(60), heard.recv())
             .await
-            .expect("chat printed a message within a minute")
-            .unwrap_or_else(|| {
+            .unwrap_or_else(|_| {
                 panic!(
-                    "chat stopped printing; its stderr:\n{}",
-                    std::fs::read_to_string(&chat_log).unwrap_or_default()
+                    "chat printed no message within a minute; its stderr:\n{}",
+                    log()
                 )
-            });
+            })
+            .unwrap_or_else(|| panic!("chat stopped printing; its stderr:\n{}", log()));
         (
             v["sender"].as_str().unwrap().to_string(),
             v["text"].as_str().unwrap().to_string(),
