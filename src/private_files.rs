@@ -7,8 +7,8 @@
 //! that fails (a read-only mount), the warning says so and secretd goes on. On platforms
 //! without Unix permissions these functions only create what is missing.
 
-use std::io::ErrorKind;
-use std::path::Path;
+use std::io::{ErrorKind, Write};
+use std::path::{Path, PathBuf};
 
 use crate::config::{Database, Settings};
 
@@ -139,4 +139,89 @@ mod tests {
         assert_eq!(mode(&dir), 0o755);
         tighten_if_exists(&dir.join("absent"));
     }
+}
+
+/// What [`publish_new`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    /// Our contents are now the file.
+    Ours,
+    /// Another process published the file first; ours was discarded. Read theirs.
+    Theirs,
+}
+
+/// Creates `dir/name` holding `contents`, mode 0600, atomically: the contents go to a
+/// synced temporary file that is then hard-linked into place (a link never replaces, so
+/// the first of several racing processes wins and a crash leaves no empty file), and
+/// the directory is synced. Used for the JWT secret and the federation key.
+/// `before_link` runs just before the link (a test hook for races and crashes).
+pub fn publish_new(
+    dir: &Path,
+    name: &str,
+    contents: &[u8],
+    before_link: &mut dyn FnMut(),
+) -> anyhow::Result<Published> {
+    let path = dir.join(name);
+    let temp = TempFile::write(dir, name, contents)?;
+    before_link();
+    match std::fs::hard_link(&temp.0, &path) {
+        Ok(()) => {
+            drop(temp);
+            sync_dir(dir)?;
+            Ok(Published::Ours)
+        }
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(Published::Theirs),
+        Err(e) => anyhow::bail!(
+            "cannot publish {} (a hard link from {}): {e}",
+            path.display(),
+            temp.0.display()
+        ),
+    }
+}
+
+/// A synced temporary file, removed when dropped (a crash leaves a `.NAME.*.tmp` file
+/// that is never used and may be deleted).
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn write(dir: &Path, name: &str, contents: &[u8]) -> anyhow::Result<TempFile> {
+        let temp_name = format!(
+            ".{name}.{}.{:016x}.tmp",
+            std::process::id(),
+            rand::random::<u64>()
+        );
+        let path = dir.join(temp_name);
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut file = options
+            .open(&path)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
+        let temp = TempFile(path);
+        file.write_all(contents)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", temp.0.display()))?;
+        Ok(temp)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Makes the directory's entries durable (the new link).
+fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| anyhow::anyhow!("cannot sync the directory {}: {e}", dir.display()))?;
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
 }

@@ -9,8 +9,8 @@
 //! first link wins and the others read the winner's secret. A secret shorter than
 //! [`MIN_JWT_SECRET_BYTES`] from any source is a configuration error ([`Misconfigured`]).
 
-use std::io::{ErrorKind, Write};
-use std::path::{Path, PathBuf};
+use std::io::ErrorKind;
+use std::path::Path;
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Serialize;
@@ -47,12 +47,15 @@ pub fn load_or_create_secret_with(
     }
     let bytes: [u8; 32] = rand::random();
     let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let temp = TempFile::write(dir, &secret)?;
-    before_publish();
-    match std::fs::hard_link(&temp.0, &path) {
-        Ok(()) => {
-            drop(temp);
-            sync_dir(dir)?;
+    let published = private_files::publish_new(dir, SECRET_FILE, secret.as_bytes(), before_publish)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{e:#}; put a secret of {MIN_JWT_SECRET_BYTES} bytes or more in that file \
+             yourself, or set jwt_secret"
+            )
+        })?;
+    match published {
+        private_files::Published::Ours => {
             tracing::warn!(
                 "no jwt_secret configured: generated a new HS256 secret in {} (mode 0600); \
                  share it with the homeserver's auth service or set SECRETD_JWT_SECRET",
@@ -61,17 +64,8 @@ pub fn load_or_create_secret_with(
             Ok(secret)
         }
         // Another process published its secret first: use that one.
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-            drop(temp);
-            read_secret_file(&path)?
-                .ok_or_else(|| anyhow::anyhow!("{} vanished while starting", path.display()))
-        }
-        Err(e) => anyhow::bail!(
-            "cannot publish the new JWT secret as {} (a hard link from {}): {e}; put a secret \
-             of {MIN_JWT_SECRET_BYTES} bytes or more in that file yourself, or set jwt_secret",
-            path.display(),
-            temp.0.display()
-        ),
+        private_files::Published::Theirs => read_secret_file(&path)?
+            .ok_or_else(|| anyhow::anyhow!("{} vanished while starting", path.display())),
     }
 }
 
@@ -100,53 +94,6 @@ fn read_secret_file(path: &Path) -> anyhow::Result<Option<String>> {
         ))
     })?;
     Ok(Some(secret.to_string()))
-}
-
-/// A synced temporary file holding a new secret, removed when dropped (a crash leaves a
-/// `.jwt-secret.*.tmp` file that is never used and may be deleted).
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn write(dir: &Path, secret: &str) -> anyhow::Result<TempFile> {
-        let name = format!(
-            ".{SECRET_FILE}.{}.{:016x}.tmp",
-            std::process::id(),
-            rand::random::<u64>()
-        );
-        let path = dir.join(name);
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let mut file = options
-            .open(&path)
-            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
-        let temp = TempFile(path);
-        file.write_all(secret.as_bytes())
-            .and_then(|()| file.sync_all())
-            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", temp.0.display()))?;
-        Ok(temp)
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// Makes the directory's entries durable (the new link).
-fn sync_dir(dir: &Path) -> anyhow::Result<()> {
-    #[cfg(unix)]
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| anyhow::anyhow!("cannot sync the directory {}: {e}", dir.display()))?;
-    #[cfg(not(unix))]
-    let _ = dir;
-    Ok(())
 }
 
 #[derive(Serialize)]

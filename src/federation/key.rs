@@ -9,8 +9,8 @@
 //! up with one key and a crash never leaves a partial one. The key id is the first 8
 //! bytes of the SHA-256 of the raw public key, in hex.
 
-use std::io::{ErrorKind, Write};
-use std::path::{Path, PathBuf};
+use std::io::ErrorKind;
+use std::path::Path;
 
 use base64::Engine;
 use jsonwebtoken::EncodingKey;
@@ -174,11 +174,8 @@ pub fn load_or_create(settings: &Settings) -> anyhow::Result<ServerKey> {
         return Ok(key);
     }
     let (key, der) = ServerKey::generate()?;
-    let temp = TempFile::write(dir, to_pem(&der).as_bytes())?;
-    match std::fs::hard_link(&temp.0, &path) {
-        Ok(()) => {
-            drop(temp);
-            sync_dir(dir)?;
+    match private_files::publish_new(dir, KEY_FILE, to_pem(&der).as_bytes(), &mut || {})? {
+        private_files::Published::Ours => {
             tracing::warn!(
                 key_id = key.key_id(),
                 "generated this server's federation key in {} (mode 0600); give peers the \
@@ -188,16 +185,8 @@ pub fn load_or_create(settings: &Settings) -> anyhow::Result<ServerKey> {
             Ok(key)
         }
         // Another process published its key first: use that one.
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-            drop(temp);
-            read_existing(&path)?
-                .ok_or_else(|| anyhow::anyhow!("{} vanished while starting", path.display()))
-        }
-        Err(e) => anyhow::bail!(
-            "cannot publish the new federation key as {} (a hard link from {}): {e}",
-            path.display(),
-            temp.0.display()
-        ),
+        private_files::Published::Theirs => read_existing(&path)?
+            .ok_or_else(|| anyhow::anyhow!("{} vanished while starting", path.display())),
     }
 }
 
@@ -222,51 +211,6 @@ fn parse_file(path: &Path, bytes: &[u8]) -> anyhow::Result<ServerKey> {
         ))
         .into()
     })
-}
-
-/// A synced temporary file holding a new key, removed when dropped.
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn write(dir: &Path, contents: &[u8]) -> anyhow::Result<TempFile> {
-        let name = format!(
-            ".{KEY_FILE}.{}.{:016x}.tmp",
-            std::process::id(),
-            rand::random::<u64>()
-        );
-        let path = dir.join(name);
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let mut file = options
-            .open(&path)
-            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
-        let temp = TempFile(path);
-        file.write_all(contents)
-            .and_then(|()| file.sync_all())
-            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", temp.0.display()))?;
-        Ok(temp)
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-fn sync_dir(dir: &Path) -> anyhow::Result<()> {
-    #[cfg(unix)]
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| anyhow::anyhow!("cannot sync the directory {}: {e}", dir.display()))?;
-    #[cfg(not(unix))]
-    let _ = dir;
-    Ok(())
 }
 
 #[cfg(test)]
