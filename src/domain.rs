@@ -6,24 +6,25 @@
 //! `remove_member(owner, pair, user)` cannot be called with a pair id in a user's place,
 //! and handlers never see an id that was not checked.
 //!
-//! **Users and federation.** DESIGN §9 makes a user `(homeserver, user_id)`. secretd stores
-//! local users only today, so the two parts are two types: [`UserId`] is a user of *this*
-//! homeserver (what the tables, the token's `sub` and the rate limits key on), and
-//! [`UserRef`] is a user named in a request, homeserver included. A `UserRef` becomes a
-//! `UserId` only through [`UserRef::into_local`], which refuses foreign homeservers with
-//! UNIMPLEMENTED. When federation arrives, the stores that must hold foreign users switch
-//! their parameter from `UserId` to `UserRef` (and their tables gain a homeserver
-//! column); the compiler then lists every call site that has to decide. `UserId` stays
-//! what it is, so a local id can never be mistaken for user 5 of another server.
+//! **Users and federation.** DESIGN §9 makes a user `(homeserver, user_id)`. Three types:
+//! [`UserRef`] is a user as a request names them (homeserver included, ours normalised to
+//! local); [`Foreign`] is a user of another homeserver, named as that server names them;
+//! [`UserId`] is the id *this database* knows a user by. Local users keep their own id
+//! (1 ..= 2^63-1, the token's `sub`); a foreign user who is a member here, invited someone
+//! or posted gets a negative id from the `foreign_users` table the first time they are
+//! needed. So every table keeps one integer per user, user 2 of b (say -7) is never user 2
+//! of a (2), and only the edges (the auth layer, the wire conversions, the SQL that reads
+//! names back) ever deal with homeservers.
 
 use std::fmt;
+use std::sync::Arc;
 
 use uuid::Uuid;
 
 use crate::error::Error;
 
-/// A user of this homeserver: 1 ..= 2^63-1 (the auth service's user id, the token's
-/// `sub`).
+/// A user as this database knows them: a local user's own id (1 ..= 2^63-1, the auth
+/// service's user id, the token's `sub`), or the negative id given to a [`Foreign`] user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct UserId(i64);
 
@@ -45,6 +46,15 @@ impl UserId {
     /// back from the database.
     pub(crate) fn trusted(value: i64) -> Self {
         UserId(value)
+    }
+
+    /// The id of a foreign caller who holds nothing here (no membership, never invited):
+    /// no row names it, so every membership check refuses it.
+    pub const NOBODY: UserId = UserId(0);
+
+    /// Whether this is the id of a user of another homeserver.
+    pub fn is_foreign(self) -> bool {
+        self.0 < 0
     }
 
     /// The id as stored in the database.
@@ -78,30 +88,61 @@ impl UserRef {
         })
     }
 
-    /// The foreign homeserver named, or `None` for this one (an empty homeserver or
-    /// `server_name`: our own name is normalised to local on the way in).
-    pub fn foreign_homeserver(&self, server_name: &str) -> Option<&str> {
-        (!self.homeserver.is_empty() && self.homeserver != server_name)
-            .then_some(self.homeserver.as_str())
-    }
-
-    /// The user id on its homeserver (for a foreign user, an id of *that* server).
-    pub fn user_on_homeserver(&self) -> UserId {
-        self.user
-    }
-
     /// The user as a user of this homeserver (named by an empty homeserver or by
-    /// `server_name`); a foreign one is UNIMPLEMENTED until federation exists.
-    pub fn into_local(self, server_name: &str) -> Result<UserId, Error> {
+    /// `server_name`), or as a [`Foreign`] user of the homeserver named.
+    pub fn resolve(self, server_name: &str) -> Result<UserId, Foreign> {
         if self.homeserver.is_empty() || self.homeserver == server_name {
             Ok(self.user)
         } else {
-            Err(Error::Unimplemented(format!(
-                "homeserver {:?} is not this server ({server_name:?}); reaching users on \
-                 other homeservers needs federation, which secretd does not support yet",
-                self.homeserver
-            )))
+            Err(Foreign {
+                homeserver: self.homeserver.into(),
+                user: self.user,
+            })
         }
+    }
+}
+
+/// A user of another homeserver, as that homeserver names them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Foreign {
+    /// Their homeserver's `server_name` (never ours, never empty).
+    pub homeserver: Arc<str>,
+    /// Their user id on that homeserver.
+    pub user: UserId,
+}
+
+impl Foreign {
+    /// Reads the `"<user id> <homeserver>"` form the stores' SQL builds for a foreign user
+    /// (see `store::sql::FOREIGN_NAME`).
+    pub(crate) fn from_sql(text: &str) -> Option<Foreign> {
+        let (user, homeserver) = text.split_once(' ')?;
+        let user = user.parse::<i64>().ok().filter(|u| *u >= 1)?;
+        (!homeserver.is_empty()).then(|| Foreign {
+            homeserver: homeserver.into(),
+            user: UserId(user),
+        })
+    }
+
+    /// The user id on their homeserver, as the wire carries it.
+    pub fn wire_id(&self) -> u64 {
+        self.user.get() as u64
+    }
+}
+
+/// Checks a homeserver name that arrives from another server (a `DeliverInvite`'s inviter):
+/// 1 to 253 bytes of letters, digits and `.-:[]_` (a DNS name or an address, with a port).
+pub fn check_homeserver_name(field: &str, name: &str) -> Result<(), Error> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "{field} {name:?} is not a homeserver name (1 to 253 letters, digits and .-:[]_)"
+        )))
     }
 }
 
@@ -198,13 +239,21 @@ mod tests {
     }
 
     #[test]
-    fn only_local_users_become_user_ids() {
+    fn users_resolve_to_local_or_foreign() {
         let local = UserRef::parse("", "user_id", 7).unwrap();
-        assert_eq!(local.into_local("a.example").unwrap().get(), 7);
+        assert_eq!(local.resolve("a.example").unwrap().get(), 7);
         let named = UserRef::parse("a.example", "user_id", 7).unwrap();
-        assert_eq!(named.into_local("a.example").unwrap().get(), 7);
+        assert_eq!(named.resolve("a.example").unwrap().get(), 7);
         let foreign = UserRef::parse("b.example", "user_id", 7).unwrap();
-        let err = foreign.into_local("a.example").unwrap_err();
-        assert_eq!(err.code(), tonic::Code::Unimplemented);
+        let f = foreign.resolve("a.example").unwrap_err();
+        assert_eq!((&*f.homeserver, f.user.get()), ("b.example", 7));
+        assert_eq!(Foreign::from_sql("7 b.example"), Some(f));
+        for bad in ["", "7", "0 b", "x b", "7 "] {
+            assert_eq!(Foreign::from_sql(bad), None, "{bad}");
+        }
+        assert!(check_homeserver_name("h", "b.example:8448").is_ok());
+        for bad in ["", "a b", "a\nb", &"x".repeat(254)] {
+            assert!(check_homeserver_name("h", bad).is_err(), "{bad}");
+        }
     }
 }

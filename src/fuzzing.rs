@@ -243,6 +243,7 @@ fn scenario_from_bytes(data: &[u8]) -> Scenario {
         .map(|_| AppendRequest {
             stream_id: stream(b.byte()),
             sender: b.user(),
+            sender_origin: None,
             counter: b.counter(),
             body: bytes::Bytes::from(vec![b.byte() % 2]),
         })

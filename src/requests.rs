@@ -4,11 +4,12 @@
 //! sizes or counters.
 //!
 //! What needs the server's settings is left to the handler: a [`UserRef`] becomes a
-//! local [`UserId`] with [`UserRef::into_local`] (UNIMPLEMENTED for other homeservers).
+//! local [`UserId`](crate::domain::UserId) or a [`Foreign`](crate::domain::Foreign) user with
+//! [`UserRef::resolve`].
 
 use bytes::Bytes;
 
-use crate::domain::{PairId, StreamId, UserId, UserRef};
+use crate::domain::{PairId, StreamId, UserRef};
 use crate::error::Error;
 use crate::keycheck::{self, CanonicalKey};
 use crate::proto;
@@ -107,10 +108,25 @@ impl TryFrom<proto::PostPrivateKeyRequest> for PostPrivateKey {
 pub struct SendInvite {
     /// The pair invited into.
     pub pair: PairId,
-    /// The invitee as named (the handler keeps local users only).
+    /// The invitee as named (of this homeserver or another).
     pub to: UserRef,
     /// The invite bytes (1 byte to 64 KiB).
     pub invite: Vec<u8>,
+    /// The fingerprint of the invitee's key the invite was encrypted to, if the client
+    /// gave one (32 bytes): the invite is refused when the invitee's current key differs.
+    pub key_fingerprint: Option<Vec<u8>>,
+}
+
+/// Checks an optional key fingerprint field: empty (not given) or a SHA-256 (32 bytes).
+pub fn key_fingerprint(field: &str, value: Vec<u8>) -> Result<Option<Vec<u8>>, Error> {
+    match value.len() {
+        0 => Ok(None),
+        32 => Ok(Some(value)),
+        n => Err(Error::invalid(format!(
+            "{field} has {n} bytes; it must be empty or the 32-byte SHA-256 fingerprint \
+             FetchKey returned"
+        ))),
+    }
 }
 
 impl TryFrom<proto::SendInviteRequest> for SendInvite {
@@ -123,6 +139,7 @@ impl TryFrom<proto::SendInviteRequest> for SendInvite {
             pair,
             to,
             invite: r.invite,
+            key_fingerprint: key_fingerprint("key_fingerprint", r.key_fingerprint)?,
         })
     }
 }
@@ -189,8 +206,8 @@ impl TryFrom<proto::LeaveChannelPairRequest> for LeaveChannelPair {
 pub struct RemoveMember {
     /// The pair.
     pub pair: PairId,
-    /// The member to remove.
-    pub user: UserId,
+    /// The member to remove (of this homeserver or another).
+    pub user: UserRef,
 }
 
 impl TryFrom<proto::RemoveMemberRequest> for RemoveMember {
@@ -198,7 +215,7 @@ impl TryFrom<proto::RemoveMemberRequest> for RemoveMember {
     fn try_from(r: proto::RemoveMemberRequest) -> Result<Self, Error> {
         Ok(RemoveMember {
             pair: PairId::parse("pair_id", &r.pair_id)?,
-            user: UserId::parse("user_id", r.user_id)?,
+            user: UserRef::parse(&r.homeserver, "user_id", r.user_id)?,
         })
     }
 }

@@ -178,7 +178,7 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
     });
     // SecretFederationService, behind its own gate (s2s tokens, per-peer limits), when
     // federation is on.
-    let federation_service = federation.map(|federation| {
+    let federation_service = federation.clone().map(|federation| {
         let api = crate::federation::service::FederationApi::new(state.clone(), federation.clone());
         crate::federation::gate::FederationGate::new(
             crate::proto::federation::secret_federation_service_server::SecretFederationServiceServer::new(api)
@@ -186,7 +186,10 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
             federation,
         )
     });
-    let secret = InterceptedService::new(SecretRouter::new(state), AuthInterceptor::new(verifier));
+    let secret = InterceptedService::new(
+        SecretRouter::new(state),
+        AuthInterceptor::new(verifier, federation.clone()),
+    );
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<SecretRouter>().await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()

@@ -3,6 +3,7 @@
 
 use prost::Message;
 
+use crate::domain::Foreign;
 use crate::proto::{self, stream_message_posting_response::Event};
 use crate::store::{InviteRecord, PairIds, PairInfo, StoredEvent, StoredKey};
 use crate::time::to_timestamp;
@@ -54,10 +55,9 @@ fn posted_message_with(e: &StoredEvent, body: Option<Vec<u8>>) -> proto::PostedM
         }),
         stream_id: e.stream_id.hyphenated().to_string(),
         event_id: e.event_id as u64,
-        sender: e.sender as u64,
+        sender: user_id(e.sender, e.sender_origin.as_ref()),
         posted_at: Some(to_timestamp(e.posted_at)),
-        // Only local users post today (foreign members come with federation part 2).
-        sender_homeserver: String::new(),
+        sender_homeserver: homeserver(e.sender_origin.as_ref()),
     }
 }
 
@@ -72,30 +72,53 @@ fn received_invite_with(i: &InviteRecord, body: Vec<u8>) -> proto::ReceivedInvit
     proto::ReceivedInvite {
         invite_id: i.invite_id as u64,
         pair: Some(channel_pair(&i.pair)),
-        from_user: i.from_user as u64,
+        from_user: user_id(i.from_user, i.from_origin.as_ref()),
         invite: body,
         sent_at: Some(to_timestamp(i.sent_at)),
-        // Local inviters into local pairs only, until federation part 2.
-        from_homeserver: String::new(),
-        pair_homeserver: String::new(),
+        from_homeserver: homeserver(i.from_origin.as_ref()),
+        pair_homeserver: i.pair_homeserver.clone(),
     }
 }
 
-/// The proto form of a pair with its members.
+/// A user id as the wire carries it: a local user's own id, or a foreign user's id on
+/// their homeserver (`origin`). A foreign id whose name was not found (never expected:
+/// `foreign_users` rows are never deleted) goes out as 0, never as a local user's id.
+fn user_id(id: i64, origin: Option<&Foreign>) -> u64 {
+    match origin {
+        Some(f) => f.wire_id(),
+        None if id < 0 => 0,
+        None => id as u64,
+    }
+}
+
+/// The homeserver next to a user id on the wire: empty for ours.
+fn homeserver(origin: Option<&Foreign>) -> String {
+    origin.map(|f| f.homeserver.to_string()).unwrap_or_default()
+}
+
+/// The proto form of a pair with its members: `member_refs` names everyone with their
+/// homeserver; the draft's `members` lists the local members only, so a client that does
+/// not know homeservers never takes user 2 of another server for our user 2.
 pub fn pair_info(p: PairInfo) -> proto::ChannelPairInfo {
+    let origin = |id: i64| p.foreign.iter().find(|(f, _)| *f == id).map(|(_, who)| who);
     proto::ChannelPairInfo {
         pair: Some(channel_pair(&p.ids)),
-        owner: p.owner as u64,
+        owner: user_id(p.owner, origin(p.owner)),
         member_refs: p
             .members
             .iter()
             .map(|&m| proto::UserRef {
-                homeserver: String::new(),
-                user_id: m as u64,
+                homeserver: homeserver(origin(m)),
+                user_id: user_id(m, origin(m)),
             })
             .collect(),
-        members: p.members.into_iter().map(|m| m as u64).collect(),
-        owner_homeserver: String::new(),
+        members: p
+            .members
+            .iter()
+            .filter(|&&m| m > 0)
+            .map(|&m| m as u64)
+            .collect(),
+        owner_homeserver: homeserver(origin(p.owner)),
     }
 }
 
@@ -151,6 +174,14 @@ mod tests {
     use super::*;
     use uuid::Uuid;
 
+    /// A foreign user for every other `n`.
+    fn foreign(n: i64) -> Option<Foreign> {
+        (n % 2 == 1).then(|| Foreign {
+            homeserver: format!("hs{n}.example").into(),
+            user: crate::domain::UserId::trusted(n),
+        })
+    }
+
     #[test]
     fn item_sizes_are_exact() {
         let stream_id = Uuid::new_v4();
@@ -161,6 +192,7 @@ mod tests {
                     event_id: counter * 3,
                     counter,
                     sender: counter + 1,
+                    sender_origin: foreign(counter),
                     posted_at: 1_750_000_000_123_456,
                     body: bytes::Bytes::from(vec![7u8; len]),
                 };
@@ -174,6 +206,12 @@ mod tests {
                     invite_id: counter,
                     pair: PairIds::generate(),
                     from_user: counter,
+                    from_origin: foreign(counter + 1),
+                    pair_homeserver: if counter % 2 == 0 {
+                        "a.example:8443".into()
+                    } else {
+                        String::new()
+                    },
                     body: vec![1u8; len],
                     sent_at: 5,
                 };
@@ -194,8 +232,16 @@ mod tests {
                 assert_eq!(key_size(&k), page.encoded_len(), "{len}");
                 let p = PairInfo {
                     ids: PairIds::generate(),
-                    owner: counter,
-                    members: (1..=len as i64).collect(),
+                    owner: -1,
+                    members: (-3..=len as i64).filter(|&m| m != 0).collect(),
+                    foreign: (-3..0)
+                        .map(|id| {
+                            (
+                                id,
+                                foreign(-id * 1000).unwrap_or_else(|| foreign(7).unwrap()),
+                            )
+                        })
+                        .collect(),
                 };
                 let page = proto::ListChannelPairsResponse {
                     pairs: vec![pair_info(p.clone())],

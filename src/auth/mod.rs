@@ -13,7 +13,9 @@ use std::sync::Arc;
 
 use tonic::{Request, Status};
 
-use crate::domain::UserId;
+use crate::domain::{Foreign, UserId};
+use crate::federation::Federation;
+use crate::federation::token::{self, TokenType};
 
 mod secret;
 mod verify;
@@ -48,16 +50,65 @@ impl Caller {
     }
 }
 
-/// A tonic interceptor that authenticates every call and records the [`Caller`].
+/// A user of another homeserver calling with a "fed-user" token (DESIGN §9), put into the
+/// request's extensions by [`AuthInterceptor`] instead of a [`Caller`]: the router turns
+/// it into a `Caller` with the id this database knows the user by (and keeps this next to
+/// it, for the handlers that need the user's homeserver).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FederatedCaller {
+    /// Who: the token's issuer (a configured peer) and subject.
+    pub who: Foreign,
+    /// Unix seconds after which the token is no longer accepted (`exp` plus the leeway).
+    pub expires_at: u64,
+}
+
+impl FederatedCaller {
+    /// The foreign caller of a request, if it is one.
+    pub fn of<T>(req: &Request<T>) -> Option<&FederatedCaller> {
+        req.extensions().get::<FederatedCaller>()
+    }
+}
+
+/// A tonic interceptor that authenticates every call and records the [`Caller`] (or, for
+/// a "fed-user" token of a configured peer, the [`FederatedCaller`]).
 #[derive(Clone)]
 pub struct AuthInterceptor {
     verifier: Arc<Verifier>,
+    federation: Option<Arc<Federation>>,
 }
 
 impl AuthInterceptor {
-    /// Wraps a verifier.
-    pub fn new(verifier: Arc<Verifier>) -> Self {
-        AuthInterceptor { verifier }
+    /// Wraps a verifier; `federation` (when on) verifies the tokens of foreign users.
+    pub fn new(verifier: Arc<Verifier>, federation: Option<Arc<Federation>>) -> Self {
+        AuthInterceptor {
+            verifier,
+            federation,
+        }
+    }
+
+    /// Verifies a "fed-user" token against the key pinned for its issuer.
+    fn verify_foreign(&self, token: &str) -> Result<FederatedCaller, Status> {
+        let Some(federation) = &self.federation else {
+            return Err(Status::unauthenticated(
+                "this is a federation token (typ fed-user), but federation is off on this \
+                 server: use a token of this homeserver",
+            ));
+        };
+        let verified = token::verify(token, &federation.server_name, TokenType::FedUser, |iss| {
+            federation.peers.pinned_key(iss)
+        })
+        .map_err(Status::unauthenticated)?;
+        let user = verified
+            .subject
+            .and_then(|s| i64::try_from(s).ok())
+            .ok_or_else(|| Status::unauthenticated("a fed-user token needs a user id in sub"))?;
+        Ok(FederatedCaller {
+            who: Foreign {
+                homeserver: verified.issuer.into(),
+                user: UserId::trusted(user),
+            },
+            expires_at: verified.expires_at.saturating_add(token::LEEWAY_SECS),
+        })
     }
 }
 
@@ -78,8 +129,23 @@ impl tonic::service::Interceptor for AuthInterceptor {
             .ok_or_else(|| {
                 Status::unauthenticated("the authorization metadata must be `Bearer <jwt>`")
             })?;
-        let caller = self.verifier.verify_caller(token)?;
-        req.extensions_mut().insert(caller);
+        match token::unverified_type(token).as_deref() {
+            Some("fed-user") => {
+                let foreign = self.verify_foreign(token)?;
+                req.extensions_mut().insert(foreign);
+            }
+            Some("s2s") => {
+                return Err(Status::unauthenticated(
+                    "this is a server-to-server token (typ s2s), which only \
+                     SecretFederationService accepts; a user presents a token of this \
+                     homeserver, or a fed-user token from their own homeserver's Federate",
+                ));
+            }
+            _ => {
+                let caller = self.verifier.verify_caller(token)?;
+                req.extensions_mut().insert(caller);
+            }
+        }
         Ok(req)
     }
 }

@@ -9,18 +9,20 @@
 //! cached; `b`'s NOT_FOUND becomes NOT_FOUND naming the user and server.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tonic::Code;
+use tonic::transport::Channel;
 
 use super::Federation;
 use super::token::{self, TokenType};
 use crate::domain::UserId;
 use crate::error::Error;
 use crate::proto;
-use crate::proto::federation::FetchUserKeyRequest;
 use crate::proto::federation::secret_federation_service_client::SecretFederationServiceClient;
+use crate::proto::federation::{DeliverInviteRequest, FetchUserKeyRequest};
 
 /// Users' keys fetched from peers, by (peer, user), with the time they were fetched.
 #[derive(Default)]
@@ -62,20 +64,132 @@ impl Federation {
         max_past_keys: usize,
     ) -> Result<proto::FetchKeyResponse, Error> {
         let Some(target) = self.peers.get(peer) else {
-            return Err(Error::FailedPrecondition(format!(
-                "homeserver {peer:?} is not a federation peer of this server (config \
-                 federation.peers), so its users cannot be reached"
-            )));
+            return Err(not_a_peer(peer));
         };
         let ttl = Duration::from_secs(self.settings.key_cache_secs);
         if let Some(keys) = self.cache.get(peer, user, ttl) {
             return Ok(keys);
         }
-        let unavailable = |what: String| {
-            Error::Unavailable(format!(
-                "homeserver {peer:?} ({}) {what}; try again later",
-                target.endpoint
-            ))
+        let request = FetchUserKeyRequest {
+            user_id: user.get() as u64,
+        };
+        let answer = match self
+            .call(peer, request, |mut client, request| async move {
+                client.fetch_user_key(request).await
+            })
+            .await
+        {
+            Err(Refused(status)) if status.code() == Code::NotFound => {
+                crate::telemetry::federation_call(peer, "out", "not_found");
+                return Err(Error::NotFound(format!(
+                    "user {user} of homeserver {peer:?} has not posted a public key"
+                )));
+            }
+            Err(Refused(status)) => {
+                crate::telemetry::federation_call(peer, "out", "unavailable");
+                return Err(unavailable(
+                    peer,
+                    &target.endpoint,
+                    format!(
+                        "could not be asked for the key of user {user}: {:?}: {}",
+                        status.code(),
+                        status.message()
+                    ),
+                ));
+            }
+            Err(Failed(error)) => return Err(error),
+            Ok(answer) => answer,
+        };
+        let keys = match validate(answer, max_past_keys) {
+            Ok(keys) => keys,
+            Err(why) => {
+                crate::telemetry::federation_call(peer, "out", "invalid_answer");
+                tracing::warn!(peer, user = user.get(), "a peer sent an invalid key: {why}");
+                return Err(unavailable(
+                    peer,
+                    &target.endpoint,
+                    format!("answered with an invalid key for user {user} ({why})"),
+                ));
+            }
+        };
+        crate::telemetry::federation_call(peer, "out", "ok");
+        self.cache.put(peer, user, keys.clone());
+        Ok(keys)
+    }
+
+    /// Delivers an invite to user `to` of homeserver `peer` (SecretFederationService
+    /// .DeliverInvite); the invite's id in their inbox. The peer's refusals that a client
+    /// can act on (no key, stale fingerprint, bad argument, rate limit) come back with their
+    /// code and the peer's sentence; a peer that is down, slow or answers anything else is
+    /// UNAVAILABLE naming it.
+    pub async fn deliver_invite(
+        &self,
+        peer: &str,
+        request: DeliverInviteRequest,
+    ) -> Result<u64, Error> {
+        let Some(target) = self.peers.get(peer) else {
+            return Err(not_a_peer(peer));
+        };
+        let to = request.to_user_id;
+        match self
+            .call(peer, request, |mut client, request| async move {
+                client.deliver_invite(request).await
+            })
+            .await
+        {
+            Ok(answer) if answer.invite_id > 0 => {
+                crate::telemetry::federation_call(peer, "out", "ok");
+                Ok(answer.invite_id)
+            }
+            Ok(_) => {
+                crate::telemetry::federation_call(peer, "out", "invalid_answer");
+                Err(unavailable(
+                    peer,
+                    &target.endpoint,
+                    "answered DeliverInvite without an invite id".into(),
+                ))
+            }
+            Err(Refused(status)) => {
+                let refused = |outcome| {
+                    crate::telemetry::federation_call(peer, "out", outcome);
+                    format!(
+                        "homeserver {peer:?} refused the invite for its user {to}: {}",
+                        status.message()
+                    )
+                };
+                Err(match status.code() {
+                    Code::FailedPrecondition => Error::FailedPrecondition(refused("refused")),
+                    Code::NotFound => Error::NotFound(refused("not_found")),
+                    Code::InvalidArgument => Error::InvalidArgument(refused("invalid_argument")),
+                    Code::PermissionDenied => Error::PermissionDenied(refused("refused")),
+                    Code::ResourceExhausted => Error::ResourceExhausted(refused("refused")),
+                    code => {
+                        crate::telemetry::federation_call(peer, "out", "unavailable");
+                        unavailable(
+                            peer,
+                            &target.endpoint,
+                            format!(
+                                "could not take the invite for its user {to}: {code:?}: {}",
+                                status.message()
+                            ),
+                        )
+                    }
+                })
+            }
+            Err(Failed(error)) => Err(error),
+        }
+    }
+
+    /// Calls `peer` with a fresh "s2s" token within `federation.request_timeout_secs`.
+    /// A timeout is counted and answered as UNAVAILABLE ([`Outcome::Failed`]); the peer's
+    /// own error status is left to the caller ([`Outcome::Refused`]).
+    async fn call<Req, Resp, F, Fut>(&self, peer: &str, message: Req, send: F) -> Outcome<Resp>
+    where
+        F: FnOnce(SecretFederationServiceClient<Channel>, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+    {
+        let Some(target) = self.peers.get(peer) else {
+            return Err(Failed(not_a_peer(peer)));
         };
         let (bearer, _) = token::mint(
             &self.key,
@@ -85,55 +199,64 @@ impl Federation {
             None,
             TokenType::S2s.max_lifetime_secs(),
         )
-        .map_err(|e| Error::Internal(format!("cannot sign a server-to-server token: {e}")))?;
-        let mut request = tonic::Request::new(FetchUserKeyRequest {
-            user_id: user.get() as u64,
-        });
-        let value = format!("Bearer {bearer}")
-            .parse()
-            .map_err(|_| Error::Internal("a signed token is not valid metadata".into()))?;
+        .map_err(|e| {
+            Failed(Error::Internal(format!(
+                "cannot sign a server-to-server token: {e}"
+            )))
+        })?;
+        let mut request = tonic::Request::new(message);
+        let value = format!("Bearer {bearer}").parse().map_err(|_| {
+            Failed(Error::Internal(
+                "a signed token is not valid metadata".into(),
+            ))
+        })?;
         request.metadata_mut().insert("authorization", value);
         let timeout = Duration::from_secs(self.settings.request_timeout_secs);
         request.set_timeout(timeout);
-        let mut client = SecretFederationServiceClient::new(target.channel.clone());
-        let answer = match tokio::time::timeout(timeout, client.fetch_user_key(request)).await {
+        let client = SecretFederationServiceClient::new(target.channel.clone());
+        match tokio::time::timeout(timeout, send(client, request)).await {
             Err(_) => {
                 crate::telemetry::federation_call(peer, "out", "timeout");
-                return Err(unavailable(format!(
-                    "did not answer within {} s (federation.request_timeout_secs)",
-                    timeout.as_secs()
-                )));
+                Err(Failed(unavailable(
+                    peer,
+                    &target.endpoint,
+                    format!(
+                        "did not answer within {} s (federation.request_timeout_secs)",
+                        timeout.as_secs()
+                    ),
+                )))
             }
-            Ok(Err(status)) if status.code() == Code::NotFound => {
-                crate::telemetry::federation_call(peer, "out", "not_found");
-                return Err(Error::NotFound(format!(
-                    "user {user} of homeserver {peer:?} has not posted a public key"
-                )));
-            }
-            Ok(Err(status)) => {
-                crate::telemetry::federation_call(peer, "out", "unavailable");
-                return Err(unavailable(format!(
-                    "could not be asked for the key of user {user}: {:?}: {}",
-                    status.code(),
-                    status.message()
-                )));
-            }
-            Ok(Ok(answer)) => answer.into_inner(),
-        };
-        let keys = match validate(answer, max_past_keys) {
-            Ok(keys) => keys,
-            Err(why) => {
-                crate::telemetry::federation_call(peer, "out", "invalid_answer");
-                tracing::warn!(peer, user = user.get(), "a peer sent an invalid key: {why}");
-                return Err(unavailable(format!(
-                    "answered with an invalid key for user {user} ({why})"
-                )));
-            }
-        };
-        crate::telemetry::federation_call(peer, "out", "ok");
-        self.cache.put(peer, user, keys.clone());
-        Ok(keys)
+            Ok(Err(status)) => Err(Refused(status)),
+            Ok(Ok(answer)) => Ok(answer.into_inner()),
+        }
     }
+}
+
+/// How an outgoing call ended when it did not succeed.
+enum CallError {
+    /// The peer answered with an error status.
+    Refused(tonic::Status),
+    /// No answer (timeout) or the call could not be made: the error for our client.
+    Failed(Error),
+}
+use CallError::{Failed, Refused};
+
+/// The result of an outgoing call.
+type Outcome<T> = Result<T, CallError>;
+
+/// The error for a homeserver that is not a configured peer.
+fn not_a_peer(peer: &str) -> Error {
+    Error::FailedPrecondition(format!(
+        "homeserver {peer:?} is not a federation peer of this server (config \
+         federation.peers), so its users cannot be reached"
+    ))
+}
+
+/// The error for a peer that did not answer usefully.
+fn unavailable(peer: &str, endpoint: &str, what: String) -> Error {
+    Error::Unavailable(format!(
+        "homeserver {peer:?} ({endpoint}) {what}; try again later"
+    ))
 }
 
 /// Checks every key of a peer's answer by the rules for posted keys and recomputes its

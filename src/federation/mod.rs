@@ -9,8 +9,10 @@
 //! - `service.rs`: the `SecretFederationService` handlers (layer 4: they use the store);
 //! - `client.rs`: outgoing calls (FetchUserKey) and the cache of fetched keys.
 //!
-//! Part 2 adds foreign members (identity columns), DeliverInvite and "fed-user" callers
-//! on SecretService; the token and peer code here already serves both.
+//! Foreign users at SecretService: `auth/` verifies their "fed-user" tokens,
+//! `service/router.rs` admits them to the RPCs §9 allows and gives them the id this
+//! database knows them by ([`ForeignIds`]); `service/rooms.rs` delivers invites to users
+//! of other homeservers through [`Federation::deliver_invite`].
 
 pub mod client;
 pub mod gate;
@@ -19,9 +21,13 @@ pub mod peers;
 pub mod service;
 pub mod token;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use crate::config::{FederationSettings, Settings};
+use crate::domain::{Foreign, UserId};
+use crate::error::Error;
+use crate::store::DynStore;
 
 /// Everything federation needs at run time; `None` in the app state when it is off.
 pub struct Federation {
@@ -35,6 +41,47 @@ pub struct Federation {
     pub peers: peers::Peers,
     /// Keys fetched from peers.
     pub cache: client::KeyCache,
+    /// The ids this database gives users of other homeservers.
+    pub ids: ForeignIds,
+}
+
+/// The ids this database knows users of other homeservers by (negative numbers from the
+/// `foreign_users` table), remembered once read: a user's id never changes, so a
+/// remembered one is never stale, on any replica.
+#[derive(Default)]
+pub struct ForeignIds {
+    known: Mutex<HashMap<Foreign, UserId>>,
+}
+
+impl ForeignIds {
+    /// Ids remembered at most; past it the map starts over (the database has them all).
+    const MAX: usize = 100_000;
+
+    /// The id of `who`; with `create`, given now if they have none yet (`None` only
+    /// without `create`: a user who holds nothing here).
+    pub async fn get(
+        &self,
+        store: &DynStore,
+        who: &Foreign,
+        create: bool,
+    ) -> Result<Option<UserId>, Error> {
+        if let Some(id) = self.lock().get(who) {
+            return Ok(Some(*id));
+        }
+        let id = store.foreign_user(who, create).await?;
+        if let Some(id) = id {
+            let mut known = self.lock();
+            if known.len() >= Self::MAX {
+                known.clear();
+            }
+            known.insert(who.clone(), id);
+        }
+        Ok(id)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Foreign, UserId>> {
+        self.known.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl Federation {
@@ -58,6 +105,7 @@ impl Federation {
             key,
             peers,
             cache: client::KeyCache::default(),
+            ids: ForeignIds::default(),
         })))
     }
 }

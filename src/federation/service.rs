@@ -1,5 +1,6 @@
 //! The `SecretFederationService` handlers: ServerKey, FetchUserKey (our users' keys, the
-//! same page as FetchKey) and DeliverInvite (not yet: federation part 2). Calls reach
+//! same page as FetchKey) and DeliverInvite (an invite into the caller's pair for one of
+//! our users). Calls reach
 //! them through [`super::gate::FederationGate`], which verified the caller's token.
 
 use std::sync::Arc;
@@ -8,14 +9,17 @@ use tonic::{Request, Response, Status};
 
 use super::Federation;
 use super::token::Verified;
-use crate::domain::UserId;
+use crate::domain::{PairId, StreamId, UserId, UserRef, check_homeserver_name};
 use crate::error::Error;
 use crate::proto::federation::secret_federation_service_server::SecretFederationService;
 use crate::proto::federation::{
     DeliverInviteRequest, DeliverInviteResponse, FetchUserKeyRequest, FetchUserKeyResponse,
     ServerKeyRequest, ServerKeyResponse,
 };
+use crate::requests::{check_blob, key_fingerprint};
 use crate::service::AppState;
+use crate::store::PairIds;
+use crate::time::now_micros;
 
 /// The federation service over the shared state.
 pub struct FederationApi {
@@ -45,6 +49,9 @@ fn answer<T>(peer: &str, result: Result<T, Error>) -> Result<Response<T>, Status
         Err(Error::NotFound(_)) => "not_found",
         Err(Error::InvalidArgument(_)) => "invalid_argument",
         Err(Error::Unimplemented(_)) => "unimplemented",
+        Err(Error::FailedPrecondition(_)) => "failed_precondition",
+        Err(Error::PermissionDenied(_)) => "permission_denied",
+        Err(Error::Unavailable(_)) => "unavailable",
         Err(_) => "error",
     };
     crate::telemetry::federation_call(peer, "in", outcome);
@@ -88,13 +95,65 @@ impl SecretFederationService for FederationApi {
         req: Request<DeliverInviteRequest>,
     ) -> Result<Response<DeliverInviteResponse>, Status> {
         let peer = peer(&req)?;
-        answer(
-            &peer,
-            Err(Error::Unimplemented(
-                "DeliverInvite is not yet supported by this server (federation part 1): \
-                 invites to users of other homeservers come with part 2"
-                    .into(),
-            )),
-        )
+        let result = self.deliver(&peer, req.into_inner()).await;
+        answer(&peer, result)
+    }
+}
+
+impl FederationApi {
+    /// DeliverInvite from `peer`: an invite into one of `peer`'s pairs for one of our
+    /// users, stored once (a repeated delivery answers the first one's id) and pushed to
+    /// the invitee's open streams.
+    async fn deliver(
+        &self,
+        peer: &str,
+        r: DeliverInviteRequest,
+    ) -> Result<DeliverInviteResponse, Error> {
+        let ours = &self.federation.server_name;
+        let to = UserId::parse("to_user_id", r.to_user_id)?;
+        if r.pair_homeserver != peer {
+            return Err(Error::PermissionDenied(format!(
+                "pair_homeserver is {:?}, but a homeserver delivers invites into its own pairs \
+                 only (the caller is {peer:?})",
+                r.pair_homeserver
+            )));
+        }
+        let pair = r.pair.ok_or_else(|| Error::invalid("pair is required"))?;
+        let ids = PairIds {
+            pair_id: PairId::parse("pair.pair_id", &pair.pair_id)?.get(),
+            message_id: StreamId::parse("pair.message_id", &pair.message_id)?.get(),
+            state_id: StreamId::parse("pair.state_id", &pair.state_id)?.get(),
+        };
+        let from = r.from.ok_or_else(|| Error::invalid("from is required"))?;
+        // The inviter: one of ours, one of the caller's (named by its server name, or
+        // by an empty one), or a member from a third homeserver the caller vouches for.
+        let homeserver = if from.homeserver.is_empty() {
+            peer
+        } else {
+            from.homeserver.as_str()
+        };
+        check_homeserver_name("from.homeserver", homeserver)?;
+        let inviter = UserRef::parse(homeserver, "from.user_id", from.user_id)?;
+        let from_id = match inviter.resolve(ours) {
+            Ok(local) => local,
+            Err(foreign) => self
+                .federation
+                .ids
+                .get(&self.state.store, &foreign, true)
+                .await?
+                .ok_or_else(|| Error::Internal("a foreign user was not given an id".into()))?,
+        };
+        check_blob("invite", r.invite.len())?;
+        let fingerprint = key_fingerprint("key_fingerprint", r.key_fingerprint)?;
+        crate::service::keys::check_invitee_key(&self.state, to, fingerprint.as_deref()).await?;
+        let invite = self
+            .state
+            .store
+            .deliver_invite(to, peer, &ids, from_id, &r.invite, now_micros())
+            .await?;
+        self.state.hub.invite_sent(to);
+        Ok(DeliverInviteResponse {
+            invite_id: invite.invite_id as u64,
+        })
     }
 }

@@ -27,6 +27,7 @@ pub(crate) fn event(stream: Uuid, id: i64) -> StoredEvent {
         event_id: id,
         counter: id,
         sender: 1,
+        sender_origin: None,
         posted_at: 0,
         body: Bytes::from(vec![id as u8; 100]),
     }

@@ -22,9 +22,11 @@ pub(super) async fn post_key(
 }
 
 pub(super) async fn fetch_key(st: &AppState, r: FetchKey) -> Result<proto::FetchKeyResponse> {
-    let Some(homeserver) = r.user.foreign_homeserver(&st.settings.server_name) else {
-        return local_keys(st, r.user.into_local(&st.settings.server_name)?).await;
+    let who = match r.user.resolve(&st.settings.server_name) {
+        Ok(local) => return local_keys(st, local).await,
+        Err(foreign) => foreign,
     };
+    let homeserver = &*who.homeserver;
     // A user of another homeserver: asked over federation (cached).
     let Some(federation) = &st.federation else {
         return Err(Error::FailedPrecondition(format!(
@@ -33,12 +35,33 @@ pub(super) async fn fetch_key(st: &AppState, r: FetchKey) -> Result<proto::Fetch
         )));
     };
     federation
-        .fetch_user_key(
-            homeserver,
-            r.user.user_on_homeserver(),
-            st.settings.max_past_keys,
-        )
+        .fetch_user_key(homeserver, who.user, st.settings.max_past_keys)
         .await
+}
+
+/// Checks that local user `to` can receive an invite: they have a public key and, when
+/// the inviter named the key the invite was encrypted to, it is still their current one.
+pub(crate) async fn check_invitee_key(
+    st: &AppState,
+    to: UserId,
+    fingerprint: Option<&[u8]>,
+) -> Result<()> {
+    let envelope = proto::FetchKeyResponse::default();
+    let budget = paging::budget(&st.settings, envelope, wire::key_size);
+    let page = st.store.fetch_public_keys(to, 1, budget).await?;
+    let Some(current) = page.items.first() else {
+        return Err(crate::store::no_public_key(to.get()));
+    };
+    match fingerprint {
+        Some(expected) if expected != current.fingerprint.as_slice() => {
+            Err(Error::FailedPrecondition(format!(
+                "user {to} has a new public key since the invite was encrypted (key_fingerprint \
+                 is not their current key's): fetch their key again (FetchKey), re-encrypt the \
+                 invite and send it again"
+            )))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The current and past keys of a user of this server: FetchKey's answer, and

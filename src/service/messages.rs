@@ -1,6 +1,6 @@
 //! PostMessage and FetchMessages.
 
-use crate::domain::UserId;
+use crate::domain::{Foreign, UserId};
 use crate::error::Result;
 use crate::proto;
 use crate::requests::{FetchMessages, PostMessage};
@@ -11,6 +11,7 @@ use crate::wire;
 pub(super) async fn post_message(
     st: &AppState,
     user: UserId,
+    origin: Option<Foreign>,
     r: PostMessage,
 ) -> Result<proto::PostMessageResponse> {
     let appended = st
@@ -18,6 +19,7 @@ pub(super) async fn post_message(
         .append(AppendRequest {
             stream_id: r.stream.get(),
             sender: user.get(),
+            sender_origin: origin,
             counter: r.counter,
             body: r.body,
         })

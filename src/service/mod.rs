@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 
 use crate::commit::Committer;
 use crate::config::Settings;
-use crate::domain::UserId;
+use crate::domain::{Foreign, UserId};
 use crate::error::Error;
 use crate::hub::Hub;
 use crate::limits::RateLimits;
@@ -75,6 +75,13 @@ fn answer<T>(method: &'static str, result: Result<T, Error>) -> Result<Response<
 fn parts<T>(req: Request<T>) -> Result<(UserId, T), Status> {
     let user = crate::auth::Caller::of(&req)?;
     Ok((user, req.into_inner()))
+}
+
+/// The caller, who they are if they are a user of another homeserver, and the message.
+fn parts_with_origin<T>(req: Request<T>) -> Result<(UserId, Option<Foreign>, T), Status> {
+    let user = crate::auth::Caller::of(&req)?;
+    let origin = crate::auth::FederatedCaller::of(&req).map(|f| f.who.clone());
+    Ok((user, origin, req.into_inner()))
 }
 
 type StatusResult<T> = Result<Response<T>, Status>;
@@ -140,10 +147,10 @@ impl SecretService for SecretApi {
         &self,
         req: Request<proto::SendInviteRequest>,
     ) -> StatusResult<proto::SendInviteResponse> {
-        let (user, r) = parts(req)?;
+        let (user, origin, r) = parts_with_origin(req)?;
         answer(
             "SendInvite",
-            async { rooms::send_invite(&self.state, user, r.try_into()?).await }.await,
+            async { rooms::send_invite(&self.state, user, origin, r.try_into()?).await }.await,
         )
     }
 
@@ -195,10 +202,10 @@ impl SecretService for SecretApi {
         &self,
         req: Request<proto::PostMessageRequest>,
     ) -> StatusResult<proto::PostMessageResponse> {
-        let (user, r) = parts(req)?;
+        let (user, origin, r) = parts_with_origin(req)?;
         answer(
             "PostMessage",
-            async { messages::post_message(&self.state, user, r.try_into()?).await }.await,
+            async { messages::post_message(&self.state, user, origin, r.try_into()?).await }.await,
         )
     }
 

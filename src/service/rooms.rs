@@ -1,11 +1,12 @@
 //! GenerateChannelPair, SendInvite, FetchInvites, ListChannelPairs, LeaveChannelPair,
 //! RemoveMember.
 
-use crate::domain::UserId;
-use crate::error::Result;
+use crate::domain::{Foreign, UserId};
+use crate::error::{Error, Result};
 use crate::proto;
+use crate::proto::federation::DeliverInviteRequest;
 use crate::requests::{FetchInvites, LeaveChannelPair, ListChannelPairs, RemoveMember, SendInvite};
-use crate::service::{AppState, paging};
+use crate::service::{AppState, keys, paging};
 use crate::store::{InviteCaps, PairIds};
 use crate::time::now_micros;
 use crate::wire;
@@ -22,13 +23,20 @@ pub(super) async fn generate_channel_pair(
 pub(super) async fn send_invite(
     st: &AppState,
     user: UserId,
+    origin: Option<Foreign>,
     r: SendInvite,
 ) -> Result<proto::SendInviteResponse> {
-    let to = r.to.into_local(&st.settings.server_name)?;
     let caps = InviteCaps {
         pending_per_sender: st.settings.max_pending_invites_per_sender,
         members_per_pair: st.settings.max_members_per_pair,
     };
+    let to = match r.to.clone().resolve(&st.settings.server_name) {
+        Ok(local) => local,
+        Err(foreign) => return invite_foreign(st, user, origin, foreign, r, caps).await,
+    };
+    if r.key_fingerprint.is_some() {
+        keys::check_invitee_key(st, to, r.key_fingerprint.as_deref()).await?;
+    }
     let invite = st
         .store
         .send_invite(user, r.pair, to, &r.invite, now_micros(), caps)
@@ -37,6 +45,71 @@ pub(super) async fn send_invite(
     Ok(proto::SendInviteResponse {
         invite_id: invite.invite_id as u64,
     })
+}
+
+/// SendInvite to a user of another homeserver (DESIGN §9): the inviter's membership and
+/// the member cap are checked, the invite is delivered to the invitee's homeserver (which
+/// refuses it when the invitee has no key or a different one), and only then does the
+/// invitee become a member here. A failed delivery changes nothing; a retry after a
+/// failure in between delivers again (idempotent there) and adds the member.
+async fn invite_foreign(
+    st: &AppState,
+    user: UserId,
+    origin: Option<Foreign>,
+    to: Foreign,
+    r: SendInvite,
+    caps: InviteCaps,
+) -> Result<proto::SendInviteResponse> {
+    let homeserver = &*to.homeserver;
+    let Some(federation) = &st.federation else {
+        return Err(Error::FailedPrecondition(format!(
+            "federation is off on this server (config key federation.enabled), so users of \
+             homeserver {homeserver:?} cannot be invited"
+        )));
+    };
+    if federation.peers.get(homeserver).is_none() {
+        return Err(Error::FailedPrecondition(format!(
+            "homeserver {homeserver:?} is not a federation peer of this server (config \
+             federation.peers), so its users cannot be invited"
+        )));
+    }
+    let member = federation
+        .ids
+        .get(&st.store, &to, true)
+        .await?
+        .ok_or_else(|| Error::Internal("a foreign user was not given an id".into()))?;
+    let ids = st
+        .store
+        .check_new_member(user, r.pair, member, caps)
+        .await?;
+    // The inviter as the invitee's homeserver names them: our server name for our users.
+    let from = match &origin {
+        Some(f) => proto::UserRef {
+            homeserver: f.homeserver.to_string(),
+            user_id: f.wire_id(),
+        },
+        None => proto::UserRef {
+            homeserver: st.settings.server_name.clone(),
+            user_id: user.get() as u64,
+        },
+    };
+    let invite_id = federation
+        .deliver_invite(
+            homeserver,
+            DeliverInviteRequest {
+                pair: Some(wire::channel_pair(&ids)),
+                pair_homeserver: st.settings.server_name.clone(),
+                from: Some(from),
+                to_user_id: to.wire_id(),
+                invite: r.invite,
+                key_fingerprint: r.key_fingerprint.unwrap_or_default(),
+            },
+        )
+        .await?;
+    st.store
+        .add_member(user, r.pair, member, caps, now_micros())
+        .await?;
+    Ok(proto::SendInviteResponse { invite_id })
 }
 
 pub(super) async fn fetch_invites(
@@ -87,7 +160,33 @@ pub(super) async fn remove_member(
     user: UserId,
     r: RemoveMember,
 ) -> Result<proto::RemoveMemberResponse> {
-    let ids = st.store.remove_member(user, r.pair, r.user).await?;
-    st.hub.membership_changed(&ids, r.user);
+    let target = match r.user.resolve(&st.settings.server_name) {
+        Ok(local) => local,
+        Err(foreign) => {
+            let not_member = || {
+                Error::NotFound(format!(
+                    "user {} of homeserver {:?} is not a member of this channel pair",
+                    foreign.user, foreign.homeserver
+                ))
+            };
+            let id = match &st.federation {
+                Some(federation) => federation.ids.get(&st.store, &foreign, false).await?,
+                None => st.store.foreign_user(&foreign, false).await?,
+            };
+            let id = id.ok_or_else(not_member)?;
+            let ids = st
+                .store
+                .remove_member(user, r.pair, id)
+                .await
+                .map_err(|e| match e {
+                    Error::NotFound(_) => not_member(),
+                    other => other,
+                })?;
+            st.hub.membership_changed(&ids, id);
+            return Ok(proto::RemoveMemberResponse {});
+        }
+    };
+    let ids = st.store.remove_member(user, r.pair, target).await?;
+    st.hub.membership_changed(&ids, target);
     Ok(proto::RemoveMemberResponse {})
 }

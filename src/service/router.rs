@@ -21,7 +21,8 @@ use tonic::{Code, Status};
 use tower::Service;
 
 use super::{AppState, SecretApi, streaming};
-use crate::auth::Caller;
+use crate::auth::{Caller, FederatedCaller};
+use crate::domain::UserId;
 use crate::limits::in_flight::{self, InFlight, Slot};
 use crate::limits::{RateClass, request_size};
 use crate::proto::secret_service_server::{SERVICE_NAME, SecretServiceServer};
@@ -91,8 +92,65 @@ impl Service<http::Request<Body>> for SecretRouter {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
         let method = method_name(req.uri().path());
+        let Some(foreign) = req.extensions().get::<FederatedCaller>().cloned() else {
+            return self.dispatch(method, req);
+        };
+        // A user of another homeserver: admitted to the RPCs of pairs hosted here, under
+        // the id this database knows them by.
+        let mut router = self.clone();
+        Box::pin(async move {
+            match router.admit_foreign(method, &foreign).await {
+                Ok(caller) => {
+                    req.extensions_mut().insert(caller);
+                    router.dispatch(method, req).await
+                }
+                Err(refused) => {
+                    crate::telemetry::rpc(method, refused.code());
+                    Ok(refused.into_http())
+                }
+            }
+        })
+    }
+}
+
+impl SecretRouter {
+    /// The [`Caller`] a foreign user acts as here: PERMISSION_DENIED for an RPC that
+    /// belongs to their own homeserver (DESIGN §9); their id in this database, or
+    /// [`UserId::NOBODY`] when they hold nothing here (no row is written for a user who
+    /// merely calls).
+    async fn admit_foreign(
+        &self,
+        method: &'static str,
+        foreign: &FederatedCaller,
+    ) -> Result<Caller, Status> {
+        let home = &foreign.who.homeserver;
+        if !FOREIGN_METHODS.contains(&method) {
+            return Err(Status::permission_denied(format!(
+                "{method} belongs to your own homeserver: call this on your homeserver {home} \
+                 (this server serves users of other homeservers only in the channel pairs \
+                 it hosts)"
+            )));
+        }
+        let federation = self
+            .state
+            .federation
+            .as_ref()
+            .ok_or_else(|| Status::unauthenticated("federation is off on this server"))?;
+        let id = federation
+            .ids
+            .get(&self.state.store, &foreign.who, false)
+            .await
+            .map_err(Status::from)?;
+        Ok(Caller {
+            user: id.unwrap_or(UserId::NOBODY),
+            expires_at: foreign.expires_at,
+        })
+    }
+
+    /// Rate limits, calls in progress, the request-size guard, then the handler.
+    fn dispatch(&mut self, method: &'static str, req: http::Request<Body>) -> BoxFuture {
         let user = req.extensions().get::<Caller>().map(|c| c.user.get());
         let slot = match self.admit(method, user) {
             Ok(slot) => slot,
@@ -133,6 +191,21 @@ impl Service<http::Request<Body>> for SecretRouter {
         }
     }
 }
+
+/// What a user of another homeserver may call here (DESIGN §9): the RPCs of pairs this
+/// server hosts, and FetchKey. The rest (PostKey, PostPrivateKey, FetchPrivateKey,
+/// GenerateChannelPair, FetchInvites, Federate) belongs to the user's own homeserver.
+const FOREIGN_METHODS: [&str; 9] = [
+    "FetchKey",
+    "SendInvite",
+    "ListChannelPairs",
+    "LeaveChannelPair",
+    "RemoveMember",
+    "PostMessage",
+    "FetchMessages",
+    "StreamMessagePosting",
+    "Subscribe",
+];
 
 /// The answer to a unary call that ran past `unary_timeout_ms`.
 ///

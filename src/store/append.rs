@@ -137,6 +137,7 @@ pub fn plan_batch(
                 event_id: head.head_event_id,
                 counter: post.counter,
                 sender: post.sender,
+                sender_origin: post.sender_origin.clone(),
                 posted_at: now,
                 body: post.body.clone(),
             };
@@ -185,6 +186,7 @@ mod tests {
         AppendRequest {
             stream_id: stream,
             sender,
+            sender_origin: None,
             counter,
             body: Bytes::from_static(body),
         }

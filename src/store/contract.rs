@@ -81,7 +81,8 @@ on_both!(
     private_keys,
     invites,
     pairs_and_membership,
-    stream_access
+    stream_access,
+    foreign_users
 );
 
 /// post_public_key, fetch_public_keys (newest first, limit, has_more), a retired key.
@@ -295,6 +296,7 @@ async fn stream_access(store: &DynStore) {
             &[AppendRequest {
                 stream_id: ids.message_id,
                 sender: owner.get(),
+                sender_origin: None,
                 counter: 1,
                 body: Bytes::from_static(b"x"),
             }],
@@ -313,4 +315,138 @@ async fn stream_access(store: &DynStore) {
         .unwrap_err();
     assert_eq!(denied.code(), tonic::Code::PermissionDenied);
     assert_eq!(denied.to_string(), unknown.to_string(), "nothing leaks");
+}
+
+/// foreign_user (one id per (homeserver, user), negative, stable), add_member and
+/// check_new_member, deliver_invite (idempotent, merged with local invites by id), and
+/// the names read back with events, invites and pair listings.
+async fn foreign_users(store: &DynStore) {
+    let n = user().get();
+    let who = |hs: &str, u: i64| Foreign {
+        homeserver: hs.into(),
+        user: UserId::trusted(u),
+    };
+    let (bob, bob_on_c) = (who("b.test", n), who("c.test", n));
+    assert_eq!(store.foreign_user(&bob, false).await.unwrap(), None);
+    let b = store.foreign_user(&bob, true).await.unwrap().unwrap();
+    assert!(b.is_foreign(), "{b}");
+    assert_eq!(store.foreign_user(&bob, true).await.unwrap(), Some(b));
+    assert_eq!(store.foreign_user(&bob, false).await.unwrap(), Some(b));
+    let c = store.foreign_user(&bob_on_c, true).await.unwrap().unwrap();
+    assert!(
+        c.is_foreign() && c != b,
+        "user {n} of b and of c are two users"
+    );
+
+    let (owner, stranger) = (user(), user());
+    let ids = PairIds::generate();
+    let pair = pair_id(&ids);
+    store.create_pair(owner, &ids, 1).await.unwrap();
+    let caps = InviteCaps {
+        pending_per_sender: 0,
+        members_per_pair: 2,
+    };
+    assert_eq!(
+        code(store.check_new_member(stranger, pair, b, caps).await),
+        tonic::Code::PermissionDenied
+    );
+    assert_eq!(
+        store.check_new_member(owner, pair, b, caps).await.unwrap(),
+        ids
+    );
+    store.add_member(owner, pair, b, caps, 2).await.unwrap();
+    store.add_member(owner, pair, b, caps, 3).await.unwrap(); // already one
+    assert_eq!(
+        code(store.add_member(owner, pair, c, caps, 3).await),
+        tonic::Code::ResourceExhausted,
+        "the member cap counts foreign members"
+    );
+    let listed = store
+        .list_pairs(owner, None, 10, unlimited())
+        .await
+        .unwrap();
+    assert_eq!(listed.items[0].members, vec![b.get(), owner.get()]);
+    assert_eq!(listed.items[0].foreign, vec![(b.get(), bob.clone())]);
+
+    // The foreign member posts; the event names them, read back or fresh.
+    let post = AppendRequest {
+        stream_id: ids.message_id,
+        sender: b.get(),
+        sender_origin: Some(bob.clone()),
+        counter: 1,
+        body: bytes::Bytes::from_static(b"hi"),
+    };
+    let appended = store.append_batch(&[post], 10, 4).await.unwrap();
+    match appended.into_iter().next().unwrap().unwrap() {
+        Appended::New { event, .. } => assert_eq!(event.sender_origin, Some(bob.clone())),
+        other => panic!("{other:?}"),
+    }
+    let stream = StreamId::trusted(ids.message_id);
+    let page = store
+        .fetch_events(owner, stream, Page::After(0), 10, unlimited())
+        .await
+        .unwrap();
+    assert_eq!(page.events[0].sender, b.get());
+    assert_eq!(page.events[0].sender_origin, Some(bob.clone()));
+    let run = store.read_events(stream, 0, 1, 10).await.unwrap();
+    assert_eq!(run.events[0].sender_origin, Some(bob.clone()));
+
+    // A local user's inbox: an invite from the foreign member into our pair, then one
+    // delivered by b.test into its own pair, then the same delivery again.
+    let invitee = user();
+    store
+        .post_public_key(invitee, &key("rsa4096_3.pub.pem"), 5)
+        .await
+        .unwrap();
+    let local = store
+        .send_invite(b, pair, invitee, b"ours", 5, InviteCaps::default())
+        .await
+        .unwrap();
+    assert_eq!(local.invite_id, 1);
+    let remote_pair = PairIds::generate();
+    let first = store
+        .deliver_invite(invitee, "b.test", &remote_pair, b, b"theirs", 6)
+        .await
+        .unwrap();
+    let again = store
+        .deliver_invite(invitee, "b.test", &remote_pair, b, b"theirs", 7)
+        .await
+        .unwrap();
+    assert_eq!((first.invite_id, again.invite_id, again.sent_at), (2, 2, 6));
+    let other = store
+        .deliver_invite(invitee, "b.test", &remote_pair, b, b"other bytes", 8)
+        .await
+        .unwrap();
+    assert_eq!(other.invite_id, 3);
+    assert_eq!(store.last_invite_id(invitee).await.unwrap(), 3);
+    let inbox = store
+        .fetch_invites(invitee, 0, 10, unlimited())
+        .await
+        .unwrap();
+    let seen: Vec<_> = inbox
+        .items
+        .iter()
+        .map(|i| {
+            (
+                i.invite_id,
+                i.pair.pair_id,
+                i.pair_homeserver.as_str(),
+                i.from_origin.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (1, ids.pair_id, "", Some(bob.clone())),
+            (2, remote_pair.pair_id, "b.test", Some(bob.clone())),
+            (3, remote_pair.pair_id, "b.test", Some(bob.clone())),
+        ]
+    );
+    assert_eq!(inbox.items[1].pair, remote_pair);
+    let paged = store
+        .fetch_invites(invitee, 1, 1, unlimited())
+        .await
+        .unwrap();
+    assert_eq!((paged.items[0].invite_id, paged.has_more), (2, true));
 }

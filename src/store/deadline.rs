@@ -271,6 +271,52 @@ impl EventStore for Deadline {
 }
 
 #[async_trait]
+impl FederationStore for Deadline {
+    async fn foreign_user(&self, who: &Foreign, create: bool) -> Result<Option<UserId>> {
+        let op = self.inner.foreign_user(who, create);
+        self.bound("foreign_user", op).await
+    }
+
+    async fn check_new_member(
+        &self,
+        from: UserId,
+        pair: PairId,
+        to: UserId,
+        caps: InviteCaps,
+    ) -> Result<PairIds> {
+        let op = self.inner.check_new_member(from, pair, to, caps);
+        self.bound("check_new_member", op).await
+    }
+
+    async fn add_member(
+        &self,
+        from: UserId,
+        pair: PairId,
+        to: UserId,
+        caps: InviteCaps,
+        now: i64,
+    ) -> Result<PairIds> {
+        let op = self.inner.add_member(from, pair, to, caps, now);
+        self.bound("add_member", op).await
+    }
+
+    async fn deliver_invite(
+        &self,
+        to: UserId,
+        pair_homeserver: &str,
+        pair: &PairIds,
+        from: UserId,
+        body: &[u8],
+        now: i64,
+    ) -> Result<InviteRecord> {
+        let op = self
+            .inner
+            .deliver_invite(to, pair_homeserver, pair, from, body, now);
+        self.bound("deliver_invite", op).await
+    }
+}
+
+#[async_trait]
 impl Store for Deadline {
     fn backend(&self) -> Backend {
         self.inner.backend()

@@ -22,6 +22,10 @@ const POSTGRES: &[(&str, &str)] = &[
         "0002_invites_by_sender.sql",
         include_str!("../../migrations/postgres/0002_invites_by_sender.sql"),
     ),
+    (
+        "0003_federation.sql",
+        include_str!("../../migrations/postgres/0003_federation.sql"),
+    ),
 ];
 
 /// `(file name, SQL)` of each SQLite migration, in order.
@@ -33,6 +37,10 @@ const SQLITE: &[(&str, &str)] = &[
     (
         "0002_invites_by_sender.sql",
         include_str!("../../migrations/sqlite/0002_invites_by_sender.sql"),
+    ),
+    (
+        "0003_federation.sql",
+        include_str!("../../migrations/sqlite/0003_federation.sql"),
     ),
 ];
 

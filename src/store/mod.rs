@@ -32,7 +32,7 @@ use uuid::Uuid;
 pub use errors::*;
 pub use page::{Budget, Paged};
 
-pub use crate::domain::{PairId, StreamId, UserId};
+pub use crate::domain::{Foreign, PairId, StreamId, UserId};
 use crate::error::Result;
 use crate::keycheck::CanonicalKey;
 
@@ -120,10 +120,29 @@ impl PairIds {
 pub struct PairInfo {
     /// Ids.
     pub ids: PairIds,
-    /// Owner's user id.
+    /// Owner's user id (negative: a foreign user, named in `foreign`).
     pub owner: i64,
-    /// Members, ascending.
+    /// Members, ascending (foreign ones, negative, first).
     pub members: Vec<i64>,
+    /// Who the foreign members (negative ids) are.
+    pub foreign: Vec<(i64, Foreign)>,
+}
+
+/// Reads the foreign members the stores list as lines of `"<id> <user id> <homeserver>"`.
+pub(crate) fn parse_foreign_members(lines: &str) -> Result<Vec<(i64, Foreign)>> {
+    lines
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|line| {
+            line.split_once(' ')
+                .and_then(|(id, rest)| Some((id.parse::<i64>().ok()?, Foreign::from_sql(rest)?)))
+                .ok_or_else(|| {
+                    crate::error::Error::Internal(format!(
+                        "foreign member {line:?} in the database is not \"<id> <user> <homeserver>\""
+                    ))
+                })
+        })
+        .collect()
 }
 
 /// The caps SendInvite enforces (README "Limits"); 0 turns one off.
@@ -169,22 +188,59 @@ pub struct InviteRecord {
     pub invite_id: i64,
     /// The pair invited into.
     pub pair: PairIds,
-    /// The inviter.
+    /// The inviter (negative: a foreign user, named in `from_origin`).
     pub from_user: i64,
+    /// Who a foreign inviter is; `None` for a local one.
+    pub from_origin: Option<Foreign>,
+    /// The homeserver the pair lives on; empty for this one.
+    pub pair_homeserver: String,
     /// Opaque invite bytes.
     pub body: Vec<u8>,
     /// When it was sent (µs).
     pub sent_at: i64,
 }
 
-/// An `invites` row joined with its pair, as selected by both backends: (invite_id,
-/// pair_id, message_id, state_id, from_user, body, sent_at).
-pub(crate) type InviteRow = (i64, Uuid, Uuid, Uuid, i64, Vec<u8>, i64);
+/// An invite row (local `invites` joined with its pair, or `remote_invites`), as selected
+/// by both backends: (invite_id, pair_id, message_id, state_id, from_user, body, sent_at,
+/// pair_homeserver, foreign inviter as `"<user> <homeserver>"`).
+pub(crate) type InviteRow = (
+    i64,
+    Uuid,
+    Uuid,
+    Uuid,
+    i64,
+    Vec<u8>,
+    i64,
+    String,
+    Option<String>,
+);
 
 impl InviteRecord {
+    /// The record of an invite another homeserver delivered (its answer to
+    /// [`FederationStore::deliver_invite`]; the inviter is left unnamed).
+    pub(crate) fn delivered(
+        invite_id: i64,
+        pair: &PairIds,
+        pair_homeserver: &str,
+        from: UserId,
+        body: &[u8],
+        sent_at: i64,
+    ) -> Self {
+        InviteRecord {
+            invite_id,
+            pair: *pair,
+            from_user: from.get(),
+            from_origin: None,
+            pair_homeserver: pair_homeserver.to_string(),
+            body: body.to_vec(),
+            sent_at,
+        }
+    }
+
     /// Builds a record from an [`InviteRow`].
     pub(crate) fn from_row(row: InviteRow) -> Self {
-        let (invite_id, pair_id, message_id, state_id, from_user, body, sent_at) = row;
+        let (invite_id, pair_id, message_id, state_id, from_user, body, sent_at, pair_hs, from) =
+            row;
         InviteRecord {
             invite_id,
             pair: PairIds {
@@ -193,6 +249,8 @@ impl InviteRecord {
                 state_id,
             },
             from_user,
+            from_origin: from.as_deref().and_then(Foreign::from_sql),
+            pair_homeserver: pair_hs,
             body,
             sent_at,
         }
@@ -206,6 +264,8 @@ pub struct AppendRequest {
     pub stream_id: Uuid,
     /// The authenticated sender.
     pub sender: i64,
+    /// Who a foreign sender is (carried into the new event); `None` for a local one.
+    pub sender_origin: Option<Foreign>,
     /// Ratchet counter (1 ..= i64::MAX).
     pub counter: i64,
     /// Ciphertext.
@@ -221,8 +281,10 @@ pub struct StoredEvent {
     pub event_id: i64,
     /// Ratchet counter.
     pub counter: i64,
-    /// Sender's user id.
+    /// Sender's user id (negative: a foreign user, named in `sender_origin`).
     pub sender: i64,
+    /// Who a foreign sender is; `None` for a local one.
+    pub sender_origin: Option<Foreign>,
     /// Server time of acceptance (µs).
     pub posted_at: i64,
     /// Ciphertext.
@@ -407,10 +469,51 @@ pub trait EventStore: Send + Sync {
     async fn stream_heads(&self, streams: &[Uuid]) -> Result<Vec<(Uuid, i64, i64)>>;
 }
 
-/// Everything the service needs from a database. Each backend implements the parts in
-/// its own files (`keys.rs`, `rooms.rs`, `events.rs`).
+/// Users of other homeservers and what federation stores for them (DESIGN §9).
 #[async_trait]
-pub trait Store: KeyStore + RoomStore + EventStore + 'static {
+pub trait FederationStore: Send + Sync {
+    /// The id this database knows `who` by (negative); with `create`, given now if they
+    /// have none yet (`None` only without `create`).
+    async fn foreign_user(&self, who: &Foreign, create: bool) -> Result<Option<UserId>>;
+    /// Checks, changing nothing, that member `from` may add `to` to the pair (within the
+    /// member cap); the pair's ids. What SendInvite asks before delivering an invite to
+    /// another homeserver.
+    async fn check_new_member(
+        &self,
+        from: UserId,
+        pair: PairId,
+        to: UserId,
+        caps: InviteCaps,
+    ) -> Result<PairIds>;
+    /// Makes `to` (a foreign user whose invite their homeserver accepted) a member, with
+    /// the same checks as [`FederationStore::check_new_member`]; a member already is one.
+    async fn add_member(
+        &self,
+        from: UserId,
+        pair: PairId,
+        to: UserId,
+        caps: InviteCaps,
+        now: i64,
+    ) -> Result<PairIds>;
+    /// Stores an invite that homeserver `pair_homeserver` delivered into its pair `pair`
+    /// for local user `to` from `from`, unless the same one (pair, inviter, bytes) was
+    /// stored before: then that one is returned. Local users only get invites this way
+    /// once they have a key (the caller checks).
+    async fn deliver_invite(
+        &self,
+        to: UserId,
+        pair_homeserver: &str,
+        pair: &PairIds,
+        from: UserId,
+        body: &[u8],
+        now: i64,
+    ) -> Result<InviteRecord>;
+}
+
+/// Everything the service needs from a database. Each backend implements the parts in
+/// its own files (`keys.rs`, `rooms.rs`, `events.rs`, `federation.rs`).
+#[async_trait]
+pub trait Store: KeyStore + RoomStore + EventStore + FederationStore + 'static {
     /// Which backend this is.
     fn backend(&self) -> Backend;
     /// Closes the connections.

@@ -35,12 +35,55 @@ pub(crate) const FETCH_PRIVATE_KEY: &str =
 /// The private-key backup's version; `$1` user.
 pub(crate) const PRIVATE_KEY_VERSION: &str = "SELECT version FROM private_keys WHERE user_id = $1";
 
-/// A user's invites after a cursor, oldest first, as an [`InviteRow`](super::InviteRow);
-/// `$1` user, `$2` after, `$3` limit.
-pub(crate) const FETCH_INVITES: &str = "SELECT i.invite_id, i.pair_id, p.message_id, \
-     p.state_id, i.from_user, i.body, i.sent_at \
-     FROM invites i JOIN channel_pairs p ON p.pair_id = i.pair_id \
-     WHERE i.to_user = $1 AND i.invite_id > $2 ORDER BY i.invite_id LIMIT $3";
+/// A user's invites after a cursor, oldest first, as an [`InviteRow`](super::InviteRow):
+/// invites into our pairs and invites other homeservers delivered into theirs, merged by
+/// id (they share the inbox sequence); `$1` user, `$2` after, `$3` limit.
+pub(crate) const FETCH_INVITES: &str = "SELECT x.invite_id, x.pair_id, x.message_id, \
+     x.state_id, x.from_user, x.body, x.sent_at, x.pair_homeserver, \
+     CASE WHEN x.from_user < 0 THEN (SELECT CAST(f.user_id AS TEXT) || ' ' || f.homeserver \
+                                     FROM foreign_users f WHERE f.id = x.from_user) END \
+     FROM (SELECT * FROM (SELECT i.invite_id, i.pair_id, p.message_id, p.state_id, i.from_user, \
+                                 i.body, i.sent_at, CAST('' AS TEXT) AS pair_homeserver \
+                          FROM invites i JOIN channel_pairs p ON p.pair_id = i.pair_id \
+                          WHERE i.to_user = $1 AND i.invite_id > $2 ORDER BY i.invite_id LIMIT $3) l \
+           UNION ALL \
+           SELECT * FROM (SELECT r.invite_id, r.pair_id, r.message_id, r.state_id, r.from_user, \
+                                 r.body, r.sent_at, r.pair_homeserver \
+                          FROM remote_invites r \
+                          WHERE r.to_user = $1 AND r.invite_id > $2 ORDER BY r.invite_id LIMIT $3) r) x \
+     ORDER BY x.invite_id LIMIT $3";
+
+/// The column that names an event's foreign sender as `"<user id> <homeserver>"` (NULL for
+/// a local one, without a lookup), for a query whose events table is `e`; a macro so that
+/// `concat!` can splice it into the backends' event queries.
+macro_rules! sender_origin {
+    () => {
+        "CASE WHEN e.sender < 0 THEN (SELECT CAST(f.user_id AS TEXT) || ' ' || f.homeserver \
+         FROM foreign_users f WHERE f.id = e.sender) END"
+    };
+}
+pub(crate) use sender_origin;
+
+/// A foreign user's id; `$1` homeserver, `$2` user id on it.
+pub(crate) const FOREIGN_USER_ID: &str =
+    "SELECT id FROM foreign_users WHERE homeserver = $1 AND user_id = $2";
+
+/// An invite delivered before (same pair, inviter and bytes) to `$1`: `(invite_id,
+/// sent_at)`; `$2` pair homeserver, `$3` pair, `$4` inviter, `$5` bytes.
+pub(crate) const DELIVERED_BEFORE: &str = "SELECT invite_id, sent_at FROM remote_invites \
+     WHERE to_user = $1 AND pair_homeserver = $2 AND pair_id = $3 AND from_user = $4 \
+     AND body = $5 ORDER BY invite_id LIMIT 1";
+
+/// A delivered invite; `$1` to, `$2` invite id, `$3` pair homeserver, `$4` pair, `$5`
+/// message stream, `$6` state stream, `$7` inviter, `$8` bytes, `$9` time.
+pub(crate) const INSERT_REMOTE_INVITE: &str = "INSERT INTO remote_invites (to_user, invite_id, \
+     pair_homeserver, pair_id, message_id, state_id, from_user, body, sent_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+
+/// Takes the next invite id of `$1`'s inbox (the row lock serialises invites to one user).
+pub(crate) const NEXT_INVITE_ID: &str = "INSERT INTO inboxes (user_id, last_invite_id) \
+     VALUES ($1, 1) ON CONFLICT (user_id) DO UPDATE SET last_invite_id = inboxes.last_invite_id + 1 \
+     RETURNING last_invite_id";
 
 /// The id of a user's newest invite; `$1` user.
 pub(crate) const LAST_INVITE_ID: &str = "SELECT last_invite_id FROM inboxes WHERE user_id = $1";

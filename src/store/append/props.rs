@@ -66,6 +66,7 @@ fn scenario(
                 .map(|(i, sender, offset, body)| AppendRequest {
                     stream_id: stream(i),
                     sender,
+                    sender_origin: None,
                     counter: head(i).saturating_add(offset).max(1),
                     body: Bytes::from_static(body.as_bytes()),
                 })

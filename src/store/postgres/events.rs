@@ -169,19 +169,27 @@ impl EventStore for PgStore {
         // Rows come nearest the cursor first (descending for a backward page).
         let (sql, bound) = match page {
             Page::After(after) => (
-                "SELECT s.head_event_id, s.member_epoch, e.event_id, e.counter, e.sender, e.posted_at, e.body \
+                concat!(
+                    "SELECT s.head_event_id, s.member_epoch, e.event_id, e.counter, e.sender, e.posted_at, e.body, ",
+                    sql::sender_origin!(),
+                    " \
                  FROM streams s JOIN members m ON m.pair_id = s.pair_id AND m.user_id = $1 \
                  LEFT JOIN LATERAL (SELECT * FROM events WHERE stream_id = s.stream_id AND event_id > $3 \
                                     ORDER BY event_id LIMIT $4) e ON true \
-                 WHERE s.stream_id = $2 ORDER BY e.event_id",
+                 WHERE s.stream_id = $2 ORDER BY e.event_id"
+                ),
                 after,
             ),
             Page::Before(before) => (
-                "SELECT s.head_event_id, s.member_epoch, e.event_id, e.counter, e.sender, e.posted_at, e.body \
+                concat!(
+                    "SELECT s.head_event_id, s.member_epoch, e.event_id, e.counter, e.sender, e.posted_at, e.body, ",
+                    sql::sender_origin!(),
+                    " \
                  FROM streams s JOIN members m ON m.pair_id = s.pair_id AND m.user_id = $1 \
                  LEFT JOIN LATERAL (SELECT * FROM events WHERE stream_id = s.stream_id AND event_id < $3 \
                                     ORDER BY event_id DESC LIMIT $4) e ON true \
-                 WHERE s.stream_id = $2 ORDER BY e.event_id DESC",
+                 WHERE s.stream_id = $2 ORDER BY e.event_id DESC"
+                ),
                 before,
             ),
         };
@@ -225,10 +233,11 @@ impl EventStore for PgStore {
     ) -> Result<EventRun> {
         let stream = stream.get();
         let rows = sqlx::query(
-            "SELECT s.member_epoch, e.event_id, e.counter, e.sender, e.posted_at, e.body FROM streams s \
+            concat!("SELECT s.member_epoch, e.event_id, e.counter, e.sender, e.posted_at, e.body, ",
+            sql::sender_origin!(), " FROM streams s \
              LEFT JOIN LATERAL (SELECT * FROM events WHERE stream_id = s.stream_id AND event_id > $2 \
                                 AND event_id <= $3 ORDER BY event_id LIMIT $4) e ON true \
-             WHERE s.stream_id = $1 ORDER BY e.event_id",
+             WHERE s.stream_id = $1 ORDER BY e.event_id"),
         )
         .bind(stream)
         .bind(after)

@@ -193,6 +193,10 @@ fn stored_event(
         event_id: row.try_get(at)?,
         counter: row.try_get(at + 1)?,
         sender: row.try_get(at + 2)?,
+        sender_origin: row
+            .try_get::<Option<String>, _>(at + 5)?
+            .as_deref()
+            .and_then(crate::domain::Foreign::from_sql),
         posted_at: row.try_get(at + 3)?,
         body: Bytes::from(row.try_get::<Vec<u8>, _>(at + 4)?),
     })
@@ -203,6 +207,7 @@ fn is_unique_violation(err: &sqlx::Error) -> bool {
 }
 
 mod events;
+mod federation;
 mod keys;
 pub mod notify;
 mod rooms;

@@ -39,39 +39,13 @@ impl RoomStore for PgStore {
         let to = to.get();
         let mut conn = self.conn().await?;
         let mut tx = conn.begin().await?;
-        if caps.members_per_pair > 0 {
-            // Serialises the invites into one pair, so two of them cannot both take the
-            // last place (NO KEY UPDATE: members' foreign-key checks still pass). Taken
-            // first, before any other lock of this transaction.
-            sqlx::query("SELECT 1 FROM channel_pairs WHERE pair_id = $1 FOR NO KEY UPDATE")
-                .bind(pair)
-                .execute(&mut *tx)
-                .await?;
-        }
-        // Locks the inviter's membership: a removal racing this invite either waits for
-        // it or makes it PERMISSION_DENIED, never an invitee added after the removal.
-        let (ids, _) = pair_of_member(&mut tx, from, pair)
-            .await?
-            .ok_or_else(pair_denied)?;
+        let ids = Self::new_member_checks(&mut tx, from, pair, to, caps).await?;
         let has_key: Option<i32> = sqlx::query_scalar(sql::HAS_PUBLIC_KEY)
             .bind(to)
             .fetch_optional(&mut *tx)
             .await?;
         if has_key.is_none() {
             return Err(no_public_key(to));
-        }
-        if caps.members_per_pair > 0 {
-            let (members, invitee_is_member): (i64, bool) = sqlx::query_as(
-                "SELECT count(*), coalesce(bool_or(user_id = $1), false) FROM members \
-                 WHERE pair_id = $2",
-            )
-            .bind(to)
-            .bind(pair)
-            .fetch_one(&mut *tx)
-            .await?;
-            if !invitee_is_member {
-                caps.check_members(members)?;
-            }
         }
         // The inbox row serialises invites to one user: ids are dense and commit in order,
         // and the pending count below is exact.
@@ -112,6 +86,8 @@ impl RoomStore for PgStore {
             invite_id,
             pair: ids,
             from_user: from,
+            from_origin: None,
+            pair_homeserver: String::new(),
             body: body.to_vec(),
             sent_at: now,
         })
@@ -166,9 +142,12 @@ impl RoomStore for PgStore {
             }
         };
         let mut conn = self.conn().await?;
-        let rows = sqlx::query_as::<_, (Uuid, Uuid, Uuid, i64, Vec<i64>)>(
+        let rows = sqlx::query_as::<_, (Uuid, Uuid, Uuid, i64, Vec<i64>, Vec<String>)>(
             "SELECT p.pair_id, p.message_id, p.state_id, p.owner, \
-                    ARRAY(SELECT m2.user_id FROM members m2 WHERE m2.pair_id = p.pair_id ORDER BY m2.user_id) \
+                    ARRAY(SELECT m2.user_id FROM members m2 WHERE m2.pair_id = p.pair_id ORDER BY m2.user_id), \
+                    ARRAY(SELECT CAST(f.id AS TEXT) || ' ' || CAST(f.user_id AS TEXT) || ' ' || f.homeserver \
+                          FROM members m2 JOIN foreign_users f ON f.id = m2.user_id \
+                          WHERE m2.pair_id = p.pair_id AND m2.user_id < 0) \
              FROM members m JOIN channel_pairs p ON p.pair_id = m.pair_id \
              WHERE m.user_id = $1 AND (p.created_at, p.pair_id) > ($2, $3) \
              ORDER BY p.created_at, p.pair_id LIMIT $4",
@@ -179,7 +158,7 @@ impl RoomStore for PgStore {
         .bind(limit as i64 + 1)
         .fetch(&mut *conn)
         .map(|row| -> Result<PairInfo> {
-            let (pair_id, message_id, state_id, owner, members) = row?;
+            let (pair_id, message_id, state_id, owner, members, foreign) = row?;
             Ok(PairInfo {
                 ids: PairIds {
                     pair_id,
@@ -188,6 +167,7 @@ impl RoomStore for PgStore {
                 },
                 owner,
                 members,
+                foreign: parse_foreign_members(&foreign.join("\n"))?,
             })
         });
         page::collect(rows, limit, budget).await

@@ -155,13 +155,21 @@ impl EventStore for SqliteStore {
         // Rows come nearest the cursor first (descending for a backward page).
         let (sql, bound) = match page {
             Page::After(after) => (
-                "SELECT event_id, counter, sender, posted_at, body FROM events \
-                 WHERE stream_id = ? AND event_id > ? ORDER BY event_id LIMIT ?",
+                concat!(
+                    "SELECT e.event_id, e.counter, e.sender, e.posted_at, e.body, ",
+                    sql::sender_origin!(),
+                    " FROM events e WHERE e.stream_id = ? AND e.event_id > ? \
+                     ORDER BY e.event_id LIMIT ?"
+                ),
                 after,
             ),
             Page::Before(before) => (
-                "SELECT event_id, counter, sender, posted_at, body FROM events \
-                 WHERE stream_id = ? AND event_id < ? ORDER BY event_id DESC LIMIT ?",
+                concat!(
+                    "SELECT e.event_id, e.counter, e.sender, e.posted_at, e.body, ",
+                    sql::sender_origin!(),
+                    " FROM events e WHERE e.stream_id = ? AND e.event_id < ? \
+                     ORDER BY e.event_id DESC LIMIT ?"
+                ),
                 before,
             ),
         };
@@ -198,10 +206,12 @@ impl EventStore for SqliteStore {
                 .bind(stream)
                 .fetch_optional(&mut *tx)
                 .await?;
-        let rows = sqlx::query(
-            "SELECT event_id, counter, sender, posted_at, body FROM events \
-             WHERE stream_id = ? AND event_id > ? AND event_id <= ? ORDER BY event_id LIMIT ?",
-        )
+        let rows = sqlx::query(concat!(
+            "SELECT e.event_id, e.counter, e.sender, e.posted_at, e.body, ",
+            sql::sender_origin!(),
+            " FROM events e WHERE e.stream_id = ? AND e.event_id > ? AND e.event_id <= ? \
+             ORDER BY e.event_id LIMIT ?"
+        ))
         .bind(stream)
         .bind(after)
         .bind(up_to)

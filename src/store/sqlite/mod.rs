@@ -90,6 +90,10 @@ fn stored_event(
         event_id: row.try_get(0)?,
         counter: row.try_get(1)?,
         sender: row.try_get(2)?,
+        sender_origin: row
+            .try_get::<Option<String>, _>(5)?
+            .as_deref()
+            .and_then(crate::domain::Foreign::from_sql),
         posted_at: row.try_get(3)?,
         body: Bytes::from(row.try_get::<Vec<u8>, _>(4)?),
     })
@@ -152,6 +156,7 @@ async fn drop_member(
 }
 
 mod events;
+mod federation;
 mod keys;
 mod rooms;
 

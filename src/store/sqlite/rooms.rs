@@ -70,27 +70,13 @@ impl RoomStore for SqliteStore {
         // The single writer connection serialises this with every removal, so the
         // membership read here cannot be overtaken by one (Postgres locks the row).
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let (ids, _) = pair_of_member(&mut tx, from, pair)
-            .await?
-            .ok_or_else(pair_denied)?;
+        let ids = super::federation::new_member_checks(&mut tx, from, pair, to, caps).await?;
         let has_key: Option<i64> = sqlx::query_scalar(sql::HAS_PUBLIC_KEY)
             .bind(to)
             .fetch_optional(&mut *tx)
             .await?;
         if has_key.is_none() {
             return Err(no_public_key(to));
-        }
-        if caps.members_per_pair > 0 {
-            let (members, invitee_is_member): (i64, bool) = sqlx::query_as(
-                "SELECT count(*), coalesce(max(user_id = ?), 0) FROM members WHERE pair_id = ?",
-            )
-            .bind(to)
-            .bind(pair)
-            .fetch_one(&mut *tx)
-            .await?;
-            if !invitee_is_member {
-                caps.check_members(members)?;
-            }
         }
         if caps.pending_per_sender > 0 && from != to {
             let pending: i64 = sqlx::query_scalar(sql::PENDING_INVITES)
@@ -133,6 +119,8 @@ impl RoomStore for SqliteStore {
             invite_id,
             pair: ids,
             from_user: from,
+            from_origin: None,
+            pair_homeserver: String::new(),
             body: body.to_vec(),
             sent_at: now,
         })
@@ -192,7 +180,11 @@ impl RoomStore for SqliteStore {
         let rows = sqlx::query(
             "SELECT q.pair_id, q.message_id, q.state_id, q.owner, \
                     (SELECT group_concat(m2.user_id, ',' ORDER BY m2.user_id) FROM members m2 \
-                     WHERE m2.pair_id = q.pair_id) \
+                     WHERE m2.pair_id = q.pair_id), \
+                    (SELECT group_concat(CAST(f.id AS TEXT) || ' ' || CAST(f.user_id AS TEXT) || ' ' \
+                                         || f.homeserver, char(10)) \
+                     FROM members m2 JOIN foreign_users f ON f.id = m2.user_id \
+                     WHERE m2.pair_id = q.pair_id AND m2.user_id < 0) \
              FROM (SELECT p.pair_id, p.message_id, p.state_id, p.owner, p.created_at \
                    FROM members m JOIN channel_pairs p ON p.pair_id = m.pair_id \
                    WHERE m.user_id = ? AND (p.created_at, p.pair_id) > (?, ?) \
@@ -215,6 +207,9 @@ impl RoomStore for SqliteStore {
                 },
                 owner: r.try_get(3)?,
                 members: parse_members(members.as_deref().unwrap_or(""))?,
+                foreign: parse_foreign_members(
+                    r.try_get::<Option<String>, _>(5)?.as_deref().unwrap_or(""),
+                )?,
             })
         });
         let paged = page::collect(rows, limit, budget).await?;

@@ -6,7 +6,10 @@
 //! - `fake_peer.rs`: a tiny SecretFederationService that answers bad keys;
 //! - `tokens.rs`: tokens presented where they do not belong.
 
+mod deliver;
 mod fake_peer;
+mod invites;
+mod members;
 mod nodes;
 mod tokens;
 
