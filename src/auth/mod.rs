@@ -17,6 +17,7 @@ use crate::domain::{Foreign, UserId};
 use crate::federation::Federation;
 use crate::federation::token::{self, TokenType};
 
+mod cache;
 mod secret;
 mod verify;
 
@@ -75,6 +76,8 @@ impl FederatedCaller {
 pub struct AuthInterceptor {
     verifier: Arc<Verifier>,
     federation: Option<Arc<Federation>>,
+    /// "fed-user" tokens that verified (an Ed25519 check each otherwise).
+    foreign: Arc<cache::TokenCache<FederatedCaller>>,
 }
 
 impl AuthInterceptor {
@@ -83,6 +86,7 @@ impl AuthInterceptor {
         AuthInterceptor {
             verifier,
             federation,
+            foreign: Arc::default(),
         }
     }
 
@@ -129,9 +133,23 @@ impl tonic::service::Interceptor for AuthInterceptor {
             .ok_or_else(|| {
                 Status::unauthenticated("the authorization metadata must be `Bearer <jwt>`")
             })?;
+        // Remembered tokens first: the common case costs one hash and one lookup, and
+        // only a token seen for the first time has its `typ` read to choose a check.
+        let digest = cache::digest(token);
+        let now = verify::now_secs();
+        if let Some(caller) = self.verifier.cached(&digest, now) {
+            req.extensions_mut().insert(caller);
+            return Ok(req);
+        }
+        if let Some(foreign) = self.foreign.get(&digest, now) {
+            req.extensions_mut().insert(foreign);
+            return Ok(req);
+        }
         match token::unverified_type(token).as_deref() {
             Some("fed-user") => {
                 let foreign = self.verify_foreign(token)?;
+                self.foreign
+                    .put(digest, foreign.expires_at, foreign.clone());
                 req.extensions_mut().insert(foreign);
             }
             Some("s2s") => {

@@ -14,21 +14,16 @@
 //!
 //! Other claims are ignored.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 use tonic::Status;
 
 use super::Caller;
+use super::cache::{TokenCache, TokenDigest, digest};
 use crate::config::{JwtAlgorithm, Settings};
 
 /// Leeway for `exp` and `nbf`, in seconds (clock skew between the auth service and us).
 pub const LEEWAY_SECS: u64 = 30;
-/// Verified tokens remembered, so a client's repeated calls skip the signature check.
-const CACHE_ENTRIES: usize = 16_384;
 
 type Claims = Map<String, Value>;
 
@@ -40,10 +35,10 @@ pub struct Verifier {
     signature: Validation,
     issuer: Option<String>,
     audience: Option<String>,
-    /// SHA-256 of a token that verified -> its caller. A hit checks the expiry again and
+    /// Tokens that verified -> their callers (see [`super::cache`]). A hit checks the expiry again and
     /// nothing else (`nbf` only becomes truer with time). Keyed by the hash so each entry
     /// has a fixed size whatever the token's length.
-    verified: Mutex<HashMap<[u8; 32], Caller>>,
+    verified: TokenCache<Caller>,
 }
 
 impl Verifier {
@@ -98,25 +93,19 @@ impl Verifier {
     /// A token that verified before is recognised by its hash and only its expiry is
     /// checked again (the signature check was about 5 % of the server's time per call).
     pub fn verify_caller(&self, token: &str) -> Result<Caller, Status> {
+        let digest = digest(token);
         let now = now_secs();
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let cached = self.cache().get(&digest).copied();
-        if let Some(caller) = cached
-            && now <= caller.expires_at
-        {
+        if let Some(caller) = self.cached(&digest, now) {
             return Ok(caller);
         }
         let caller = self.verify_uncached(token, now)?;
-        let mut cache = self.cache();
-        if cache.len() >= CACHE_ENTRIES {
-            cache.clear();
-        }
-        cache.insert(digest, caller);
+        self.verified.put(digest, caller.expires_at, caller);
         Ok(caller)
     }
 
-    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Caller>> {
-        self.verified.lock().unwrap_or_else(|e| e.into_inner())
+    /// The caller of a token that verified before and is still valid at `now`.
+    pub(crate) fn cached(&self, digest: &TokenDigest, now: u64) -> Option<Caller> {
+        self.verified.get(digest, now)
     }
 
     fn verify_uncached(&self, token: &str, now: u64) -> Result<Caller, Status> {
@@ -147,7 +136,8 @@ impl Verifier {
 }
 
 /// Seconds since 1970 now.
-fn now_secs() -> u64 {
+/// Now, in Unix seconds.
+pub(crate) fn now_secs() -> u64 {
     (crate::time::now_micros() / 1_000_000).max(0) as u64
 }
 
@@ -302,16 +292,13 @@ mod tests {
         assert_eq!(v.verify(&good).unwrap(), 42);
         assert_eq!(v.verify(&good).unwrap(), 42, "second time from the cache");
         let now = now_secs();
-        let key = |t: &str| -> [u8; 32] { Sha256::digest(t.as_bytes()).into() };
-        {
-            let mut cache = v.cache();
-            let caller = |expires_at| Caller {
-                user: crate::domain::UserId::trusted(7),
-                expires_at,
-            };
-            cache.insert(key("remembered"), caller(now + 100));
-            cache.insert(key("stale"), caller(now - 1));
-        }
+        let caller = |expires_at| Caller {
+            user: crate::domain::UserId::trusted(7),
+            expires_at,
+        };
+        v.verified
+            .put(digest("remembered"), now + 100, caller(now + 100));
+        v.verified.put(digest("stale"), now - 1, caller(now - 1));
         assert_eq!(v.verify("remembered").unwrap(), 7);
         // An expired entry is checked again, and this one is not even a JWT.
         assert_eq!(
@@ -321,7 +308,7 @@ mod tests {
         // Failures are never remembered.
         let forged = super::super::sign_hs256(b"other", 42, 600, "", "").unwrap();
         assert!(v.verify(&forged).is_err());
-        assert!(!v.cache().contains_key(&key(&forged)));
+        assert!(!v.verified.contains(&digest(&forged)));
     }
 
     #[test]

@@ -5,7 +5,6 @@
 //! garbage, and every refusal with its status — after which nothing was stored.
 
 use secretd::federation::token::{self, TokenType};
-use secretd::proto::federation::secret_federation_service_client::SecretFederationServiceClient;
 use secretd::proto::federation::{DeliverInviteRequest, DeliverInviteResponse};
 use secretd::proto::stream_message_posting_response::Event;
 use secretd::proto::{
@@ -13,16 +12,12 @@ use secretd::proto::{
     SendInviteRequest, SubscribeRequest, UserRef,
 };
 use tonic::Code;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use super::nodes::{Node, NodeKey, PeerSpec};
+use super::nodes::{FedClient, Node, NodeKey, PeerSpec, fed_client};
 use crate::common::*;
 
-type FedClient = SecretFederationServiceClient<InterceptedService<Channel, Bearer>>;
-
-/// A SecretFederationService client at `addr` presenting b's fresh s2s token for a.
+/// b's SecretFederationService client at `addr`, with a fresh s2s token for a.
 async fn as_b(addr: &str, kb: &NodeKey) -> FedClient {
     let (s2s, _) = token::mint(
         &kb.server_key(),
@@ -33,12 +28,7 @@ async fn as_b(addr: &str, kb: &NodeKey) -> FedClient {
         60,
     )
     .unwrap();
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    SecretFederationServiceClient::with_interceptor(channel, Bearer(Some(s2s)))
+    fed_client(addr, Some(s2s)).await
 }
 
 fn fingerprint(n: usize) -> Vec<u8> {

@@ -1,10 +1,15 @@
-//! Federation part 1 (DESIGN §9): real secretd processes a, b and c on 127.0.0.1 with each
-//! other's keys pinned in their config files; FetchKey from a of users of b; the
-//! server-to-server service's token checks; `secretd federation-key`; config errors.
+//! Federation (DESIGN §9): real secretd processes a, b and c on 127.0.0.1 with each
+//! other's keys pinned in their config files. Here: FetchKey from a of users of b, the
+//! key cache, federation off.
 //!
-//! - `nodes.rs`: a homeserver process with its config file;
+//! - `nodes.rs`: a homeserver process with its config file, a federation-service client;
 //! - `fake_peer.rs`: a tiny SecretFederationService that answers bad keys;
-//! - `tokens.rs`: tokens presented where they do not belong.
+//! - `tokens.rs`: s2s tokens presented where they do not belong, `federation-key`, config;
+//! - `invites.rs`: SendInvite a→b end to end and, by a member from b, a→c;
+//! - `members.rs`: foreign members posting, subscribing, leaving, removed; identity;
+//!   fed-user tokens; the RPCs that belong to a user's own homeserver;
+//! - `deliver.rs`: DeliverInvite called directly (every refusal), racing retries, a peer
+//!   answering garbage.
 
 mod deliver;
 mod fake_peer;

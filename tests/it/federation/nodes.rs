@@ -68,6 +68,22 @@ impl PeerSpec {
     }
 }
 
+/// A SecretFederationService client.
+pub type FedClient =
+    secretd::proto::federation::secret_federation_service_client::SecretFederationServiceClient<
+        tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>,
+    >;
+
+/// A SecretFederationService client at `addr` presenting `token` (none: no metadata).
+pub async fn fed_client(addr: &str, token: Option<String>) -> FedClient {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    secretd::proto::federation::secret_federation_service_client::SecretFederationServiceClient::with_interceptor(channel, Bearer(token))
+}
+
 /// A running homeserver.
 pub struct Node {
     pub process: ServerProcess,

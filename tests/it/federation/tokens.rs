@@ -5,25 +5,11 @@
 
 use secretd::federation::token::{self, TokenType};
 use secretd::proto::FetchKeyRequest;
-use secretd::proto::federation::secret_federation_service_client::SecretFederationServiceClient;
 use secretd::proto::federation::{DeliverInviteRequest, FetchUserKeyRequest, ServerKeyRequest};
 use tonic::Code;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 
-use super::nodes::{Node, NodeKey, PeerSpec, write_config};
+use super::nodes::{Node, NodeKey, PeerSpec, fed_client, write_config};
 use crate::common::*;
-
-type FedClient = SecretFederationServiceClient<InterceptedService<Channel, Bearer>>;
-
-async fn fed_client(addr: &str, token: Option<String>) -> FedClient {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    SecretFederationServiceClient::with_interceptor(channel, Bearer(token))
-}
 
 fn now() -> u64 {
     std::time::SystemTime::now()
