@@ -18,7 +18,7 @@ use super::nodes::{FedClient, Node, NodeKey, PeerSpec, fed_client};
 use crate::common::*;
 
 /// b's SecretFederationService client at `addr`, with a fresh s2s token for a.
-async fn as_b(addr: &str, kb: &NodeKey) -> FedClient {
+pub(super) async fn as_b(addr: &str, kb: &NodeKey) -> FedClient {
     let (s2s, _) = token::mint(
         &kb.server_key(),
         "b.test",
@@ -31,13 +31,13 @@ async fn as_b(addr: &str, kb: &NodeKey) -> FedClient {
     fed_client(addr, Some(s2s)).await
 }
 
-fn fingerprint(n: usize) -> Vec<u8> {
+pub(super) fn fingerprint(n: usize) -> Vec<u8> {
     use sha2::Digest;
     let (_, der) = rsa::pkcs8::der::pem::decode_vec(&key_pem(n)).unwrap();
     sha2::Sha256::digest(der).to_vec()
 }
 
-fn b_pair() -> ChannelPair {
+pub(super) fn b_pair() -> ChannelPair {
     let id = || uuid::Uuid::new_v4().hyphenated().to_string();
     ChannelPair {
         message_id: id(),
@@ -46,7 +46,12 @@ fn b_pair() -> ChannelPair {
     }
 }
 
-fn delivery(pair: &ChannelPair, from: (&str, u64), to: u64, body: &[u8]) -> DeliverInviteRequest {
+pub(super) fn delivery(
+    pair: &ChannelPair,
+    from: (&str, u64),
+    to: u64,
+    body: &[u8],
+) -> DeliverInviteRequest {
     DeliverInviteRequest {
         pair: Some(pair.clone()),
         pair_homeserver: "b.test".into(),
@@ -60,7 +65,7 @@ fn delivery(pair: &ChannelPair, from: (&str, u64), to: u64, body: &[u8]) -> Deli
     }
 }
 
-async fn inbox(c: &mut Client) -> Vec<ReceivedInvite> {
+pub(super) async fn inbox(c: &mut Client) -> Vec<ReceivedInvite> {
     c.fetch_invites(FetchInvitesRequest::default())
         .await
         .unwrap()
@@ -69,7 +74,7 @@ async fn inbox(c: &mut Client) -> Vec<ReceivedInvite> {
 }
 
 /// (id, pair, from user, from homeserver, pair homeserver, bytes) of an invite.
-fn summary(i: &ReceivedInvite) -> (u64, String, u64, String, String, Vec<u8>) {
+pub(super) fn summary(i: &ReceivedInvite) -> (u64, String, u64, String, String, Vec<u8>) {
     (
         i.invite_id,
         i.pair.as_ref().unwrap().pair_id.clone(),
@@ -80,10 +85,7 @@ fn summary(i: &ReceivedInvite) -> (u64, String, u64, String, String, Vec<u8>) {
     )
 }
 
-both_backends!(
-    deliveries_land_once_and_refusals_store_nothing,
-    racing_retries_of_one_invite_land_once
-);
+both_backends!(deliveries_land_once_and_refusals_store_nothing);
 
 async fn deliveries_land_once_and_refusals_store_nothing(backend: Backend) {
     let (ka, kb, kc) = (
@@ -350,77 +352,4 @@ async fn a_peer_answering_garbage_to_deliver_invite_is_unavailable() {
         .unwrap()
         .into_inner();
     assert_eq!(listed.pairs[0].member_refs.len(), 1, "{listed:?}");
-}
-
-/// Eight identical SendInvites from alice of a to bob of b, at once (a client retrying
-/// while its first attempts are in flight): a gives bob one id (eight racing creations of
-/// his row), b stores one invite (eight racing deliveries), every call answers its id,
-/// and a lists bob once. Then eight different invites at once: dense ids, each once.
-async fn racing_retries_of_one_invite_land_once(backend: Backend) {
-    let (ka, kb) = (NodeKey::new("a.test"), NodeKey::new("b.test"));
-    let b = Node::start(&kb, &backend, &[PeerSpec::unreachable(&ka)], &[]).await;
-    let a = Node::start(&ka, &backend, &[PeerSpec::at(&kb, &b.addr)], &[]).await;
-    let (alice, bob) = (random_user(), random_user());
-    let mut bob_at_b = b.client(bob).await;
-    bob_at_b
-        .post_key(PostKeyRequest {
-            key_data: key_pem(1),
-        })
-        .await
-        .unwrap();
-    let mut alice_at_a = a.client(alice).await;
-    let pair = alice_at_a
-        .generate_channel_pair(GenerateChannelPairRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    let invite = |body: &[u8]| SendInviteRequest {
-        pair_id: pair.pair_id.clone(),
-        user_id: bob,
-        homeserver: "b.test".into(),
-        invite: body.to_vec(),
-        key_fingerprint: fingerprint(1),
-    };
-    let send_all = |bodies: Vec<Vec<u8>>| {
-        let addr = a.addr.clone();
-        let requests: Vec<_> = bodies.iter().map(|b| invite(b)).collect();
-        async move {
-            let calls = requests.into_iter().map(|r| {
-                let addr = addr.clone();
-                tokio::spawn(async move {
-                    let mut c = client_at(&addr, token(alice, 600)).await;
-                    c.send_invite(r).await.map(|r| r.into_inner().invite_id)
-                })
-            });
-            let mut ids = Vec::new();
-            for call in futures_util::future::join_all(calls).await {
-                ids.push(call.unwrap().unwrap());
-            }
-            ids
-        }
-    };
-    let ids = send_all(vec![b"the same".to_vec(); 8]).await;
-    assert_eq!(ids, vec![1; 8], "every retry answers the one invite");
-    let listed = alice_at_a
-        .list_channel_pairs(secretd::proto::ListChannelPairsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    let refs: Vec<_> = listed.pairs[0]
-        .member_refs
-        .iter()
-        .map(|r| (r.homeserver.as_str(), r.user_id))
-        .collect();
-    assert_eq!(refs, vec![("b.test", bob), ("", alice)]);
-    assert_eq!(inbox(&mut bob_at_b).await.len(), 1);
-
-    let bodies: Vec<Vec<u8>> = (0..8u8).map(|n| vec![n; 3]).collect();
-    let mut ids = send_all(bodies.clone()).await;
-    ids.sort();
-    assert_eq!(ids, (2..=9).collect::<Vec<u64>>(), "dense, each once");
-    let got = inbox(&mut bob_at_b).await;
-    assert_eq!(got.len(), 9);
-    let mut seen: Vec<Vec<u8>> = got[1..].iter().map(|i| i.invite.clone()).collect();
-    seen.sort();
-    assert_eq!(seen, bodies);
 }

@@ -18,7 +18,7 @@ use secretd::proto::{
 };
 use tonic::Code;
 
-use super::members::{foreign_client, pair_info, refs, send_invite, shared_room, sorted, trio};
+use super::harness::{foreign_client, pair_info, refs, send_invite, shared_room, sorted, trio};
 use crate::common::*;
 
 both_backends!(

@@ -6,13 +6,17 @@
 //! - `fake_peer.rs`: a tiny SecretFederationService that answers bad keys;
 //! - `tokens.rs`: s2s tokens presented where they do not belong, `federation-key`, config;
 //! - `invites.rs`: SendInvite a→b end to end and, by a member from b, a→c;
+//! - `harness.rs`: three servers in order, a pair with a member from b, foreign clients;
 //! - `members.rs`: foreign members posting, subscribing, leaving, removed; identity;
-//!   fed-user tokens; the RPCs that belong to a user's own homeserver;
-//! - `deliver.rs`: DeliverInvite called directly (every refusal), racing retries, a peer
-//!   answering garbage.
+//! - `callers.rs`: fed-user tokens; the RPCs that belong to a user's own homeserver;
+//! - `deliver.rs`: DeliverInvite called directly (every refusal), a peer answering
+//!   garbage; `deliver_races.rs`: racing retries, deliveries held at the inbox row.
 
+mod callers;
 mod deliver;
+mod deliver_races;
 mod fake_peer;
+mod harness;
 mod invites;
 mod members;
 mod nodes;
