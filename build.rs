@@ -27,6 +27,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut secret = protox::Compiler::new(["proto"])?;
     secret.include_imports(true).include_source_info(true);
     secret.open_file("protocol/secret/v1/secret.proto")?;
+    // SecretService alone, for reflection when federation is off.
+    std::fs::write(
+        out.join("secret_descriptor.bin"),
+        secret.encode_file_descriptor_set(),
+    )?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
@@ -35,9 +40,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut federation = protox::Compiler::new(["proto"])?;
     federation.include_imports(true).include_source_info(true);
     federation.open_file("protocol/secret/federation/v1/federation.proto")?;
-    // The federation proto imports secret.proto: its descriptor set holds both files.
+    // The federation proto imports secret.proto: its descriptor set holds both files
+    // (reflection when federation is on).
     std::fs::write(
-        out.join("secret_descriptor.bin"),
+        out.join("federation_descriptor.bin"),
         federation.encode_file_descriptor_set(),
     )?;
     // Its own directory: this pass also writes a `protocol.secret.v1.rs` (services only,

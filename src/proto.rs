@@ -17,8 +17,14 @@ pub mod federation {
     ));
 }
 
-/// The encoded `FileDescriptorSet` of both protos (with imports), for server reflection.
+/// The encoded `FileDescriptorSet` of `protocol.secret.v1` (with imports), for server
+/// reflection when federation is off.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("secret_descriptor");
+
+/// The encoded `FileDescriptorSet` of both protos (with imports), for server reflection
+/// when federation is on (then SecretFederationService is served too).
+pub const FEDERATION_FILE_DESCRIPTOR_SET: &[u8] =
+    tonic::include_file_descriptor_set!("federation_descriptor");
 
 /// A protobuf message that is already encoded.
 ///

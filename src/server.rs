@@ -192,12 +192,17 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
     );
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<SecretRouter>().await;
+    // Reflection lists what is served: SecretFederationService only with federation on.
+    let descriptors = match federation {
+        Some(_) => crate::proto::FEDERATION_FILE_DESCRIPTOR_SET,
+        None => crate::proto::FILE_DESCRIPTOR_SET,
+    };
     let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(descriptors)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(descriptors)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 

@@ -240,6 +240,8 @@ async fn health_and_reflection_need_no_token() {
         names.contains(&"grpc.health.v1.Health".to_string()),
         "{names:?}"
     );
+    // Federation is off here: its service is neither served nor listed.
+    assert!(!names.iter().any(|n| n.contains("federation")), "{names:?}");
     let second = responses.message().await.unwrap().unwrap();
     let Some(MessageResponse::FileDescriptorResponse(files)) = second.message_response else {
         panic!("expected file descriptors");

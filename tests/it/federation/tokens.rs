@@ -65,6 +65,38 @@ async fn server_to_server_tokens_are_checked() {
         base64::engine::general_purpose::STANDARD.encode(&sk.public_key),
         ka.public_key
     );
+    // With federation on, reflection lists the federation service (off: `auth.rs`).
+    {
+        use tonic_reflection::pb::v1::ServerReflectionRequest;
+        use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", a.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let list = ServerReflectionClient::new(channel)
+            .server_reflection_info(tokio_stream::iter(vec![ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::ListServices(String::new())),
+            }]))
+            .await
+            .unwrap()
+            .into_inner()
+            .message()
+            .await
+            .unwrap()
+            .unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = list.message_response else {
+            panic!("expected a service list");
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        assert!(
+            names.contains(&"protocol.secret.federation.v1.SecretFederationService".into()),
+            "{names:?}"
+        );
+    }
 
     // A good token from b: the user's keys; an unknown user is NOT_FOUND.
     let mut from_b = fed_client(&a.addr, Some(s2s(&b_key, "b.test", "a.test"))).await;
