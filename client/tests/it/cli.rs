@@ -116,16 +116,30 @@ async fn two_terminals_chat() {
     let mut typed = bob_chat.stdin.take().unwrap();
     let (tx, mut heard) = tokio::sync::mpsc::unbounded_channel::<Value>();
     let lines = BufReader::new(bob_chat.stdout.take().unwrap());
-    let reader = std::thread::spawn(move || {
-        for line in lines.lines() {
-            let v: Value = serde_json::from_str(&line.unwrap()).unwrap();
-            if v["kind"] == "text" && tx.send(v).is_err() {
-                return;
+    // Everything the chat prints, shown with its stderr if the test fails (a rejected
+    // event is a line of its own kind, not a "text").
+    let printed = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let reader = std::thread::spawn({
+        let printed = printed.clone();
+        move || {
+            for line in lines.lines() {
+                let line = line.unwrap();
+                printed.lock().unwrap().push(line.clone());
+                let v: Value = serde_json::from_str(&line).unwrap();
+                if v["kind"] == "text" && tx.send(v).is_err() {
+                    return;
+                }
             }
         }
     });
     let mut next_text = async || {
-        let log = || std::fs::read_to_string(&chat_log).unwrap_or_default();
+        let log = || {
+            format!(
+                "{}\nits stdout:\n{}",
+                std::fs::read_to_string(&chat_log).unwrap_or_default(),
+                printed.lock().unwrap().join("\n")
+            )
+        };
         let v = tokio::time::timeout(std::time::Duration::from_secs(60), heard.recv())
             .await
             .unwrap_or_else(|_| {
