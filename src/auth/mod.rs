@@ -160,7 +160,7 @@ impl tonic::service::Interceptor for AuthInterceptor {
                 ));
             }
             _ => {
-                let caller = self.verifier.verify_caller(token)?;
+                let caller = self.verifier.verify_and_remember(token, digest, now)?;
                 req.extensions_mut().insert(caller);
             }
         }

@@ -95,9 +95,20 @@ impl Verifier {
     pub fn verify_caller(&self, token: &str) -> Result<Caller, Status> {
         let digest = digest(token);
         let now = now_secs();
-        if let Some(caller) = self.cached(&digest, now) {
-            return Ok(caller);
+        match self.cached(&digest, now) {
+            Some(caller) => Ok(caller),
+            None => self.verify_and_remember(token, digest, now),
         }
+    }
+
+    /// Verifies a token not found in the cache (its `digest` already computed) and
+    /// remembers it.
+    pub(crate) fn verify_and_remember(
+        &self,
+        token: &str,
+        digest: TokenDigest,
+        now: u64,
+    ) -> Result<Caller, Status> {
         let caller = self.verify_uncached(token, now)?;
         self.verified.put(digest, caller.expires_at, caller);
         Ok(caller)

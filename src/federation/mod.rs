@@ -79,6 +79,13 @@ impl ForeignIds {
         Ok(id)
     }
 
+    /// The id of `who`, given now if they have none yet.
+    pub async fn id_of(&self, store: &DynStore, who: &Foreign) -> Result<UserId, Error> {
+        self.get(store, who, true)
+            .await?
+            .ok_or_else(|| Error::Internal("a foreign user was not given an id".into()))
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Foreign, UserId>> {
         self.known.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -136,12 +136,12 @@ impl FederationApi {
         let inviter = UserRef::parse(homeserver, "from.user_id", from.user_id)?;
         let from_id = match inviter.resolve(ours) {
             Ok(local) => local,
-            Err(foreign) => self
-                .federation
-                .ids
-                .get(&self.state.store, &foreign, true)
-                .await?
-                .ok_or_else(|| Error::Internal("a foreign user was not given an id".into()))?,
+            Err(foreign) => {
+                self.federation
+                    .ids
+                    .id_of(&self.state.store, &foreign)
+                    .await?
+            }
         };
         check_blob("invite", r.invite.len())?;
         let fingerprint = key_fingerprint("key_fingerprint", r.key_fingerprint)?;

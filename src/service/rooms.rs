@@ -73,11 +73,7 @@ async fn invite_foreign(
              federation.peers), so its users cannot be invited"
         )));
     }
-    let member = federation
-        .ids
-        .get(&st.store, &to, true)
-        .await?
-        .ok_or_else(|| Error::Internal("a foreign user was not given an id".into()))?;
+    let member = federation.ids.id_of(&st.store, &to).await?;
     let ids = st
         .store
         .check_new_member(user, r.pair, member, caps)
@@ -160,33 +156,30 @@ pub(super) async fn remove_member(
     user: UserId,
     r: RemoveMember,
 ) -> Result<proto::RemoveMemberResponse> {
-    let target = match r.user.resolve(&st.settings.server_name) {
-        Ok(local) => local,
+    let (target, foreign) = match r.user.resolve(&st.settings.server_name) {
+        Ok(local) => (Some(local), None),
         Err(foreign) => {
-            let not_member = || {
-                Error::NotFound(format!(
-                    "user {} of homeserver {:?} is not a member of this channel pair",
-                    foreign.user, foreign.homeserver
-                ))
-            };
             let id = match &st.federation {
                 Some(federation) => federation.ids.get(&st.store, &foreign, false).await?,
                 None => st.store.foreign_user(&foreign, false).await?,
             };
-            let id = id.ok_or_else(not_member)?;
-            let ids = st
-                .store
-                .remove_member(user, r.pair, id)
-                .await
-                .map_err(|e| match e {
-                    Error::NotFound(_) => not_member(),
-                    other => other,
-                })?;
-            st.hub.membership_changed(&ids, id);
-            return Ok(proto::RemoveMemberResponse {});
+            (id, Some(foreign))
         }
     };
-    let ids = st.store.remove_member(user, r.pair, target).await?;
+    // A foreign user is named as the request named them, never by their id here.
+    let not_member = |e: Error| match (&foreign, e) {
+        (Some(f), Error::NotFound(_)) => Error::NotFound(format!(
+            "user {} of homeserver {:?} is not a member of this channel pair",
+            f.user, f.homeserver
+        )),
+        (_, e) => e,
+    };
+    let target = target.ok_or_else(|| not_member(Error::NotFound(String::new())))?;
+    let ids = st
+        .store
+        .remove_member(user, r.pair, target)
+        .await
+        .map_err(not_member)?;
     st.hub.membership_changed(&ids, target);
     Ok(proto::RemoveMemberResponse {})
 }

@@ -12,8 +12,8 @@
 //! Tokens of foreign callers and the RPCs of their own homeserver: `callers.rs`.
 
 use secretd::proto::{
-    FetchMessagesRequest, LeaveChannelPairRequest, PostKeyRequest, RemoveMemberRequest,
-    StreamCursor, SubscribeRequest,
+    ChannelPair, FetchMessagesRequest, LeaveChannelPairRequest, PostKeyRequest,
+    RemoveMemberRequest, StreamCursor, SubscribeRequest,
 };
 use tonic::Code;
 
@@ -35,6 +35,32 @@ fn resume(stream: &str) -> SubscribeRequest {
         }],
         ..Default::default()
     }
+}
+
+/// Bob (at a) can no longer post, read or list the pair, and a lists alice alone.
+async fn lost_access(
+    bob_at_a: &mut Client,
+    on_a: &mut Client,
+    pair: &ChannelPair,
+    alice: u64,
+    body: &[u8],
+) {
+    let stream = pair.message_id.as_str();
+    expect_code(
+        post(bob_at_a, stream, 3, body).await,
+        Code::PermissionDenied,
+    );
+    expect_code(
+        bob_at_a
+            .fetch_messages(FetchMessagesRequest {
+                stream_id: stream.into(),
+                ..Default::default()
+            })
+            .await,
+        Code::PermissionDenied,
+    );
+    assert!(list(bob_at_a).await.is_empty());
+    assert_eq!(refs(on_a, &pair.pair_id).await, sorted(&[("", alice)]));
 }
 
 /// The next event must be a posted message; returns it.
@@ -144,21 +170,7 @@ async fn a_user_of_b_posts_and_subscribes_on_a_pair_of_a(backend: Backend) {
         })
         .await
         .unwrap();
-    expect_code(
-        post(&mut bob_at_a, stream, 3, b"after leaving").await,
-        Code::PermissionDenied,
-    );
-    expect_code(
-        bob_at_a
-            .fetch_messages(FetchMessagesRequest {
-                stream_id: stream.into(),
-                ..Default::default()
-            })
-            .await,
-        Code::PermissionDenied,
-    );
-    assert!(list(&mut bob_at_a).await.is_empty());
-    assert_eq!(refs(&mut on_a, &pair.pair_id).await, sorted(&[("", alice)]));
+    lost_access(&mut bob_at_a, &mut on_a, &pair, alice, b"after leaving").await;
     assert_eq!(post(&mut on_a, stream, 3, b"alone").await.unwrap(), 3);
 }
 
@@ -217,21 +229,7 @@ async fn removing_a_foreign_member_ends_his_subscription(backend: Backend) {
     if call_open {
         assert!(sub.quiet_for(300).await, "nothing after the removal");
     }
-    expect_code(
-        post(&mut bob_at_a, stream, 3, b"still here?").await,
-        Code::PermissionDenied,
-    );
-    expect_code(
-        bob_at_a
-            .fetch_messages(FetchMessagesRequest {
-                stream_id: stream.into(),
-                ..Default::default()
-            })
-            .await,
-        Code::PermissionDenied,
-    );
-    assert!(list(&mut bob_at_a).await.is_empty());
-    assert_eq!(refs(&mut on_a, &pair.pair_id).await, sorted(&[("", alice)]));
+    lost_access(&mut bob_at_a, &mut on_a, &pair, alice, b"still here?").await;
     // Removing him again: he is not a member.
     expect_code(
         on_a.remove_member(remove(bob, "b.test")).await,
