@@ -167,6 +167,8 @@ impl From<proto::FetchInvitesRequest> for FetchInvites {
 pub struct ListChannelPairs {
     /// Pairs after this one (`None`: from the first).
     pub after: Option<PairId>,
+    /// Also the pairs the caller departed.
+    pub include_departed: bool,
     /// Page size.
     pub limit: usize,
 }
@@ -180,6 +182,7 @@ impl TryFrom<proto::ListChannelPairsRequest> for ListChannelPairs {
         };
         Ok(ListChannelPairs {
             after,
+            include_departed: r.include_departed,
             limit: page_limit(r.limit),
         })
     }

@@ -119,6 +119,13 @@ pub fn pair_info(p: PairInfo) -> proto::ChannelPairInfo {
             .map(|&m| m as u64)
             .collect(),
         owner_homeserver: homeserver(origin(p.owner)),
+        departed: p.departed.map(|d| proto::Departure {
+            removed_by: d.removed_by.map(|by| proto::UserRef {
+                homeserver: homeserver(origin(by)),
+                user_id: user_id(by, origin(by)),
+            }),
+            departed_at: Some(to_timestamp(d.at)),
+        }),
     }
 }
 
@@ -242,6 +249,10 @@ mod tests {
                             )
                         })
                         .collect(),
+                    departed: (len % 2 == 0).then_some(crate::store::Departure {
+                        removed_by: Some(-2),
+                        at: counter,
+                    }),
                 };
                 let page = proto::ListChannelPairsResponse {
                     pairs: vec![pair_info(p.clone())],

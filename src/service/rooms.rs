@@ -134,7 +134,10 @@ pub(super) async fn list_channel_pairs(
         has_more: true,
     };
     let budget = paging::budget(&st.settings, envelope, wire::pair_info_size);
-    let page = st.store.list_pairs(user, r.after, r.limit, budget).await?;
+    let page = st
+        .store
+        .list_pairs(user, r.after, r.include_departed, r.limit, budget)
+        .await?;
     Ok(proto::ListChannelPairsResponse {
         pairs: page.items.into_iter().map(wire::pair_info).collect(),
         has_more: page.has_more,
@@ -146,7 +149,7 @@ pub(super) async fn leave_channel_pair(
     user: UserId,
     r: LeaveChannelPair,
 ) -> Result<proto::LeaveChannelPairResponse> {
-    let ids = st.store.leave_pair(user, r.pair).await?;
+    let ids = st.store.leave_pair(user, r.pair, now_micros()).await?;
     st.hub.membership_changed(&ids, user);
     Ok(proto::LeaveChannelPairResponse {})
 }
@@ -177,7 +180,7 @@ pub(super) async fn remove_member(
     let target = target.ok_or_else(|| not_member(Error::NotFound(String::new())))?;
     let ids = st
         .store
-        .remove_member(user, r.pair, target)
+        .remove_member(user, r.pair, target, now_micros())
         .await
         .map_err(not_member)?;
     st.hub.membership_changed(&ids, target);

@@ -231,7 +231,7 @@ async fn pairs_and_membership(store: &DynStore) {
             .unwrap();
     }
     let all = store
-        .list_pairs(owner, None, 10, unlimited())
+        .list_pairs(owner, None, false, 10, unlimited())
         .await
         .unwrap();
     let listed: Vec<_> = all.items.iter().map(|p| p.ids).collect();
@@ -241,45 +241,136 @@ async fn pairs_and_membership(store: &DynStore) {
     assert_eq!(all.items[0].members, members);
     assert_eq!(all.items[0].owner, owner.get());
     let after = store
-        .list_pairs(owner, Some(p1), 10, unlimited())
+        .list_pairs(owner, Some(p1), false, 10, unlimited())
         .await
         .unwrap();
     assert_eq!(after.items.len(), 1);
     assert_eq!(after.items[0].ids, second);
     assert_eq!(
-        code(store.list_pairs(other, Some(p1), 10, unlimited()).await),
+        code(
+            store
+                .list_pairs(other, Some(p1), false, 10, unlimited())
+                .await
+        ),
         tonic::Code::PermissionDenied,
         "a cursor the caller is not a member of"
     );
 
     // Removal: only the owner, only members, never oneself.
     assert_eq!(
-        code(store.remove_member(member, p1, owner).await),
+        code(store.remove_member(member, p1, owner, 4).await),
         tonic::Code::PermissionDenied
     );
     assert_eq!(
-        code(store.remove_member(owner, p1, other).await),
+        code(store.remove_member(owner, p1, other, 4).await),
         tonic::Code::NotFound
     );
     assert_eq!(
-        code(store.remove_member(owner, p1, owner).await),
+        code(store.remove_member(owner, p1, owner, 4).await),
         tonic::Code::InvalidArgument
     );
-    assert_eq!(store.remove_member(owner, p1, member).await.unwrap(), first);
     assert_eq!(
-        code(store.leave_pair(member, p1).await),
+        store.remove_member(owner, p1, member, 4).await.unwrap(),
+        first
+    );
+    assert_eq!(
+        code(store.leave_pair(member, p1, 5).await),
         tonic::Code::PermissionDenied
     );
 
     // Leaving: the owner's pair passes to the remaining member.
-    assert_eq!(store.leave_pair(owner, p2).await.unwrap(), second);
+    assert_eq!(store.leave_pair(owner, p2, 5).await.unwrap(), second);
     let left = store
-        .list_pairs(member, None, 10, unlimited())
+        .list_pairs(member, None, false, 10, unlimited())
         .await
         .unwrap();
     assert_eq!(left.items.len(), 1);
     assert_eq!(left.items[0].owner, member.get());
     assert_eq!(left.items[0].members, [member.get()]);
+    assert_eq!(left.items[0].departed, None);
+
+    // Departures: listed only when asked, in pair order, with who and when, and nothing
+    // about the pair's members; the cursor may be a departed pair then, only then.
+    let with_departed = |u: UserId, after: Option<PairId>| {
+        let store = store.clone();
+        async move {
+            store
+                .list_pairs(u, after, true, 10, unlimited())
+                .await
+                .unwrap()
+                .items
+        }
+    };
+    let member_view = with_departed(member, None).await;
+    assert_eq!(member_view.len(), 2);
+    assert_eq!(member_view[0].ids, first);
+    assert_eq!(
+        member_view[0].departed,
+        Some(Departure {
+            removed_by: Some(owner.get()),
+            at: 4
+        })
+    );
+    assert_eq!((member_view[0].owner, member_view[0].members.len()), (0, 0));
+    assert_eq!(member_view[1].departed, None);
+    let owner_view = with_departed(owner, None).await;
+    assert_eq!(
+        owner_view.len(),
+        2,
+        "the owner's pairs, both departed or not"
+    );
+    assert_eq!(owner_view[0].departed, None);
+    assert_eq!(
+        owner_view[1].departed,
+        Some(Departure {
+            removed_by: None,
+            at: 5
+        })
+    );
+    assert_eq!(with_departed(member, Some(p1)).await.len(), 1);
+    assert_eq!(
+        code(
+            store
+                .list_pairs(member, Some(p1), false, 10, unlimited())
+                .await
+        ),
+        tonic::Code::PermissionDenied,
+        "a departed pair is a cursor only when departed pairs are listed"
+    );
+    assert!(with_departed(other, None).await.is_empty());
+
+    // Invited back, the user is a member again and the departure is not listed.
+    assert_eq!(
+        code(
+            store
+                .send_invite(member, p2, owner, b"y", 6, InviteCaps::default())
+                .await
+        ),
+        tonic::Code::FailedPrecondition,
+        "no key posted yet: refused, and the departure stays"
+    );
+    assert_eq!(with_departed(owner, None).await[1].departed.unwrap().at, 5);
+    store
+        .post_public_key(owner, &key("rsa4096_2.pub.pem"), 6)
+        .await
+        .unwrap();
+    store
+        .send_invite(member, p2, owner, b"y", 7, InviteCaps::default())
+        .await
+        .unwrap();
+    let back = with_departed(owner, None).await;
+    assert_eq!(back.len(), 2);
+    assert_eq!(back[1].departed, None);
+    assert_eq!(back[1].members.len(), 2);
+    // Leaving again replaces the earlier departure.
+    store.leave_pair(owner, p2, 8).await.unwrap();
+    assert_eq!(
+        with_departed(owner, None).await[1].departed,
+        Some(Departure {
+            removed_by: None,
+            at: 8
+        })
+    );
 }
 
 /// stream_access: members see the head and epoch; others, and unknown streams, are
@@ -362,7 +453,7 @@ async fn foreign_users(store: &DynStore) {
         "the member cap counts foreign members"
     );
     let listed = store
-        .list_pairs(owner, None, 10, unlimited())
+        .list_pairs(owner, None, false, 10, unlimited())
         .await
         .unwrap();
     assert_eq!(listed.items[0].members, vec![b.get(), owner.get()]);

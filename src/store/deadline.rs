@@ -206,20 +206,29 @@ impl RoomStore for Deadline {
         &self,
         user: UserId,
         after: Option<PairId>,
+        include_departed: bool,
         limit: usize,
         budget: Budget<PairInfo>,
     ) -> Result<Paged<PairInfo>> {
-        let op = self.inner.list_pairs(user, after, limit, budget);
+        let op = self
+            .inner
+            .list_pairs(user, after, include_departed, limit, budget);
         self.bound("list_pairs", op).await
     }
 
-    async fn leave_pair(&self, user: UserId, pair: PairId) -> Result<PairIds> {
-        let op = self.inner.leave_pair(user, pair);
+    async fn leave_pair(&self, user: UserId, pair: PairId, now: i64) -> Result<PairIds> {
+        let op = self.inner.leave_pair(user, pair, now);
         self.bound("leave_pair", op).await
     }
 
-    async fn remove_member(&self, owner: UserId, pair: PairId, user: UserId) -> Result<PairIds> {
-        let op = self.inner.remove_member(owner, pair, user);
+    async fn remove_member(
+        &self,
+        owner: UserId,
+        pair: PairId,
+        user: UserId,
+        now: i64,
+    ) -> Result<PairIds> {
+        let op = self.inner.remove_member(owner, pair, user, now);
         self.bound("remove_member", op).await
     }
 }

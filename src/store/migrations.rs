@@ -26,6 +26,10 @@ const POSTGRES: &[(&str, &str)] = &[
         "0003_federation.sql",
         include_str!("../../migrations/postgres/0003_federation.sql"),
     ),
+    (
+        "0004_departures.sql",
+        include_str!("../../migrations/postgres/0004_departures.sql"),
+    ),
 ];
 
 /// `(file name, SQL)` of each SQLite migration, in order.
@@ -41,6 +45,10 @@ const SQLITE: &[(&str, &str)] = &[
     (
         "0003_federation.sql",
         include_str!("../../migrations/sqlite/0003_federation.sql"),
+    ),
+    (
+        "0004_departures.sql",
+        include_str!("../../migrations/sqlite/0004_departures.sql"),
     ),
 ];
 

@@ -124,8 +124,22 @@ pub struct PairInfo {
     pub owner: i64,
     /// Members, ascending (foreign ones, negative, first).
     pub members: Vec<i64>,
-    /// Who the foreign members (negative ids) are.
+    /// Who the foreign members (negative ids) are, and the foreign remover of a departed
+    /// pair.
     pub foreign: Vec<(i64, Foreign)>,
+    /// Set when the caller is no longer a member (listed with `include_departed`): then
+    /// `owner` is 0 and `members` empty, so a departed user learns nothing new about the
+    /// pair.
+    pub departed: Option<Departure>,
+}
+
+/// How and when a user stopped being a member of a pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Departure {
+    /// The owner who removed them (negative: a foreign user); `None`: they left.
+    pub removed_by: Option<i64>,
+    /// When, in microseconds since the Unix epoch.
+    pub at: i64,
 }
 
 /// Reads the foreign members the stores list as lines of `"<id> <user id> <homeserver>"`.
@@ -416,20 +430,29 @@ pub trait RoomStore: Send + Sync {
     ) -> Result<Paged<InviteRecord>>;
     /// The id of the user's newest invite (0 = none).
     async fn last_invite_id(&self, user: UserId) -> Result<i64>;
-    /// Pairs the user is a member of, oldest first (by creation time, then pair id),
-    /// after the pair `after` (which the user must be a member of: [`cursor_denied`]
-    /// otherwise): at most `limit` within `budget`.
+    /// Pairs the user is a member of (with `include_departed`, also those they left or
+    /// were removed from and are not a member of again, with their [`Departure`]), oldest
+    /// first (by creation time, then pair id), after the pair `after` (which must be one
+    /// of those listed: [`cursor_denied`] otherwise): at most `limit` within `budget`.
     async fn list_pairs(
         &self,
         user: UserId,
         after: Option<PairId>,
+        include_departed: bool,
         limit: usize,
         budget: Budget<PairInfo>,
     ) -> Result<Paged<PairInfo>>;
-    /// Removes the user from the pair (ownership passes on if they owned it).
-    async fn leave_pair(&self, user: UserId, pair: PairId) -> Result<PairIds>;
-    /// The owner removes another member.
-    async fn remove_member(&self, owner: UserId, pair: PairId, user: UserId) -> Result<PairIds>;
+    /// Removes the user from the pair (ownership passes on if they owned it) and records
+    /// the departure.
+    async fn leave_pair(&self, user: UserId, pair: PairId, now: i64) -> Result<PairIds>;
+    /// The owner removes another member; the departure names the owner.
+    async fn remove_member(
+        &self,
+        owner: UserId,
+        pair: PairId,
+        user: UserId,
+        now: i64,
+    ) -> Result<PairIds>;
 }
 
 /// Stream events: ordered appends and reads.

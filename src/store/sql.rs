@@ -98,6 +98,20 @@ pub(crate) const PENDING_INVITES: &str = "SELECT count(*) FROM (SELECT 1 FROM in
 pub(crate) const PAIR_CREATED_FOR_MEMBER: &str = "SELECT p.created_at FROM channel_pairs p \
      JOIN members m ON m.pair_id = p.pair_id AND m.user_id = $1 WHERE p.pair_id = $2";
 
+/// The same cursor when departed pairs are listed too: the pair `$2` must be one `$1` is
+/// a member of or departed from.
+pub(crate) const PAIR_CREATED_FOR_MEMBER_OR_DEPARTED: &str = "SELECT p.created_at \
+     FROM channel_pairs p WHERE p.pair_id = $2 \
+     AND (EXISTS (SELECT 1 FROM members m WHERE m.pair_id = p.pair_id AND m.user_id = $1) \
+     OR EXISTS (SELECT 1 FROM departures d WHERE d.pair_id = p.pair_id AND d.user_id = $1))";
+
+/// Records that `$1` left pair `$2` (`$3` NULL) or was removed by the owner `$3`, at `$4`;
+/// a later departure from the same pair replaces an earlier one.
+pub(crate) const RECORD_DEPARTURE: &str = "INSERT INTO departures \
+     (user_id, pair_id, removed_by, departed_at) VALUES ($1, $2, $3, $4) \
+     ON CONFLICT (user_id, pair_id) DO UPDATE \
+     SET removed_by = excluded.removed_by, departed_at = excluded.departed_at";
+
 /// Whether `$2` is a member of pair `$1`.
 pub(crate) const IS_MEMBER: &str = "SELECT 1 FROM members WHERE pair_id = $1 AND user_id = $2";
 

@@ -330,6 +330,7 @@ async fn list_all(
             .list_channel_pairs(ListChannelPairsRequest {
                 after_pair_id: after,
                 limit,
+                ..Default::default()
             })
             .await
             .expect("list")
@@ -449,6 +450,7 @@ async fn list_channel_pairs_stops_at_the_budget(b: Backend) {
         .list_channel_pairs(ListChannelPairsRequest {
             after_pair_id: created[13].clone(),
             limit: 1000,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -474,6 +476,7 @@ async fn list_channel_pairs_cursor_rejections(b: Backend) {
     let list = |after: String| ListChannelPairsRequest {
         after_pair_id: after,
         limit: 0,
+        ..Default::default()
     };
     for bad in ["not-a-uuid".to_string(), mine[0].to_uppercase()] {
         let st = expect_code(

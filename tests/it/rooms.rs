@@ -175,10 +175,73 @@ async fn removal_rules(b: Backend) {
         Code::PermissionDenied,
     );
     expect_code(ca.remove_member(rm(c)).await, Code::NotFound);
-    // Re-invited, C is back.
+    // C's device can tell its user what happened: who removed them and when; nothing
+    // about who else is in the pair.
+    let before_ms = now_ms();
+    let departed = list_with_departed(&mut cc, "").await;
+    assert_eq!(departed.len(), 1);
+    assert_eq!(departed[0].pair.as_ref(), Some(&pair));
+    let d = departed[0].departed.clone().expect("departed");
+    assert_eq!(
+        d.removed_by,
+        Some(UserRef {
+            homeserver: String::new(),
+            user_id: a
+        })
+    );
+    let at = d.departed_at.expect("time");
+    let at_ms = at.seconds * 1000 + i64::from(at.nanos) / 1_000_000;
+    assert!(at_ms <= before_ms && at_ms > before_ms - 60_000, "{at:?}");
+    assert_eq!(
+        (
+            departed[0].owner,
+            &departed[0].members,
+            &departed[0].member_refs
+        ),
+        (0, &vec![], &vec![])
+    );
+    assert!(list(&mut cc).await.is_empty(), "not listed unless asked");
+    assert!(
+        list_with_departed(&mut cc, &pair.pair_id).await.is_empty(),
+        "a departed pair is a cursor when departed pairs are listed"
+    );
+    // B leaves on their own: no remover.
+    cb.leave_channel_pair(LeaveChannelPairRequest {
+        pair_id: pair.pair_id.clone(),
+    })
+    .await
+    .unwrap();
+    let left = list_with_departed(&mut cb, "").await;
+    assert_eq!(left.len(), 1);
+    let d = left[0].departed.clone().expect("departed");
+    assert_eq!(d.removed_by, None);
+    // Re-invited, C is back, and the pair is listed as theirs again.
     invite(&mut ca, &mut cc, &pair, c).await;
     assert!(post(&mut cc, &pair.message_id, 2, b"back").await.is_ok());
+    let back = list_with_departed(&mut cc, "").await;
+    assert_eq!(back.len(), 1);
+    assert_eq!(back[0].departed, None);
+    assert_eq!(back[0].owner, a);
     s.stop().await;
+}
+
+async fn list_with_departed(c: &mut Client, after: &str) -> Vec<ChannelPairInfo> {
+    c.list_channel_pairs(ListChannelPairsRequest {
+        after_pair_id: after.into(),
+        include_departed: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .pairs
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }
 
 /// Every pair- or stream-scoped RPC for one caller; returns each status code.

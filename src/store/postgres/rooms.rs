@@ -124,6 +124,7 @@ impl RoomStore for PgStore {
         &self,
         user: UserId,
         after: Option<PairId>,
+        include_departed: bool,
         limit: usize,
         budget: Budget<PairInfo>,
     ) -> Result<Paged<PairInfo>> {
@@ -133,7 +134,12 @@ impl RoomStore for PgStore {
         let (after_created, after_pair) = match after {
             None => (i64::MIN, Uuid::nil()),
             Some(pair) => {
-                let created: Option<i64> = sqlx::query_scalar(sql::PAIR_CREATED_FOR_MEMBER)
+                let cursor = if include_departed {
+                    sql::PAIR_CREATED_FOR_MEMBER_OR_DEPARTED
+                } else {
+                    sql::PAIR_CREATED_FOR_MEMBER
+                };
+                let created: Option<i64> = sqlx::query_scalar(cursor)
                     .bind(user)
                     .bind(pair)
                     .fetch_optional(&mut *self.conn().await?)
@@ -142,23 +148,42 @@ impl RoomStore for PgStore {
             }
         };
         let mut conn = self.conn().await?;
-        let rows = sqlx::query_as::<_, (Uuid, Uuid, Uuid, i64, Vec<i64>, Vec<String>)>(
-            "SELECT p.pair_id, p.message_id, p.state_id, p.owner, \
-                    ARRAY(SELECT m2.user_id FROM members m2 WHERE m2.pair_id = p.pair_id ORDER BY m2.user_id), \
+        // `x`: the user's pairs (gone = false) and, when asked, the pairs they departed and
+        // are not a member of again. A departed pair lists no owner and no members, only
+        // the foreign remover's name.
+        let rows = sqlx::query_as::<
+            _,
+            (Uuid, Uuid, Uuid, i64, Vec<i64>, Vec<String>, bool, Option<i64>, i64),
+        >(
+            "SELECT p.pair_id, p.message_id, p.state_id, CASE WHEN x.gone THEN 0 ELSE p.owner END, \
+                    ARRAY(SELECT m2.user_id FROM members m2 \
+                          WHERE m2.pair_id = p.pair_id AND NOT x.gone ORDER BY m2.user_id), \
                     ARRAY(SELECT CAST(f.id AS TEXT) || ' ' || CAST(f.user_id AS TEXT) || ' ' || f.homeserver \
-                          FROM members m2 JOIN foreign_users f ON f.id = m2.user_id \
-                          WHERE m2.pair_id = p.pair_id AND m2.user_id < 0) \
-             FROM members m JOIN channel_pairs p ON p.pair_id = m.pair_id \
-             WHERE m.user_id = $1 AND (p.created_at, p.pair_id) > ($2, $3) \
+                          FROM foreign_users f WHERE f.id IN \
+                              (SELECT m2.user_id FROM members m2 \
+                               WHERE m2.pair_id = p.pair_id AND m2.user_id < 0 AND NOT x.gone \
+                               UNION ALL SELECT x.removed_by WHERE x.removed_by < 0)), \
+                    x.gone, x.removed_by, x.departed_at \
+             FROM (SELECT pair_id, FALSE AS gone, CAST(NULL AS BIGINT) AS removed_by, \
+                          CAST(0 AS BIGINT) AS departed_at \
+                   FROM members WHERE user_id = $1 \
+                   UNION ALL \
+                   SELECT d.pair_id, TRUE, d.removed_by, d.departed_at FROM departures d \
+                   WHERE $5 AND d.user_id = $1 AND NOT EXISTS \
+                       (SELECT 1 FROM members m WHERE m.pair_id = d.pair_id AND m.user_id = $1)) x \
+             JOIN channel_pairs p ON p.pair_id = x.pair_id \
+             WHERE (p.created_at, p.pair_id) > ($2, $3) \
              ORDER BY p.created_at, p.pair_id LIMIT $4",
         )
         .bind(user)
         .bind(after_created)
         .bind(after_pair)
         .bind(limit as i64 + 1)
+        .bind(include_departed)
         .fetch(&mut *conn)
         .map(|row| -> Result<PairInfo> {
-            let (pair_id, message_id, state_id, owner, members, foreign) = row?;
+            let (pair_id, message_id, state_id, owner, members, foreign, gone, removed_by, at) =
+                row?;
             Ok(PairInfo {
                 ids: PairIds {
                     pair_id,
@@ -168,12 +193,13 @@ impl RoomStore for PgStore {
                 owner,
                 members,
                 foreign: parse_foreign_members(&foreign.join("\n"))?,
+                departed: gone.then_some(Departure { removed_by, at }),
             })
         });
         page::collect(rows, limit, budget).await
     }
 
-    async fn leave_pair(&self, user: UserId, pair: PairId) -> Result<PairIds> {
+    async fn leave_pair(&self, user: UserId, pair: PairId, now: i64) -> Result<PairIds> {
         let user = user.get();
         let pair = pair.get();
         let mut conn = self.conn().await?;
@@ -182,12 +208,19 @@ impl RoomStore for PgStore {
             .lock_pair_of_member(&mut tx, user, pair)
             .await?
             .ok_or_else(pair_denied)?;
-        self.drop_member(&mut tx, &ids, user, owner).await?;
+        self.drop_member(&mut tx, &ids, user, owner, None, now)
+            .await?;
         tx.commit().await?;
         Ok(ids)
     }
 
-    async fn remove_member(&self, owner: UserId, pair: PairId, user: UserId) -> Result<PairIds> {
+    async fn remove_member(
+        &self,
+        owner: UserId,
+        pair: PairId,
+        user: UserId,
+        now: i64,
+    ) -> Result<PairIds> {
         let owner = owner.get();
         let pair = pair.get();
         let user = user.get();
@@ -206,7 +239,8 @@ impl RoomStore for PgStore {
         if target.is_none() {
             return Err(not_a_member(user));
         }
-        self.drop_member(&mut tx, &ids, user, current_owner).await?;
+        self.drop_member(&mut tx, &ids, user, current_owner, Some(owner), now)
+            .await?;
         tx.commit().await?;
         Ok(ids)
     }

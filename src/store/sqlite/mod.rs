@@ -132,10 +132,19 @@ async fn drop_member(
     pair: &PairIds,
     user: i64,
     owner: i64,
+    removed_by: Option<i64>,
+    now: i64,
 ) -> Result<()> {
     sqlx::query("DELETE FROM members WHERE pair_id = ? AND user_id = ?")
         .bind(pair.pair_id)
         .bind(user)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(sql::RECORD_DEPARTURE)
+        .bind(user)
+        .bind(pair.pair_id)
+        .bind(removed_by)
+        .bind(now)
         .execute(&mut *conn)
         .await?;
     sqlx::query("UPDATE streams SET member_epoch = member_epoch + 1 WHERE pair_id = ?")

@@ -156,6 +156,7 @@ impl RoomStore for SqliteStore {
         &self,
         user: UserId,
         after: Option<PairId>,
+        include_departed: bool,
         limit: usize,
         budget: Budget<PairInfo>,
     ) -> Result<Paged<PairInfo>> {
@@ -167,7 +168,12 @@ impl RoomStore for SqliteStore {
         let (after_created, after_pair) = match after {
             None => (i64::MIN, Uuid::nil()),
             Some(pair) => {
-                let created: Option<i64> = sqlx::query_scalar(sql::PAIR_CREATED_FOR_MEMBER)
+                let cursor = if include_departed {
+                    sql::PAIR_CREATED_FOR_MEMBER_OR_DEPARTED
+                } else {
+                    sql::PAIR_CREATED_FOR_MEMBER
+                };
+                let created: Option<i64> = sqlx::query_scalar(cursor)
                     .bind(user)
                     .bind(pair)
                     .fetch_optional(&mut *tx)
@@ -175,30 +181,44 @@ impl RoomStore for SqliteStore {
                 (created.ok_or_else(cursor_denied)?, pair)
             }
         };
-        // Members as one ascending list per pair, so that one row is one pair; listed for
-        // the page's pairs only.
+        // `q`: a page of the user's pairs (gone = 0) and, when asked, of the pairs they
+        // departed and are not a member of again. Members as one ascending list per pair,
+        // so that one row is one pair, listed for the page's pairs only; a departed pair
+        // lists no owner and no members, only the foreign remover's name.
         let rows = sqlx::query(
-            "SELECT q.pair_id, q.message_id, q.state_id, q.owner, \
+            "SELECT q.pair_id, q.message_id, q.state_id, CASE WHEN q.gone THEN 0 ELSE q.owner END, \
                     (SELECT group_concat(m2.user_id, ',' ORDER BY m2.user_id) FROM members m2 \
-                     WHERE m2.pair_id = q.pair_id), \
+                     WHERE m2.pair_id = q.pair_id AND NOT q.gone), \
                     (SELECT group_concat(CAST(f.id AS TEXT) || ' ' || CAST(f.user_id AS TEXT) || ' ' \
                                          || f.homeserver, char(10)) \
-                     FROM members m2 JOIN foreign_users f ON f.id = m2.user_id \
-                     WHERE m2.pair_id = q.pair_id AND m2.user_id < 0) \
-             FROM (SELECT p.pair_id, p.message_id, p.state_id, p.owner, p.created_at \
-                   FROM members m JOIN channel_pairs p ON p.pair_id = m.pair_id \
-                   WHERE m.user_id = ? AND (p.created_at, p.pair_id) > (?, ?) \
-                   ORDER BY p.created_at, p.pair_id LIMIT ?) q \
+                     FROM foreign_users f WHERE f.id IN \
+                         (SELECT m2.user_id FROM members m2 \
+                          WHERE m2.pair_id = q.pair_id AND m2.user_id < 0 AND NOT q.gone \
+                          UNION ALL SELECT q.removed_by WHERE q.removed_by < 0)), \
+                    q.gone, q.removed_by, q.departed_at \
+             FROM (SELECT p.pair_id, p.message_id, p.state_id, p.owner, p.created_at, \
+                          x.gone, x.removed_by, x.departed_at \
+                   FROM (SELECT pair_id, 0 AS gone, NULL AS removed_by, 0 AS departed_at \
+                         FROM members WHERE user_id = $1 \
+                         UNION ALL \
+                         SELECT d.pair_id, 1, d.removed_by, d.departed_at FROM departures d \
+                         WHERE $5 AND d.user_id = $1 AND NOT EXISTS \
+                             (SELECT 1 FROM members m WHERE m.pair_id = d.pair_id AND m.user_id = $1)) x \
+                   JOIN channel_pairs p ON p.pair_id = x.pair_id \
+                   WHERE (p.created_at, p.pair_id) > ($2, $3) \
+                   ORDER BY p.created_at, p.pair_id LIMIT $4) q \
              ORDER BY q.created_at, q.pair_id",
         )
         .bind(user)
         .bind(after_created)
         .bind(after_pair)
         .bind(limit as i64 + 1)
+        .bind(include_departed)
         .fetch(&mut *tx)
         .map(|r| -> Result<PairInfo> {
             let r = r?;
             let members: Option<String> = r.try_get(4)?;
+            let gone: bool = r.try_get(6)?;
             Ok(PairInfo {
                 ids: PairIds {
                     pair_id: r.try_get(0)?,
@@ -210,6 +230,14 @@ impl RoomStore for SqliteStore {
                 foreign: parse_foreign_members(
                     r.try_get::<Option<String>, _>(5)?.as_deref().unwrap_or(""),
                 )?,
+                departed: gone
+                    .then(|| -> Result<Departure> {
+                        Ok(Departure {
+                            removed_by: r.try_get(7)?,
+                            at: r.try_get(8)?,
+                        })
+                    })
+                    .transpose()?,
             })
         });
         let paged = page::collect(rows, limit, budget).await?;
@@ -217,19 +245,25 @@ impl RoomStore for SqliteStore {
         Ok(paged)
     }
 
-    async fn leave_pair(&self, user: UserId, pair: PairId) -> Result<PairIds> {
+    async fn leave_pair(&self, user: UserId, pair: PairId, now: i64) -> Result<PairIds> {
         let user = user.get();
         let pair = pair.get();
         let mut tx = self.writer.begin().await?;
         let (ids, owner) = pair_of_member(&mut tx, user, pair)
             .await?
             .ok_or_else(pair_denied)?;
-        drop_member(&mut tx, &ids, user, owner).await?;
+        drop_member(&mut tx, &ids, user, owner, None, now).await?;
         tx.commit().await?;
         Ok(ids)
     }
 
-    async fn remove_member(&self, owner: UserId, pair: PairId, user: UserId) -> Result<PairIds> {
+    async fn remove_member(
+        &self,
+        owner: UserId,
+        pair: PairId,
+        user: UserId,
+        now: i64,
+    ) -> Result<PairIds> {
         let owner = owner.get();
         let pair = pair.get();
         let user = user.get();
@@ -246,7 +280,7 @@ impl RoomStore for SqliteStore {
         if target.is_none() {
             return Err(not_a_member(user));
         }
-        drop_member(&mut tx, &ids, user, current_owner).await?;
+        drop_member(&mut tx, &ids, user, current_owner, Some(owner), now).await?;
         tx.commit().await?;
         Ok(ids)
     }

@@ -102,6 +102,7 @@ pub(super) async fn list(c: &mut Client) -> Vec<ChannelPairInfo> {
         .list_channel_pairs(ListChannelPairsRequest {
             after_pair_id: String::new(),
             limit: 1000,
+            ..Default::default()
         })
         .await
         .expect("list")
