@@ -6,15 +6,15 @@ use tonic::{Code, Status};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The server answered a call with an error status.
-    #[error("the server refused {call}: {} ({:?})", .status.message(), .status.code())]
+    #[error("{}", describe_refusal(call, status))]
     Rpc {
-        /// The RPC that failed.
+        /// The RPC that failed (for logs and programs; messages name the action instead).
         call: &'static str,
         /// The server's status.
         status: Box<Status>,
     },
     /// The server could not be reached.
-    #[error("cannot connect to {url}: {reason}")]
+    #[error("cannot reach the server at {url}: {reason}")]
     Connect {
         /// The server URL.
         url: String,
@@ -75,6 +75,18 @@ pub enum Error {
     /// Local state problems (missing room, unreadable state file).
     #[error("{0}")]
     State(String),
+    /// A bearer token the device will not use (malformed, another user's, expired), or
+    /// no way to get a fresh one.
+    #[error("{0}")]
+    Token(String),
+    /// The user left the room or was removed from it: its streams are closed to them.
+    #[error("you {what}: you can no longer read or post there")]
+    RoomLost {
+        /// The pair id.
+        pair_id: String,
+        /// What happened, e.g. `were removed from [general] by 1 at 2026-12-06 20:51:03 UTC`.
+        what: String,
+    },
     /// A local file could not be read or written.
     #[error("{what}: {source}")]
     Io {
@@ -102,6 +114,23 @@ impl Error {
         }
     }
 
+    /// True when trying again later may succeed: the server was unreachable, shutting
+    /// down, overloaded or too slow, and nothing was refused for what the request said.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Connect { .. } => true,
+            Error::Rpc { status, .. } => matches!(
+                status.code(),
+                Code::Unavailable
+                    | Code::Unknown
+                    | Code::DeadlineExceeded
+                    | Code::ResourceExhausted
+                    | Code::Cancelled
+            ),
+            _ => false,
+        }
+    }
+
     /// An I/O error while doing `what`.
     pub fn io(what: impl Into<String>, source: std::io::Error) -> Error {
         Error::Io {
@@ -113,3 +142,50 @@ impl Error {
 
 /// The client's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What the user was doing when `call` failed, in their words.
+fn action(call: &str) -> &'static str {
+    match call {
+        "PostKey" => "publishing your public key",
+        "FetchKey" => "fetching a user's public key",
+        "PostPrivateKey" => "saving your key backup",
+        "FetchPrivateKey" => "fetching your key backup",
+        "GenerateChannelPair" => "creating the room",
+        "SendInvite" => "sending the invite",
+        "FetchInvites" => "fetching your invites",
+        "ListChannelPairs" => "listing your rooms",
+        "LeaveChannelPair" => "leaving the room",
+        "RemoveMember" => "removing the member",
+        "PostMessage" => "sending",
+        "FetchMessages" => "reading the room",
+        "StreamMessagePosting" => "following your rooms live",
+        _ => "talking to the server",
+    }
+}
+
+/// A refused call as a sentence: the action, what the refusal means, the server's words.
+fn describe_refusal(call: &str, status: &Status) -> String {
+    let action = action(call);
+    let said = status.message();
+    match status.code() {
+        Code::Unauthenticated => format!(
+            "{action} failed: the server refused your token ({said}); get a fresh token from \
+             your homeserver"
+        ),
+        Code::PermissionDenied => format!("{action} failed: not allowed: {said}"),
+        Code::Unavailable => {
+            format!("{action} failed: the server is unavailable ({said}); try again in a moment")
+        }
+        Code::DeadlineExceeded => {
+            format!("{action} failed: the server did not answer in time ({said}); try again")
+        }
+        Code::ResourceExhausted => {
+            format!("{action} failed: the server is busy or a limit was reached: {said}")
+        }
+        Code::Internal | Code::Unknown => format!(
+            "{action} failed: the server had an internal error ({said}); try again later, \
+             or tell its operator"
+        ),
+        _ => format!("{action} failed: {said}"),
+    }
+}

@@ -27,6 +27,8 @@ pub mod error;
 pub mod event;
 pub mod proto;
 pub mod state;
+pub mod time;
+pub mod token;
 pub mod user;
 
 pub use device::Device;

@@ -37,6 +37,61 @@ pub struct DeviceState {
     pub invites_after: u64,
     /// Rooms by pair id.
     pub rooms: BTreeMap<String, Room>,
+    /// Where long-running commands get a fresh token before this one expires.
+    #[serde(default)]
+    pub token_source: Option<TokenSource>,
+    /// When `token_source` was last set (ms since the Unix epoch): the later setting wins
+    /// when two processes' copies merge.
+    #[serde(default)]
+    pub token_source_set_ms: i64,
+}
+
+/// A source of fresh bearer tokens.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenSource {
+    /// A shell command that prints a token on stdout (run with `sh -c`).
+    Command(String),
+    /// A file holding the token, re-read when a fresh one is needed (another program
+    /// keeps it current).
+    File(std::path::PathBuf),
+}
+
+/// Why this device can no longer use a room.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lost {
+    /// Removed by someone (true), or left on the user's own (false).
+    pub removed: bool,
+    /// Who removed the user (text form, see [`crate::user::display`]), as the server
+    /// recorded it; None when it gives no details.
+    pub by: Option<String>,
+    /// When, in ms since the Unix epoch: the server's record, or when this device noticed.
+    pub at_ms: i64,
+}
+
+impl Lost {
+    /// `removed by 1 at 2026-12-06 20:51:03 UTC`, or `left at …`.
+    pub fn summary(&self) -> String {
+        let at = crate::time::format_utc_ms(self.at_ms);
+        match (self.removed, &self.by) {
+            (false, _) => format!("left at {at}"),
+            (true, Some(by)) => format!("removed by {by} at {at}"),
+            (true, None) => format!("no longer a member (noticed at {at})"),
+        }
+    }
+
+    /// `were removed from [general] by 1 at 2026-12-06 20:51:03 UTC`, or `left [general]
+    /// at …`.
+    pub fn describe(&self, room: &str) -> String {
+        let at = crate::time::format_utc_ms(self.at_ms);
+        match (self.removed, &self.by) {
+            (false, _) => format!("left [{room}] at {at}"),
+            (true, Some(by)) => format!("were removed from [{room}] by {by} at {at}"),
+            (true, None) => format!(
+                "are no longer a member of [{room}] (noticed at {at}; the server gives no details)"
+            ),
+        }
+    }
 }
 
 /// One room: a channel pair with the keys and trust this device holds for it.
@@ -61,6 +116,14 @@ pub struct Room {
     /// Trusted identity keys: user (text form, see [`crate::user::display`]) → hex
     /// fingerprints.
     pub trusted: BTreeMap<String, BTreeSet<String>>,
+    /// Set when the user left or was removed: the room is kept (its history stays
+    /// readable on this device) but skipped by catch-up and live updates.
+    #[serde(default)]
+    pub lost: Option<Lost>,
+    /// When `lost` last changed (ms since the Unix epoch): the later change wins when two
+    /// processes' copies merge (a room can be lost and joined again).
+    #[serde(default)]
+    pub lost_changed_ms: i64,
 }
 
 /// The keys and read position of one stream.
@@ -91,6 +154,16 @@ pub struct EpochState {
 impl DeviceState {
     /// Folds `other` (another process's copy of the same device) into `self`.
     pub fn merge(&mut self, other: DeviceState) {
+        // The token that lives longer is the fresher one (another process may have saved
+        // a renewed token while this one ran).
+        let expiry = |t: &str| crate::token::inspect(t).map_or(0, |i| i.expires_at);
+        if expiry(&other.token) > expiry(&self.token) {
+            self.token = other.token;
+        }
+        if other.token_source_set_ms > self.token_source_set_ms {
+            self.token_source = other.token_source;
+            self.token_source_set_ms = other.token_source_set_ms;
+        }
         self.backup_version = self.backup_version.max(other.backup_version);
         self.invites_after = self.invites_after.max(other.invites_after);
         for (id, room) in other.rooms {
@@ -140,6 +213,16 @@ impl Room {
         for (user, fps) in other.trusted {
             self.trusted.entry(user).or_default().extend(fps);
         }
+        if other.lost_changed_ms > self.lost_changed_ms {
+            self.lost = other.lost;
+            self.lost_changed_ms = other.lost_changed_ms;
+        }
+    }
+
+    /// Marks the room lost (or, with None, a member again) as of now.
+    pub fn set_lost(&mut self, lost: Option<Lost>) {
+        self.lost = lost;
+        self.lost_changed_ms = crate::time::now_ms().max(self.lost_changed_ms + 1);
     }
 
     /// The room's streams: message first, then state.

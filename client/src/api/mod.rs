@@ -13,7 +13,6 @@ use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use base64::Engine;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
@@ -146,6 +145,26 @@ impl Api {
     /// The generated stub, for calls this wrapper does not cover.
     pub fn stub(&self) -> Stub {
         SecretServiceClient::new(self.service.clone()).max_decoding_message_size(MAX_RECEIVE)
+    }
+
+    /// One cheap authenticated call (the first invite, if any): Ok when the server accepts
+    /// the token.
+    pub async fn check_token(&self) -> Result<()> {
+        let req = pb::FetchInvitesRequest {
+            after_invite_id: 0,
+            limit: 1,
+            ..Default::default()
+        };
+        let mut stub = self.stub();
+        match stub.fetch_invites(req).await {
+            Ok(_) => Ok(()),
+            Err(status) if status.code() == Code::Unauthenticated => Err(Error::Token(format!(
+                "the server at {} refuses this token: {}",
+                self.url,
+                status.message()
+            ))),
+            Err(status) => Err(Error::rpc("FetchInvites", status)),
+        }
     }
 
     /// PostKey: returns the fingerprint.
@@ -319,40 +338,26 @@ pub(crate) async fn unary<T>(
     }
 }
 
+/// Why a connection failed, in words: the OS's reason when there is one.
 fn transport_reason(e: &tonic::transport::Error) -> String {
-    let mut reason = e.to_string();
-    let mut source = std::error::Error::source(e);
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut innermost = e.to_string();
     while let Some(s) = source {
-        reason = format!("{reason}: {s}");
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => {
+                    "nothing listens there (connection refused): is secretd running at that \
+                     address?"
+                        .into()
+                }
+                std::io::ErrorKind::TimedOut => "no answer (timed out)".into(),
+                _ => io.to_string(),
+            };
+        }
+        innermost = s.to_string();
         source = s.source();
     }
-    reason
-}
-
-/// The user id a JWT names (its `sub` claim), read without verifying the token (the
-/// server verifies it; the client only needs to know who it is).
-pub fn user_id_from_token(token: &str) -> Result<u64> {
-    let bad = |why: &str| {
-        Error::State(format!(
-            "the token is not a JWT with a numeric sub claim: {why}"
-        ))
-    };
-    let payload = token
-        .split('.')
-        .nth(1)
-        .ok_or_else(|| bad("no payload part"))?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload.trim_end_matches('='))
-        .map_err(|_| bad("the payload is not base64url"))?;
-    let claims: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|_| bad("the payload is not JSON"))?;
-    let sub = match &claims["sub"] {
-        serde_json::Value::String(s) => s.parse().ok(),
-        serde_json::Value::Number(n) => n.as_u64(),
-        _ => None,
-    };
-    sub.filter(|&u| u > 0)
-        .ok_or_else(|| bad("sub is missing or not a user id"))
+    innermost
 }
 
 #[cfg(test)]
@@ -382,20 +387,5 @@ mod tests {
             .metadata_mut()
             .insert(RETRY_AFTER_TRAILER, "250".parse().unwrap());
         assert_eq!(retry_after(&limited), Some(Duration::from_millis(250)));
-    }
-
-    #[test]
-    fn user_id_comes_from_sub() {
-        // {"sub":"42","exp":1} and {"sub":7}
-        assert_eq!(
-            user_id_from_token("x.eyJzdWIiOiI0MiIsImV4cCI6MX0.y").unwrap(),
-            42
-        );
-        assert_eq!(user_id_from_token("x.eyJzdWIiOjd9.y").unwrap(), 7);
-        assert!(user_id_from_token("not a jwt").is_err());
-        assert!(
-            user_id_from_token("x.eyJzdWIiOiIwIn0.y").is_err(),
-            "user 0 is not a user"
-        );
     }
 }

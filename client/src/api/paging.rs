@@ -3,11 +3,8 @@
 
 #![allow(clippy::needless_update)]
 
-use tonic::{Request, Status};
-
-use super::{Api, MAX_RECEIVE, PAGE_LIMIT, unary};
-use crate::error::{Error, Result};
-use crate::proto::paging::{ListChannelPairsPage, ListChannelPairsPageRequest};
+use super::{Api, PAGE_LIMIT, unary};
+use crate::error::Result;
 use crate::proto::secret::{self as pb, ChannelPairInfo, PostedMessage, ReceivedInvite};
 
 impl Api {
@@ -33,29 +30,21 @@ impl Api {
         }
     }
 
-    /// Every channel pair the caller belongs to (all pages when the server pages).
-    pub async fn list_channel_pairs(&self) -> Result<Vec<ChannelPairInfo>> {
-        let path = tonic::codegen::http::uri::PathAndQuery::from_static(
-            "/protocol.secret.v1.SecretService/ListChannelPairs",
-        );
+    /// Every channel pair the caller belongs to (all pages) and, with
+    /// `include_departed`, those they left or were removed from (each with `departed`
+    /// set).
+    pub async fn list_channel_pairs(&self, include_departed: bool) -> Result<Vec<ChannelPairInfo>> {
         let mut out = Vec::new();
         let mut after = String::new();
         loop {
-            let mut grpc = tonic::client::Grpc::new(self.service.clone())
-                .max_decoding_message_size(MAX_RECEIVE);
-            grpc.ready()
-                .await
-                .map_err(|e| Error::rpc("ListChannelPairs", Status::unavailable(e.to_string())))?;
-            let req = ListChannelPairsPageRequest {
+            let req = pb::ListChannelPairsRequest {
                 after_pair_id: after.clone(),
                 limit: PAGE_LIMIT,
+                include_departed,
+                ..Default::default()
             };
-            let codec = tonic_prost::ProstCodec::<ListChannelPairsPageRequest, ListChannelPairsPage>::default();
-            let page: ListChannelPairsPage = unary(
-                "ListChannelPairs",
-                grpc.unary(Request::new(req), path.clone(), codec),
-            )
-            .await?;
+            let mut stub = self.stub();
+            let page = unary("ListChannelPairs", stub.list_channel_pairs(req)).await?;
             let last = page
                 .pairs
                 .last()

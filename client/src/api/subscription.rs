@@ -53,10 +53,14 @@ pub enum Delivery {
     },
     /// An invite addressed to the caller.
     Invite(ReceivedInvite),
-    /// The call failed; the subscription reconnects and resumes by itself.
+    /// The call failed; the subscription reconnects and resumes by itself (with the
+    /// connection's current token: see [`Api::set_token`]).
     Reconnecting {
         /// Why the call ended.
         reason: String,
+        /// The status code it ended with, when the server sent one
+        /// (UNAUTHENTICATED: the token expired or was refused).
+        code: Option<Code>,
     },
 }
 
@@ -129,7 +133,7 @@ enum Ended {
     /// The consumer is gone: stop.
     Stop,
     /// Reconnect, saying why.
-    Retry(String),
+    Retry(String, Option<Code>),
 }
 
 impl Task {
@@ -138,10 +142,10 @@ impl Task {
         loop {
             match self.one_call(&mut control, &mut backoff).await {
                 Ended::Stop => return,
-                Ended::Retry(reason) => {
+                Ended::Retry(reason, code) => {
                     if self
                         .tx
-                        .send(Delivery::Reconnecting { reason })
+                        .send(Delivery::Reconnecting { reason, code })
                         .await
                         .is_err()
                     {
@@ -184,7 +188,7 @@ impl Task {
             .await
         {
             Ok(r) => r.into_inner(),
-            Err(status) => return Ended::Retry(describe(&status)),
+            Err(status) => return Ended::Retry(describe(&status), Some(status.code())),
         };
         *backoff = MIN_BACKOFF;
         if let Some(after) = self.last_invite {
@@ -196,7 +200,7 @@ impl Task {
                         }
                     }
                 }
-                Err(e) => return Ended::Retry(e.to_string()),
+                Err(e) => return Ended::Retry(e.to_string(), e.code()),
             }
         }
         loop {
@@ -205,7 +209,7 @@ impl Task {
                     let Some(c) = c else { return Ended::Stop };
                     let message = self.apply(c);
                     if out.send(message).await.is_err() {
-                        return Ended::Retry("the call's request stream closed".into());
+                        return Ended::Retry("the call's request stream closed".into(), None);
                     }
                 }
                 m = inbound.message() => match m {
@@ -214,8 +218,8 @@ impl Task {
                             return ended;
                         }
                     }
-                    Ok(None) => return Ended::Retry("the server ended the call".into()),
-                    Err(status) => return Ended::Retry(describe(&status)),
+                    Ok(None) => return Ended::Retry("the server ended the call".into(), None),
+                    Err(status) => return Ended::Retry(describe(&status), Some(status.code())),
                 }
             }
         }
@@ -298,7 +302,7 @@ impl Task {
             // A hole: fill it from history before going on.
             let missed = match self.api.fetch_messages_after(&m.stream_id, cursor).await {
                 Ok(missed) => missed,
-                Err(e) => return Some(Ended::Retry(e.to_string())),
+                Err(e) => return Some(Ended::Retry(e.to_string(), e.code())),
             };
             for earlier in missed.into_iter().filter(|e| e.event_id < m.event_id) {
                 if let Some(ended) = self.send_event(earlier).await {

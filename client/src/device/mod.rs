@@ -6,6 +6,7 @@
 //! fails half-way: keys are added before they are announced, cursors move only past
 //! events that were processed.
 
+pub mod membership;
 pub mod posting;
 pub mod receiving;
 pub mod rooms;
@@ -15,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use tonic::Code;
 
-use crate::api::{Api, user_id_from_token};
+use crate::api::Api;
 use crate::crypto::blob::{self, Kdf};
 use crate::crypto::identity::{Identity, PublicIdentity, fingerprint_hex};
 use crate::crypto::ratchet::DEFAULT_MAX_GAP;
@@ -23,7 +24,8 @@ use crate::error::{Error, Result};
 use crate::state::{DeviceState, Room, STATE_VERSION};
 use crate::user::{self, UserRef};
 
-pub use posting::Sent;
+pub use membership::{Member, RoomView};
+pub use posting::{Outgoing, Sent};
 pub use receiving::{Content, Incoming, StreamKind, Transcript};
 pub use rooms::{Accepted, History};
 
@@ -48,7 +50,7 @@ impl Device {
     /// First device of a user: generates the identity key, stores it wrapped under
     /// `password` (compare-and-set: only if no backup exists yet) and posts the public key.
     pub async fn init(api: Api, password: &str, kdf: Kdf) -> Result<Device> {
-        let user_id = user_id_from_token(&api.token())?;
+        let user_id = crate::token::check(&api.token(), None, crate::time::now_secs())?.user_id;
         if api.fetch_private_key().await?.is_some() {
             return Err(Error::State(format!(
                 "user {user_id} already has an identity backed up on {}: use `login` on a new device",
@@ -75,7 +77,7 @@ impl Device {
     /// A new device of an existing user: unwraps the identity from the backup with
     /// `password`, then rebuilds every room from the invites and reads their streams.
     pub async fn login(api: Api, password: &str) -> Result<Device> {
-        let user_id = user_id_from_token(&api.token())?;
+        let user_id = crate::token::check(&api.token(), None, crate::time::now_secs())?.user_id;
         let Some((sealed, version)) = api.fetch_private_key().await? else {
             return Err(Error::State(format!(
                 "user {user_id} has no identity backup on {}: run `init` first",
@@ -86,8 +88,13 @@ impl Device {
         let identity = Identity::from_pkcs8(&pkcs8)?;
         let mut device = Self::new_device(api, user_id, identity, version).await?;
         device.accept_invites().await?;
+        // Rooms the user has since left or was removed from are kept, marked, and
+        // skipped; every other room is caught up.
         for pair in device.state.rooms.keys().cloned().collect::<Vec<_>>() {
-            device.catch_up_room(&pair).await?;
+            match device.catch_up_room(&pair).await {
+                Ok(()) | Err(Error::RoomLost { .. }) => {}
+                Err(e) => return Err(e),
+            }
         }
         device.take_processed();
         Ok(device)
@@ -111,6 +118,8 @@ impl Device {
             backup_version,
             invites_after: 0,
             rooms: BTreeMap::new(),
+            token_source: None,
+            token_source_set_ms: 0,
         };
         Self::from_parts(api, state, identity)
     }
@@ -203,6 +212,20 @@ impl Device {
     /// The connection.
     pub fn api(&self) -> &Api {
         &self.api
+    }
+
+    /// Uses `token` for every later call (and reconnect) and keeps it in the state. The
+    /// caller checks it first ([`crate::token::check`]).
+    pub fn set_token(&mut self, token: &str) {
+        self.api.set_token(token);
+        self.state.token = token.to_string();
+    }
+
+    /// Sets (or clears) where long-running commands get fresh tokens.
+    pub fn set_token_source(&mut self, source: Option<crate::state::TokenSource>) {
+        self.state.token_source = source;
+        self.state.token_source_set_ms =
+            crate::time::now_ms().max(self.state.token_source_set_ms + 1);
     }
 
     /// This device's user.

@@ -25,6 +25,19 @@ pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
 /// the server answers a repeat with the original event id).
 pub const MAX_RESENDS: usize = 3;
 
+impl Outgoing {
+    fn new(pair_id: String, kind: StreamKind, what: Kind) -> Outgoing {
+        Outgoing {
+            pair_id,
+            kind,
+            what,
+            attempt: None,
+            refused: 0,
+            floor: 0,
+        }
+    }
+}
+
 /// A successful post.
 #[derive(Clone, Copy, Debug)]
 pub struct Sent {
@@ -47,14 +60,61 @@ pub struct PostGate {
     pub resume: tokio::sync::mpsc::UnboundedReceiver<()>,
 }
 
+/// A post on its way: what it says and, once sealed, the exact bytes at a counter.
+///
+/// Re-sending identical bytes is exactly-once (the server answers a repeat with the
+/// original event id), so an `Outgoing` whose delivery failed for a transient reason
+/// ([`Error::is_transient`]) can be handed to [`Device::deliver`] again later — after a
+/// server restart, minutes later — and is stored at most once. A refused counter (taken
+/// by someone else) proves the bytes were not stored; the next attempt re-encrypts.
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    pair_id: String,
+    kind: StreamKind,
+    what: Kind,
+    attempt: Option<Attempt>,
+    refused: usize,
+    floor: u64,
+}
+
+/// Sealed bytes at a counter.
+#[derive(Clone, Debug)]
+struct Attempt {
+    stream_id: String,
+    counter: u64,
+    sealed: Vec<u8>,
+}
+
+impl Outgoing {
+    /// The room it goes to.
+    pub fn pair_id(&self) -> &str {
+        &self.pair_id
+    }
+
+    /// True once sealed bytes went to the server at least once (they may be stored).
+    pub fn in_flight(&self) -> bool {
+        self.attempt.is_some()
+    }
+}
+
 impl Device {
     /// Sends a chat message to a room.
     pub async fn send_text(&mut self, room: &str, text: &str) -> Result<Sent> {
+        let mut out = self.outgoing_text(room, text)?;
+        self.deliver(&mut out).await
+    }
+
+    /// A chat message for a room, to hand to [`Device::deliver`] (once or until it is
+    /// delivered).
+    pub fn outgoing_text(&self, room: &str, text: &str) -> Result<Outgoing> {
         let pair_id = self.room(room)?.pair_id.clone();
+        if let Some(e) = self.lost_error(&pair_id) {
+            return Err(e);
+        }
         let kind = Kind::Text(event::Text {
             body: text.to_string(),
         });
-        self.post_event(&pair_id, StreamKind::Message, kind).await
+        Ok(Outgoing::new(pair_id, StreamKind::Message, kind))
     }
 
     /// Posts one event: catch up, take the next counter in the newest epoch, sign, encrypt
@@ -65,42 +125,34 @@ impl Device {
         kind: StreamKind,
         what: Kind,
     ) -> Result<Sent> {
-        let mut floor = 0;
-        for refused in 0..MAX_POST_ATTEMPTS {
-            self.catch_up(pair_id, kind).await?;
-            let stream = self.stream_of(pair_id, kind)?;
-            let (epoch_id, epoch) = stream
-                .current_epoch()
-                .ok_or_else(|| Error::State(format!("no keys to post in room {pair_id}")))?;
-            let counter = stream.last_counter.max(epoch.cursor.counter).max(floor) + 1;
-            let point = epoch.cursor.advanced_unbounded(counter);
-            let stream_id = stream.stream_id.clone();
-            let epoch_bytes: [u8; 16] = hex::decode(epoch_id)
-                .ok()
-                .and_then(|b| b.try_into().ok())
-                .ok_or_else(|| Error::State("a saved epoch id is not 16 bytes of hex".into()))?;
-            let stream_bytes = uuid_bytes(&stream_id)?;
-            let body = event::body(self.me.clone(), &self.identity, what.clone());
-            let plaintext =
-                event::sign_event(&self.identity, &stream_bytes, counter, &epoch_bytes, &body)?;
-            let pos = Position {
-                stream: &stream_bytes,
-                counter,
-                epoch: &epoch_bytes,
-                sender: &self.me,
+        let mut out = Outgoing::new(pair_id.to_string(), kind, what);
+        self.deliver(&mut out).await
+    }
+
+    /// Delivers `out`: seals it at the next counter (unless bytes from an earlier attempt
+    /// are waiting, which go again as they are), posts, and on a refused counter
+    /// re-encrypts past the head the server names. On a transient failure the sealed
+    /// bytes stay in `out` for the next call.
+    pub async fn deliver(&mut self, out: &mut Outgoing) -> Result<Sent> {
+        while out.refused < MAX_POST_ATTEMPTS {
+            let attempt = match out.attempt.take() {
+                Some(a) => a,
+                None => self.seal(out).await?,
             };
-            let sealed =
-                envelope::seal_event(&message_key(&point.key), pos, &random()?, &plaintext);
             if let Some(gate) = &mut self.post_gate {
-                let _ = gate.reached.send(counter);
+                let _ = gate.reached.send(attempt.counter);
                 gate.resume.recv().await;
             }
+            let (stream_id, counter) = (attempt.stream_id.clone(), attempt.counter);
+            let sealed = attempt.sealed.clone();
+            out.attempt = Some(attempt);
             match self.post_exactly_once(&stream_id, counter, sealed).await {
                 Ok(event_id) => {
+                    out.attempt = None;
                     return Ok(Sent {
                         event_id,
                         counter,
-                        refused,
+                        refused: out.refused,
                     });
                 }
                 Err(e)
@@ -110,15 +162,55 @@ impl Device {
                     ) =>
                 {
                     if let Error::Rpc { status, .. } = &e {
-                        floor = head_of(status).map_or(counter, |h| h.counter);
+                        out.floor = head_of(status).map_or(counter, |h| h.counter);
                     }
+                    out.attempt = None;
+                    out.refused += 1;
+                }
+                Err(e) if e.code() == Some(Code::PermissionDenied) => {
+                    out.attempt = None;
+                    return Err(self.room_refused(&out.pair_id.clone(), e).await);
                 }
                 Err(e) => return Err(e),
             }
         }
         Err(Error::State(format!(
-            "gave up posting to room {pair_id} after {MAX_POST_ATTEMPTS} refused counters: the stream is too busy"
+            "gave up posting to room {} after {MAX_POST_ATTEMPTS} refused counters: the stream is too busy",
+            out.pair_id
         )))
+    }
+
+    /// Catches up, then signs and encrypts `out` at the stream's next counter.
+    async fn seal(&mut self, out: &Outgoing) -> Result<Attempt> {
+        let (pair_id, kind) = (out.pair_id.as_str(), out.kind);
+        self.catch_up(pair_id, kind).await?;
+        let stream = self.stream_of(pair_id, kind)?;
+        let (epoch_id, epoch) = stream
+            .current_epoch()
+            .ok_or_else(|| Error::State(format!("no keys to post in room {pair_id}")))?;
+        let counter = stream.last_counter.max(epoch.cursor.counter).max(out.floor) + 1;
+        let point = epoch.cursor.advanced_unbounded(counter);
+        let stream_id = stream.stream_id.clone();
+        let epoch_bytes: [u8; 16] = hex::decode(epoch_id)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| Error::State("a saved epoch id is not 16 bytes of hex".into()))?;
+        let stream_bytes = uuid_bytes(&stream_id)?;
+        let body = event::body(self.me.clone(), &self.identity, out.what.clone());
+        let plaintext =
+            event::sign_event(&self.identity, &stream_bytes, counter, &epoch_bytes, &body)?;
+        let pos = Position {
+            stream: &stream_bytes,
+            counter,
+            epoch: &epoch_bytes,
+            sender: &self.me,
+        };
+        let sealed = envelope::seal_event(&message_key(&point.key), pos, &random()?, &plaintext);
+        Ok(Attempt {
+            stream_id,
+            counter,
+            sealed,
+        })
     }
 
     /// Posts, re-sending the identical request after a transport failure, or after the

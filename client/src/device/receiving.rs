@@ -230,10 +230,19 @@ impl Device {
         self.catch_up(pair_id, StreamKind::Message).await
     }
 
+    /// Processes the events of one stream after the device's cursor. A room the user
+    /// left or was removed from is [`Error::RoomLost`] (marked so on the first refusal).
     pub(crate) async fn catch_up(&mut self, pair_id: &str, kind: StreamKind) -> Result<()> {
+        if let Some(lost) = self.lost_error(pair_id) {
+            return Err(lost);
+        }
         let stream = self.stream_of(pair_id, kind)?;
         let (stream_id, after) = (stream.stream_id.clone(), stream.last_event_id);
-        for m in self.api.fetch_messages_after(&stream_id, after).await? {
+        let events = match self.api.fetch_messages_after(&stream_id, after).await {
+            Ok(events) => events,
+            Err(e) => return Err(self.room_refused(pair_id, e).await),
+        };
+        for m in events {
             self.process(pair_id, kind, m).await?;
         }
         Ok(())
@@ -272,6 +281,11 @@ impl Device {
         let stream = self.stream_mut(pair_id, kind)?;
         stream.last_event_id = m.event_id;
         stream.last_counter = stream.last_counter.max(counter);
+        if matches!(content, Err(Error::NotVisible { .. })) {
+            // Before the point this device was invited from: not for its eyes, and not
+            // an error (the history view counts these as hidden).
+            return Ok(());
+        }
         let (content, stale, client_time_ms) = match content {
             Ok(opened) => {
                 let epoch = stream
@@ -385,7 +399,11 @@ impl Device {
             e.cursor = e.origin.clone();
         }
         let mut transcript = Transcript::default();
-        for m in self.api.fetch_messages_after(&stream_id, 0).await? {
+        let events = match self.api.fetch_messages_after(&stream_id, 0).await {
+            Ok(events) => events,
+            Err(e) => return Err(self.room_refused(&pair_id, e).await),
+        };
+        for m in events {
             let opened = match open_with(&epochs, &m, self.max_gap) {
                 Err(Error::NotVisible { .. } | Error::UnknownEpoch { .. }) => {
                     transcript.hidden += 1;

@@ -39,6 +39,10 @@ pub struct Accepted {
     pub from: UserRef,
     /// The room's name, or why the invite was refused.
     pub result: std::result::Result<String, String>,
+    /// True when the invite brought a room this device did not use before: a room it
+    /// never had, or one the user had left or been removed from (joined again). False
+    /// for new keys of a room it already uses (a rotation, a self-invite).
+    pub new_room: bool,
 }
 
 /// The most ratchet steps spent checking that an invite's chain state lies on a chain
@@ -161,6 +165,8 @@ impl Device {
             photo_url: photo_url.to_string(),
             name_set_at: 0,
             trusted: BTreeMap::new(),
+            lost: None,
+            lost_changed_ms: 0,
         };
         add_trust(&mut room, &self.me.clone(), &self.fingerprint());
         let state_event = Kind::RoomState(room_state_of(&room));
@@ -260,19 +266,34 @@ impl Device {
     /// Processes one invite (from FetchInvites or a live subscription).
     pub async fn accept_invite(&mut self, invite: &ReceivedInvite) -> Accepted {
         let from = user::local(invite.from_user);
+        let pair_id = invite
+            .pair
+            .as_ref()
+            .map(|p| p.pair_id.clone())
+            .unwrap_or_default();
+        let in_use = self
+            .state
+            .rooms
+            .get(&pair_id)
+            .is_some_and(|r| r.lost.is_none());
         let result = self
             .open_and_merge(invite, &from)
             .await
             .map_err(|e| e.to_string());
+        if result.is_ok()
+            && let Some(room) = self.state.rooms.get_mut(&pair_id)
+            && room.lost.is_some()
+        {
+            // Invited again after leaving or a removal. Should the server still refuse
+            // the room, the next catch-up marks it lost again.
+            room.set_lost(None);
+        }
         self.state.invites_after = self.state.invites_after.max(invite.invite_id);
         Accepted {
             invite_id: invite.invite_id,
-            pair_id: invite
-                .pair
-                .as_ref()
-                .map(|p| p.pair_id.clone())
-                .unwrap_or_default(),
+            pair_id,
             from,
+            new_room: !in_use && result.is_ok(),
             result,
         }
     }
@@ -318,6 +339,8 @@ impl Device {
             photo_url: state.photo_url.clone(),
             name_set_at: 0,
             trusted: BTreeMap::new(),
+            lost: None,
+            lost_changed_ms: 0,
         };
         for t in &state.trusted {
             let Some(who) = &t.user else { continue };

@@ -28,7 +28,7 @@ impl Device {
         self.catch_up_room(&pair_id).await?;
         let info = self
             .api
-            .list_channel_pairs()
+            .list_channel_pairs(false)
             .await?
             .into_iter()
             .find(|p| p.pair.as_ref().is_some_and(|p| p.pair_id == pair_id))

@@ -85,16 +85,22 @@ pub fn fresh_user() -> u64 {
 /// An HS256 JWT for `user`, valid for an hour (made here, not by the server's code, as
 /// any homeserver's auth service would).
 pub fn token(user: u64) -> String {
+    token_for(user, 3600, SECRET)
+}
+
+/// An HS256 JWT for `user` issued now (`iat`), expiring `ttl` seconds from now (negative:
+/// already expired), signed with `secret`.
+pub fn token_for(user: u64, ttl: i64, secret: &str) -> String {
     let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
-    let exp = std::time::SystemTime::now()
+    let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .as_secs()
-        + 3600;
+        .as_secs() as i64;
+    let exp = now + ttl;
     let head = b64(br#"{"alg":"HS256","typ":"JWT"}"#);
-    let claims = b64(format!(r#"{{"sub":"{user}","exp":{exp}}}"#).as_bytes());
+    let claims = b64(format!(r#"{{"sub":"{user}","iat":{now},"exp":{exp}}}"#).as_bytes());
     let input = format!("{head}.{claims}");
-    let sig = b64(&hmac_sha256(SECRET.as_bytes(), input.as_bytes()));
+    let sig = b64(&hmac_sha256(secret.as_bytes(), input.as_bytes()));
     format!("{input}.{sig}")
 }
 
@@ -163,6 +169,32 @@ impl Server {
             .await
             .expect("init");
         (user, device)
+    }
+
+    /// Stops the server gracefully and starts it again on the same address and store
+    /// after `down` (clients see it go away and come back).
+    pub async fn restart(&mut self, down: std::time::Duration) {
+        if let Some(r) = self.running.take() {
+            r.stop().await;
+        }
+        tokio::time::sleep(down).await;
+        let mut tries = 0;
+        let listener = loop {
+            match tokio::net::TcpListener::bind(self.addr).await {
+                Ok(l) => break l,
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    eprintln!("rebinding {}: {e}", self.addr);
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("cannot bind {} again: {e}", self.addr),
+            }
+        };
+        self.running = Some(
+            secretd::server::start(self.settings.clone(), listener)
+                .await
+                .expect("server starts again"),
+        );
     }
 
     /// Stops the server gracefully.

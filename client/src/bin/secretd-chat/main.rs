@@ -5,20 +5,23 @@
 //! 0700 directory) holds the unwrapped identity private key, room keys and cursors.
 //! Whoever can read it can read your rooms: it is the device.
 
+mod live;
 mod output;
 mod store;
+mod tokens;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
-use secretd_client::api::{Api, subscription::Delivery};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use secretd_client::api::Api;
 use secretd_client::crypto::blob::Kdf;
-use secretd_client::crypto::identity::fingerprint_hex;
 use secretd_client::device::History;
-use secretd_client::{Device, Error, Result, user};
+use secretd_client::state::TokenSource;
+use secretd_client::time::{format_utc_secs, now_secs, span};
+use secretd_client::{Device, Error, Result, token, user};
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tonic::Code;
 
 use output::Out;
 use store::StateDir;
@@ -58,6 +61,22 @@ enum HistoryChoice {
     FromNow,
 }
 
+/// Where a new device gets its token: exactly one of these.
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct TokenArgs {
+    /// Your bearer token (JWT from your homeserver); `-` reads it from stdin.
+    #[arg(long)]
+    token: Option<String>,
+    /// A shell command that prints a fresh token; run now and whenever the token is about
+    /// to expire (so `listen` and `chat` keep running).
+    #[arg(long)]
+    token_command: Option<String>,
+    /// A file holding the token, re-read whenever the token is about to expire.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// First device: create your identity key and back it up under a password.
@@ -65,9 +84,8 @@ enum Command {
         /// The secretd URL, e.g. http://127.0.0.1:50051.
         #[arg(long)]
         server: String,
-        /// Your bearer token (JWT from your homeserver).
-        #[arg(long)]
-        token: String,
+        #[command(flatten)]
+        token: TokenArgs,
         /// How the password protects the backup.
         #[arg(long, value_enum, default_value = "pbkdf2")]
         kdf: KdfChoice,
@@ -77,9 +95,25 @@ enum Command {
         /// The secretd URL.
         #[arg(long)]
         server: String,
-        /// Your bearer token.
+        #[command(flatten)]
+        token: TokenArgs,
+    },
+    /// Show this device's token, or give it a new one (checked before it is kept), or set
+    /// where it gets fresh ones.
+    Token {
+        /// The new token; `-` reads it from stdin.
+        token: Option<String>,
+        /// Get tokens from this shell command (run now, and whenever one is about to
+        /// expire).
+        #[arg(long, conflicts_with_all = ["token", "file", "no_source"])]
+        command: Option<String>,
+        /// Get tokens from this file (read now, and re-read whenever one is about to
+        /// expire).
+        #[arg(long, conflicts_with_all = ["token", "no_source"])]
+        file: Option<PathBuf>,
+        /// Forget the configured command or file.
         #[arg(long)]
-        token: String,
+        no_source: bool,
     },
     /// Create a room.
     Create {
@@ -115,13 +149,24 @@ enum Command {
     },
     /// Print messages as they arrive (and join rooms you are invited to), until Ctrl-C.
     Listen,
-    /// Chat in one room: each line you type is sent; everything arriving is printed.
+    /// Chat in one room: each line you type is sent (kept and sent later, in order, while
+    /// the server is unreachable); everything arriving is printed.
     Chat {
         /// Room name or pair id.
         room: String,
     },
-    /// List your rooms.
+    /// List your rooms, with their members, or how you left them.
     Rooms,
+    /// List a room's members and the keys this device trusts for them.
+    Members {
+        /// Room name or pair id.
+        room: String,
+    },
+    /// Leave a room (the others should then rotate its keys).
+    Leave {
+        /// Room name or pair id.
+        room: String,
+    },
     /// Remove a member (owner only) and rotate the room's keys.
     Remove {
         /// Room name or pair id.
@@ -156,13 +201,73 @@ fn password(confirm: bool) -> Result<String> {
     Ok(first)
 }
 
+/// The saved device with a usable token: `SECRETD_CHAT_TOKEN` when set, else the saved
+/// one, renewed from the configured source when it has expired.
 async fn open(dir: &StateDir) -> Result<Device> {
-    let state = dir.load()?;
-    let token = std::env::var("SECRETD_CHAT_TOKEN").unwrap_or_else(|_| state.token.clone());
-    let api = Api::connect(&state.server, &token).await?;
-    let mut state = state;
-    state.token = token;
+    let mut state = dir.load()?;
+    let me = state.user_id;
+    let now = now_secs();
+    if let Ok(given) = std::env::var("SECRETD_CHAT_TOKEN") {
+        token::check(&given, Some(me), now)
+            .map_err(|e| Error::Token(format!("SECRETD_CHAT_TOKEN is refused: {e}")))?;
+        state.token = given;
+    }
+    if let Err(e) = token::check(&state.token, Some(me), now) {
+        let Some(source) = &state.token_source else {
+            return Err(Error::Token(format!(
+                "the token this device holds is refused: {e}. To go on, {}",
+                tokens::ADVICE
+            )));
+        };
+        state.token = tokens::from_source(source, Some(me)).await?.0;
+    }
+    let api = Api::connect(&state.server, &state.token).await?;
     Device::from_state(api, state)
+}
+
+/// Saves the device after a command, then returns the command's result. A token the
+/// server refused is not kept.
+fn keep<T>(dir: &StateDir, device: &Device, result: Result<T>) -> Result<T> {
+    let refused = matches!(&result, Err(e) if e.code() == Some(Code::Unauthenticated));
+    if refused {
+        dir.save_keeping_token(device.state())?;
+    } else {
+        dir.save(device.state())?;
+    }
+    result
+}
+
+/// A new device's token and source from `init`/`login` flags, checked.
+async fn first_token(args: TokenArgs) -> Result<(String, Option<TokenSource>)> {
+    let source = tokens::source_of(args.token_command, args.token_file);
+    let token = match (&source, args.token) {
+        (Some(source), _) => tokens::from_source(source, None).await?.0,
+        (None, Some(t)) => tokens::read_arg(&t)?,
+        (None, None) => unreachable!("clap requires one of the token flags"),
+    };
+    token::check(&token, None, now_secs())?;
+    Ok((token, source))
+}
+
+async fn new_device(
+    dir: &StateDir,
+    server: &str,
+    args: TokenArgs,
+    make: impl AsyncFnOnce(Api) -> Result<Device>,
+) -> Result<Device> {
+    if dir.exists() {
+        return Err(Error::State(format!(
+            "{} already holds a device (use another --state directory for another device)",
+            dir.path().display()
+        )));
+    }
+    let (token, source) = first_token(args).await?;
+    let mut device = make(Api::connect(server, &token).await?).await?;
+    if source.is_some() {
+        device.set_token_source(source);
+    }
+    dir.save(device.state())?;
+    Ok(device)
 }
 
 async fn run(cli: Cli) -> Result<()> {
@@ -170,39 +275,47 @@ async fn run(cli: Cli) -> Result<()> {
     let dir = StateDir::new(&cli.state);
     match cli.command {
         Command::Init { server, token, kdf } => {
-            if dir.exists() {
-                return Err(Error::State(format!(
-                    "{} already holds a device",
-                    cli.state.display()
-                )));
-            }
             let kdf = match kdf {
                 KdfChoice::Pbkdf2 => Kdf::DEFAULT,
                 KdfChoice::Argon2id => Kdf::ARGON2ID,
             };
-            let pw = password(true)?;
-            let device = Device::init(Api::connect(&server, &token).await?, &pw, kdf).await?;
-            dir.save(device.state())?;
-            whoami(out, &device);
+            let device = new_device(&dir, &server, token, async |api| {
+                let pw = password(true)?;
+                Device::init(api, &pw, kdf).await
+            })
+            .await?;
+            out.whoami(&device);
         }
         Command::Login { server, token } => {
-            if dir.exists() {
-                return Err(Error::State(format!(
-                    "{} already holds a device",
-                    cli.state.display()
-                )));
-            }
-            let pw = password(false)?;
-            let device = Device::login(Api::connect(&server, &token).await?, &pw).await?;
+            let mut device = new_device(&dir, &server, token, async |api| {
+                let pw = password(false)?;
+                Device::login(api, &pw).await
+            })
+            .await?;
+            out.whoami(&device);
+            let (views, _) = device.rooms_overview().await;
             dir.save(device.state())?;
-            whoami(out, &device);
-            out.rooms(device.state());
+            out.rooms(&views);
+        }
+        Command::Token {
+            token: given,
+            command,
+            file,
+            no_source,
+        } => {
+            set_token(
+                out,
+                &dir,
+                given,
+                tokens::source_of(command, file),
+                no_source,
+            )
+            .await?
         }
         Command::Create { name, photo_url } => {
             let mut device = open(&dir).await?;
             let result = device.create_room(&name, Vec::new(), &photo_url).await;
-            dir.save(device.state())?;
-            let pair = result?;
+            let pair = keep(&dir, &device, result)?;
             out.emit(json!({ "room": pair, "name": name }), || {
                 format!("created [{name}] {pair}")
             });
@@ -219,8 +332,7 @@ async fn run(cli: Cli) -> Result<()> {
                 HistoryChoice::FromNow => History::FromNow,
             };
             let result = device.invite(&room, &who, history).await;
-            dir.save(device.state())?;
-            let id = result?;
+            let id = keep(&dir, &device, result)?;
             let name = user::display(&who);
             out.emit(json!({ "invite_id": id, "user": name }), || {
                 format!("invited {name} (invite {id})")
@@ -229,14 +341,15 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Accept => {
             let mut device = open(&dir).await?;
             let result = device.accept_invites().await;
-            dir.save(device.state())?;
-            out.accepted(&result?);
+            let accepted = keep(&dir, &device, result)?;
+            if !out.accepted(device.state(), device.me(), &accepted) && !out.json {
+                println!("no new invites");
+            }
         }
         Command::Send { room, text } => {
             let mut device = open(&dir).await?;
             let result = device.send_text(&room, &text).await;
-            dir.save(device.state())?;
-            let sent = result?;
+            let sent = keep(&dir, &device, result)?;
             out.emit(
                 json!({ "event_id": sent.event_id, "counter": sent.counter, "refused": sent.refused }),
                 || format!("sent (event {}, counter {})", sent.event_id, sent.counter),
@@ -245,8 +358,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Read { room } => {
             let mut device = open(&dir).await?;
             let result = device.history(&room).await;
-            dir.save(device.state())?;
-            let transcript = result?;
+            let transcript = keep(&dir, &device, result)?;
             if transcript.hidden > 0 && !out.json {
                 println!(
                     "({} earlier events are before your invite)",
@@ -257,15 +369,42 @@ async fn run(cli: Cli) -> Result<()> {
                 out.event(device.state(), e);
             }
         }
-        Command::Listen => listen(out, &dir, None).await?,
-        Command::Chat { room } => listen(out, &dir, Some(room)).await?,
-        Command::Rooms => out.rooms(&dir.load()?),
+        Command::Listen => live::run(out, &dir, None).await?,
+        Command::Chat { room } => live::run(out, &dir, Some(room)).await?,
+        Command::Rooms => {
+            let mut device = open(&dir).await?;
+            let (views, error) = device.rooms_overview().await;
+            dir.save(device.state())?;
+            if let Some(e) = error {
+                eprintln!(
+                    "note: the server could not be asked ({e}); this is what this device knew"
+                );
+            }
+            out.rooms(&views);
+        }
+        Command::Members { room } => {
+            let mut device = open(&dir).await?;
+            let result = device.members(&room).await;
+            let members = keep(&dir, &device, result)?;
+            out.members(&members);
+        }
+        Command::Leave { room } => {
+            let mut device = open(&dir).await?;
+            let result = device.leave(&room).await;
+            let pair = keep(&dir, &device, result)?;
+            let name = device.room(&pair)?.name.clone();
+            out.emit(json!({ "left": pair, "room_name": name }), || {
+                format!(
+                    "you left [{name}]; its other members should rotate its keys \
+                     (`secretd-chat rotate {name}`) so that the keys you hold read nothing new"
+                )
+            });
+        }
         Command::Remove { room, user: who } => {
             let mut device = open(&dir).await?;
             let who = user::parse(&who)?;
             let result = device.remove_member(&room, &who).await;
-            dir.save(device.state())?;
-            result?;
+            keep(&dir, &device, result)?;
             let name = user::display(&who);
             out.emit(json!({ "removed": name }), || {
                 format!("removed {name} and rotated the room keys")
@@ -274,109 +413,77 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Rotate { room } => {
             let mut device = open(&dir).await?;
             let result = device.rotate(&room, Vec::new()).await;
-            dir.save(device.state())?;
-            result?;
+            keep(&dir, &device, result)?;
             out.emit(json!({ "rotated": room }), || {
                 format!("rotated the keys of [{room}]")
             });
         }
-        Command::Whoami => whoami(out, &open(&dir).await?),
+        Command::Whoami => out.whoami(&open(&dir).await?),
     }
     Ok(())
 }
 
-fn whoami(out: Out, device: &Device) {
-    let (me, fp) = (
-        user::display(device.me()),
-        fingerprint_hex(&device.fingerprint()),
-    );
-    out.emit(json!({ "user": me, "fingerprint": fp }), || {
-        format!("user {me}, key fingerprint {fp}")
-    });
-}
-
-/// Follows every room live; with `chat_room`, also sends each line read from stdin there
-/// (and stops at the end of input).
-async fn listen(out: Out, dir: &StateDir, chat_room: Option<String>) -> Result<()> {
-    let mut device = open(dir).await?;
-    if let Some(room) = &chat_room {
-        device.room(room)?;
-    }
-    out.accepted(&device.accept_invites().await?);
-    for pair in device.state().rooms.keys().cloned().collect::<Vec<_>>() {
-        device.sync_room(&pair).await?;
-    }
-    for e in device.take_processed() {
-        out.event(device.state(), &e);
-    }
-    dir.save(device.state())?;
-    let cursors = |d: &Device, pair: Option<&str>| -> Vec<(String, u64)> {
-        d.state()
-            .rooms
-            .values()
-            .filter(|r| pair.is_none_or(|p| p == r.pair_id))
-            .flat_map(|r| r.streams().map(|s| (s.stream_id.clone(), s.last_event_id)))
-            .collect()
+/// `token`: show the token, or check and keep a new one (locally, then with one call to
+/// the server), or set where fresh ones come from.
+async fn set_token(
+    out: Out,
+    dir: &StateDir,
+    given: Option<String>,
+    source: Option<TokenSource>,
+    no_source: bool,
+) -> Result<()> {
+    let mut state = dir.load()?;
+    let me = state.user_id;
+    let fresh = match (&given, &source) {
+        (Some(t), _) => Some(tokens::read_arg(t)?),
+        (None, Some(source)) => Some(tokens::from_source(source, Some(me)).await?.0),
+        (None, None) => None,
     };
-    let mut sub = device
-        .api()
-        .subscribe(cursors(&device, None), Some(device.state().invites_after));
-    if !out.json {
-        match &chat_room {
-            Some(room) => {
-                eprintln!("chatting in [{room}]: type a line to send it (Ctrl-D to stop)")
-            }
-            None => eprintln!("listening (Ctrl-C to stop)"),
-        }
+    if let Some(fresh) = &fresh {
+        token::check(fresh, Some(me), now_secs())?;
+        // The server is the judge of signatures and issuers: one call before keeping it.
+        let api = Api::connect(&state.server, fresh).await?;
+        api.check_token().await?;
+        state.token = fresh.clone();
     }
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
-    let mut typing = chat_room.is_some();
-    loop {
-        let mut received = Vec::new();
-        tokio::select! {
-            line = lines.next_line(), if typing => {
-                match line.map_err(|e| Error::io("cannot read stdin", e))? {
-                    Some(text) if !text.trim().is_empty() => {
-                        let room = chat_room.as_deref().unwrap_or_default();
-                        if let Err(e) = device.send_text(room, &text).await {
-                            eprintln!("error: not sent: {e}");
-                        }
-                    }
-                    Some(_) => {}
-                    None => typing = false,
-                }
-                if !typing {
-                    break;
-                }
-            }
-            delivery = sub.next() => {
-                let Some(delivery) = delivery else { break };
-                match delivery {
-                    Delivery::Event(m) => received = device.receive(m).await?,
-                    Delivery::Invite(invite) => {
-                        let pair = invite.pair.as_ref().map_or("", |p| p.pair_id.as_str());
-                        let known = device.state().rooms.contains_key(pair);
-                        let accepted = device.accept_invite(&invite).await;
-                        if !known && accepted.result.is_ok() {
-                            sub.add(cursors(&device, Some(&accepted.pair_id)));
-                        }
-                        out.accepted(&[accepted]);
-                    }
-                    Delivery::Ended { stream_id, code, message } => {
-                        eprintln!("stream {stream_id} ended: {message} ({code:?})");
-                    }
-                    Delivery::Reconnecting { reason } => eprintln!("reconnecting: {reason}"),
-                    Delivery::CaughtUp { .. } => {}
-                }
-            }
-        }
-        received.extend(device.take_processed());
-        for e in &received {
-            out.event(device.state(), e);
-        }
-        dir.save(device.state())?;
+    let mut device = Device::from_state(Api::connect(&state.server, &state.token).await?, state)?;
+    if source.is_some() || no_source {
+        device.set_token_source(source);
     }
+    dir.save_with_token(device.state())?;
+    let info = token::inspect(&device.state().token)?;
+    let source = match &device.state().token_source {
+        Some(TokenSource::Command(c)) => format!("the command `{c}`"),
+        Some(TokenSource::File(p)) => format!("the file {}", p.display()),
+        None => "none".into(),
+    };
+    let now = now_secs();
+    let left = if info.expires_at > now {
+        format!("in {}", span(info.expires_at - now))
+    } else {
+        "already".into()
+    };
+    out.emit(
+        json!({ "user": me, "expires_at": info.expires_at, "source": source, "changed": fresh.is_some() }),
+        || {
+            format!(
+                "{}token of user {me}, expires at {} ({left}); fresh tokens from: {source}",
+                if fresh.is_some() { "saved the new " } else { "" },
+                format_utc_secs(info.expires_at),
+            )
+        },
+    );
     Ok(())
+}
+
+/// What to do next, for errors a person can act on.
+fn hint(e: &Error) -> Option<&'static str> {
+    match e {
+        Error::Token(_) => None, // its message says it
+        e if e.code() == Some(Code::Unauthenticated) => Some(tokens::ADVICE),
+        Error::Connect { .. } => Some("check --server, and that secretd runs there"),
+        _ => None,
+    }
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -390,6 +497,9 @@ async fn main() -> ExitCode {
                 println!("{}", json!({ "error": e.to_string() }));
             }
             eprintln!("error: {e}");
+            if let Some(hint) = hint(&e) {
+                eprintln!("hint: {hint}");
+            }
             ExitCode::FAILURE
         }
     }

@@ -1,9 +1,12 @@
 //! What the CLI prints: lines for people, or one JSON object per line with `--json`.
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use secretd_client::crypto::identity::fingerprint_hex;
-use secretd_client::device::{Accepted, Content, Incoming, StreamKind};
+use secretd_client::device::{Accepted, Content, Incoming, Member, RoomView, StreamKind};
 use secretd_client::state::DeviceState;
-use secretd_client::user;
+use secretd_client::user::{self, UserRef};
+use secretd_client::{Device, Error};
 use serde_json::{Value, json};
 
 /// Prints either human lines or JSON lines.
@@ -64,9 +67,14 @@ impl Out {
                 (
                     "rekey",
                     json!({ "generation": generation, "removed": removed }),
-                    format!(
-                        "* {sender} rotated the keys (generation {generation}, removed {removed:?})"
-                    ),
+                    if removed.is_empty() {
+                        format!("* {sender} rotated the keys (generation {generation})")
+                    } else {
+                        format!(
+                            "* {sender} removed {} and rotated the keys (generation {generation})",
+                            removed.join(", ")
+                        )
+                    },
                 )
             }
             Err(why) => (
@@ -87,46 +95,128 @@ impl Out {
         self.emit(value, || format!("[{room}] {line}{stale}"));
     }
 
-    /// Processed invites.
-    pub fn accepted(&self, list: &[Accepted]) {
+    /// Processed invites, as far as they tell the user something: a room joined (or
+    /// joined again), new keys from someone else, a refusal. New keys this user's own
+    /// devices sent for a room in use say nothing. Returns whether anything was printed.
+    pub fn accepted(&self, state: &DeviceState, me: &UserRef, list: &[Accepted]) -> bool {
+        let mut printed = false;
         for a in list {
             let from = user::display(&a.from);
-            match &a.result {
-                Ok(name) => self.emit(
-                    json!({ "invite_id": a.invite_id, "room": a.pair_id, "room_name": name, "from": from, "accepted": true }),
-                    || format!("joined [{name}] ({}), invited by {from}", a.pair_id),
+            let (value, line) = match &a.result {
+                Ok(_) if !a.new_room && a.from == *me => continue,
+                Ok(name) => {
+                    let line = if !a.new_room {
+                        format!("[{name}] new keys from {from} (a key rotation)")
+                    } else if a.from == *me {
+                        format!("joined [{name}] ({}) from your other device", a.pair_id)
+                    } else {
+                        format!("joined [{name}] ({}), invited by {from}", a.pair_id)
+                    };
+                    (
+                        json!({ "invite_id": a.invite_id, "room": a.pair_id, "room_name": name,
+                                "from": from, "accepted": true, "new_room": a.new_room }),
+                        line,
+                    )
+                }
+                Err(why) => (
+                    json!({ "invite_id": a.invite_id, "room": a.pair_id, "from": from,
+                            "accepted": false, "error": why }),
+                    format!(
+                        "refused invite {} from {from} to [{}]: {why}",
+                        a.invite_id,
+                        room_name(state, &a.pair_id)
+                    ),
                 ),
-                Err(why) => self.emit(
-                    json!({ "invite_id": a.invite_id, "room": a.pair_id, "from": from, "accepted": false, "error": why }),
-                    || format!("refused invite {} from {from}: {why}", a.invite_id),
-                ),
-            }
+            };
+            self.emit(value, || line);
+            printed = true;
         }
+        printed
     }
 
-    /// The device's rooms.
-    pub fn rooms(&self, state: &DeviceState) {
-        for r in state.rooms.values() {
-            let trusted: Vec<&String> = r.trusted.keys().collect();
+    /// A room the user has just been found to have left or been removed from.
+    pub fn lost(&self, state: &DeviceState, pair_id: &str, e: &Error) {
+        let lost = state.rooms.get(pair_id).and_then(|r| r.lost.clone());
+        self.emit(
+            json!({ "kind": "lost", "room": pair_id, "room_name": room_name(state, pair_id),
+                    "removed": lost.as_ref().is_some_and(|l| l.removed),
+                    "by": lost.as_ref().and_then(|l| l.by.clone()),
+                    "at_ms": lost.as_ref().map(|l| l.at_ms) }),
+            || format!("* {e}"),
+        );
+    }
+
+    /// The device's rooms with the server's view of them.
+    pub fn rooms(&self, views: &[RoomView]) {
+        if views.is_empty() && !self.json {
+            println!("no rooms yet: `create NAME`, or `accept` an invite");
+        }
+        for v in views {
+            let members: Option<Vec<String>> = v
+                .members
+                .as_ref()
+                .map(|m| m.iter().map(user::display).collect());
+            let owner = v.owner.as_ref().map(user::display);
+            let status = match &v.lost {
+                None => "member",
+                Some(l) if l.removed => "removed",
+                Some(_) => "left",
+            };
             self.emit(
                 json!({
-                    "room": r.pair_id, "name": r.name, "message_stream": r.message.stream_id,
-                    "state_stream": r.state.stream_id, "trusted_users": trusted,
-                    "epochs": r.message.epochs.len(),
+                    "room": v.pair_id, "name": v.name, "status": status,
+                    "owner": owner, "members": members,
+                    "removed_by": v.lost.as_ref().and_then(|l| l.by.clone()),
+                    "departed_at_ms": v.lost.as_ref().map(|l| l.at_ms),
                 }),
                 || {
-                    format!(
-                        "{}  {}  (trusted: {})",
-                        r.pair_id,
-                        r.name,
-                        trusted
-                            .iter()
-                            .map(|s| s.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
+                    let detail = match (&v.lost, &members, &owner) {
+                        (Some(lost), _, _) => lost.summary(),
+                        (None, Some(m), Some(o)) => {
+                            format!("owner {o}; members {}", m.join(", "))
+                        }
+                        _ => "member (the server was not asked)".into(),
+                    };
+                    format!("[{}]  {}  {detail}", v.name, v.pair_id)
                 },
             );
         }
+    }
+
+    /// A room's members.
+    pub fn members(&self, members: &[Member]) {
+        for m in members {
+            let who = user::display(&m.user);
+            let role = match (m.owner, m.me) {
+                (true, true) => " (owner, you)",
+                (true, false) => " (owner)",
+                (false, true) => " (you)",
+                (false, false) => "",
+            };
+            self.emit(
+                json!({ "user": who, "owner": m.owner, "me": m.me, "trusted_fingerprints": m.trusted }),
+                || match m.trusted.as_slice() {
+                    [] => format!("{who}{role}  no key of theirs is trusted in this room yet"),
+                    keys => format!("{who}{role}  trusted key {}", keys.join(", ")),
+                },
+            );
+        }
+    }
+
+    /// The user and their key's fingerprint, in both forms people meet it in.
+    pub fn whoami(&self, device: &Device) {
+        let me = user::display(device.me());
+        let fp = device.fingerprint();
+        let (hex, b64) = (fingerprint_hex(&fp), STANDARD.encode(fp));
+        self.emit(
+            json!({ "user": me, "fingerprint": hex, "fingerprint_base64": b64 }),
+            || {
+                format!(
+                    "user {me}\nkey fingerprint (SHA-256 of your public key), as secretd-chat shows \
+                     fingerprints: {hex}\nthe same in base64, as the server's API (PostKey, FetchKey) \
+                     shows it: {b64}"
+                )
+            },
+        );
     }
 }

@@ -11,6 +11,16 @@ use std::path::{Path, PathBuf};
 use secretd_client::state::DeviceState;
 use secretd_client::{Error, Result};
 
+/// Which token a save keeps.
+enum TokenRule {
+    /// The one that expires later (a renewal in another process wins over an older one).
+    Later,
+    /// The one already saved.
+    Saved,
+    /// The one being saved.
+    Mine,
+}
+
 /// A device's state directory.
 pub struct StateDir {
     dir: PathBuf,
@@ -22,6 +32,11 @@ impl StateDir {
         StateDir {
             dir: dir.to_path_buf(),
         }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
     }
 
     fn file(&self) -> PathBuf {
@@ -81,14 +96,36 @@ impl StateDir {
         })
     }
 
-    /// Saves `state`, merged with whatever another process saved since it was loaded.
+    /// Saves `state`, merged with whatever another process saved since it was loaded
+    /// (of two tokens, the one that expires later is kept).
     pub fn save(&self, state: &DeviceState) -> Result<()> {
+        self.save_merged(state, TokenRule::Later)
+    }
+
+    /// Saves `state` like [`StateDir::save`] but keeps the token saved before (the server
+    /// refused the one `state` holds).
+    pub fn save_keeping_token(&self, state: &DeviceState) -> Result<()> {
+        self.save_merged(state, TokenRule::Saved)
+    }
+
+    /// Saves `state` with its token, whichever expires later (the user gave it).
+    pub fn save_with_token(&self, state: &DeviceState) -> Result<()> {
+        self.save_merged(state, TokenRule::Mine)
+    }
+
+    fn save_merged(&self, state: &DeviceState, rule: TokenRule) -> Result<()> {
         let _lock = self.lock()?;
         let mut merged = state.clone();
         if let Some(on_disk) = self.read()?
             && on_disk.user_id == state.user_id
         {
+            let saved_token = on_disk.token.clone();
             merged.merge(on_disk);
+            match rule {
+                TokenRule::Later => {}
+                TokenRule::Saved => merged.token = saved_token,
+                TokenRule::Mine => merged.token = state.token.clone(),
+            }
         }
         let json = serde_json::to_vec_pretty(&merged)
             .map_err(|e| Error::State(format!("cannot encode the state: {e}")))?;
