@@ -165,20 +165,66 @@ async fn defaults_env_twins_config_file_and_flags_layer_in_order() {
 #[tokio::test]
 async fn configuration_errors_exit_2_with_a_message() {
     let dir = tempfile::tempdir().unwrap();
-    for (why, envs) in [
-        ("not a number", vec![("SECRETD_MAX_COUNTER_GAP", "lots")]),
-        ("misspelt variable", vec![("SECRETD_LISTN", "127.0.0.1:0")]),
-        ("bad algorithm", vec![("SECRETD_JWT_ALGORITHM", "none")]),
+    for (why, envs, says) in [
+        (
+            "not a number",
+            vec![("SECRETD_MAX_COUNTER_GAP", "lots")],
+            "max_counter_gap",
+        ),
+        (
+            "misspelt variable",
+            vec![("SECRETD_LISTN", "127.0.0.1:0")],
+            "secretd: configuration error: the environment variable SECRETD_LISTN is not a \
+             setting (did you mean SECRETD_LISTEN?); every SECRETD_* variable must name a key \
+             listed in README \"Configuration\"",
+        ),
+        (
+            "misspelt federation variable",
+            vec![("SECRETD_FEDERATION_ENABLD", "true")],
+            "SECRETD_FEDERATION_ENABLD is not a setting (did you mean \
+             SECRETD_FEDERATION_ENABLED?)",
+        ),
+        (
+            "bad algorithm",
+            vec![("SECRETD_JWT_ALGORITHM", "none")],
+            "jwt_algorithm",
+        ),
     ] {
         let out = secretd(&["serve"], dir.path(), &envs);
         assert_eq!(out.status.code(), Some(2), "{why}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("configuration error"), "{why}: {err}");
+        assert!(err.contains(says), "{why}: {err}");
+        assert_eq!(err.lines().count(), 1, "{why}: one line: {err}");
     }
     std::fs::write(dir.path().join("bad.toml"), "lisen = \"x\"\n").unwrap();
     let out = secretd(&["serve", "--config", "bad.toml"], dir.path(), &[]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("lisen"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "configuration error: the config file bad.toml has an unknown key `lisen` (did you \
+             mean `listen`?)"
+        ),
+        "{err}"
+    );
+    // The default file, a key inside [federation].
+    std::fs::write(
+        dir.path().join("secretd.toml"),
+        "[federation]\nenabld = true\n",
+    )
+    .unwrap();
+    let out = secretd(&["serve"], dir.path(), &[]);
+    std::fs::remove_file(dir.path().join("secretd.toml")).unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "the config file secretd.toml (in the working directory) has an unknown key \
+             `federation.enabld` (did you mean `enabled`?)"
+        ),
+        "{err}"
+    );
     // A database URL of an unknown kind fails at start with a clear message.
     let out = secretd(
         &[
