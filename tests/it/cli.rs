@@ -321,6 +321,63 @@ async fn migrate_runs_alone() {
     }
 }
 
+#[tokio::test]
+async fn health_says_what_went_wrong_and_what_to_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let health = |addr: String| {
+        let cwd = dir.path().to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let out = secretd(&["health", "--addr", &addr, "--timeout", "1"], &cwd, &[]);
+            assert_eq!(out.status.code(), Some(1), "{addr}");
+            (
+                String::from_utf8_lossy(&out.stdout).trim().to_string(),
+                String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            )
+        })
+    };
+    // Nothing listens.
+    let closed = format!("127.0.0.1:{}", free_port());
+    let (_, err) = health(closed.clone()).await.unwrap();
+    assert_eq!(
+        err,
+        format!(
+            "secretd: cannot reach a server at {closed}: connection refused — is secretd \
+             running and listening there (its `listen` setting)?"
+        )
+    );
+    // Something accepts connections and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap().to_string();
+    let (_, err) = health(silent_addr.clone()).await.unwrap();
+    assert!(
+        err.starts_with(&format!(
+            "secretd: no answer from {silent_addr} within 1 s — "
+        )),
+        "{err}"
+    );
+    // A server that answers NOT_SERVING (as secretd does while it shuts down).
+    let (reporter, service) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let (out, err) = health(addr.clone()).await.unwrap();
+    server.abort();
+    assert_eq!(out, "NOT_SERVING", "the status name stays on stdout");
+    assert!(
+        err.starts_with(&format!(
+            "secretd: the server at {addr} answers but reports NOT_SERVING: it is shutting down"
+        )),
+        "{err}"
+    );
+}
+
 /// A free port on 127.0.0.1 (bound and released).
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
