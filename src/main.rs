@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use secretd::cli::{Cli, Command, HealthArgs, ServeArgs};
+use secretd::config::LogFormat;
 use secretd::{auth, config, federation, server, telemetry};
 
 fn main() -> ExitCode {
@@ -29,13 +30,14 @@ fn main() -> ExitCode {
         }
     };
     telemetry::init(&settings);
+    let log_format = settings.log_format;
     if let Command::MintToken(args) = &command {
         return match auth::mint_token(&settings, args.user, args.ttl) {
             Ok(token) => {
                 println!("{token}");
                 ExitCode::SUCCESS
             }
-            Err(err) => failure(&err),
+            Err(err) => failure(log_format, &err),
         };
     }
     if let Command::FederationKey(_) = &command {
@@ -49,7 +51,7 @@ fn main() -> ExitCode {
                 );
                 ExitCode::SUCCESS
             }
-            Err(err) => failure(&err),
+            Err(err) => failure(log_format, &err),
         };
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -70,23 +72,25 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            tracing::error!("{err:#}");
-            failure(&err)
-        }
+        Err(err) => failure(log_format, &err),
     }
 }
 
-/// Reports a failed command: exit 2 for a configuration problem (as for errors in the
-/// settings themselves), 1 for anything else.
-fn failure(err: &anyhow::Error) -> ExitCode {
-    if err.chain().any(|e| e.is::<config::Misconfigured>()) {
-        eprintln!("secretd: configuration error: {err:#}");
-        ExitCode::from(2)
+/// Reports a failed command once, in the log format in force: a `secretd: …` line on
+/// stderr for a person (`log_format = text`), or one ERROR record for a log pipeline
+/// (`json`). Exit 2 for a configuration problem (as for errors in the settings
+/// themselves), 1 for anything else.
+fn failure(log_format: LogFormat, err: &anyhow::Error) -> ExitCode {
+    let (prefix, code) = if err.chain().any(|e| e.is::<config::Misconfigured>()) {
+        ("configuration error: ", 2)
     } else {
-        eprintln!("secretd: {err:#}");
-        ExitCode::FAILURE
+        ("", 1)
+    };
+    match log_format {
+        LogFormat::Json => tracing::error!(exit_code = code, "{prefix}{err:#}"),
+        LogFormat::Text => eprintln!("secretd: {prefix}{err:#}"),
     }
+    ExitCode::from(code)
 }
 
 /// `secretd health`: exit 0 when the server at `--addr` reports SERVING. Otherwise exit 1

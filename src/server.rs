@@ -3,10 +3,10 @@
 //! graceful shutdown.
 
 use std::net::SocketAddr;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tonic::service::interceptor::InterceptedService;
@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::auth::{AuthInterceptor, Verifier};
 use crate::commit::{CommitSettings, Committer, Writers};
-use crate::config::Settings;
+use crate::config::{Database, Settings};
 use crate::hub::Hub;
 use crate::limits::RateLimits;
 use crate::replica::Replica;
@@ -27,11 +27,41 @@ use crate::store::{self, Backend, DynStore};
 pub async fn migrate_only(settings: &Settings) -> anyhow::Result<()> {
     crate::private_files::secure_data_dir(settings)?;
     let database = settings.database()?;
-    store::migrate(database.url())
-        .await
-        .with_context(|| format!("cannot migrate the database {database}"))?;
+    if let Err(e) = store::migrate(database.url()).await {
+        return Err(database_error(&database, "migrate", e).await);
+    }
     tracing::info!(store = %database, "migrations are up to date");
     Ok(())
+}
+
+/// A failure to open or migrate `database` (`verb`), with a hint when nothing accepts
+/// connections at the Postgres address (checked with a plain TCP connection, so a
+/// refusal by Postgres itself, e.g. a wrong password, gets no hint: its words say why).
+async fn database_error(database: &Database, verb: &str, err: anyhow::Error) -> anyhow::Error {
+    let err = err.context(format!("cannot {verb} the database {database}"));
+    let Database::Postgres(url) = database else {
+        return err;
+    };
+    let Ok(options) = sqlx::postgres::PgConnectOptions::from_str(url.expose()) else {
+        return err;
+    };
+    let (host, port) = (options.get_host(), options.get_port());
+    if host.starts_with('/') {
+        return err; // a Unix socket directory
+    }
+    let probe = tokio::time::timeout(
+        Duration::from_secs(1),
+        tokio::net::TcpStream::connect((host, port)),
+    )
+    .await;
+    if let Ok(Ok(_)) = probe {
+        return err;
+    }
+    let at = match host.contains(':') {
+        true => format!("[{host}]:{port}"),
+        false => format!("{host}:{port}"),
+    };
+    anyhow::anyhow!("{err:#} — is Postgres running at {at} and reachable from here (database_url)?")
 }
 
 /// Runs `secretd serve` until SIGTERM or Ctrl-C, then shuts down gracefully.
@@ -129,8 +159,11 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
         Duration::from_millis(settings.db_timeout_ms),
         replica,
     )
-    .await
-    .with_context(|| format!("cannot open the database {database}"))?;
+    .await;
+    let store = match store {
+        Ok(store) => store,
+        Err(e) => return Err(database_error(&database, "open", e).await),
+    };
     let backend = store.backend();
     let (shutdown, signal) = crate::shutdown::channel();
     let hub = Hub::new(

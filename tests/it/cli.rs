@@ -322,6 +322,57 @@ async fn migrate_runs_alone() {
 }
 
 #[tokio::test]
+async fn an_unreachable_database_is_reported_once_with_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("postgres://nobody:x@127.0.0.1:{port}/none");
+    let hint = format!("— is Postgres running at 127.0.0.1:{port} and reachable from here");
+    for command in ["migrate", "serve"] {
+        let mut args = vec![command, "--database-url", &url];
+        if command == "serve" {
+            args.extend(["--listen", "127.0.0.1:0"]);
+        }
+        let env = [("SECRETD_JWT_SECRET", SECRET)];
+        let out = secretd(&args, dir.path(), &env);
+        assert_eq!(out.status.code(), Some(1), "{command}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let reports: Vec<&str> = err.lines().filter(|l| l.contains("127.0.0.1:")).collect();
+        assert_eq!(reports.len(), 1, "{command} reports it once:\n{err}");
+        assert!(
+            reports[0].starts_with("secretd: cannot ") && reports[0].ends_with("(database_url)?"),
+            "{command}: {err}"
+        );
+        assert!(reports[0].contains(&hint), "{command}: {err}");
+        assert!(
+            !err.contains(" ERROR "),
+            "{command}: no log line as well: {err}"
+        );
+        // With JSON logs the one report is a JSON record.
+        let env = [
+            ("SECRETD_JWT_SECRET", SECRET),
+            ("SECRETD_LOG_FORMAT", "json"),
+        ];
+        let out = secretd(&args, dir.path(), &env);
+        let err = String::from_utf8_lossy(&out.stderr);
+        let reports: Vec<&str> = err.lines().filter(|l| l.contains("127.0.0.1:")).collect();
+        assert_eq!(reports.len(), 1, "{command} reports it once:\n{err}");
+        let record: serde_json::Value = serde_json::from_str(reports[0]).unwrap();
+        assert_eq!(record["level"], "ERROR", "{err}");
+        assert!(record["message"].as_str().unwrap().contains(&hint), "{err}");
+    }
+    // Postgres refusing (not the network) gets no hint: its own words say why.
+    if let Some(Backend::Postgres(pg)) = Backend::postgres() {
+        let (scheme, rest) = pg.split_once("://").unwrap();
+        let host = rest.rsplit_once('@').unwrap().1;
+        let wrong = format!("{scheme}://nobody:x@{host}");
+        let out = secretd(&["migrate", "--database-url", &wrong], dir.path(), &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(!err.contains("is Postgres running"), "{err}");
+    }
+}
+
+#[tokio::test]
 async fn health_says_what_went_wrong_and_what_to_check() {
     let dir = tempfile::tempdir().unwrap();
     let health = |addr: String| {
