@@ -195,9 +195,12 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
             signal.clone(),
         ));
     }
-    if let Some(maddr) = settings.metrics_listen {
-        crate::telemetry::install_exporter(maddr)?;
-        tracing::info!(%maddr, "Prometheus metrics at http://{maddr}/metrics");
+    if let Some(metrics_listen) = settings.metrics_listen {
+        crate::telemetry::install_exporter(metrics_listen)?;
+        tracing::info!(
+            %metrics_listen,
+            "Prometheus metrics at http://{metrics_listen}/metrics"
+        );
     }
 
     let federation = crate::federation::Federation::start(&settings)?;

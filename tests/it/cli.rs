@@ -464,6 +464,15 @@ async fn metrics_endpoint_counts_rpcs() {
         dir.path(),
     )
     .await;
+    // The start-up line names the endpoint by its config key.
+    assert!(
+        p.startup_lines
+            .iter()
+            .any(|l| l.contains("Prometheus metrics at")
+                && l.contains(&format!("metrics_listen={metrics}"))),
+        "{:#?}",
+        p.startup_lines
+    );
     let mut c = client_at(&p.addr, token(5, 60)).await;
     c.post_key(PostKeyRequest {
         key_data: key_pem(1),
