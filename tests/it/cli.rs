@@ -301,16 +301,46 @@ async fn database_passwords_never_reach_the_logs() {
 }
 
 #[tokio::test]
-async fn migrate_runs_alone() {
+async fn migrate_runs_alone_and_says_what_it_did() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("m/secretd.db").display());
+    // The embedded migrations are the files of migrations/sqlite, named N_description.sql.
+    let mut files: Vec<String> =
+        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.ends_with(".sql"))
+            .collect();
+    files.sort();
+    let listed: Vec<String> = files
+        .iter()
+        .map(|f| {
+            let (n, rest) = f.trim_end_matches(".sql").split_once('_').unwrap();
+            format!("{} {}", n.parse::<u32>().unwrap(), rest.replace('_', " "))
+        })
+        .collect();
+    let (last, last_description) = listed.last().unwrap().split_once(' ').unwrap();
     let out = secretd(&["migrate", "--database-url", &url], dir.path(), &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        err.contains(&format!(
+            "applied {} migrations ({}); the database is at version {last}",
+            listed.len(),
+            listed.join(", ")
+        )),
+        "{err}"
     );
     assert!(dir.path().join("m/secretd.db").exists());
+    let out = secretd(&["migrate", "--database-url", &url], dir.path(), &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "the database is up to date at version {last} ({last_description})"
+        )),
+        "{err}"
+    );
     if let Some(Backend::Postgres(pg)) = Backend::postgres() {
         let out = secretd(&["migrate", "--database-url", &pg], dir.path(), &[]);
         assert!(
