@@ -1,11 +1,18 @@
 # Multi-stage build: compile in the Rust image, run from a small Debian image as a
 # non-root user. SQLite is bundled (compiled in); no protoc is needed (protox).
+# `.ci/dockerfile-build` runs the build stage on exactly the files it copies (CI has no
+# Docker engine): keep the COPY lines simple (context paths, no --from in this stage).
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs buf.yaml ./
 COPY proto ./proto
 COPY migrations ./migrations
 COPY src ./src
+# The workspace lists client/ (the reference E2EE client) as a member: cargo loads its
+# manifest and targets even to build the server alone. Its tests are not needed.
+COPY client/Cargo.toml client/build.rs ./client/
+COPY client/proto ./client/proto
+COPY client/src ./client/src
 RUN cargo build --release --locked --bin secretd \
  && strip target/release/secretd
 

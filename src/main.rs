@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use secretd::cli::{Cli, Command, HealthArgs, ServeArgs};
+use secretd::config::LogFormat;
 use secretd::{auth, config, federation, server, telemetry};
 
 fn main() -> ExitCode {
@@ -29,13 +30,14 @@ fn main() -> ExitCode {
         }
     };
     telemetry::init(&settings);
+    let log_format = settings.log_format;
     if let Command::MintToken(args) = &command {
         return match auth::mint_token(&settings, args.user, args.ttl) {
             Ok(token) => {
                 println!("{token}");
                 ExitCode::SUCCESS
             }
-            Err(err) => failure(&err),
+            Err(err) => failure(log_format, &err),
         };
     }
     if let Command::FederationKey(_) = &command {
@@ -49,7 +51,7 @@ fn main() -> ExitCode {
                 );
                 ExitCode::SUCCESS
             }
-            Err(err) => failure(&err),
+            Err(err) => failure(log_format, &err),
         };
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -70,27 +72,32 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            tracing::error!("{err:#}");
-            failure(&err)
-        }
+        Err(err) => failure(log_format, &err),
     }
 }
 
-/// Reports a failed command: exit 2 for a configuration problem (as for errors in the
-/// settings themselves), 1 for anything else.
-fn failure(err: &anyhow::Error) -> ExitCode {
-    if err.chain().any(|e| e.is::<config::Misconfigured>()) {
-        eprintln!("secretd: configuration error: {err:#}");
-        ExitCode::from(2)
+/// Reports a failed command once, in the log format in force: a `secretd: …` line on
+/// stderr for a person (`log_format = text`), or one ERROR record for a log pipeline
+/// (`json`). Exit 2 for a configuration problem (as for errors in the settings
+/// themselves), 1 for anything else.
+fn failure(log_format: LogFormat, err: &anyhow::Error) -> ExitCode {
+    let (prefix, code) = if err.chain().any(|e| e.is::<config::Misconfigured>()) {
+        ("configuration error: ", 2)
     } else {
-        eprintln!("secretd: {err:#}");
-        ExitCode::FAILURE
+        ("", 1)
+    };
+    match log_format {
+        LogFormat::Json => tracing::error!(exit_code = code, "{prefix}{err:#}"),
+        LogFormat::Text => eprintln!("secretd: {prefix}{err:#}"),
     }
+    ExitCode::from(code)
 }
 
-/// `secretd health`: exit 0 when the server at `--addr` reports SERVING.
+/// `secretd health`: exit 0 when the server at `--addr` reports SERVING. Otherwise exit 1
+/// with a sentence on stderr saying what went wrong and what to check (the status name,
+/// when there is one, still goes to stdout).
 fn health(args: &HealthArgs) -> ExitCode {
+    use tonic_health::pb::health_check_response::ServingStatus;
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -101,38 +108,93 @@ fn health(args: &HealthArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let addr = args.addr.clone();
+    let addr = &args.addr;
+    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else {
+        eprintln!(
+            "secretd: {addr:?} is not an address; give HOST:PORT, e.g. --addr 127.0.0.1:50051"
+        );
+        return ExitCode::FAILURE;
+    };
     let check = async move {
         use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-            .connect()
-            .await?;
-        let status = HealthClient::new(channel)
+        let channel = endpoint.connect().await.map_err(Unhealthy::Unreachable)?;
+        let answer = HealthClient::new(channel)
             .check(HealthCheckRequest {
                 service: String::new(),
             })
-            .await?
-            .into_inner()
-            .status();
-        Ok::<_, Box<dyn std::error::Error>>(status)
+            .await
+            .map_err(Unhealthy::Refused)?;
+        Ok::<_, Unhealthy>(answer.into_inner().status())
     };
     let limit = std::time::Duration::from_secs(args.timeout);
-    match runtime.block_on(async move { tokio::time::timeout(limit, check).await }) {
-        Ok(Ok(tonic_health::pb::health_check_response::ServingStatus::Serving)) => {
+    let outcome = runtime.block_on(async move { tokio::time::timeout(limit, check).await });
+    let complaint = match outcome {
+        Ok(Ok(ServingStatus::Serving)) => {
             println!("SERVING");
-            ExitCode::SUCCESS
+            return ExitCode::SUCCESS;
         }
         Ok(Ok(status)) => {
             println!("{}", status.as_str_name());
-            ExitCode::FAILURE
+            let why = match status {
+                ServingStatus::NotServing => "it is shutting down or not ready yet; see its log",
+                ServingStatus::ServiceUnknown => "it does not know the service asked about",
+                _ => "its state is unknown; see its log",
+            };
+            format!(
+                "the server at {addr} answers but reports {}: {why}",
+                status.as_str_name()
+            )
         }
-        Ok(Err(err)) => {
-            eprintln!("secretd: health check of {} failed: {err}", args.addr);
-            ExitCode::FAILURE
-        }
-        Err(_) => {
-            eprintln!("secretd: health check of {} timed out", args.addr);
-            ExitCode::FAILURE
+        Ok(Err(Unhealthy::Unreachable(err))) => format!(
+            "cannot reach a server at {addr}: {} — is secretd running and listening there \
+             (its `listen` setting)?",
+            root_cause(&err)
+        ),
+        Ok(Err(Unhealthy::Refused(status))) => format!(
+            "the server at {addr} did not answer the health check ({:?}: {}) — is {addr} \
+             secretd's gRPC address (its `listen` setting), not its metrics port or another \
+             service?",
+            status.code(),
+            match std::error::Error::source(&status) {
+                Some(_) => root_cause(&status),
+                None => status.message().to_string(),
+            }
+        ),
+        Err(_) => format!(
+            "no answer from {addr} within {} s — is {addr} secretd's gRPC address (its \
+             `listen` setting), and is the server overloaded? (--timeout sets the wait)",
+            args.timeout
+        ),
+    };
+    eprintln!("secretd: {complaint}");
+    ExitCode::FAILURE
+}
+
+/// Why a health check got no status.
+enum Unhealthy {
+    /// No connection could be made.
+    Unreachable(tonic::transport::Error),
+    /// Connected, but the call failed.
+    Refused(tonic::Status),
+}
+
+/// The innermost reason in an error's source chain, in words: "connection refused"
+/// rather than "transport error".
+fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    use std::io::ErrorKind;
+    let mut innermost = err;
+    while let Some(next) = innermost.source() {
+        innermost = next;
+        if let Some(io) = next.downcast_ref::<std::io::Error>() {
+            return match io.kind() {
+                kind @ (ErrorKind::ConnectionRefused
+                | ErrorKind::ConnectionReset
+                | ErrorKind::TimedOut
+                | ErrorKind::HostUnreachable
+                | ErrorKind::NetworkUnreachable) => kind.to_string(),
+                _ => io.to_string(),
+            };
         }
     }
+    innermost.to_string()
 }

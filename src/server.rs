@@ -3,6 +3,7 @@
 //! graceful shutdown.
 
 use std::net::SocketAddr;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use uuid::Uuid;
 
 use crate::auth::{AuthInterceptor, Verifier};
 use crate::commit::{CommitSettings, Committer, Writers};
-use crate::config::Settings;
+use crate::config::{Database, Settings};
 use crate::hub::Hub;
 use crate::limits::RateLimits;
 use crate::replica::Replica;
@@ -23,15 +24,135 @@ use crate::service::router::SecretRouter;
 use crate::shutdown::{Phase, Trigger};
 use crate::store::{self, Backend, DynStore};
 
-/// Runs `secretd migrate`.
+/// Runs `secretd migrate` and says what it did: which migrations it applied and the
+/// version the database is at.
 pub async fn migrate_only(settings: &Settings) -> anyhow::Result<()> {
     crate::private_files::secure_data_dir(settings)?;
     let database = settings.database()?;
-    store::migrate(database.url())
+    let limit = Duration::from_millis(settings.db_timeout_ms);
+    // Unknown (None) when the database cannot be read now: migrating reports why.
+    let before = applied_migrations(&database, limit.min(Duration::from_secs(2)))
         .await
-        .with_context(|| format!("cannot migrate the database {database}"))?;
-    tracing::info!(store = %database, "migrations are up to date");
+        .ok();
+    if let Err(e) = store::migrate(database.url()).await {
+        return Err(database_error(&database, "migrate", e).await);
+    }
+    let after = applied_migrations(&database, limit)
+        .await
+        .with_context(|| format!("migrated, but cannot read back the history of {database}"))?;
+    tracing::info!(store = %database, "{}", migration_report(before.as_deref(), &after));
     Ok(())
+}
+
+/// A migration recorded in the database: version and description (`0003_federation.sql`
+/// is `(3, "federation")`).
+type Applied = (i64, String);
+
+/// The migrations recorded in sqlx's table `_sqlx_migrations`, oldest first; none when the
+/// database or the table does not exist yet. Read-only: creates nothing.
+async fn applied_migrations(database: &Database, limit: Duration) -> anyhow::Result<Vec<Applied>> {
+    use sqlx::Connection;
+    let read = async {
+        match database {
+            Database::Postgres(url) => {
+                let options = sqlx::postgres::PgConnectOptions::from_str(url.expose())?;
+                let conn = sqlx::PgConnection::connect_with(&options).await?;
+                history(conn, "SELECT to_regclass('_sqlx_migrations') IS NOT NULL").await
+            }
+            Database::Sqlite { url, path } => {
+                if !path.exists() {
+                    return Ok(Vec::new());
+                }
+                let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)?.read_only(true);
+                let conn = sqlx::SqliteConnection::connect_with(&options).await?;
+                let exists =
+                    "SELECT count(*) > 0 FROM sqlite_master WHERE name = '_sqlx_migrations'";
+                history(conn, exists).await
+            }
+        }
+    };
+    tokio::time::timeout(limit, read)
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer within {} ms", limit.as_millis()))?
+}
+
+/// The successful rows of `_sqlx_migrations` on `conn`, if `exists` (a query answering
+/// whether the table exists) says it does; closes the connection.
+async fn history<C>(mut conn: C, exists: &'static str) -> anyhow::Result<Vec<Applied>>
+where
+    C: sqlx::Connection,
+    for<'c> &'c mut C: sqlx::Executor<'c, Database = C::Database>,
+    bool: sqlx::Type<C::Database> + for<'r> sqlx::Decode<'r, C::Database>,
+    Applied: for<'r> sqlx::FromRow<'r, <C::Database as sqlx::Database>::Row>,
+    usize: sqlx::ColumnIndex<<C::Database as sqlx::Database>::Row>,
+    <C::Database as sqlx::Database>::Arguments: sqlx::IntoArguments<C::Database>,
+{
+    const HISTORY: &str =
+        "SELECT version, description FROM _sqlx_migrations WHERE success ORDER BY version";
+    let present: bool = sqlx::query_scalar(exists).fetch_one(&mut conn).await?;
+    let rows = match present {
+        true => sqlx::query_as(HISTORY).fetch_all(&mut conn).await?,
+        false => Vec::new(),
+    };
+    conn.close().await?;
+    Ok(rows)
+}
+
+/// What `secretd migrate` did, in one sentence: e.g. "applied 3 migrations (1 initial,
+/// 2 invites by sender, 3 federation); the database is at version 3", or "the database
+/// is up to date at version 3 (federation)". `before` is None when it could not be read.
+fn migration_report(before: Option<&[Applied]>, after: &[Applied]) -> String {
+    let Some((version, description)) = after.last() else {
+        return "the database has no migrations recorded".into();
+    };
+    let new: Vec<String> = after
+        .iter()
+        .filter(|(v, _)| before.is_some_and(|b| !b.iter().any(|(old, _)| old == v)))
+        .map(|(v, d)| format!("{v} {d}"))
+        .collect();
+    match (before, new.len()) {
+        (None, _) => format!("the database is at version {version} ({description})"),
+        (Some(_), 0) => {
+            format!(
+                "the database is up to date at version {version} ({description}); nothing to apply"
+            )
+        }
+        (Some(_), n) => format!(
+            "applied {n} migration{} ({}); the database is at version {version}",
+            if n == 1 { "" } else { "s" },
+            new.join(", ")
+        ),
+    }
+}
+
+/// A failure to open or migrate `database` (`verb`), with a hint when nothing accepts
+/// connections at the Postgres address (checked with a plain TCP connection, so a
+/// refusal by Postgres itself, e.g. a wrong password, gets no hint: its words say why).
+async fn database_error(database: &Database, verb: &str, err: anyhow::Error) -> anyhow::Error {
+    let err = err.context(format!("cannot {verb} the database {database}"));
+    let Database::Postgres(url) = database else {
+        return err;
+    };
+    let Ok(options) = sqlx::postgres::PgConnectOptions::from_str(url.expose()) else {
+        return err;
+    };
+    let (host, port) = (options.get_host(), options.get_port());
+    if host.starts_with('/') {
+        return err; // a Unix socket directory
+    }
+    let probe = tokio::time::timeout(
+        Duration::from_secs(1),
+        tokio::net::TcpStream::connect((host, port)),
+    )
+    .await;
+    if let Ok(Ok(_)) = probe {
+        return err;
+    }
+    let at = match host.contains(':') {
+        true => format!("[{host}]:{port}"),
+        false => format!("{host}:{port}"),
+    };
+    anyhow::anyhow!("{err:#} — is Postgres running at {at} and reachable from here (database_url)?")
 }
 
 /// Runs `secretd serve` until SIGTERM or Ctrl-C, then shuts down gracefully.
@@ -129,8 +250,11 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
         Duration::from_millis(settings.db_timeout_ms),
         replica,
     )
-    .await
-    .with_context(|| format!("cannot open the database {database}"))?;
+    .await;
+    let store = match store {
+        Ok(store) => store,
+        Err(e) => return Err(database_error(&database, "open", e).await),
+    };
     let backend = store.backend();
     let (shutdown, signal) = crate::shutdown::channel();
     let hub = Hub::new(
@@ -162,9 +286,12 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
             signal.clone(),
         ));
     }
-    if let Some(maddr) = settings.metrics_listen {
-        crate::telemetry::install_exporter(maddr)?;
-        tracing::info!(%maddr, "Prometheus metrics at http://{maddr}/metrics");
+    if let Some(metrics_listen) = settings.metrics_listen {
+        crate::telemetry::install_exporter(metrics_listen)?;
+        tracing::info!(
+            %metrics_listen,
+            "Prometheus metrics at http://{metrics_listen}/metrics"
+        );
     }
 
     let federation = crate::federation::Federation::start(&settings)?;
@@ -252,4 +379,35 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
         hub,
         grace: Duration::from_secs(settings.shutdown_grace_secs),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrate_says_what_it_did() {
+        let all = [
+            (1, "initial".to_string()),
+            (2, "invites by sender".to_string()),
+            (3, "federation".to_string()),
+        ];
+        assert_eq!(
+            migration_report(Some(&[]), &all),
+            "applied 3 migrations (1 initial, 2 invites by sender, 3 federation); the \
+             database is at version 3"
+        );
+        assert_eq!(
+            migration_report(Some(&all[..2]), &all),
+            "applied 1 migration (3 federation); the database is at version 3"
+        );
+        assert_eq!(
+            migration_report(Some(&all), &all),
+            "the database is up to date at version 3 (federation); nothing to apply"
+        );
+        assert_eq!(
+            migration_report(None, &all),
+            "the database is at version 3 (federation)"
+        );
+    }
 }

@@ -12,16 +12,6 @@ use std::collections::HashSet;
 use base64::Engine;
 use serde::Deserialize;
 
-/// The scalar keys of `[federation]`, which have environment twins.
-pub const SCALAR_KEYS: [&str; 6] = [
-    "enabled",
-    "signing_key_file",
-    "request_timeout_secs",
-    "key_cache_secs",
-    "rate_per_sec",
-    "rate_burst",
-];
-
 /// Length of a raw Ed25519 public key in bytes.
 pub const ED25519_PUBLIC_KEY_LEN: usize = 32;
 

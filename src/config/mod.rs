@@ -5,6 +5,7 @@
 //! direct environment twin: `max_counter_gap` is `SECRETD_MAX_COUNTER_GAP`.
 
 mod federation;
+mod keys;
 mod types;
 
 use std::net::SocketAddr;
@@ -237,28 +238,44 @@ pub struct Overrides {
 /// working directory when present), then `SECRETD_*` environment variables, then
 /// `overrides`.
 pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Settings, config::ConfigError> {
+    use config::Source;
     let mut builder = with_defaults()?;
-    builder = match file {
-        Some(path) => builder.add_source(config::File::from(path).required(true)),
-        None => builder.add_source(config::File::with_name(DEFAULT_CONFIG_FILE).required(false)),
+    let (source, name) = match file {
+        Some(path) => (
+            config::File::from(path).required(true),
+            path.display().to_string(),
+        ),
+        None => (
+            config::File::with_name(DEFAULT_CONFIG_FILE).required(false),
+            format!("{DEFAULT_CONFIG_FILE} (in the working directory)"),
+        ),
     };
-    // Every SECRETD_* variable is a setting (so a misspelt one is an error), except
-    // SECRETD_CONFIG, which names the config file itself. Values are taken as text (the
-    // typed keys parse it), so a secret made of digits stays those digits; list keys
-    // are split at commas.
-    let (lists, scalars): (config::Map<String, String>, config::Map<String, String>) =
-        std::env::vars()
-            .filter(|(k, _)| k.starts_with("SECRETD_") && k != "SECRETD_CONFIG")
-            .partition(|(k, _)| {
-                LIST_KEYS
-                    .iter()
-                    .any(|key| k["SECRETD_".len()..].eq_ignore_ascii_case(key))
-            });
+    // The file alone first, so that an unknown key in it is reported with the file's
+    // name and the closest key (serde would only list all of them).
+    let from_file = config::Config::builder().add_source(source).build()?;
+    keys::check_file(&name, &from_file.collect()?).map_err(config::ConfigError::Message)?;
+    builder = builder.add_source(from_file);
+    // Every SECRETD_* variable is a setting (so a misspelt one is an error, naming it),
+    // except SECRETD_CONFIG, which names the config file itself. Values are taken as
+    // text (the typed keys parse it), so a secret made of digits stays those digits;
+    // list keys are split at commas.
+    let vars: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("SECRETD_"))
+        .collect();
+    keys::check_variables(vars.iter().map(|(k, _)| k.as_str()))
+        .map_err(config::ConfigError::Message)?;
+    let (lists, scalars): (config::Map<String, String>, config::Map<String, String>) = vars
+        .into_iter()
+        .filter(|(k, _)| k != keys::CONFIG_VARIABLE)
+        .partition(|(k, _)| {
+            LIST_KEYS
+                .iter()
+                .any(|key| k["SECRETD_".len()..].eq_ignore_ascii_case(key))
+        });
     // `[federation]`'s scalar keys: SECRETD_FEDERATION_<KEY> sets `federation.<key>`.
     let (federation_env, scalars): (config::Map<String, String>, config::Map<String, String>) =
         scalars.into_iter().partition(|(k, _)| {
-            federation::SCALAR_KEYS
-                .iter()
+            keys::federation_scalars()
                 .any(|key| k["SECRETD_".len()..].eq_ignore_ascii_case(&format!("federation_{key}")))
         });
     let env = || config::Environment::with_prefix("SECRETD").prefix_separator("_");

@@ -165,20 +165,66 @@ async fn defaults_env_twins_config_file_and_flags_layer_in_order() {
 #[tokio::test]
 async fn configuration_errors_exit_2_with_a_message() {
     let dir = tempfile::tempdir().unwrap();
-    for (why, envs) in [
-        ("not a number", vec![("SECRETD_MAX_COUNTER_GAP", "lots")]),
-        ("misspelt variable", vec![("SECRETD_LISTN", "127.0.0.1:0")]),
-        ("bad algorithm", vec![("SECRETD_JWT_ALGORITHM", "none")]),
+    for (why, envs, says) in [
+        (
+            "not a number",
+            vec![("SECRETD_MAX_COUNTER_GAP", "lots")],
+            "max_counter_gap",
+        ),
+        (
+            "misspelt variable",
+            vec![("SECRETD_LISTN", "127.0.0.1:0")],
+            "secretd: configuration error: the environment variable SECRETD_LISTN is not a \
+             setting (did you mean SECRETD_LISTEN?); every SECRETD_* variable must name a key \
+             listed in README \"Configuration\"",
+        ),
+        (
+            "misspelt federation variable",
+            vec![("SECRETD_FEDERATION_ENABLD", "true")],
+            "SECRETD_FEDERATION_ENABLD is not a setting (did you mean \
+             SECRETD_FEDERATION_ENABLED?)",
+        ),
+        (
+            "bad algorithm",
+            vec![("SECRETD_JWT_ALGORITHM", "none")],
+            "jwt_algorithm",
+        ),
     ] {
         let out = secretd(&["serve"], dir.path(), &envs);
         assert_eq!(out.status.code(), Some(2), "{why}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("configuration error"), "{why}: {err}");
+        assert!(err.contains(says), "{why}: {err}");
+        assert_eq!(err.lines().count(), 1, "{why}: one line: {err}");
     }
     std::fs::write(dir.path().join("bad.toml"), "lisen = \"x\"\n").unwrap();
     let out = secretd(&["serve", "--config", "bad.toml"], dir.path(), &[]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("lisen"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "configuration error: the config file bad.toml has an unknown key `lisen` (did you \
+             mean `listen`?)"
+        ),
+        "{err}"
+    );
+    // The default file, a key inside [federation].
+    std::fs::write(
+        dir.path().join("secretd.toml"),
+        "[federation]\nenabld = true\n",
+    )
+    .unwrap();
+    let out = secretd(&["serve"], dir.path(), &[]);
+    std::fs::remove_file(dir.path().join("secretd.toml")).unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "the config file secretd.toml (in the working directory) has an unknown key \
+             `federation.enabld` (did you mean `enabled`?)"
+        ),
+        "{err}"
+    );
     // A database URL of an unknown kind fails at start with a clear message.
     let out = secretd(
         &[
@@ -255,16 +301,46 @@ async fn database_passwords_never_reach_the_logs() {
 }
 
 #[tokio::test]
-async fn migrate_runs_alone() {
+async fn migrate_runs_alone_and_says_what_it_did() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("m/secretd.db").display());
+    // The embedded migrations are the files of migrations/sqlite, named N_description.sql.
+    let mut files: Vec<String> =
+        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.ends_with(".sql"))
+            .collect();
+    files.sort();
+    let listed: Vec<String> = files
+        .iter()
+        .map(|f| {
+            let (n, rest) = f.trim_end_matches(".sql").split_once('_').unwrap();
+            format!("{} {}", n.parse::<u32>().unwrap(), rest.replace('_', " "))
+        })
+        .collect();
+    let (last, last_description) = listed.last().unwrap().split_once(' ').unwrap();
     let out = secretd(&["migrate", "--database-url", &url], dir.path(), &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        err.contains(&format!(
+            "applied {} migrations ({}); the database is at version {last}",
+            listed.len(),
+            listed.join(", ")
+        )),
+        "{err}"
     );
     assert!(dir.path().join("m/secretd.db").exists());
+    let out = secretd(&["migrate", "--database-url", &url], dir.path(), &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "the database is up to date at version {last} ({last_description})"
+        )),
+        "{err}"
+    );
     if let Some(Backend::Postgres(pg)) = Backend::postgres() {
         let out = secretd(&["migrate", "--database-url", &pg], dir.path(), &[]);
         assert!(
@@ -273,6 +349,114 @@ async fn migrate_runs_alone() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+#[tokio::test]
+async fn an_unreachable_database_is_reported_once_with_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("postgres://nobody:x@127.0.0.1:{port}/none");
+    let hint = format!("— is Postgres running at 127.0.0.1:{port} and reachable from here");
+    for command in ["migrate", "serve"] {
+        let mut args = vec![command, "--database-url", &url];
+        if command == "serve" {
+            args.extend(["--listen", "127.0.0.1:0"]);
+        }
+        let env = [("SECRETD_JWT_SECRET", SECRET)];
+        let out = secretd(&args, dir.path(), &env);
+        assert_eq!(out.status.code(), Some(1), "{command}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let reports: Vec<&str> = err.lines().filter(|l| l.contains("127.0.0.1:")).collect();
+        assert_eq!(reports.len(), 1, "{command} reports it once:\n{err}");
+        assert!(
+            reports[0].starts_with("secretd: cannot ") && reports[0].ends_with("(database_url)?"),
+            "{command}: {err}"
+        );
+        assert!(reports[0].contains(&hint), "{command}: {err}");
+        assert!(
+            !err.contains(" ERROR "),
+            "{command}: no log line as well: {err}"
+        );
+        // With JSON logs the one report is a JSON record.
+        let env = [
+            ("SECRETD_JWT_SECRET", SECRET),
+            ("SECRETD_LOG_FORMAT", "json"),
+        ];
+        let out = secretd(&args, dir.path(), &env);
+        let err = String::from_utf8_lossy(&out.stderr);
+        let reports: Vec<&str> = err.lines().filter(|l| l.contains("127.0.0.1:")).collect();
+        assert_eq!(reports.len(), 1, "{command} reports it once:\n{err}");
+        let record: serde_json::Value = serde_json::from_str(reports[0]).unwrap();
+        assert_eq!(record["level"], "ERROR", "{err}");
+        assert!(record["message"].as_str().unwrap().contains(&hint), "{err}");
+    }
+    // Postgres refusing (not the network) gets no hint: its own words say why.
+    if let Some(Backend::Postgres(pg)) = Backend::postgres() {
+        let (scheme, rest) = pg.split_once("://").unwrap();
+        let host = rest.rsplit_once('@').unwrap().1;
+        let wrong = format!("{scheme}://nobody:x@{host}");
+        let out = secretd(&["migrate", "--database-url", &wrong], dir.path(), &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(!err.contains("is Postgres running"), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn health_says_what_went_wrong_and_what_to_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let health = |addr: String| {
+        let cwd = dir.path().to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let out = secretd(&["health", "--addr", &addr, "--timeout", "1"], &cwd, &[]);
+            assert_eq!(out.status.code(), Some(1), "{addr}");
+            (
+                String::from_utf8_lossy(&out.stdout).trim().to_string(),
+                String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            )
+        })
+    };
+    // Nothing listens.
+    let closed = format!("127.0.0.1:{}", free_port());
+    let (_, err) = health(closed.clone()).await.unwrap();
+    assert_eq!(
+        err,
+        format!(
+            "secretd: cannot reach a server at {closed}: connection refused — is secretd \
+             running and listening there (its `listen` setting)?"
+        )
+    );
+    // Something accepts connections and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap().to_string();
+    let (_, err) = health(silent_addr.clone()).await.unwrap();
+    assert!(
+        err.starts_with(&format!(
+            "secretd: no answer from {silent_addr} within 1 s — "
+        )),
+        "{err}"
+    );
+    // A server that answers NOT_SERVING (as secretd does while it shuts down).
+    let (reporter, service) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let (out, err) = health(addr.clone()).await.unwrap();
+    server.abort();
+    assert_eq!(out, "NOT_SERVING", "the status name stays on stdout");
+    assert!(
+        err.starts_with(&format!(
+            "secretd: the server at {addr} answers but reports NOT_SERVING: it is shutting down"
+        )),
+        "{err}"
+    );
 }
 
 /// A free port on 127.0.0.1 (bound and released).
@@ -310,6 +494,15 @@ async fn metrics_endpoint_counts_rpcs() {
         dir.path(),
     )
     .await;
+    // The start-up line names the endpoint by its config key.
+    assert!(
+        p.startup_lines
+            .iter()
+            .any(|l| l.contains("Prometheus metrics at")
+                && l.contains(&format!("metrics_listen={metrics}"))),
+        "{:#?}",
+        p.startup_lines
+    );
     let mut c = client_at(&p.addr, token(5, 60)).await;
     c.post_key(PostKeyRequest {
         key_data: key_pem(1),
