@@ -16,6 +16,10 @@ const WHERE_DOCUMENTED: &str = "README \"Configuration\"";
 /// The variable that names the config file (`--config`), not a setting.
 pub(super) const CONFIG_VARIABLE: &str = "SECRETD_CONFIG";
 
+/// The prefix of `secretd-chat`'s variables (`SECRETD_CHAT_PASSWORD`, `_STATE`, `_TOKEN`):
+/// the client's, not settings, so a shell set up for both programs works with both.
+pub(super) const CLIENT_PREFIX: &str = "SECRETD_CHAT_";
+
 /// The field names of a struct deriving `Deserialize`, as serde passes them to
 /// `deserialize_struct`.
 fn field_names<T: for<'de> Deserialize<'de>>() -> &'static [&'static str] {

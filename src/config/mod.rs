@@ -256,11 +256,12 @@ pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Settings, conf
     keys::check_file(&name, &from_file.collect()?).map_err(config::ConfigError::Message)?;
     builder = builder.add_source(from_file);
     // Every SECRETD_* variable is a setting (so a misspelt one is an error, naming it),
-    // except SECRETD_CONFIG, which names the config file itself. Values are taken as
-    // text (the typed keys parse it), so a secret made of digits stays those digits;
-    // list keys are split at commas.
+    // except SECRETD_CONFIG, which names the config file itself, and secretd-chat's
+    // SECRETD_CHAT_* (one shell runs both programs). Values are taken as text (the typed
+    // keys parse it), so a secret made of digits stays those digits; list keys are split
+    // at commas.
     let vars: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| k.starts_with("SECRETD_"))
+        .filter(|(k, _)| k.starts_with("SECRETD_") && !k.starts_with(keys::CLIENT_PREFIX))
         .collect();
     keys::check_variables(vars.iter().map(|(k, _)| k.as_str()))
         .map_err(config::ConfigError::Message)?;

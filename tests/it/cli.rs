@@ -30,11 +30,15 @@ async fn mint_token_signs_with_the_secret_serve_uses() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let data_arg = data.display().to_string();
-    // mint-token before the first start creates the secret, mode 0600...
+    // mint-token before the first start creates the secret, mode 0600 (in a shell set up
+    // for secretd-chat too: its SECRETD_CHAT_* variables are not settings)...
     let out = secretd(
         &["mint-token", "--user", "42", "--data-dir", &data_arg],
         dir.path(),
-        &[],
+        &[
+            ("SECRETD_CHAT_PASSWORD", "pw"),
+            ("SECRETD_CHAT_STATE", "alice"),
+        ],
     );
     assert!(
         out.status.success(),
