@@ -23,6 +23,7 @@
 pub mod api;
 pub mod crypto;
 pub mod device;
+pub mod encoding;
 pub mod error;
 pub mod event;
 pub mod proto;

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::ratchet::ChainPoint;
+use crate::encoding::{b64, hex32};
 
 /// Format version of the serialised state.
 pub const STATE_VERSION: u32 = 1;
@@ -276,42 +277,5 @@ impl StreamState {
         self.epochs
             .iter()
             .max_by_key(|(_, e)| (e.generation, e.origin.counter))
-    }
-}
-
-/// Serde helpers: bytes as base64.
-pub mod b64 {
-    use base64::Engine;
-    use base64::engine::general_purpose::STANDARD;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    /// Serialises bytes as standard base64.
-    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&STANDARD.encode(bytes))
-    }
-
-    /// Deserialises standard base64.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        let text = String::deserialize(d)?;
-        STANDARD.decode(text).map_err(serde::de::Error::custom)
-    }
-}
-
-/// Serde helpers: 32 bytes as hex.
-pub mod hex32 {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    /// Serialises 32 bytes as lower-case hex.
-    pub fn serialize<S: Serializer>(bytes: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&hex::encode(bytes))
-    }
-
-    /// Deserialises 32 bytes of hex.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
-        let text = String::deserialize(d)?;
-        let bytes = hex::decode(text).map_err(serde::de::Error::custom)?;
-        bytes
-            .try_into()
-            .map_err(|_| serde::de::Error::custom("expected 32 bytes of hex"))
     }
 }

@@ -71,7 +71,7 @@ pub struct ChainPoint {
     /// The counter this chain key belongs to.
     pub counter: u64,
     /// CK_counter.
-    #[serde(with = "crate::state::hex32")]
+    #[serde(with = "crate::encoding::hex32")]
     pub key: [u8; 32],
 }
 

@@ -6,7 +6,7 @@
 use tonic::Code;
 
 use super::Device;
-use super::receiving::StreamKind;
+use super::StreamKind;
 use std::time::Duration;
 
 use crate::api::{head_of, retry_after};

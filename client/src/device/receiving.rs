@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use super::rooms::add_trust;
-use super::{Device, check_trusted};
+use super::trust::{add_trust, check_trusted};
+use super::{Device, StreamKind};
 use crate::crypto::envelope::{self, Position};
 use crate::crypto::ratchet::{ChainPoint, message_key};
 use crate::crypto::uuid_bytes;
@@ -13,15 +13,6 @@ use crate::event::{self, Kind};
 use crate::proto::secret::PostedMessage;
 use crate::state::{EpochState, Room};
 use crate::user::{self, UserRef};
-
-/// Which stream of a room.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StreamKind {
-    /// The message stream (chat messages).
-    Message,
-    /// The state stream (trust, name, photo, rekey markers).
-    State,
-}
 
 /// What a received event said.
 #[derive(Clone, Debug, PartialEq)]

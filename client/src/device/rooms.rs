@@ -3,7 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use super::{Device, check_trusted};
+use super::trust::{add_trust, check_trusted};
+use super::{Device, StreamKind};
 use crate::crypto::identity::{PublicIdentity, fingerprint_hex};
 use crate::crypto::invite::{open_invite, seal_invite};
 use crate::crypto::ratchet::{ChainPoint, initial_chain_key};
@@ -13,8 +14,6 @@ use crate::event::{self, ChainState, InviteBody, Kind, RoomState, TrustKey, Trus
 use crate::proto::secret::ReceivedInvite;
 use crate::state::{EpochState, Room, StreamState};
 use crate::user::{self, UserRef};
-
-use super::receiving::StreamKind;
 
 /// Largest photo a room state may carry inline.
 pub const MAX_PHOTO_BYTES: usize = 16 * 1024;
@@ -122,13 +121,6 @@ pub(super) fn chain_states(stream: &StreamState, history: History) -> Vec<ChainS
             .into_iter()
             .collect(),
     }
-}
-
-pub(crate) fn add_trust(room: &mut Room, who: &UserRef, fp: &[u8]) {
-    room.trusted
-        .entry(user::display(who))
-        .or_default()
-        .insert(fingerprint_hex(fp));
 }
 
 impl Device {

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use super::Device;
-use super::receiving::StreamKind;
+use super::StreamKind;
 use super::rooms::{History, chain_states, new_epoch};
 use crate::error::{Error, Result};
 use crate::event::{ChainState, Kind, Rekey};
