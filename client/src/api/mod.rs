@@ -1,6 +1,6 @@
 //! A typed async client over the generated SecretService stubs: bearer-token handling,
 //! paging helpers, the head trailers of refused posts, and resumable subscriptions
-//! ([`subscription`]). No cryptography here: see [`crate::device`] for the E2EE layer.
+//! ([`subscription`]). No cryptography here: the E2EE layer (the `device` module) sits above it.
 
 // Requests are built with `..Default::default()` even where every field is named, so that
 // fields the server's append-only proto gains later keep this code compiling.
