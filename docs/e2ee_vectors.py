@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Recomputes the test vectors of docs/e2ee.md from the specification alone, with
-Python's standard library and the `cryptography` package (pip install cryptography).
+Python's standard library and the `cryptography` package, version 44 or later for
+Argon2id (pip install 'cryptography>=44'; checked with 48.0.0). Without Argon2id it
+stops with an error: the default blob (version 2) is Argon2id.
 
 It shares no code with the Rust client: when its output matches the vectors in the
 document (and the client's unit tests), two independent implementations agree.
@@ -52,22 +54,40 @@ print("message.key =", key.hex())
 print("message.nonce =", nonce.hex())
 print("envelope =", envelope.hex())
 
-password = "correct horse battery staple".encode()
-bsalt = bytes(range(0xC0, 0xD0))
-bnonce = bytes(range(0xD0, 0xDC))
-header = b"sdpk" + b"\x01" + b"\x01" + struct.pack(">I", 600000) + bsalt + bnonce
-wrap = hashlib.pbkdf2_hmac("sha256", password, bsalt, 600000, 32)
-blob = header + AESGCM(wrap).encrypt(bnonce, b"not really a PKCS#8 key", header)
-print("blob.pbkdf2.key =", wrap.hex())
-print("blob.pbkdf2 =", blob.hex())
-
 try:
     from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 except ImportError:  # cryptography < 44
-    Argon2id = None
-if Argon2id is not None:
-    aheader = b"sdpk" + b"\x01" + b"\x02" + struct.pack(">III", 19456, 2, 1) + bsalt + bnonce
-    awrap = Argon2id(salt=bsalt, length=32, iterations=2, lanes=1, memory_cost=19456).derive(password)
-    ablob = aheader + AESGCM(awrap).encrypt(bnonce, b"not really a PKCS#8 key", aheader)
-    print("blob.argon2id.key =", awrap.hex())
-    print("blob.argon2id =", ablob.hex())
+    raise SystemExit("Argon2id needs cryptography >= 44: pip install 'cryptography>=44'")
+
+
+def argon2id(password, salt, memory_kib, passes, lanes):
+    return Argon2id(
+        salt=salt, length=32, iterations=passes, lanes=lanes, memory_cost=memory_kib
+    ).derive(password)
+
+
+password = "correct horse battery staple".encode()
+bsalt = bytes(range(0xC0, 0xD0))
+bnonce = bytes(range(0xD0, 0xDC))
+bkey = b"not really a PKCS#8 key"
+
+# Version 2: Argon2id 64 MiB / 3 / 1, owner ref("", 42), AAD = label || header.
+header = (b"sdpk" + b"\x02" + b"\x02" + struct.pack(">III", 65536, 3, 1)
+          + user_ref("", 42) + bsalt + bnonce)
+wrap = argon2id(password, bsalt, 65536, 3, 1)
+blob = header + AESGCM(wrap).encrypt(bnonce, bkey, b"secretd/v1/blob" + header)
+print("blob.v2.key =", wrap.hex())
+print("blob.v2 =", blob.hex())
+
+# Version 1 (read only): AAD = header, no owner.
+header = b"sdpk" + b"\x01" + b"\x01" + struct.pack(">I", 600000) + bsalt + bnonce
+wrap = hashlib.pbkdf2_hmac("sha256", password, bsalt, 600000, 32)
+blob = header + AESGCM(wrap).encrypt(bnonce, bkey, header)
+print("blob.v1.pbkdf2.key =", wrap.hex())
+print("blob.v1.pbkdf2 =", blob.hex())
+
+header = b"sdpk" + b"\x01" + b"\x02" + struct.pack(">III", 19456, 2, 1) + bsalt + bnonce
+wrap = argon2id(password, bsalt, 19456, 2, 1)
+blob = header + AESGCM(wrap).encrypt(bnonce, bkey, header)
+print("blob.v1.argon2id.key =", wrap.hex())
+print("blob.v1.argon2id =", blob.hex())

@@ -1,7 +1,7 @@
 //! Fixed test vectors of the construction, as printed in `docs/e2ee.md` and recomputed
 //! independently (Python `cryptography`, no shared code) by `docs/e2ee_vectors.py`.
 
-use super::blob::{Kdf, open_private_key, seal_with};
+use super::blob::{self, Kdf, open_private_key, seal_with};
 use super::envelope::{Position, open_event, parse, seal_event};
 use super::ratchet::{initial_chain_key, message_key, message_key_nonce, next_chain_key};
 use super::uuid_bytes;
@@ -84,90 +84,152 @@ fn envelope() {
 
 const PASSWORD: &str = "correct horse battery staple";
 const KEY: &[u8] = b"not really a PKCS#8 key";
+/// Version 1 blobs as older clients wrote them (docs/e2ee.md §12): read, never written.
+const V1_PBKDF2: &str = "7364706b0101000927c0c0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadb\
+    83ebf6d75fb4c42e26b439c6be5119bef8a65b17dde2d7f614213c0a593a6244e94c13fa576026";
+const V1_ARGON2ID: &str = "7364706b010200004c000000000200000001\
+    c0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadb\
+    301579a1169972ac223ff99c2e7b29febca92b4aa71bb6324e1aef09c4ab007bd8039714d1cc6a";
+/// The version 2 vector: Argon2id 65,536 KiB / 3 / 1, owner local user 42.
+const V2: &str = "7364706b02020001000000000003000000010000000000000000002a\
+    c0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadb\
+    9602f5af9bf405bce01dff9510c4e0f2f29489c78b26f9d44f391c832e8b298d4dd20bcd59e3d6";
 
-#[test]
-fn blob_pbkdf2() {
-    let blob = seal_with(KEY, PASSWORD, Kdf::DEFAULT, &range(0xc0), &range(0xd0)).unwrap();
-    assert_eq!(
-        hex::encode(&blob),
-        "7364706b0101000927c0c0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadb\
-         83ebf6d75fb4c42e26b439c6be5119bef8a65b17dde2d7f614213c0a593a6244e94c13fa576026"
-    );
-    assert_eq!(open_private_key(&blob, PASSWORD).unwrap().as_slice(), KEY);
+fn unhex(s: &str) -> Vec<u8> {
+    hex::decode(s).unwrap()
 }
 
 #[test]
-fn blob_argon2id() {
-    let blob = seal_with(KEY, PASSWORD, Kdf::ARGON2ID, &range(0xc0), &range(0xd0)).unwrap();
+fn blob_v1_vectors_still_open() {
+    // Version 1 names no owner: any expected user opens it.
+    for (v, kdf) in [
+        (
+            V1_PBKDF2,
+            Kdf::Pbkdf2 {
+                iterations: 600_000,
+            },
+        ),
+        (
+            V1_ARGON2ID,
+            Kdf::Argon2id {
+                memory_kib: 19_456,
+                passes: 2,
+                lanes: 1,
+            },
+        ),
+    ] {
+        let blob = unhex(v);
+        let h = blob::header(&blob).unwrap();
+        assert_eq!((h.version, h.kdf, h.owner.clone()), (1, kdf, None));
+        assert!(!h.is_current(), "a version 1 blob is re-wrapped");
+        let opened = open_private_key(&blob, PASSWORD, &user::local(7)).unwrap();
+        assert_eq!(opened.as_slice(), KEY);
+    }
+}
+
+#[test]
+fn blob_v2() {
+    let owner = user::local(42);
+    let blob = seal_with(
+        KEY,
+        PASSWORD,
+        Kdf::DEFAULT,
+        &owner,
+        &range(0xc0),
+        &range(0xd0),
+    )
+    .unwrap();
+    assert_eq!(hex::encode(&blob), V2);
     assert_eq!(
-        hex::encode(&blob),
-        "7364706b010200004c000000000200000001c0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadb\
-         301579a1169972ac223ff99c2e7b29febca92b4aa71bb6324e1aef09c4ab007bd8039714d1cc6a"
+        open_private_key(&blob, PASSWORD, &owner)
+            .unwrap()
+            .as_slice(),
+        KEY
     );
-    assert_eq!(open_private_key(&blob, PASSWORD).unwrap().as_slice(), KEY);
+    let h = blob::header(&blob).unwrap();
+    assert_eq!(
+        (h.version, h.kdf, h.owner.clone()),
+        (2, Kdf::DEFAULT, Some(owner))
+    );
+    assert!(h.is_current());
 }
 
 #[test]
 fn blob_refusals() {
-    let blob = seal_with(KEY, PASSWORD, Kdf::DEFAULT, &range(0xc0), &range(0xd0)).unwrap();
+    let v1 = unhex(V1_PBKDF2);
+    let me = user::local(42);
+    let refusal = |blob: &[u8]| {
+        open_private_key(blob, PASSWORD, &me)
+            .unwrap_err()
+            .to_string()
+    };
     assert!(matches!(
-        open_private_key(&blob, "wrong"),
+        open_private_key(&v1, "wrong", &me),
         Err(Error::WrongPassword)
     ));
     // A lowered iteration count is refused before any work.
-    let mut weak = blob.clone();
+    let mut weak = v1.clone();
     weak[6..10].copy_from_slice(&599_999u32.to_be_bytes());
-    let e = open_private_key(&weak, PASSWORD).unwrap_err();
-    assert!(e.to_string().contains("too weak"), "{e}");
+    assert_eq!(
+        refusal(&weak),
+        "unusable private-key backup: PBKDF2 with 599999 iterations is too weak (at least 600000)"
+    );
     // A raised one (within the cap) changes the authenticated header: refused as wrong.
-    let mut changed = blob.clone();
+    let mut changed = v1.clone();
     changed[6..10].copy_from_slice(&600_001u32.to_be_bytes());
     assert!(matches!(
-        open_private_key(&changed, PASSWORD),
+        open_private_key(&changed, PASSWORD, &me),
         Err(Error::WrongPassword)
     ));
-    let mut future = blob.clone();
-    future[4] = 2;
-    assert!(
-        open_private_key(&future, PASSWORD)
-            .unwrap_err()
-            .to_string()
-            .contains("version 2")
+    // A version 1 PBKDF2 blob relabelled as version 2 (a downgrade of the KDF).
+    let mut relabelled = v1.clone();
+    relabelled[4] = 2;
+    assert_eq!(
+        refusal(&relabelled),
+        "unusable private-key backup: PBKDF2 is not allowed in a version 2 backup (only \
+         Argon2id)"
     );
-    let mut unknown_kdf = blob.clone();
+    let mut future = v1.clone();
+    future[4] = 3;
+    assert_eq!(
+        refusal(&future),
+        "unusable private-key backup: blob version 3 is not supported (this client reads \
+         versions 1 and 2)"
+    );
+    let mut unknown_kdf = v1.clone();
     unknown_kdf[5] = 9;
-    assert!(
-        open_private_key(&unknown_kdf, PASSWORD)
-            .unwrap_err()
-            .to_string()
-            .contains("id 9")
+    assert_eq!(
+        refusal(&unknown_kdf),
+        "unusable private-key backup: key derivation id 9 is unknown (1 = PBKDF2-HMAC-SHA256, \
+         2 = Argon2id)"
     );
-    assert!(
-        open_private_key(b"sdpk", PASSWORD)
-            .unwrap_err()
-            .to_string()
-            .contains("truncated")
+    assert_eq!(
+        refusal(b"sdpk"),
+        "unusable private-key backup: private-key blob is truncated"
     );
-    assert!(
-        open_private_key(b"nope nope nope", PASSWORD)
-            .unwrap_err()
-            .to_string()
-            .contains("magic")
+    assert_eq!(
+        refusal(b"nope nope nope"),
+        "unusable private-key backup: it is not a secretd private-key blob (bad magic bytes)"
     );
-    assert!(
-        seal_with(
-            KEY,
-            PASSWORD,
-            Kdf::Pbkdf2 { iterations: 1000 },
-            &[0; 16],
-            &[0; 12]
-        )
-        .is_err()
-    );
-    let greedy = Kdf::Argon2id {
-        memory_kib: 4 * 1024 * 1024,
-        passes: 2,
-        lanes: 1,
-    };
-    assert!(seal_with(KEY, PASSWORD, greedy, &[0; 16], &[0; 12]).is_err());
+    // Writers write version 2 Argon2id only, at least the default's cost, within the caps.
+    for kdf in [
+        Kdf::Pbkdf2 {
+            iterations: 600_000,
+        },
+        Kdf::Argon2id {
+            memory_kib: 19_456,
+            passes: 2,
+            lanes: 1,
+        },
+        Kdf::Argon2id {
+            memory_kib: 4 * 1024 * 1024,
+            passes: 3,
+            lanes: 1,
+        },
+    ] {
+        assert!(matches!(
+            seal_with(KEY, PASSWORD, kdf, &me, &[0; 16], &[0; 12]),
+            Err(Error::Blob(_))
+        ));
+    }
 }
