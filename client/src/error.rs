@@ -36,6 +36,32 @@ pub enum Error {
     /// An event or invite signed with a key the room does not trust.
     #[error("untrusted sender: {0}")]
     Untrusted(String),
+    /// The server serves a different key for a user than the one this device pinned.
+    #[error(
+        "the server now serves a different key for user {user}: {served} (this device pinned \
+         {pinned}). It may be their new device setup, or a server substituting its own key: \
+         compare safety numbers with them (`secretd-chat safety {user}`), then accept it \
+         (`secretd-chat trust {user}`, or `invite --accept-new-key`); until then it is not used"
+    )]
+    KeyChanged {
+        /// The user (text form).
+        user: String,
+        /// The pinned fingerprint (hex).
+        pinned: String,
+        /// The fingerprint the server serves now (hex).
+        served: String,
+    },
+    /// A stream's keys were rotated and this device does not hold the new ones: it does
+    /// not post with the old keys.
+    #[error(
+        "the keys of room [{room}] were rotated and this device has not received the new ones \
+         (their invite is late, or was withheld): it will not post with the retired keys. \
+         Ask a member to re-invite you, then try again"
+    )]
+    RotationMissing {
+        /// The room's name.
+        room: String,
+    },
     /// An event in an epoch this device holds no keys for.
     #[error("no keys for epoch {epoch} of stream {stream} (not invited to it, or rotated out)")]
     UnknownEpoch {

@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 use crate::crypto::ratchet::ChainPoint;
 use crate::encoding::{b64, hex32};
 
+mod records;
+pub use records::{Lost, MissingEpoch, Pin, TokenSource};
+
 /// Format version of the serialised state.
 pub const STATE_VERSION: u32 = 1;
 
@@ -45,54 +48,10 @@ pub struct DeviceState {
     /// when two processes' copies merge.
     #[serde(default)]
     pub token_source_set_ms: i64,
-}
-
-/// A source of fresh bearer tokens.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TokenSource {
-    /// A shell command that prints a token on stdout (run with `sh -c`).
-    Command(String),
-    /// A file holding the token, re-read when a fresh one is needed (another program
-    /// keeps it current).
-    File(std::path::PathBuf),
-}
-
-/// Why this device can no longer use a room.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Lost {
-    /// Removed by someone (true), or left on the user's own (false).
-    pub removed: bool,
-    /// Who removed the user (text form, see [`crate::user::display`]), as the server
-    /// recorded it; None when it gives no details.
-    pub by: Option<String>,
-    /// When, in ms since the Unix epoch: the server's record, or when this device noticed.
-    pub at_ms: i64,
-}
-
-impl Lost {
-    /// `removed by 1 at 2026-12-06 20:51:03 UTC`, or `left at …`.
-    pub fn summary(&self) -> String {
-        let at = crate::time::format_utc_ms(self.at_ms);
-        match (self.removed, &self.by) {
-            (false, _) => format!("left at {at}"),
-            (true, Some(by)) => format!("removed by {by} at {at}"),
-            (true, None) => format!("no longer a member (noticed at {at})"),
-        }
-    }
-
-    /// `were removed from [general] by 1 at 2026-12-06 20:51:03 UTC`, or `left [general]
-    /// at …`.
-    pub fn describe(&self, room: &str) -> String {
-        let at = crate::time::format_utc_ms(self.at_ms);
-        match (self.removed, &self.by) {
-            (false, _) => format!("left [{room}] at {at}"),
-            (true, Some(by)) => format!("were removed from [{room}] by {by} at {at}"),
-            (true, None) => format!(
-                "are no longer a member of [{room}] (noticed at {at}; the server gives no details)"
-            ),
-        }
-    }
+    /// Identity keys pinned by this device: user (text form) → pin. The first key seen for
+    /// a user is pinned; a different key later is not used until the user accepts it.
+    #[serde(default)]
+    pub pins: BTreeMap<String, Pin>,
 }
 
 /// One room: a channel pair with the keys and trust this device holds for it.
@@ -125,6 +84,10 @@ pub struct Room {
     /// processes' copies merge (a room can be lost and joined again).
     #[serde(default)]
     pub lost_changed_ms: i64,
+    /// Members (text form) whose rotation invite failed for a passing reason, with the
+    /// generation from which they need the keys: retried at the next sync.
+    #[serde(default)]
+    pub rekey_pending: BTreeMap<String, u32>,
 }
 
 /// The keys and read position of one stream.
@@ -138,6 +101,17 @@ pub struct StreamState {
     pub last_counter: u64,
     /// Ratchet epochs by hex epoch id.
     pub epochs: BTreeMap<String, EpochState>,
+    /// The highest counter of an event this device accepted on the stream: counters only
+    /// grow along a stream, so an event at or below it is a replay (or a reordering) and
+    /// is refused.
+    #[serde(default)]
+    pub accepted_counter: u64,
+    /// An epoch (hex id) the stream has events in, after this device's keys begin, that
+    /// this device holds no keys for: the keys were rotated and the invite carrying the
+    /// new ones has not arrived (or was withheld). While it is not held, the device does
+    /// not post on the stream with its old keys.
+    #[serde(default)]
+    pub missing_epoch: Option<MissingEpoch>,
 }
 
 /// One epoch of a stream's ratchet as this device holds it.
@@ -150,6 +124,18 @@ pub struct EpochState {
     pub origin: ChainPoint,
     /// The chain key at the last event of this epoch processed in order.
     pub cursor: ChainPoint,
+    /// The counter the epoch starts after (see `ChainState.start`); the previous
+    /// generation closes there. None when not known (an invite from before the field):
+    /// the origin stands in for it.
+    #[serde(default)]
+    pub start: Option<u64>,
+}
+
+impl EpochState {
+    /// The counter the epoch starts after, as far as this device knows.
+    pub fn start_counter(&self) -> u64 {
+        self.start.unwrap_or(self.origin.counter)
+    }
 }
 
 impl DeviceState {
@@ -164,6 +150,15 @@ impl DeviceState {
         if other.token_source_set_ms > self.token_source_set_ms {
             self.token_source = other.token_source;
             self.token_source_set_ms = other.token_source_set_ms;
+        }
+        for (user, pin) in other.pins {
+            match self.pins.get_mut(&user) {
+                Some(mine) if mine.changed_ms >= pin.changed_ms => {}
+                Some(mine) => *mine = pin,
+                None => {
+                    self.pins.insert(user, pin);
+                }
+            }
         }
         self.backup_version = self.backup_version.max(other.backup_version);
         self.invites_after = self.invites_after.max(other.invites_after);
@@ -214,6 +209,10 @@ impl Room {
         for (user, fps) in other.trusted {
             self.trusted.entry(user).or_default().extend(fps);
         }
+        for (user, generation) in other.rekey_pending {
+            let at = self.rekey_pending.entry(user).or_insert(generation);
+            *at = (*at).min(generation);
+        }
         if other.lost_changed_ms > self.lost_changed_ms {
             self.lost = other.lost;
             self.lost_changed_ms = other.lost_changed_ms;
@@ -240,6 +239,8 @@ impl StreamState {
             last_event_id: 0,
             last_counter: 0,
             epochs: BTreeMap::new(),
+            accepted_counter: 0,
+            missing_epoch: None,
         }
     }
 
@@ -248,7 +249,9 @@ impl StreamState {
         if other.last_event_id > self.last_event_id {
             self.last_event_id = other.last_event_id;
             self.last_counter = other.last_counter;
+            self.missing_epoch = other.missing_epoch.clone();
         }
+        self.accepted_counter = self.accepted_counter.max(other.accepted_counter);
         for (id, epoch) in other.epochs {
             self.add_epoch(id, epoch);
         }
@@ -264,7 +267,7 @@ impl StreamState {
                 if epoch.cursor.counter > mine.cursor.counter {
                     mine.cursor = epoch.cursor;
                 }
-                mine.generation = mine.generation.max(epoch.generation);
+                mine.start = mine.start.or(epoch.start);
             }
             None => {
                 self.epochs.insert(id, epoch);
@@ -272,10 +275,35 @@ impl StreamState {
         }
     }
 
-    /// The epoch senders use: the highest generation (ties: the latest origin).
+    /// The epoch senders use: the highest generation (a device holds at most one epoch
+    /// per generation).
     pub fn current_epoch(&self) -> Option<(&String, &EpochState)> {
-        self.epochs
-            .iter()
-            .max_by_key(|(_, e)| (e.generation, e.origin.counter))
+        self.epochs.iter().max_by_key(|(_, e)| e.generation)
+    }
+
+    /// The highest generation held.
+    pub fn newest_generation(&self) -> Option<u32> {
+        self.epochs.values().map(|e| e.generation).max()
+    }
+
+    /// The epoch of `generation`, if held.
+    pub fn epoch_of_generation(&self, generation: u32) -> Option<(&String, &EpochState)> {
+        self.epochs.iter().find(|(_, e)| e.generation == generation)
+    }
+
+    /// The counter after which `epoch` is closed: the start of the next generation, when
+    /// this device holds it.
+    pub fn closed_after(&self, epoch: &EpochState) -> Option<u64> {
+        let next = epoch.generation.checked_add(1)?;
+        self.epoch_of_generation(next)
+            .map(|(_, e)| e.start_counter())
+    }
+
+    /// True when events of this stream after the device's keys begin use an epoch it does
+    /// not hold (see `missing_epoch`).
+    pub fn rotation_missing(&self) -> bool {
+        self.missing_epoch
+            .as_ref()
+            .is_some_and(|m| !self.epochs.contains_key(&m.epoch))
     }
 }

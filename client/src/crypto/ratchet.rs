@@ -81,7 +81,7 @@ impl ChainPoint {
         if counter <= self.counter {
             return Err(Error::NotVisible {
                 counter,
-                visible_from: self.counter + 1,
+                visible_from: self.counter.saturating_add(1),
             });
         }
         let gap = counter - self.counter;

@@ -145,6 +145,7 @@ impl Device {
             rooms: BTreeMap::new(),
             token_source: None,
             token_source_set_ms: 0,
+            pins: BTreeMap::new(),
         };
         Self::from_parts(api, state, identity)
     }

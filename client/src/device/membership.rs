@@ -23,6 +23,8 @@ pub struct Member {
     pub me: bool,
     /// Key fingerprints (hex) this device trusts for them in this room; empty when none.
     pub trusted: Vec<String>,
+    /// This device's pin of their key (None: not pinned yet; always None for oneself).
+    pub pin: Option<crate::state::Pin>,
 }
 
 /// A room of this device with the server's view of it, when the server answered.
@@ -190,6 +192,7 @@ impl Device {
             .map(|u| Member {
                 owner: u == owner,
                 me: u == self.me,
+                pin: self.state.pins.get(&user::display(&u)).cloned(),
                 trusted: room
                     .trusted
                     .get(&user::display(&u))

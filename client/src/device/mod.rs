@@ -8,8 +8,12 @@
 //! fails half-way: keys are added before they are announced, cursors move only past
 //! events that were processed.
 
+pub mod accepting;
+pub mod epochs;
 pub mod identity;
+pub mod incoming;
 pub mod membership;
+pub mod opening;
 pub mod posting;
 pub mod receiving;
 pub mod rooms;
@@ -19,16 +23,17 @@ pub mod trust;
 use std::collections::HashMap;
 
 use crate::api::Api;
-use crate::crypto::identity::{Identity, PublicIdentity, fingerprint_hex};
+use crate::crypto::identity::{Identity, PublicIdentity};
 use crate::crypto::ratchet::DEFAULT_MAX_GAP;
 use crate::error::{Error, Result};
 use crate::state::{DeviceState, Room, STATE_VERSION};
 use crate::user::{self, UserRef};
 
+pub use accepting::Accepted;
+pub use epochs::History;
+pub use incoming::{Content, Incoming, Transcript};
 pub use membership::{Member, RoomView};
 pub use posting::{Outgoing, Sent};
-pub use receiving::{Content, Incoming, Transcript};
-pub use rooms::{Accepted, History};
 
 /// Which stream of a room.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -136,45 +141,5 @@ impl Device {
             .rooms
             .get_mut(pair_id)
             .ok_or_else(|| Error::State(format!("no room {pair_id} on this device")))
-    }
-
-    /// The key `user` signs with, found by fingerprint among the keys the server holds for
-    /// them (current and past).
-    pub(crate) async fn key_of(&mut self, who: &UserRef, fp: &[u8]) -> Result<PublicIdentity> {
-        let fp: [u8; 32] = fp
-            .try_into()
-            .map_err(|_| Error::Protocol("a key fingerprint is not 32 bytes".into()))?;
-        if *who == self.me && fp == self.identity.fingerprint() {
-            return Ok(self.identity.public().clone());
-        }
-        let cache_key = (user::display(who), fp);
-        if let Some(k) = self.keys.get(&cache_key) {
-            return Ok(k.clone());
-        }
-        let keys = self.api.fetch_key(who.user_id, &who.homeserver).await?;
-        for k in std::iter::once(&keys.current).chain(keys.past.iter()) {
-            let parsed = PublicIdentity::from_spki(&k.key_data)?;
-            let key_fp = parsed.fingerprint();
-            self.keys.insert((cache_key.0.clone(), key_fp), parsed);
-        }
-        self.keys.get(&cache_key).cloned().ok_or_else(|| {
-            Error::Untrusted(format!(
-                "the server knows no key {} for user {}",
-                fingerprint_hex(&fp),
-                cache_key.0
-            ))
-        })
-    }
-
-    /// The current key of `user` as the server has it.
-    pub(crate) async fn current_key_of(&mut self, who: &UserRef) -> Result<PublicIdentity> {
-        if *who == self.me {
-            return Ok(self.identity.public().clone());
-        }
-        let keys = self.api.fetch_key(who.user_id, &who.homeserver).await?;
-        let parsed = PublicIdentity::from_spki(&keys.current.key_data)?;
-        self.keys
-            .insert((user::display(who), parsed.fingerprint()), parsed.clone());
-        Ok(parsed)
     }
 }

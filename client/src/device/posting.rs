@@ -184,11 +184,32 @@ impl Device {
     async fn seal(&mut self, out: &Outgoing) -> Result<Attempt> {
         let (pair_id, kind) = (out.pair_id.as_str(), out.kind);
         self.catch_up(pair_id, kind).await?;
+        if self.stream_of(pair_id, kind)?.rotation_missing() {
+            // The new keys may be waiting in an invite.
+            self.accept_invites().await?;
+            if self.stream_of(pair_id, kind)?.rotation_missing() {
+                return Err(Error::RotationMissing {
+                    room: self.room(pair_id)?.name.clone(),
+                });
+            }
+        }
         let stream = self.stream_of(pair_id, kind)?;
         let (epoch_id, epoch) = stream
             .current_epoch()
             .ok_or_else(|| Error::State(format!("no keys to post in room {pair_id}")))?;
-        let counter = stream.last_counter.max(epoch.cursor.counter).max(out.floor) + 1;
+        let head = stream.last_counter.max(epoch.cursor.counter).max(out.floor);
+        // The head comes from the server (events, refusal trailers): never derive further
+        // than a reader would, and never wrap.
+        let counter = head
+            .checked_add(1)
+            .filter(|c| c - epoch.cursor.counter <= self.max_gap)
+            .ok_or_else(|| {
+                Error::Protocol(format!(
+                    "the server puts the stream's head at counter {head}, {} steps past this                      device's keys (counter {}): refusing to derive that far",
+                    head.saturating_sub(epoch.cursor.counter),
+                    epoch.cursor.counter
+                ))
+            })?;
         let point = epoch.cursor.advanced_unbounded(counter);
         let stream_id = stream.stream_id.clone();
         let epoch_bytes: [u8; 16] = hex::decode(epoch_id)

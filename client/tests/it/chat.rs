@@ -106,6 +106,7 @@ async fn two_people_chat(backend: Backend) {
             &room,
             &secretd_client::user::local(bob_id),
             History::FromNow,
+            false,
         )
         .await
         .unwrap();

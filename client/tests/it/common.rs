@@ -210,7 +210,12 @@ impl Server {
 pub async fn shared_room(owner: &mut Device, member: &mut Device, member_id: u64) -> String {
     let room = owner.create_room("r", vec![], "").await.expect("create");
     owner
-        .invite(&room, &secretd_client::user::local(member_id), History::All)
+        .invite(
+            &room,
+            &secretd_client::user::local(member_id),
+            History::All,
+            false,
+        )
         .await
         .expect("invite");
     member.accept_invites().await.expect("accept");
@@ -224,6 +229,8 @@ pub fn rewound(dev: &Device, room: &str) -> DeviceState {
     let r = state.rooms.get_mut(room).expect("room");
     r.message.last_event_id = 0;
     r.message.last_counter = 0;
+    r.message.accepted_counter = 0;
+    r.message.missing_epoch = None;
     for e in r.message.epochs.values_mut() {
         e.cursor = e.origin.clone();
     }

@@ -5,6 +5,7 @@ mod backup;
 mod chat;
 mod cli;
 mod common;
+mod hostile;
 mod removal;
 mod subscription;
 mod tamper;

@@ -28,8 +28,14 @@ async fn removed_member_reads_nothing_after_rotation(backend: Backend) {
     let bob_ref = secretd_client::user::local(bob_id);
     let carol_ref = secretd_client::user::local(carol_id);
     let room = alice.create_room("team", vec![], "").await.unwrap();
-    alice.invite(&room, &bob_ref, History::All).await.unwrap();
-    alice.invite(&room, &carol_ref, History::All).await.unwrap();
+    alice
+        .invite(&room, &bob_ref, History::All, false)
+        .await
+        .unwrap();
+    alice
+        .invite(&room, &carol_ref, History::All, false)
+        .await
+        .unwrap();
     bob.accept_invites().await.unwrap();
     carol.accept_invites().await.unwrap();
     alice.send_text(&room, "before removal").await.unwrap();

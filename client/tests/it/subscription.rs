@@ -100,7 +100,10 @@ async fn resumes_exactly_once_across_a_cut(backend: Backend) {
     let (bob_id, _bob) = server.new_user("pw b").await;
     let room = alice.create_room("live", vec![], "").await.unwrap();
     let bob_ref = secretd_client::user::local(bob_id);
-    alice.invite(&room, &bob_ref, History::All).await.unwrap();
+    alice
+        .invite(&room, &bob_ref, History::All, false)
+        .await
+        .unwrap();
     let stream = alice.room(&room).unwrap().message.stream_id.clone();
 
     let proxy = Proxy::start(server.addr).await;
@@ -125,7 +128,7 @@ async fn resumes_exactly_once_across_a_cut(backend: Backend) {
         alice.send_text(&room, &format!("m{i}")).await.unwrap();
     }
     alice
-        .invite(&room, &bob_ref, History::FromNow)
+        .invite(&room, &bob_ref, History::FromNow, false)
         .await
         .unwrap();
     proxy.reopen();

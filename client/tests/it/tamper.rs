@@ -175,6 +175,7 @@ async fn contradicting_invite_is_refused(backend: Backend) {
         generation: state.generation,
         counter: state.origin.counter + 1,
         chain_key: vec![7; 32],
+        start: state.start_counter(),
     };
     let alice_key = secretd_client::crypto::identity::PublicIdentity::from_spki(
         &bob.api()

@@ -65,7 +65,7 @@ fn subscribe(device: &Device) -> Subscription {
 
 /// Runs `listen` (no room) or `chat ROOM`.
 pub async fn run(out: Out, dir: &StateDir, chat_room: Option<String>) -> Result<()> {
-    let mut device = crate::open(dir).await?;
+    let mut device = crate::session::open(dir).await?;
     let chat = match &chat_room {
         Some(room) => Some(device.room(room)?.pair_id.clone()),
         None => None,

@@ -3,8 +3,9 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use secretd_client::crypto::identity::fingerprint_hex;
+use secretd_client::device::rotation::Rotation;
 use secretd_client::device::{Accepted, Content, Incoming, Member, RoomView, StreamKind};
-use secretd_client::state::DeviceState;
+use secretd_client::state::{DeviceState, Pin};
 use secretd_client::user::{self, UserRef};
 use secretd_client::{Device, Error};
 use serde_json::{Value, json};
@@ -147,7 +148,8 @@ impl Out {
     }
 
     /// The device's rooms with the server's view of them.
-    pub fn rooms(&self, views: &[RoomView]) {
+    pub fn rooms(&self, state: &DeviceState, views: &[RoomView]) {
+        let me = user::display(&user::local(state.user_id));
         if views.is_empty() && !self.json {
             println!("no rooms yet: `create NAME`, or `accept` an invite");
         }
@@ -157,6 +159,11 @@ impl Out {
                 .as_ref()
                 .map(|m| m.iter().map(user::display).collect());
             let owner = v.owner.as_ref().map(user::display);
+            let others: Vec<&String> = members.iter().flatten().filter(|m| **m != me).collect();
+            let verified = others
+                .iter()
+                .filter(|m| state.pins.get(**m).is_some_and(|p| p.verified))
+                .count();
             let status = match &v.lost {
                 None => "member",
                 Some(l) if l.removed => "removed",
@@ -168,13 +175,16 @@ impl Out {
                     "owner": owner, "members": members,
                     "removed_by": v.lost.as_ref().and_then(|l| l.by.clone()),
                     "departed_at_ms": v.lost.as_ref().map(|l| l.at_ms),
+                    "verified_members": verified,
                 }),
                 || {
                     let detail = match (&v.lost, &members, &owner) {
                         (Some(lost), _, _) => lost.summary(),
-                        (None, Some(m), Some(o)) => {
-                            format!("owner {o}; members {}", m.join(", "))
-                        }
+                        (None, Some(m), Some(o)) => format!(
+                            "owner {o}; members {} ({verified} of {} others verified by safety number)",
+                            m.join(", "),
+                            others.len()
+                        ),
                         _ => "member (the server was not asked)".into(),
                     };
                     format!("[{}]  {}  {detail}", v.name, v.pair_id)
@@ -193,30 +203,104 @@ impl Out {
                 (false, true) => " (you)",
                 (false, false) => "",
             };
+            let pin = pin_status(m.me, m.pin.as_ref());
             self.emit(
-                json!({ "user": who, "owner": m.owner, "me": m.me, "trusted_fingerprints": m.trusted }),
-                || match m.trusted.as_slice() {
-                    [] => format!("{who}{role}  no key of theirs is trusted in this room yet"),
-                    keys => format!("{who}{role}  trusted key {}", keys.join(", ")),
+                json!({ "user": who, "owner": m.owner, "me": m.me, "trusted_fingerprints": m.trusted,
+                        "pin": pin, "pinned_fingerprint": m.pin.as_ref().map(|p| p.fingerprint.clone()),
+                        "offered_fingerprint": m.pin.as_ref().and_then(|p| p.offered.clone()) }),
+                || {
+                    let trust = match m.trusted.as_slice() {
+                        [] => "no key of theirs is trusted in this room yet".to_string(),
+                        keys => format!("trusted key {}", keys.join(", ")),
+                    };
+                    let warning = match m.pin.as_ref().and_then(|p| p.offered.as_ref()) {
+                        Some(offered) => format!(
+                            "; WARNING: the server now serves another key for them ({offered})"
+                        ),
+                        None => String::new(),
+                    };
+                    format!("{who}{role}  {trust}; {pin}{warning}")
                 },
             );
         }
     }
 
-    /// The user and their key's fingerprint, in both forms people meet it in.
+    /// The user and their key's fingerprint, in both forms people meet it in, and how
+    /// many of the keys this device pinned are verified or changed.
     pub fn whoami(&self, device: &Device) {
         let me = user::display(device.me());
         let fp = device.fingerprint();
         let (hex, b64) = (fingerprint_hex(&fp), STANDARD.encode(fp));
+        let pins = &device.state().pins;
+        let verified = pins.values().filter(|p| p.verified).count();
+        let changed: Vec<&String> = pins
+            .iter()
+            .filter(|(_, p)| p.offered.is_some())
+            .map(|(u, _)| u)
+            .collect();
         self.emit(
-            json!({ "user": me, "fingerprint": hex, "fingerprint_base64": b64 }),
+            json!({ "user": me, "fingerprint": hex, "fingerprint_base64": b64,
+                    "pinned": pins.len(), "verified": verified, "changed_keys": changed }),
             || {
-                format!(
+                let mut text = format!(
                     "user {me}\nkey fingerprint (SHA-256 of your public key), as secretd-chat shows \
                      fingerprints: {hex}\nthe same in base64, as the server's API (PostKey, FetchKey) \
-                     shows it: {b64}"
-                )
+                     shows it: {b64}\nkeys of others pinned: {}, verified by safety number: {verified}",
+                    pins.len()
+                );
+                for u in &changed {
+                    text.push_str(&format!(
+                        "\nWARNING: the server serves a different key for user {u} than the one \
+                         pinned (see `secretd-chat members ROOM`, `safety {u}`, `trust {u}`)"
+                    ));
+                }
+                text
             },
         );
+    }
+
+    /// What a rotation did.
+    pub fn rotation(&self, room: &str, r: &Rotation) {
+        let names = |list: &[UserRef]| list.iter().map(user::display).collect::<Vec<_>>();
+        let skipped: Vec<Value> = r
+            .skipped
+            .iter()
+            .map(|(u, why)| json!({ "user": user::display(u), "why": why }))
+            .collect();
+        self.emit(
+            json!({ "rotated": room, "generation": r.generation, "rekeyed": names(&r.rekeyed),
+                    "skipped": skipped, "pending": names(&r.pending) }),
+            || {
+                let mut text = format!(
+                    "rotated the keys of [{room}] (generation {}); new keys sent to: {}",
+                    r.generation,
+                    match names(&r.rekeyed).join(", ") {
+                        s if s.is_empty() => "nobody else".into(),
+                        s => s,
+                    }
+                );
+                for (u, why) in &r.skipped {
+                    text.push_str(&format!("\n  not sent to {}: {why}", user::display(u)));
+                }
+                if !r.pending.is_empty() {
+                    text.push_str(&format!(
+                        "\n  not sent yet (the server did not answer), retried at the next sync: {}",
+                        names(&r.pending).join(", ")
+                    ));
+                }
+                text
+            },
+        );
+    }
+}
+
+/// A member's pin, in words: verified, pinned, or not pinned yet.
+fn pin_status(me: bool, pin: Option<&Pin>) -> &'static str {
+    match (me, pin) {
+        (true, _) => "you",
+        (false, Some(p)) if p.offered.is_some() => "key changed, not accepted",
+        (false, Some(p)) if p.verified => "verified",
+        (false, Some(_)) => "pinned, not verified",
+        (false, None) => "not pinned yet",
     }
 }

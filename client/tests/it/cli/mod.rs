@@ -5,6 +5,7 @@
 
 mod lost_rooms;
 mod outbox;
+mod safety;
 mod tokens;
 
 use std::io::{BufRead, BufReader, Write};

@@ -1,0 +1,120 @@
+//! What receiving hands out: an event decrypted and authenticated (or why not), and a
+//! stream's readable history.
+
+use crate::event::Kind;
+use crate::proto::secret::PostedMessage;
+use crate::user::UserRef;
+
+use super::StreamKind;
+
+/// What a received event said.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Content {
+    /// A chat message.
+    Text(String),
+    /// A member vouched for a key.
+    TrustKey {
+        /// Whose key.
+        user: UserRef,
+        /// Its fingerprint.
+        fingerprint: Vec<u8>,
+    },
+    /// The room's name/photo/trusted users were set.
+    RoomState {
+        /// The new name.
+        name: String,
+    },
+    /// Keys were rotated.
+    Rekey {
+        /// The new generation.
+        generation: u32,
+        /// Who was excluded.
+        removed: Vec<UserRef>,
+    },
+}
+
+/// One received event, decrypted and authenticated, or why not.
+#[derive(Clone, Debug)]
+pub struct Incoming {
+    /// The pair.
+    pub pair_id: String,
+    /// Which stream.
+    pub stream: StreamKind,
+    /// The event id.
+    pub event_id: u64,
+    /// The ratchet counter.
+    pub counter: u64,
+    /// The sender, as the server reports them.
+    pub sender: UserRef,
+    /// The server's time, ms since the Unix epoch.
+    pub posted_at_ms: i64,
+    /// The sender's clock, ms since the Unix epoch (0 when not decrypted).
+    pub client_time_ms: i64,
+    /// True when the event used an older epoch than the newest this device holds for the
+    /// stream (posted with keys a removed member may also hold).
+    pub stale_epoch: bool,
+    /// The content, or why the event was rejected.
+    pub content: std::result::Result<Content, String>,
+}
+
+impl Incoming {
+    /// The event `m` of a room's stream with what opening it gave: the content or why
+    /// not, whether its epoch is an older one, and the sender's clock.
+    pub(super) fn of(
+        pair_id: &str,
+        stream: StreamKind,
+        m: &PostedMessage,
+        (content, stale_epoch, client_time_ms): (std::result::Result<Content, String>, bool, i64),
+    ) -> Incoming {
+        Incoming {
+            pair_id: pair_id.to_string(),
+            stream,
+            event_id: m.event_id,
+            counter: counter_of(m),
+            sender: crate::user::local(m.sender),
+            posted_at_ms: posted_at_ms(m),
+            client_time_ms,
+            stale_epoch,
+            content,
+        }
+    }
+}
+
+/// A stream's visible history.
+#[derive(Clone, Debug, Default)]
+pub struct Transcript {
+    /// The events this device can read, in order (rejected ones included, with a reason).
+    pub events: Vec<Incoming>,
+    /// Events before this device's visible point (or in epochs it was never given).
+    pub hidden: usize,
+}
+
+fn posted_at_ms(m: &PostedMessage) -> i64 {
+    m.posted_at.as_ref().map_or(0, |t| {
+        t.seconds
+            .saturating_mul(1000)
+            .saturating_add(i64::from(t.nanos) / 1_000_000)
+    })
+}
+
+/// The event's ratchet counter (0 when the server sent none).
+pub(super) fn counter_of(m: &PostedMessage) -> u64 {
+    m.message.as_ref().map_or(0, |e| e.id)
+}
+
+pub(super) fn content_of(kind: &Kind) -> Content {
+    match kind {
+        Kind::Text(t) => Content::Text(t.body.clone()),
+        Kind::TrustKey(t) => Content::TrustKey {
+            user: t.user.clone().unwrap_or_default(),
+            fingerprint: t.fingerprint.clone(),
+        },
+        Kind::RoomState(s) => Content::RoomState {
+            name: s.name.clone(),
+        },
+        Kind::Rekey(r) => Content::Rekey {
+            generation: r.generation,
+            removed: r.removed.clone(),
+        },
+    }
+}
