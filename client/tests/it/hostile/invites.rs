@@ -75,6 +75,38 @@ async fn a_forged_reinvite_signed_with_a_past_key_is_refused(backend: Backend) {
         "{why}"
     );
     assert_eq!(fixed_parts(&bob, &room), before, "nothing taken");
+
+    // A real user with a real key, but not a member the room trusts (here the server's
+    // accomplice), brings the next generation: refused, the invite never vouches for
+    // itself.
+    let (mallory_id, mallory) = server.new_user("pm").await;
+    let next = (vec![fresh_chain(1, head)], vec![fresh_chain(1, head)]);
+    let forged = forge_invite(
+        bob.room(&room).unwrap(),
+        &local(mallory_id),
+        &identity_of(&mallory),
+        &local(bob_id),
+        &bob_key,
+        next,
+    );
+    db.deliver_invite(
+        bob_id,
+        &pair_of(bob.room(&room).unwrap()),
+        mallory_id,
+        forged,
+    )
+    .await;
+    let refused = bob.accept_invites().await.unwrap();
+    let why = refused[0].result.as_ref().unwrap_err();
+    assert!(
+        why.contains(&format!(
+            "user {mallory_id} (key {}) is not trusted in room [r], so their invite into it is refused",
+            secretd_client::crypto::identity::fingerprint_hex(&mallory.fingerprint())
+        )),
+        "{why}"
+    );
+    assert_eq!(fixed_parts(&bob, &room), before, "nothing taken");
+
     // Bob still posts in the real epoch, which the server cannot read.
     let sent = bob.send_text(&room, "still ours").await.unwrap();
     assert!(sent.event_id > 0);
