@@ -274,10 +274,23 @@ async fn two_terminals_chat() {
     assert_eq!(joined[0]["room"], pair.as_str());
     assert_eq!(joined[0]["accepted"], true);
 
+    // What arrives while no chat runs is shown when one starts. (The chat's catch-up at
+    // start used to process such events without printing them: this test then failed
+    // whenever Alice's first message below landed before Bob's chat had started.)
+    ok(chat(
+        &a_dir,
+        "pa",
+        &["send", "general", &format!("while you were away {secret}")],
+    ))
+    .await;
     // Bob chats in a second "terminal" while Alice sends from hers.
     let mut bob_chat = Live::spawn(
         chat(&b_dir, "pb", &["chat", "general"]),
         b_dir.join("chat.stderr"),
+    );
+    assert_eq!(
+        bob_chat.next_text().await,
+        (alice.to_string(), format!("while you were away {secret}"))
     );
     ok(chat(
         &a_dir,
@@ -304,6 +317,7 @@ async fn two_terminals_chat() {
     ))
     .await;
     let both = vec![
+        (alice.to_string(), format!("while you were away {secret}")),
         (alice.to_string(), format!("hello bob {secret}")),
         (bob.to_string(), format!("hi alice {secret}")),
         (bob.to_string(), format!("bye {secret}")),
