@@ -91,3 +91,16 @@ wrap = argon2id(password, bsalt, 19456, 2, 1)
 blob = header + AESGCM(wrap).encrypt(bnonce, bkey, header)
 print("blob.v1.argon2id.key =", wrap.hex())
 print("blob.v1.argon2id =", blob.hex())
+
+# Safety number (§1): per key, H = label || fp, then 5200 times H = SHA-512(H || fp); the
+# first 30 bytes as six 40-bit big-endian numbers, each mod 100000 in five digits; the two
+# halves in ascending order, in twelve groups of five.
+def safety_half(fp):
+    h = b"secretd/v1/safety" + fp
+    for _ in range(5200):
+        h = hashlib.sha512(h + fp).digest()
+    return "".join("%05d" % (int.from_bytes(h[i:i + 5], "big") % 100000) for i in range(0, 30, 5))
+
+
+digits = "".join(sorted([safety_half(bytes([1] * 32)), safety_half(bytes([2] * 32))]))
+print("safety(01..01, 02..02) =", " ".join(digits[i:i + 5] for i in range(0, 60, 5)))

@@ -269,5 +269,10 @@ mod tests {
         assert_eq!(n.chars().filter(char::is_ascii_digit).count(), 60);
         assert_eq!(n.split(' ').count(), 12);
         assert_ne!(n, safety_number(&a, &[3u8; 32]));
+        // docs/e2ee.md §12, recomputed by docs/e2ee_vectors.py.
+        assert_eq!(
+            n,
+            "51109 07784 69662 01242 85928 13844 51484 47522 64706 71847 26087 80425"
+        );
     }
 }

@@ -17,6 +17,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use secretd_client::crypto::blob::Kdf;
 use secretd_client::device::History;
+use secretd_client::device::identity::BackupUpgrade;
 use secretd_client::{Device, Error, Result, user};
 use serde_json::json;
 use tonic::Code;
@@ -50,12 +51,25 @@ async fn run(cli: Cli) -> Result<()> {
             out.whoami(&device);
         }
         Command::Login { server, token } => {
+            let mut upgrade = None;
             let mut device = new_device(&dir, &server, token, async |api| {
                 let pw = password(false)?;
-                Device::login(api, &pw).await
+                let (device, outcome) = Device::login_and_upgrade(api, &pw).await?;
+                upgrade = Some(outcome);
+                Ok(device)
             })
             .await?;
             out.whoami(&device);
+            match upgrade {
+                Some(BackupUpgrade::Rewrapped) => eprintln!(
+                    "note: your key backup was re-protected with Argon2id (the current format)"
+                ),
+                Some(BackupUpgrade::Failed(e)) => eprintln!(
+                    "note: your key backup is still in an older, weaker format: re-protecting \
+                     it failed ({e}); the next login tries again"
+                ),
+                _ => {}
+            }
             let (views, _) = device.rooms_overview().await;
             dir.save(device.state())?;
             out.rooms(device.state(), &views);
