@@ -59,6 +59,9 @@ pub struct Device {
     /// Test hook: hold post attempts (see [`posting::PostGate`]).
     #[doc(hidden)]
     pub post_gate: Option<posting::PostGate>,
+    /// Test hook: this many coming key fetches fail as if the server were unavailable.
+    #[doc(hidden)]
+    pub failing_key_fetches: usize,
 }
 
 impl Device {
@@ -88,6 +91,7 @@ impl Device {
             keys: HashMap::new(),
             processed: Vec::new(),
             post_gate: None,
+            failing_key_fetches: 0,
             max_gap: DEFAULT_MAX_GAP,
         })
     }

@@ -161,8 +161,11 @@ impl Device {
         );
         let invite_id = self.send_invite(pair_id, who, &key, chains).await?;
         if *who != self.me {
-            // A rotation may have run while this invite was made, with the invitee not
-            // yet a member for the rotator: hand on the newer keys too.
+            // A rotation may have run while this invite was made, the invitee not yet a
+            // member when the rotator listed them, and the TrustKey above may have gone
+            // out in the generation it closed: take its keys (they may be waiting in an
+            // invite), vouch again in the new generation and hand the keys on.
+            self.accept_invites().await?;
             self.catch_up_room(pair_id).await?;
             let room = self.room(pair_id)?;
             if room.message.newest_generation().unwrap_or(0) > generation {
@@ -170,6 +173,11 @@ impl Device {
                     chain_states_since(&room.message, generation + 1),
                     chain_states_since(&room.state, generation + 1),
                 );
+                let kind = Kind::TrustKey(TrustKey {
+                    user: Some(who.clone()),
+                    fingerprint: key.fingerprint().to_vec(),
+                });
+                self.post_event(pair_id, StreamKind::State, kind).await?;
                 self.send_invite(pair_id, who, &key, newer).await?;
             }
         }

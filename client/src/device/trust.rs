@@ -91,6 +91,13 @@ fn parse_fp(fp: &[u8]) -> Result<[u8; 32]> {
 impl Device {
     /// The user's current key as the server serves it now (fingerprint computed here).
     pub(crate) async fn server_key(&mut self, who: &UserRef) -> Result<PublicIdentity> {
+        if self.failing_key_fetches > 0 {
+            self.failing_key_fetches -= 1;
+            return Err(Error::rpc(
+                "FetchKey",
+                tonic::Status::unavailable("test hook: a failing key fetch"),
+            ));
+        }
         let keys = self.api.fetch_key(who.user_id, &who.homeserver).await?;
         let parsed = PublicIdentity::from_spki(&keys.current.key_data)?;
         self.keys

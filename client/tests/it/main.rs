@@ -7,5 +7,6 @@ mod cli;
 mod common;
 mod hostile;
 mod removal;
+mod rotation;
 mod subscription;
 mod tamper;
