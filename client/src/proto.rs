@@ -12,3 +12,12 @@ pub mod secret {
 pub mod e2ee {
     tonic::include_proto!("secretd.e2ee.v1");
 }
+
+/// `protocol.secret.federation.v1`: the server-to-server service; the client calls only
+/// its unauthenticated `ServerKey` (its homeserver's name).
+pub mod federation {
+    include!(concat!(
+        env!("OUT_DIR"),
+        "/federation/protocol.secret.federation.v1.rs"
+    ));
+}

@@ -52,6 +52,10 @@ pub struct DeviceState {
     /// a user is pinned; a different key later is not used until the user accepts it.
     #[serde(default)]
     pub pins: BTreeMap<String, Pin>,
+    /// This device's homeserver's name (its `server_name`), learned when first needed:
+    /// how other homeservers name this user.
+    #[serde(default)]
+    pub home_name: Option<String>,
 }
 
 /// One room: a channel pair with the keys and trust this device holds for it.
@@ -59,6 +63,14 @@ pub struct DeviceState {
 pub struct Room {
     /// The pair id.
     pub pair_id: String,
+    /// The homeserver the pair lives on, as this device's homeserver names it: "" for
+    /// this device's own homeserver.
+    #[serde(default)]
+    pub homeserver: String,
+    /// Where that homeserver serves clients, when it is another one (as its `Federate`
+    /// answer said).
+    #[serde(default)]
+    pub endpoint: String,
     /// The message stream.
     pub message: StreamState,
     /// The state stream.
@@ -160,6 +172,7 @@ impl DeviceState {
                 }
             }
         }
+        self.home_name = self.home_name.take().or(other.home_name);
         self.backup_version = self.backup_version.max(other.backup_version);
         self.invites_after = self.invites_after.max(other.invites_after);
         for (id, room) in other.rooms {

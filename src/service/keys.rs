@@ -133,12 +133,12 @@ pub(super) fn federate(
             "federation is off on this server (config key federation.enabled)".into(),
         ));
     };
-    if federation.peers.get(target).is_none() {
+    let Some(peer) = federation.peers.get(target) else {
         return Err(Error::FailedPrecondition(format!(
             "homeserver {target:?} is not a federation peer of this server (config \
              federation.peers)"
         )));
-    }
+    };
     let ttl = TokenType::FedUser.max_lifetime_secs();
     let (token, exp) = token::mint(
         &federation.key,
@@ -155,5 +155,6 @@ pub(super) fn federate(
             seconds: i64::try_from(exp).unwrap_or(i64::MAX),
             nanos: 0,
         }),
+        endpoint: peer.endpoint.clone(),
     })
 }

@@ -18,6 +18,8 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
 use crate::error::{Error, Result};
+use crate::proto::federation::secret_federation_service_client::SecretFederationServiceClient as FederationClient;
+use crate::proto::federation::{self as fed};
 use crate::proto::secret::secret_service_client::SecretServiceClient;
 use crate::proto::secret::{self as pb, ChannelPair, EncryptedMessage};
 
@@ -82,6 +84,17 @@ pub fn retry_after(status: &Status) -> Option<Duration> {
         .parse()
         .ok()?;
     Some(Duration::from_millis(ms))
+}
+
+/// A token for another homeserver (`Federate`).
+#[derive(Clone, Debug)]
+pub struct Federated {
+    /// The bearer token to use there.
+    pub token: String,
+    /// Unix seconds after which it is refused.
+    pub expires_at: u64,
+    /// Where that homeserver serves clients ("" when the server does not say).
+    pub endpoint: String,
 }
 
 /// A user's keys as FetchKey returns them.
@@ -165,6 +178,31 @@ impl Api {
             ))),
             Err(status) => Err(Error::rpc("FetchInvites", status)),
         }
+    }
+
+    /// The homeserver's name (its `server_name`), from the federation service's
+    /// unauthenticated `ServerKey`: how other homeservers name users of this one.
+    /// UNIMPLEMENTED when the server runs without federation.
+    pub async fn server_name(&self) -> Result<String> {
+        let mut stub = FederationClient::new(self.service.clone());
+        let r = unary("ServerKey", stub.server_key(fed::ServerKeyRequest {})).await?;
+        Ok(r.server_name)
+    }
+
+    /// Federate: a token for homeserver `server_id`, made by this homeserver for its
+    /// user, and where that homeserver serves clients.
+    pub async fn federate(&self, server_id: &str) -> Result<Federated> {
+        let req = pb::FederateRequest {
+            server_id: server_id.to_string(),
+            ..Default::default()
+        };
+        let mut stub = self.stub();
+        let r = unary("Federate", stub.federate(req)).await?;
+        Ok(Federated {
+            token: r.token,
+            expires_at: r.expires_at.map_or(0, |t| t.seconds.max(0) as u64),
+            endpoint: r.endpoint,
+        })
     }
 
     /// PostKey: returns the fingerprint.
@@ -259,11 +297,12 @@ impl Api {
         Ok(unary("SendInvite", stub.send_invite(req)).await?.invite_id)
     }
 
-    /// RemoveMember (owner only).
-    pub async fn remove_member(&self, pair_id: &str, user_id: u64) -> Result<()> {
+    /// RemoveMember (owner only) of a user ("" homeserver = the pair's own).
+    pub async fn remove_member(&self, pair_id: &str, user_id: u64, homeserver: &str) -> Result<()> {
         let req = pb::RemoveMemberRequest {
             pair_id: pair_id.to_string(),
             user_id,
+            homeserver: homeserver.to_string(),
             ..Default::default()
         };
         let mut stub = self.stub();

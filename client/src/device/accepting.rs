@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 
+use super::remote::Frame;
 use super::trust::{add_trust, check_trusted};
 use super::{Device, epochs};
 use crate::crypto::identity::{PublicIdentity, fingerprint_hex};
@@ -59,7 +60,11 @@ impl Device {
     /// changes nothing but the device's invite cursor (and, for a changed key, the record
     /// of the key offered).
     pub async fn accept_invite(&mut self, invite: &ReceivedInvite) -> Accepted {
-        let from = user::local(invite.from_user);
+        // The inviter as this device's homeserver names them.
+        let from = UserRef {
+            homeserver: invite.from_homeserver.clone(),
+            user_id: invite.from_user,
+        };
         let pair_id = invite
             .pair
             .as_ref()
@@ -92,20 +97,30 @@ impl Device {
         }
     }
 
-    /// Opens an invite and checks everything that does not depend on the room.
+    /// Opens an invite and checks everything that does not depend on the room; also the
+    /// naming of the pair's homeserver.
     async fn open_checked(
         &mut self,
         invite: &ReceivedInvite,
         from: &UserRef,
-    ) -> Result<(InviteBody, [u8; 32])> {
+    ) -> Result<(InviteBody, [u8; 32], Frame)> {
         let pair = invite
             .pair
             .as_ref()
             .ok_or_else(|| Error::Protocol("the invite names no channel pair".into()))?;
+        let frame = if invite.pair_homeserver.is_empty() {
+            Frame::local()
+        } else {
+            Frame {
+                pair: invite.pair_homeserver.clone(),
+                home: self.home_name().await?,
+            }
+        };
+        let me = frame.to_room(&self.me);
         let plaintext = open_invite(
             &self.identity,
             &uuid_bytes(&pair.pair_id)?,
-            &self.me,
+            &me,
             &invite.invite,
         )?;
         let (signed, body) = event::parse_invite(&plaintext)?;
@@ -119,11 +134,10 @@ impl Device {
         {
             return Err(mismatch("channel pair"));
         }
-        if body.invitee.as_ref() != Some(&self.me) || body.invitee_fingerprint != self.fingerprint()
-        {
+        if body.invitee.as_ref() != Some(&me) || body.invitee_fingerprint != self.fingerprint() {
             return Err(mismatch("invitee"));
         }
-        if body.inviter.as_ref() != Some(from) {
+        if body.inviter.as_ref() != Some(&frame.to_room(from)) {
             return Err(mismatch("inviter"));
         }
         let fp: [u8; 32] = body
@@ -133,7 +147,7 @@ impl Device {
             .map_err(|_| Error::Protocol("the inviter's fingerprint is not 32 bytes".into()))?;
         let key = self.inviter_key(from, &fp).await?;
         event::verify_invite(&key, &signed)?;
-        Ok((body, fp))
+        Ok((body, fp, frame))
     }
 
     /// The key an inviter signs with: this device's own for a self-invite; otherwise the
@@ -164,13 +178,21 @@ impl Device {
     }
 
     async fn open_and_merge(&mut self, invite: &ReceivedInvite, from: &UserRef) -> Result<String> {
-        let (body, fp) = self.open_checked(invite, from).await?;
+        let (body, fp, frame) = self.open_checked(invite, from).await?;
         let pair_id = body.pair_id.clone();
+        // In the room, the inviter is named as the pair's homeserver names them.
+        let inviter = frame.to_room(from);
         if let Some(held) = self.state.rooms.get(&pair_id) {
+            if held.homeserver != frame.pair {
+                return Err(Error::Protocol(format!(
+                    "the invite places room [{}] on homeserver {:?}, but it lives on {:?}",
+                    held.name, frame.pair, held.homeserver
+                )));
+            }
             // A room this device holds: only a member it already trusts brings keys, and
             // what the invite says about the room is not taken.
             if *from != self.me {
-                check_trusted(held, from, &fp).map_err(|_| {
+                check_trusted(held, &inviter, &fp).map_err(|_| {
                     Error::Untrusted(format!(
                         "user {} (key {}) is not trusted in room [{}], so their invite into it \
                          is refused: an invite never vouches for itself",
@@ -196,6 +218,8 @@ impl Device {
         let state = body.room.clone().unwrap_or_default();
         let mut incoming = Room {
             pair_id: pair_id.clone(),
+            homeserver: frame.pair.clone(),
+            endpoint: String::new(),
             message: StreamState::new(body.message_id.clone()),
             state: StreamState::new(body.state_id.clone()),
             name: state.name.clone(),
@@ -213,7 +237,7 @@ impl Device {
                 add_trust(&mut incoming, who, key);
             }
         }
-        if check_trusted(&incoming, from, &fp).is_err() {
+        if check_trusted(&incoming, &inviter, &fp).is_err() {
             return Err(Error::Untrusted(format!(
                 "the inviter {} does not list its own key in the invite's room state",
                 user::display(from)

@@ -146,6 +146,7 @@ impl Device {
             token_source: None,
             token_source_set_ms: 0,
             pins: BTreeMap::new(),
+            home_name: None,
         };
         Self::from_parts(api, state, identity)
     }

@@ -6,6 +6,7 @@ use crate::proto::secret::PostedMessage;
 use crate::user::UserRef;
 
 use super::StreamKind;
+use super::remote::Frame;
 
 /// What a received event said.
 #[derive(Clone, Debug, PartialEq)]
@@ -44,7 +45,8 @@ pub struct Incoming {
     pub event_id: u64,
     /// The ratchet counter.
     pub counter: u64,
-    /// The sender, as the server reports them.
+    /// The sender as the server reports them, named as this device's homeserver names
+    /// users (`42`, `42@other.homeserver`).
     pub sender: UserRef,
     /// The server's time, ms since the Unix epoch.
     pub posted_at_ms: i64,
@@ -60,18 +62,34 @@ pub struct Incoming {
 impl Incoming {
     /// The event `m` of a room's stream with what opening it gave: the content or why
     /// not, whether its epoch is an older one, and the sender's clock.
+    /// Users in it are named as this device's homeserver names them (`frame`).
     pub(super) fn of(
         pair_id: &str,
         stream: StreamKind,
         m: &PostedMessage,
+        frame: &Frame,
         (content, stale_epoch, client_time_ms): (std::result::Result<Content, String>, bool, i64),
     ) -> Incoming {
+        let content = content.map(|c| match c {
+            Content::TrustKey { user, fingerprint } => Content::TrustKey {
+                user: frame.to_home(&user),
+                fingerprint,
+            },
+            Content::Rekey {
+                generation,
+                removed,
+            } => Content::Rekey {
+                generation,
+                removed: removed.iter().map(|u| frame.to_home(u)).collect(),
+            },
+            other => other,
+        });
         Incoming {
             pair_id: pair_id.to_string(),
             stream,
             event_id: m.event_id,
             counter: counter_of(m),
-            sender: crate::user::local(m.sender),
+            sender: frame.to_home(&sender_of(m)),
             posted_at_ms: posted_at_ms(m),
             client_time_ms,
             stale_epoch,
@@ -95,6 +113,14 @@ fn posted_at_ms(m: &PostedMessage) -> i64 {
             .saturating_mul(1000)
             .saturating_add(i64::from(t.nanos) / 1_000_000)
     })
+}
+
+/// The sender of `m` as the pair's homeserver names them.
+pub(super) fn sender_of(m: &PostedMessage) -> UserRef {
+    UserRef {
+        homeserver: m.sender_homeserver.clone(),
+        user_id: m.sender,
+    }
 }
 
 /// The event's ratchet counter (0 when the server sent none).

@@ -6,6 +6,7 @@
 use tonic::Code;
 
 use super::Device;
+use super::remote::Frame;
 use crate::error::{Error, Result};
 use crate::proto::secret::ChannelPairInfo;
 use crate::state::Lost;
@@ -34,15 +35,19 @@ pub struct RoomView {
     pub pair_id: String,
     /// The room's name.
     pub name: String,
+    /// The homeserver it lives on ("" = this device's).
+    pub homeserver: String,
     /// Set when the user left or was removed.
     pub lost: Option<Lost>,
-    /// The owner, when the user is a member and the server answered.
+    /// The owner (named as this device's homeserver names users), when the user is a
+    /// member and the server answered.
     pub owner: Option<UserRef>,
     /// The members, when the user is a member and the server answered.
     pub members: Option<Vec<UserRef>>,
 }
 
-fn members_of(info: &ChannelPairInfo) -> Vec<UserRef> {
+/// The members of a pair as its homeserver lists and names them.
+pub(crate) fn members_of(info: &ChannelPairInfo) -> Vec<UserRef> {
     if info.member_refs.is_empty() {
         // A server from before federation lists local members only.
         info.members.iter().map(|&m| user::local(m)).collect()
@@ -64,8 +69,9 @@ fn owner_of(info: &ChannelPairInfo) -> UserRef {
     }
 }
 
-/// What the server's listing says of a departed pair.
-fn lost_of(info: &ChannelPairInfo) -> Option<Lost> {
+/// What the server's listing says of a departed pair (the remover named as this device's
+/// homeserver names users).
+fn lost_of(info: &ChannelPairInfo, frame: &Frame) -> Option<Lost> {
     let d = info.departed.as_ref()?;
     let at_ms = d.departed_at.as_ref().map_or_else(now_ms, |t| {
         t.seconds * 1000 + i64::from(t.nanos) / 1_000_000
@@ -73,10 +79,10 @@ fn lost_of(info: &ChannelPairInfo) -> Option<Lost> {
     Some(Lost {
         removed: d.removed_by.is_some(),
         by: d.removed_by.as_ref().map(|r| {
-            user::display(&UserRef {
+            user::display(&frame.to_home(&UserRef {
                 homeserver: r.homeserver.clone(),
                 user_id: r.user_id,
-            })
+            }))
         }),
         at_ms,
     })
@@ -104,11 +110,17 @@ impl Device {
         if refusal.code() != Some(Code::PermissionDenied) {
             return refusal;
         }
-        let listed = self.api.list_channel_pairs(true).await;
+        let Ok(frame) = self.frame(pair_id) else {
+            return refusal;
+        };
+        let listed = match self.api_for(pair_id).await {
+            Ok(api) => api.list_channel_pairs(true).await,
+            Err(e) => Err(e),
+        };
         let lost = match listed {
             Ok(pairs) => match pairs.iter().find(|p| pair_of(p) == pair_id) {
                 Some(info) if info.departed.is_none() => return refusal,
-                Some(info) => lost_of(info),
+                Some(info) => lost_of(info, &frame),
                 None => None,
             },
             Err(_) => None,
@@ -156,7 +168,8 @@ impl Device {
         if let Some(e) = self.lost_error(&pair_id) {
             return Err(e);
         }
-        if let Err(e) = self.api.leave_channel_pair(&pair_id).await {
+        let api = self.api_for(&pair_id).await?;
+        if let Err(e) = api.leave_channel_pair(&pair_id).await {
             return Err(self.room_refused(&pair_id, e).await);
         }
         self.mark_lost(
@@ -177,7 +190,11 @@ impl Device {
         if let Some(e) = self.lost_error(&pair_id) {
             return Err(e);
         }
-        let pairs = self.api.list_channel_pairs(false).await?;
+        let pairs = self
+            .api_for(&pair_id)
+            .await?
+            .list_channel_pairs(false)
+            .await?;
         let Some(info) = pairs.iter().find(|p| pair_of(p) == pair_id) else {
             let refusal = Error::rpc(
                 "ListChannelPairs",
@@ -186,44 +203,69 @@ impl Device {
             return Err(self.room_refused(&pair_id, refusal).await);
         };
         let owner = owner_of(info);
+        let frame = self.frame(&pair_id)?;
+        let me = frame.to_room(&self.me);
         let room = self.room(&pair_id)?;
         let mut members: Vec<Member> = members_of(info)
             .into_iter()
-            .map(|u| Member {
-                owner: u == owner,
-                me: u == self.me,
-                pin: self.state.pins.get(&user::display(&u)).cloned(),
-                trusted: room
-                    .trusted
-                    .get(&user::display(&u))
-                    .map(|s| s.iter().cloned().collect())
-                    .unwrap_or_default(),
-                user: u,
+            .map(|u| {
+                let home = frame.to_home(&u);
+                Member {
+                    owner: u == owner,
+                    me: u == me,
+                    pin: self.state.pins.get(&user::display(&home)).cloned(),
+                    trusted: room
+                        .trusted
+                        .get(&user::display(&u))
+                        .map(|s| s.iter().cloned().collect())
+                        .unwrap_or_default(),
+                    user: home,
+                }
             })
             .collect();
         members.sort_by_key(|m| !m.owner);
         Ok(members)
     }
 
-    /// Every room of this device with the server's view of it (one listing for all):
-    /// members and owner, or how the user departed. Rooms are marked lost or joined again
-    /// as the server says. When the server cannot be asked, the device's own view, and
-    /// the error.
+    /// Every room of this device with its homeserver's view of it (one listing per
+    /// homeserver): members and owner, or how the user departed. Rooms are marked lost or
+    /// joined again as the server says. When a homeserver cannot be asked, the device's
+    /// own view of its rooms, and the (first) error.
     pub async fn rooms_overview(&mut self) -> (Vec<RoomView>, Option<Error>) {
-        let listed = self.api.list_channel_pairs(true).await;
-        let (pairs, error) = match listed {
-            Ok(pairs) => (Some(pairs), None),
-            Err(e) => (None, Some(e)),
-        };
+        let mut servers: Vec<String> = self
+            .state
+            .rooms
+            .values()
+            .map(|r| r.homeserver.clone())
+            .collect();
+        servers.sort();
+        servers.dedup();
+        let mut listings = std::collections::HashMap::new();
+        let mut error = None;
+        for server in servers {
+            let listed = match self.connection(&server).await {
+                Ok(api) => api.list_channel_pairs(true).await,
+                Err(e) => Err(e),
+            };
+            match listed {
+                Ok(pairs) => {
+                    listings.insert(server, pairs);
+                }
+                Err(e) => {
+                    error.get_or_insert(e);
+                }
+            }
+        }
         let mut views = Vec::new();
         for pair_id in self.state.rooms.keys().cloned().collect::<Vec<_>>() {
-            let info = pairs
-                .as_ref()
-                .and_then(|ps| ps.iter().find(|p| pair_of(p) == pair_id));
-            match (&pairs, info) {
+            let server = self.state.rooms[&pair_id].homeserver.clone();
+            let frame = self.frame(&pair_id).unwrap_or_else(|_| Frame::local());
+            let pairs = listings.get(&server);
+            let info = pairs.and_then(|ps| ps.iter().find(|p| pair_of(p) == pair_id));
+            match (pairs, info) {
                 // A member again: the invite that brings the keys is processed by `accept`
                 // or `listen`; until then the room is usable with the keys it has.
-                (_, Some(info)) => self.mark_lost(&pair_id, lost_of(info)),
+                (_, Some(info)) => self.mark_lost(&pair_id, lost_of(info, &frame)),
                 // Neither a member nor a recorded departure (a server without them).
                 (Some(_), None) if self.lost_error(&pair_id).is_none() => self.mark_lost(
                     &pair_id,
@@ -237,12 +279,14 @@ impl Device {
             }
             let room = &self.state.rooms[&pair_id];
             let member_info = info.filter(|i| i.departed.is_none());
+            let home = |u: UserRef| frame.to_home(&u);
             views.push(RoomView {
                 pair_id: pair_id.clone(),
                 name: room.name.clone(),
+                homeserver: server,
                 lost: room.lost.clone(),
-                owner: member_info.map(owner_of),
-                members: member_info.map(members_of),
+                owner: member_info.map(|i| home(owner_of(i))),
+                members: member_info.map(|i| members_of(i).into_iter().map(home).collect()),
             });
         }
         (views, error)

@@ -16,6 +16,7 @@ pub mod membership;
 pub mod opening;
 pub mod posting;
 pub mod receiving;
+pub mod remote;
 pub mod rooms;
 pub mod rotation;
 pub mod trust;
@@ -59,6 +60,8 @@ pub struct Device {
     /// Test hook: hold post attempts (see [`posting::PostGate`]).
     #[doc(hidden)]
     pub post_gate: Option<posting::PostGate>,
+    /// Connections to the other homeservers this device's rooms live on.
+    remotes: remote::Remotes,
     /// Test hook: this many coming key fetches fail as if the server were unavailable.
     #[doc(hidden)]
     pub failing_key_fetches: usize,
@@ -92,6 +95,7 @@ impl Device {
             processed: Vec::new(),
             post_gate: None,
             failing_key_fetches: 0,
+            remotes: Default::default(),
             max_gap: DEFAULT_MAX_GAP,
         })
     }

@@ -3,7 +3,7 @@
 //! room's trust, the device's pins and the signer's key; and the history view, which
 //! opens a whole stream again from each epoch's origin.
 
-use super::incoming::{Incoming, Transcript, content_of, counter_of};
+use super::incoming::{Incoming, Transcript, content_of, counter_of, sender_of};
 use super::trust::check_trusted;
 use super::{Device, StreamKind};
 use crate::crypto::envelope::{self, Position};
@@ -93,7 +93,7 @@ pub(super) fn open_with(
         &epoch.origin
     };
     let point = from.advanced_to(counter, max_gap)?;
-    let sender = user::local(m.sender);
+    let sender = sender_of(m);
     let pos = Position {
         stream: &stream_bytes,
         counter,
@@ -105,7 +105,7 @@ pub(super) fn open_with(
     if body.sender.as_ref() != Some(&sender) {
         return Err(Error::Protocol(format!(
             "the event claims another sender than user {} who posted it",
-            m.sender
+            user::display(&sender)
         )));
     }
     check_kind(
@@ -154,10 +154,12 @@ impl Device {
         m: &PostedMessage,
         opened: Opened,
     ) -> Result<Opened> {
-        let sender = user::local(m.sender);
+        let sender = sender_of(m);
         let fp = opened.body.sender_fingerprint.clone();
         check_trusted(self.room(pair_id)?, &sender, &fp)?;
-        let key = self.signer_key(&sender, &fp).await?;
+        let key = self
+            .signer_key(&self.frame(pair_id)?.to_home(&sender), &fp)
+            .await?;
         let epoch: [u8; 16] = hex::decode(&opened.epoch_id)
             .ok()
             .and_then(|b| b.try_into().ok())
@@ -184,7 +186,8 @@ impl Device {
             e.cursor = e.origin.clone();
         }
         let mut transcript = Transcript::default();
-        let events = match self.api.fetch_messages_after(&stream.stream_id, 0).await {
+        let api = self.api_for(&pair_id).await?;
+        let events = match api.fetch_messages_after(&stream.stream_id, 0).await {
             Ok(events) => events,
             Err(e) => return Err(self.room_refused(&pair_id, e).await),
         };
@@ -215,9 +218,14 @@ impl Device {
                 }
                 Err(e) => (Err(e.to_string()), false, 0),
             };
-            transcript
-                .events
-                .push(Incoming::of(&pair_id, StreamKind::Message, &m, outcome));
+            let frame = self.frame(&pair_id)?;
+            transcript.events.push(Incoming::of(
+                &pair_id,
+                StreamKind::Message,
+                &m,
+                &frame,
+                outcome,
+            ));
         }
         Ok(transcript)
     }

@@ -146,7 +146,11 @@ impl Device {
             let (stream_id, counter) = (attempt.stream_id.clone(), attempt.counter);
             let sealed = attempt.sealed.clone();
             out.attempt = Some(attempt);
-            match self.post_exactly_once(&stream_id, counter, sealed).await {
+            let api = self.api_for(&out.pair_id).await?;
+            match self
+                .post_exactly_once(&api, &stream_id, counter, sealed)
+                .await
+            {
                 Ok(event_id) => {
                     out.attempt = None;
                     return Ok(Sent {
@@ -217,14 +221,15 @@ impl Device {
             .and_then(|b| b.try_into().ok())
             .ok_or_else(|| Error::State("a saved epoch id is not 16 bytes of hex".into()))?;
         let stream_bytes = uuid_bytes(&stream_id)?;
-        let body = event::body(self.me.clone(), &self.identity, out.what.clone());
+        let me = self.me_in(pair_id)?;
+        let body = event::body(me.clone(), &self.identity, out.what.clone());
         let plaintext =
             event::sign_event(&self.identity, &stream_bytes, counter, &epoch_bytes, &body)?;
         let pos = Position {
             stream: &stream_bytes,
             counter,
             epoch: &epoch_bytes,
-            sender: &self.me,
+            sender: &me,
         };
         let sealed = envelope::seal_event(&message_key(&point.key), pos, &random()?, &plaintext);
         Ok(Attempt {
@@ -238,16 +243,14 @@ impl Device {
     /// delay a RESOURCE_EXHAUSTED answer names in `retry-after-ms` (at most 10 s).
     async fn post_exactly_once(
         &self,
+        api: &crate::api::Api,
         stream_id: &str,
         counter: u64,
         sealed: Vec<u8>,
     ) -> Result<u64> {
         let mut tries = 0;
         loop {
-            let outcome = self
-                .api
-                .post_message(stream_id, counter, sealed.clone())
-                .await;
+            let outcome = api.post_message(stream_id, counter, sealed.clone()).await;
             let wait = match &outcome {
                 Err(Error::Rpc { status, .. }) if tries < MAX_RESENDS => match status.code() {
                     Code::Unavailable | Code::Unknown | Code::DeadlineExceeded => {

@@ -81,7 +81,8 @@ impl Device {
         }
         let stream = self.stream_of(pair_id, kind)?;
         let (stream_id, after) = (stream.stream_id.clone(), stream.last_event_id);
-        let events = match self.api.fetch_messages_after(&stream_id, after).await {
+        let api = self.api_for(pair_id).await?;
+        let events = match api.fetch_messages_after(&stream_id, after).await {
             Ok(events) => events,
             Err(e) => return Err(self.room_refused(pair_id, e).await),
         };
@@ -167,8 +168,9 @@ impl Device {
             }
             Err(e) => (Err(e.to_string()), false, 0),
         };
+        let frame = self.frame(pair_id)?;
         self.processed
-            .push(Incoming::of(pair_id, kind, &m, outcome));
+            .push(Incoming::of(pair_id, kind, &m, &frame, outcome));
         Ok(())
     }
 

@@ -63,6 +63,8 @@ impl Device {
         let [message, state] = <[StreamState; 2]>::try_from(streams).expect("two streams");
         let mut room = Room {
             pair_id: pair.pair_id.clone(),
+            homeserver: String::new(),
+            endpoint: String::new(),
             message,
             state,
             name: name.to_string(),
@@ -109,7 +111,7 @@ impl Device {
         Ok(self.post_event(&pair_id, stream, kind).await?.event_id)
     }
 
-    /// Invites `who` into a room: their key (the server's current one, checked against
+    /// Invites `who` (as this device's homeserver names them) into a room: their key (the server's current one, checked against
     /// this device's pin: a changed key is refused unless `accept_new_key`), a TrustKey
     /// for it on the state stream, then the room's keys from the point `history` says,
     /// encrypted to that key. Returns the invite id.
@@ -137,20 +139,22 @@ impl Device {
     ) -> Result<u64> {
         user::check(who)?;
         let key = self.current_key_of(who, accept_new_key).await?;
+        // Everything in the room names the invitee as the pair's homeserver does.
+        let invitee = self.frame(pair_id)?.to_room(who);
         if *who != self.me {
             self.catch_up_room(pair_id).await?;
             let room = self.room_mut(pair_id)?;
             let known = room
                 .trusted
-                .get(&user::display(who))
+                .get(&user::display(&invitee))
                 .is_some_and(|s| s.contains(&fingerprint_hex(&key.fingerprint())));
             if !known {
                 let kind = Kind::TrustKey(TrustKey {
-                    user: Some(who.clone()),
+                    user: Some(invitee.clone()),
                     fingerprint: key.fingerprint().to_vec(),
                 });
                 self.post_event(pair_id, StreamKind::State, kind).await?;
-                add_trust(self.room_mut(pair_id)?, who, &key.fingerprint());
+                add_trust(self.room_mut(pair_id)?, &invitee, &key.fingerprint());
             }
         }
         let room = self.room(pair_id)?;
@@ -159,7 +163,7 @@ impl Device {
             chain_states(&room.message, history)?,
             chain_states(&room.state, history)?,
         );
-        let invite_id = self.send_invite(pair_id, who, &key, chains).await?;
+        let invite_id = self.send_invite(pair_id, &invitee, &key, chains).await?;
         if *who != self.me {
             // A rotation may have run while this invite was made, the invitee not yet a
             // member when the rotator listed them, and the TrustKey above may have gone
@@ -174,17 +178,18 @@ impl Device {
                     chain_states_since(&room.state, generation + 1),
                 );
                 let kind = Kind::TrustKey(TrustKey {
-                    user: Some(who.clone()),
+                    user: Some(invitee.clone()),
                     fingerprint: key.fingerprint().to_vec(),
                 });
                 self.post_event(pair_id, StreamKind::State, kind).await?;
-                self.send_invite(pair_id, who, &key, newer).await?;
+                self.send_invite(pair_id, &invitee, &key, newer).await?;
             }
         }
         Ok(invite_id)
     }
 
-    /// Encrypts and sends one invite carrying the given chain states.
+    /// Encrypts and sends one invite carrying the given chain states to `who`, named as
+    /// the pair's homeserver names them.
     pub(super) async fn send_invite(
         &mut self,
         pair_id: &str,
@@ -192,13 +197,14 @@ impl Device {
         key: &PublicIdentity,
         (message_chains, state_chains): (Vec<ChainState>, Vec<ChainState>),
     ) -> Result<u64> {
+        let me = self.me_in(pair_id)?;
         let room = self.room(pair_id)?;
         let body = InviteBody {
             version: event::BODY_VERSION,
             pair_id: room.pair_id.clone(),
             message_id: room.message.stream_id.clone(),
             state_id: room.state.stream_id.clone(),
-            inviter: Some(self.me.clone()),
+            inviter: Some(me),
             inviter_fingerprint: self.fingerprint().to_vec(),
             invitee: Some(who.clone()),
             invitee_fingerprint: key.fingerprint().to_vec(),
@@ -209,7 +215,8 @@ impl Device {
         };
         let signed = event::sign_invite(&self.identity, &body)?;
         let sealed = seal_invite(key, &uuid_bytes(pair_id)?, who, &signed)?;
-        self.api
+        self.api_for(pair_id)
+            .await?
             .send_invite(pair_id, who.user_id, &who.homeserver, sealed)
             .await
     }

@@ -40,23 +40,30 @@ fn chains_since(
 }
 
 impl Device {
-    /// Removes a member (owner only) and rotates the room's keys so that they cannot read
-    /// anything posted afterwards.
+    /// Removes a member (owner only; `who` as this device's homeserver names them) and
+    /// rotates the room's keys so that they cannot read anything posted afterwards.
     pub async fn remove_member(&mut self, room: &str, who: &UserRef) -> Result<Rotation> {
         let pair_id = self.room(room)?.pair_id.clone();
         if let Some(e) = self.lost_error(&pair_id) {
             return Err(e);
         }
-        if let Err(e) = self.api.remove_member(&pair_id, who.user_id).await {
+        let target = self.frame(&pair_id)?.to_room(who);
+        let api = self.api_for(&pair_id).await?;
+        if let Err(e) = api
+            .remove_member(&pair_id, target.user_id, &target.homeserver)
+            .await
+        {
             return Err(self.room_refused(&pair_id, e).await);
         }
         self.rotate(&pair_id, vec![who.clone()]).await
     }
 
-    /// The members the server lists for the pair (this user excluded).
+    /// The members the pair's homeserver lists (this user excluded), as it names them.
     async fn listed_members(&mut self, pair_id: &str) -> Result<Vec<UserRef>> {
+        let me = self.me_in(pair_id)?;
         let info = self
-            .api
+            .api_for(pair_id)
+            .await?
             .list_channel_pairs(false)
             .await?
             .into_iter()
@@ -64,23 +71,24 @@ impl Device {
             .ok_or_else(|| {
                 Error::State(format!("the server does not list room {pair_id} for you"))
             })?;
-        Ok(info
-            .members
-            .iter()
-            .map(|&m| user::local(m))
-            .filter(|m| *m != self.me)
+        Ok(super::membership::members_of(&info)
+            .into_iter()
+            .filter(|m| *m != me)
             .collect())
     }
 
     /// Rotates a room's keys: a new epoch on both streams (the next generation, starting
     /// at each stream's head), invites carrying only it to every member the room trusts
-    /// except `removed`, a self-invite with all history, then a Rekey marker in the new
-    /// epoch on both streams.
+    /// except `removed` (as this device's homeserver names them), a self-invite with all
+    /// history, then a Rekey marker in the new epoch on both streams. The report names
+    /// users as this device's homeserver does.
     pub async fn rotate(&mut self, room: &str, removed: Vec<UserRef>) -> Result<Rotation> {
         let pair_id = self.room(room)?.pair_id.clone();
         if let Some(e) = self.lost_error(&pair_id) {
             return Err(e);
         }
+        let frame = self.frame(&pair_id)?;
+        let removed: Vec<UserRef> = removed.iter().map(|r| frame.to_room(r)).collect();
         self.catch_up_room(&pair_id).await?;
         let listed = self.listed_members(&pair_id).await?;
         let room = self.room_mut(&pair_id)?;
@@ -126,8 +134,9 @@ impl Device {
         Ok(report)
     }
 
-    /// Sends the keys of `generation` (and newer) to one member, if the room trusts them
-    /// at the key this device pinned; records why not otherwise.
+    /// Sends the keys of `generation` (and newer) to one member (`who` as the pair's
+    /// homeserver names them), if the room trusts them at the key this device pinned;
+    /// records why not otherwise.
     async fn rekey(
         &mut self,
         pair_id: &str,
@@ -137,35 +146,37 @@ impl Device {
         report: &mut Rotation,
     ) -> Result<()> {
         let name = user::display(who);
+        // Reported, pinned and fetched as this device's homeserver names them.
+        let home = self.frame(pair_id)?.to_home(who);
         if removed.contains(who) {
-            report.skipped.push((who.clone(), "removed".into()));
+            report.skipped.push((home.clone(), "removed".into()));
             return Ok(());
         }
         let Some(trusted) = self.room(pair_id)?.trusted.get(&name).cloned() else {
             report.skipped.push((
-                who.clone(),
+                home.clone(),
                 "not trusted in this room: the server lists them, but no trusted member \
                  vouched for their key"
                     .into(),
             ));
             return Ok(());
         };
-        let key = match self.current_key_of(who, false).await {
+        let key = match self.current_key_of(&home, false).await {
             Ok(key) => key,
             Err(e) if e.is_transient() => {
                 self.keep_pending(pair_id, &name, generation)?;
-                report.pending.push(who.clone());
+                report.pending.push(home.clone());
                 return Ok(());
             }
             Err(e) => {
-                report.skipped.push((who.clone(), e.to_string()));
+                report.skipped.push((home.clone(), e.to_string()));
                 return Ok(());
             }
         };
         let fp = fingerprint_hex(&key.fingerprint());
         if !trusted.contains(&fp) {
             report.skipped.push((
-                who.clone(),
+                home.clone(),
                 format!("their key {fp} is not the one this room trusts for them"),
             ));
             return Ok(());
@@ -174,13 +185,13 @@ impl Device {
         match self.send_invite(pair_id, who, &key, chains).await {
             Ok(_) => {
                 self.room_mut(pair_id)?.rekey_pending.remove(&name);
-                report.rekeyed.push(who.clone());
+                report.rekeyed.push(home.clone());
             }
             Err(e) if e.is_transient() => {
                 self.keep_pending(pair_id, &name, generation)?;
-                report.pending.push(who.clone());
+                report.pending.push(home.clone());
             }
-            Err(e) => report.skipped.push((who.clone(), e.to_string())),
+            Err(e) => report.skipped.push((home.clone(), e.to_string())),
         }
         Ok(())
     }

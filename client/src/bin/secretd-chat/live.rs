@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use secretd_client::api::subscription::{Delivery, Subscription};
+use secretd_client::api::subscription::Delivery;
 use secretd_client::device::Outgoing;
 use secretd_client::{Device, Error, Result};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -18,6 +18,7 @@ use tonic::Code;
 
 use crate::output::Out;
 use crate::store::StateDir;
+use crate::subs::Subs;
 use crate::tokens::{Keeper, Renewal};
 
 /// First delay before the outbox tries again; doubles up to [`MAX_RETRY`].
@@ -34,7 +35,9 @@ struct Live<'a> {
     device: Device,
     keeper: Keeper,
     next_renewal: Instant,
-    sub: Subscription,
+    /// When the next fed-user token of another homeserver is due.
+    next_remote_renewal: Instant,
+    subs: Subs,
     /// The chat's room (pair id).
     chat: Option<String>,
     outbox: VecDeque<Outgoing>,
@@ -44,23 +47,6 @@ struct Live<'a> {
     outage_told: bool,
     /// The user was told that the live connection dropped.
     reconnect_told: bool,
-}
-
-/// The cursors of every room the user is in (or of one room).
-fn cursors(device: &Device, pair: Option<&str>) -> Vec<(String, u64)> {
-    device
-        .state()
-        .rooms
-        .values()
-        .filter(|r| r.lost.is_none() && pair.is_none_or(|p| p == r.pair_id))
-        .flat_map(|r| r.streams().map(|s| (s.stream_id.clone(), s.last_event_id)))
-        .collect()
-}
-
-fn subscribe(device: &Device) -> Subscription {
-    device
-        .api()
-        .subscribe(cursors(device, None), Some(device.state().invites_after))
 }
 
 /// Runs `listen` (no room) or `chat ROOM`.
@@ -96,14 +82,15 @@ pub async fn run(out: Out, dir: &StateDir, chat_room: Option<String>) -> Result<
             Err(e) => return Err(e),
         }
     }
+    let subs = Subs::open(&mut device).await?;
     dir.save(device.state())?;
-    let sub = subscribe(&device);
     let mut live = Live {
         out,
         dir,
         next_renewal: keeper.renew_at(),
+        next_remote_renewal: Subs::next_renewal(&device),
         keeper,
-        sub,
+        subs,
         device,
         chat,
         outbox: VecDeque::new(),
@@ -151,10 +138,11 @@ impl Live<'_> {
                         }
                     }
                 }
-                delivery = self.sub.next() => {
-                    let Some(delivery) = delivery else { break };
-                    self.delivered(delivery).await?;
+                delivery = self.subs.next() => {
+                    let Some((server, delivery)) = delivery else { break };
+                    self.delivered(&server, delivery).await?;
                 }
+                _ = sleep_until(self.next_remote_renewal) => self.renew_remotes().await?,
                 _ = sleep_until(retry_at), if self.retry_at.is_some() => self.flush().await?,
                 _ = sleep_until(self.next_renewal) => self.renew_early().await?,
                 _ = sleep_until(self.keeper.expires_at()) => {
@@ -178,7 +166,7 @@ impl Live<'_> {
         }
     }
 
-    async fn delivered(&mut self, delivery: Delivery) -> Result<()> {
+    async fn delivered(&mut self, server: &str, delivery: Delivery) -> Result<()> {
         match delivery {
             Delivery::Event(m) => {
                 self.reconnect_told = false;
@@ -194,7 +182,7 @@ impl Live<'_> {
             Delivery::Invite(invite) => {
                 let accepted = self.device.accept_invite(&invite).await;
                 if accepted.new_room {
-                    self.sub.add(cursors(&self.device, Some(&accepted.pair_id)));
+                    self.subs.add(&mut self.device, &accepted.pair_id).await?;
                 }
                 self.out
                     .accepted(self.device.state(), self.device.me(), &[accepted]);
@@ -216,6 +204,10 @@ impl Live<'_> {
             }
             Delivery::Reconnecting { reason, code } => {
                 if code == Some(Code::Unauthenticated) {
+                    if !server.is_empty() {
+                        // A fed-user token at another homeserver ran out: a fresh one.
+                        return self.renew_remote(server).await;
+                    }
                     return self.token_refused(&reason).await;
                 }
                 if !self.reconnect_told {
@@ -244,10 +236,7 @@ impl Live<'_> {
             Error::RoomLost { pair_id, .. } => {
                 let pair_id = pair_id.clone();
                 self.out.lost(self.device.state(), &pair_id, &e);
-                if let Some(room) = self.device.state().rooms.get(&pair_id) {
-                    self.sub
-                        .remove(room.streams().map(|s| s.stream_id.clone()).to_vec());
-                }
+                self.subs.remove(&self.device, &pair_id);
                 if self.chat.as_deref() == Some(pair_id.as_str()) {
                     self.dir.save(self.device.state())?;
                     return Err(e);
@@ -311,10 +300,27 @@ impl Live<'_> {
     async fn renew(&mut self) -> Result<Renewal> {
         let renewal = self.keeper.renew(self.dir, &mut self.device).await?;
         if let Renewal::Renewed = renewal {
-            self.sub = subscribe(&self.device);
+            self.subs.reopen(&mut self.device, "").await?;
             self.next_renewal = self.keeper.renew_at();
         }
         Ok(renewal)
+    }
+
+    /// A fresh fed-user token for another homeserver, and its subscription reopened.
+    async fn renew_remote(&mut self, server: &str) -> Result<()> {
+        self.device.forget_connection(server);
+        self.subs.reopen(&mut self.device, server).await?;
+        self.next_remote_renewal = Subs::next_renewal(&self.device);
+        Ok(())
+    }
+
+    /// Renews the fed-user tokens that are due.
+    async fn renew_remotes(&mut self) -> Result<()> {
+        for server in Subs::due(&self.device) {
+            self.renew_remote(&server).await?;
+        }
+        self.next_remote_renewal = Subs::next_renewal(&self.device);
+        Ok(())
     }
 
     /// Renewal ahead of expiry: when nothing fresher is found yet, look again shortly,

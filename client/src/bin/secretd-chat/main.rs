@@ -10,6 +10,7 @@ mod live;
 mod output;
 mod session;
 mod store;
+mod subs;
 mod tokens;
 
 use std::process::ExitCode;

@@ -81,7 +81,11 @@ async fn the_removed_and_strangers_listed_by_the_server_get_nothing(backend: Bac
     // The server removes Carol when asked, then lists her again (and Mallory, whom no
     // one invited) while Alice rotates.
     let pair = alice.room(&room).unwrap().pair_id.clone();
-    alice.api().remove_member(&pair, carol_id).await.unwrap();
+    alice
+        .api()
+        .remove_member(&pair, carol_id, "")
+        .await
+        .unwrap();
     db.add_member(&pair, carol_id).await;
     db.add_member(&pair, mallory_id).await;
     let before = (
