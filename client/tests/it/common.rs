@@ -116,7 +116,21 @@ pub struct Server {
 impl Server {
     /// Starts a server on `backend`.
     pub async fn start(backend: Backend) -> Server {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let dir = tempfile::tempdir().expect("tempdir");
+        Server::start_on(backend, listener, dir, |s| s).await
+    }
+
+    /// Starts a server on `listener` with its data in `dir`, its settings passed through
+    /// `adjust` (federation tests name the server and its peers).
+    pub async fn start_on(
+        backend: Backend,
+        listener: tokio::net::TcpListener,
+        dir: TempDir,
+        adjust: impl FnOnce(Settings) -> Settings,
+    ) -> Server {
         let database_url = match &backend {
             Backend::Sqlite => format!("sqlite://{}", dir.path().join("secretd.db").display()),
             Backend::Postgres(url) => url.clone(),
@@ -130,9 +144,7 @@ impl Server {
             shutdown_grace_secs: 5,
             ..secretd::config::defaults()
         };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let settings = adjust(settings);
         let running = secretd::server::start(settings.clone(), listener)
             .await
             .expect("server starts");

@@ -5,6 +5,7 @@ mod backup;
 mod chat;
 mod cli;
 mod common;
+mod federated;
 mod hostile;
 mod removal;
 mod rotation;

@@ -172,6 +172,7 @@ impl Out {
             self.emit(
                 json!({
                     "room": v.pair_id, "name": v.name, "status": status,
+                    "homeserver": if v.homeserver.is_empty() { None } else { Some(&v.homeserver) },
                     "owner": owner, "members": members,
                     "removed_by": v.lost.as_ref().and_then(|l| l.by.clone()),
                     "departed_at_ms": v.lost.as_ref().map(|l| l.at_ms),
@@ -187,7 +188,12 @@ impl Out {
                         ),
                         _ => "member (the server was not asked)".into(),
                     };
-                    format!("[{}]  {}  {detail}", v.name, v.pair_id)
+                    let place = if v.homeserver.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (on {})", v.homeserver)
+                    };
+                    format!("[{}]{place}  {}  {detail}", v.name, v.pair_id)
                 },
             );
         }
