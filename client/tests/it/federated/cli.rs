@@ -1,7 +1,7 @@
 //! Three people on three homeservers chat with `secretd-chat`: Alice (a) creates a room
 //! and invites Bob (b); Bob chats in it live (on a, with a token from b); Bob invites
 //! Carol (c); everyone posts; Alice removes Carol and the keys rotate; Carol reads
-//! nothing new and is told she was removed.
+//! nothing new and is told she was removed; Bob leaves.
 
 use crate::cli::{Live, chat, fails, ok, texts};
 use crate::common::{fresh_user, token};
@@ -101,6 +101,13 @@ async fn three_people_on_three_homeservers_chat() {
     assert!(
         refused.contains(&format!("you were removed from [across] by {alice}@a.test")),
         "{refused}"
+    );
+    // Bob leaves the room on a; his rooms say so.
+    ok(chat(&b_dir, "pb", &["leave", "across"])).await;
+    let rooms = ok(chat(&b_dir, "pb", &["rooms"])).await;
+    assert_eq!(
+        (&rooms[0]["status"], &rooms[0]["homeserver"]),
+        (&"left".into(), &"a.test".into())
     );
     trio.stop().await;
 }
