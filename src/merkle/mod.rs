@@ -1,0 +1,4 @@
+//! The Merkle structures of key transparency (DESIGN §12), as pure functions over stored
+//! hashes: the RFC 9162 log ([`log`]).
+
+pub mod log;
