@@ -17,7 +17,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 use super::Federation;
-use super::token::{self, TokenType};
+use super::token;
 use crate::domain::UserId;
 use crate::error::Error;
 use crate::proto;
@@ -74,9 +74,12 @@ impl Federation {
             user_id: user.get() as u64,
         };
         let answer = match self
-            .call(peer, request, |mut client, request| async move {
-                client.fetch_user_key(request).await
-            })
+            .call(
+                peer,
+                super::FETCH_USER_KEY_PATH,
+                request,
+                |mut client, request| async move { client.fetch_user_key(request).await },
+            )
             .await
         {
             Err(Refused(status)) if status.code() == Code::NotFound => {
@@ -132,9 +135,12 @@ impl Federation {
         };
         let to = request.to_user_id;
         match self
-            .call(peer, request, |mut client, request| async move {
-                client.deliver_invite(request).await
-            })
+            .call(
+                peer,
+                super::DELIVER_INVITE_PATH,
+                request,
+                |mut client, request| async move { client.deliver_invite(request).await },
+            )
             .await
         {
             Ok(answer) if answer.invite_id > 0 => {
@@ -180,10 +186,17 @@ impl Federation {
         }
     }
 
-    /// Calls `peer` with a fresh "s2s" token within `federation.request_timeout_secs`.
+    /// Calls `peer`'s `method` (its full path) with a fresh "s2s" token bound to it, within
+    /// `federation.request_timeout_secs`.
     /// A timeout is counted and answered as UNAVAILABLE ([`Outcome::Failed`]); the peer's
     /// own error status is left to the caller ([`Outcome::Refused`]).
-    async fn call<Req, Resp, F, Fut>(&self, peer: &str, message: Req, send: F) -> Outcome<Resp>
+    async fn call<Req, Resp, F, Fut>(
+        &self,
+        peer: &str,
+        method: &str,
+        message: Req,
+        send: F,
+    ) -> Outcome<Resp>
     where
         F: FnOnce(SecretFederationServiceClient<Channel>, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
@@ -191,19 +204,12 @@ impl Federation {
         let Some(target) = self.peers.get(peer) else {
             return Err(Failed(not_a_peer(peer)));
         };
-        let (bearer, _) = token::mint(
-            &self.key,
-            &self.server_name,
-            peer,
-            TokenType::S2s,
-            None,
-            TokenType::S2s.max_lifetime_secs(),
-        )
-        .map_err(|e| {
-            Failed(Error::Internal(format!(
-                "cannot sign a server-to-server token: {e}"
-            )))
-        })?;
+        let (bearer, _) =
+            token::mint_s2s(&self.key, &self.server_name, peer, method).map_err(|e| {
+                Failed(Error::Internal(format!(
+                    "cannot sign a server-to-server token: {e}"
+                )))
+            })?;
         let mut request = tonic::Request::new(message);
         let value = format!("Bearer {bearer}").parse().map_err(|_| {
             Failed(Error::Internal(

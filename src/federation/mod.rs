@@ -6,6 +6,7 @@
 //! - `token.rs`: minting and verifying "s2s" and "fed-user" EdDSA JWTs against pinned keys;
 //! - `peers.rs`: the static peer map (name, endpoint, pinned key, channel);
 //! - `gate.rs`: token check and per-peer rate limit in front of the federation service;
+//! - `replay.rs`: the per-replica cache of s2s token ids seen (each token is used once);
 //! - `service.rs`: the `SecretFederationService` handlers (layer 4: they use the store);
 //! - `client.rs`: outgoing calls (FetchUserKey) and the cache of fetched keys.
 //!
@@ -18,6 +19,7 @@ pub mod client;
 pub mod gate;
 pub mod key;
 pub mod peers;
+pub mod replay;
 pub mod service;
 pub mod token;
 
@@ -28,6 +30,13 @@ use crate::config::{FederationSettings, Settings};
 use crate::domain::{Foreign, UserId};
 use crate::error::Error;
 use crate::store::DynStore;
+
+/// The full path of SecretFederationService.FetchUserKey (an s2s token's `mth`).
+pub const FETCH_USER_KEY_PATH: &str =
+    "/protocol.secret.federation.v1.SecretFederationService/FetchUserKey";
+/// The full path of SecretFederationService.DeliverInvite (an s2s token's `mth`).
+pub const DELIVER_INVITE_PATH: &str =
+    "/protocol.secret.federation.v1.SecretFederationService/DeliverInvite";
 
 /// Everything federation needs at run time; `None` in the app state when it is off.
 pub struct Federation {

@@ -16,6 +16,7 @@ mod callers;
 mod deliver;
 mod deliver_races;
 mod fake_peer;
+mod hardening;
 mod harness;
 mod invites;
 mod members;
