@@ -68,9 +68,23 @@ pub struct PeerConfig {
     /// `secretd federation-key` prints it. Pinned: only tokens signed by it are accepted
     /// as coming from this peer.
     pub public_key: String,
+    /// Where the peer serves clients (its SecretService, as our users' clients reach it),
+    /// returned by Federate so that a client can follow a pair hosted there. Empty (the
+    /// default) = `endpoint`.
+    #[serde(default)]
+    pub client_endpoint: String,
 }
 
 impl PeerConfig {
+    /// Where the peer serves clients: `client_endpoint`, or `endpoint` when that is empty.
+    pub fn client_endpoint(&self) -> &str {
+        if self.client_endpoint.is_empty() {
+            &self.endpoint
+        } else {
+            &self.client_endpoint
+        }
+    }
+
     /// The raw 32-byte public key, or why `public_key` is not one.
     pub fn public_key_bytes(&self) -> Result<[u8; ED25519_PUBLIC_KEY_LEN], String> {
         let bytes = base64::engine::general_purpose::STANDARD
@@ -130,6 +144,10 @@ impl FederationSettings {
                 ));
             }
             check_endpoint(&peer.endpoint).map_err(|e| format!("{} {e}", key("endpoint")))?;
+            if !peer.client_endpoint.is_empty() {
+                check_client_endpoint(&peer.client_endpoint)
+                    .map_err(|e| format!("{} {e}", key("client_endpoint")))?;
+            }
             peer.public_key_bytes()
                 .map_err(|e| format!("{} {e}", key("public_key")))?;
         }
@@ -156,6 +174,21 @@ fn check_endpoint(endpoint: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A client endpoint is any `http://` or `https://` URL with a host (clients may reach
+/// the peer through a proxy or a load balancer with TLS).
+fn check_client_endpoint(endpoint: &str) -> Result<(), String> {
+    let uri: http::Uri = endpoint
+        .parse()
+        .map_err(|e| format!("{endpoint:?} is not a URL ({e})"))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
+        return Err(format!(
+            "{endpoint:?} must be a URL such as https://chat.example.org:443 (http or https, \
+             with a host)"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,6 +198,7 @@ mod tests {
             server_name: name.into(),
             endpoint: "http://127.0.0.1:1".into(),
             public_key: key.into(),
+            client_endpoint: String::new(),
         }
     }
 
@@ -200,5 +234,20 @@ mod tests {
         bad_endpoint.endpoint = "b.test:50051".into();
         let err = with(vec![bad_endpoint]).validate("a.test").unwrap_err();
         assert!(err.starts_with("federation.peers[0].endpoint"), "{err}");
+        let mut bad_client = peer("b.test", &good);
+        bad_client.client_endpoint = "chat.b.test".into();
+        let err = with(vec![bad_client]).validate("a.test").unwrap_err();
+        assert!(
+            err.starts_with("federation.peers[0].client_endpoint"),
+            "{err}"
+        );
+        let mut good_client = peer("b.test", &good);
+        good_client.client_endpoint = "https://chat.b.test".into();
+        assert_eq!(good_client.client_endpoint(), "https://chat.b.test");
+        with(vec![good_client]).validate("a.test").unwrap();
+        assert_eq!(
+            peer("b.test", &good).client_endpoint(),
+            "http://127.0.0.1:1"
+        );
     }
 }

@@ -44,6 +44,12 @@ impl KeyCache {
         }
     }
 
+    /// Drops the cached keys of `user` of `peer` (the peer refused an invite for them).
+    pub fn forget(&self, peer: &str, user: UserId) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.remove(&(peer.to_string(), user.get()));
+    }
+
     fn put(&self, peer: &str, user: UserId, keys: proto::FetchKeyResponse) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         // Expired entries go when the map grows past what one burst of lookups leaves.
@@ -90,13 +96,12 @@ impl Federation {
             }
             Err(Refused(status)) => {
                 crate::telemetry::federation_call(peer, "out", "unavailable");
+                log_refusal(peer, &target.endpoint, "FetchUserKey", &status);
                 return Err(unavailable(
                     peer,
-                    &target.endpoint,
                     format!(
-                        "could not be asked for the key of user {user}: {:?}: {}",
-                        status.code(),
-                        status.message()
+                        "could not be asked for the key of user {user}: {}",
+                        refusal(status.code())
                     ),
                 ));
             }
@@ -110,7 +115,6 @@ impl Federation {
                 tracing::warn!(peer, user = user.get(), "a peer sent an invalid key: {why}");
                 return Err(unavailable(
                     peer,
-                    &target.endpoint,
                     format!("answered with an invalid key for user {user} ({why})"),
                 ));
             }
@@ -122,9 +126,11 @@ impl Federation {
 
     /// Delivers an invite to user `to` of homeserver `peer` (SecretFederationService
     /// .DeliverInvite); the invite's id in their inbox. The peer's refusals that a client
-    /// can act on (no key, stale fingerprint, bad argument, rate limit) come back with their
-    /// code and the peer's sentence; a peer that is down, slow or answers anything else is
-    /// UNAVAILABLE naming it.
+    /// can act on (no key or a stale fingerprint, bad argument, a cap or rate limit with
+    /// its retry hint) come back with their code in our own words, naming the peer (its
+    /// own text goes to our log only); a refusal for the invitee's key also drops our
+    /// cached key of them, so that the next FetchKey asks again. A peer that is down, slow
+    /// or answers anything else is UNAVAILABLE naming it.
     pub async fn deliver_invite(
         &self,
         peer: &str,
@@ -151,35 +157,62 @@ impl Federation {
                 crate::telemetry::federation_call(peer, "out", "invalid_answer");
                 Err(unavailable(
                     peer,
-                    &target.endpoint,
                     "answered DeliverInvite without an invite id".into(),
                 ))
             }
             Err(Refused(status)) => {
-                let refused = |outcome| {
-                    crate::telemetry::federation_call(peer, "out", outcome);
-                    format!(
-                        "homeserver {peer:?} refused the invite for its user {to}: {}",
-                        status.message()
-                    )
+                log_refusal(peer, &target.endpoint, "DeliverInvite", &status);
+                let outcome = match status.code() {
+                    Code::NotFound => "not_found",
+                    Code::InvalidArgument => "invalid_argument",
+                    Code::FailedPrecondition | Code::PermissionDenied | Code::ResourceExhausted => {
+                        "refused"
+                    }
+                    _ => "unavailable",
+                };
+                crate::telemetry::federation_call(peer, "out", outcome);
+                let said = |why: &str| {
+                    format!("homeserver {peer:?} refused the invite for its user {to}: {why}")
                 };
                 Err(match status.code() {
-                    Code::FailedPrecondition => Error::FailedPrecondition(refused("refused")),
-                    Code::NotFound => Error::NotFound(refused("not_found")),
-                    Code::InvalidArgument => Error::InvalidArgument(refused("invalid_argument")),
-                    Code::PermissionDenied => Error::PermissionDenied(refused("refused")),
-                    Code::ResourceExhausted => Error::ResourceExhausted(refused("refused")),
-                    code => {
-                        crate::telemetry::federation_call(peer, "out", "unavailable");
-                        unavailable(
-                            peer,
-                            &target.endpoint,
-                            format!(
-                                "could not take the invite for its user {to}: {code:?}: {}",
-                                status.message()
-                            ),
-                        )
+                    Code::FailedPrecondition => {
+                        if let Ok(user) = UserId::parse("to_user_id", to) {
+                            self.cache.forget(peer, user);
+                        }
+                        Error::FailedPrecondition(said(
+                            "they have no public key there, or key_fingerprint is not their \
+                             current key; fetch their key again (FetchKey), re-encrypt the \
+                             invite and send it again",
+                        ))
                     }
+                    Code::NotFound => Error::NotFound(said("it does not know that user")),
+                    Code::InvalidArgument => {
+                        Error::InvalidArgument(said("it found the request malformed"))
+                    }
+                    Code::PermissionDenied => {
+                        Error::PermissionDenied(said("it does not accept it from this server"))
+                    }
+                    Code::ResourceExhausted => match retry_after_ms(&status) {
+                        Some(retry_after_ms) => Error::Throttled {
+                            message: said(&format!(
+                                "it holds as many invites for that user, or from this server, \
+                                 as it takes for now (its caps on delivered invites or its rate \
+                                 limit); retry in {retry_after_ms} ms"
+                            )),
+                            retry_after_ms,
+                        },
+                        None => Error::ResourceExhausted(said(
+                            "it holds as many invites for that user, or from this server, as \
+                             it takes",
+                        )),
+                    },
+                    code => unavailable(
+                        peer,
+                        format!(
+                            "could not take the invite for its user {to}: {}",
+                            refusal(code)
+                        ),
+                    ),
                 })
             }
             Err(Failed(error)) => Err(error),
@@ -225,7 +258,6 @@ impl Federation {
                 crate::telemetry::federation_call(peer, "out", "timeout");
                 Err(Failed(unavailable(
                     peer,
-                    &target.endpoint,
                     format!(
                         "did not answer within {} s (federation.request_timeout_secs)",
                         timeout.as_secs()
@@ -258,11 +290,48 @@ fn not_a_peer(peer: &str) -> Error {
     ))
 }
 
-/// The error for a peer that did not answer usefully.
-fn unavailable(peer: &str, endpoint: &str, what: String) -> Error {
-    Error::Unavailable(format!(
-        "homeserver {peer:?} ({endpoint}) {what}; try again later"
-    ))
+/// The error for a peer that did not answer usefully: it names the peer, never its
+/// endpoint or the peer's own words (those go to our log, see [`log_refusal`]).
+fn unavailable(peer: &str, what: String) -> Error {
+    Error::Unavailable(format!("homeserver {peer:?} {what}; try again later"))
+}
+
+/// What a peer's error code says, in our words, for our client.
+fn refusal(code: Code) -> &'static str {
+    match code {
+        Code::Unavailable => "it is down or cannot be reached",
+        Code::DeadlineExceeded => "it did not answer in time",
+        Code::ResourceExhausted => "it is limiting this server's calls",
+        Code::Unauthenticated | Code::PermissionDenied => {
+            "it does not accept this server's credentials (check both servers' pinned keys)"
+        }
+        _ => "it failed to answer",
+    }
+}
+
+/// Logs a peer's refusal with what our client is not shown: the endpoint and the peer's
+/// own message.
+fn log_refusal(peer: &str, endpoint: &str, method: &str, status: &tonic::Status) {
+    tracing::warn!(
+        peer,
+        endpoint,
+        method,
+        code = ?status.code(),
+        detail = status.message(),
+        "a federation peer refused a call"
+    );
+}
+
+/// The `retry-after-ms` a peer sent with a refusal, if any.
+fn retry_after_ms(status: &tonic::Status) -> Option<u64> {
+    status
+        .metadata()
+        .get("retry-after-ms")?
+        .to_str()
+        .ok()?
+        .parse::<u64>()
+        .ok()
+        .filter(|ms| *ms > 0)
 }
 
 /// Checks every key of a peer's answer by the rules for posted keys and recomputes its

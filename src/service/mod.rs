@@ -224,8 +224,11 @@ impl SecretService for SecretApi {
         &self,
         req: Request<proto::FederateRequest>,
     ) -> StatusResult<proto::FederateResponse> {
-        let (user, r) = parts(req)?;
-        answer("Federate", keys::federate(&self.state, user, r))
+        let caller = crate::auth::Caller::get(&req)?;
+        answer(
+            "Federate",
+            keys::federate(&self.state, caller, req.into_inner()),
+        )
     }
 
     type StreamMessagePostingStream =

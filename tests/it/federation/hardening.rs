@@ -7,7 +7,6 @@
 
 use std::sync::{Arc, Mutex};
 
-use secretd::proto::FetchKeyRequest;
 use secretd::proto::federation::secret_federation_service_server::{
     SecretFederationService, SecretFederationServiceServer,
 };
@@ -15,8 +14,11 @@ use secretd::proto::federation::{
     DeliverInviteRequest, DeliverInviteResponse, FetchUserKeyRequest, FetchUserKeyResponse,
     ServerKeyRequest, ServerKeyResponse,
 };
+use secretd::proto::{FederateRequest, FetchKeyRequest, PostKeyRequest, SendInviteRequest};
 use tonic::{Code, Request, Response, Status};
 
+use super::deliver::fingerprint;
+use super::harness::now;
 use super::nodes::{Node, NodeKey, PeerSpec, fed_client};
 use crate::common::*;
 
@@ -24,6 +26,134 @@ fn fetch(user: u64, homeserver: &str) -> FetchKeyRequest {
     FetchKeyRequest {
         user_id: user,
         homeserver: homeserver.into(),
+    }
+}
+
+/// After bob rotates his key on b, an invite encrypted to the old key is refused, and
+/// a's FetchKey right after the refusal returns the new key (not the cached old one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stale_fingerprint_refusal_drops_the_cached_key() {
+    let (ka, kb) = (NodeKey::new("a.test"), NodeKey::new("b.test"));
+    let b = Node::start(&kb, &Backend::Sqlite, &[PeerSpec::unreachable(&ka)], &[]).await;
+    let a = Node::start(
+        &ka,
+        &Backend::Sqlite,
+        &[PeerSpec::at(&kb, &b.addr)],
+        &[("key_cache_secs", "300")],
+    )
+    .await;
+    let (alice, bob) = (random_user(), random_user());
+    let mut bob_on_b = b.client(bob).await;
+    bob_on_b
+        .post_key(PostKeyRequest {
+            key_data: key_pem(1),
+        })
+        .await
+        .unwrap();
+    let mut on_a = a.client(alice).await;
+    let pair = new_pair(&mut on_a).await;
+    let old = on_a.fetch_key(fetch(bob, "b.test")).await.unwrap();
+    assert_eq!(
+        old.into_inner().current_key.unwrap().fingerprint,
+        fingerprint(1)
+    );
+    bob_on_b
+        .post_key(PostKeyRequest {
+            key_data: key_pem(2),
+        })
+        .await
+        .unwrap();
+    let st = expect_code(
+        on_a.send_invite(SendInviteRequest {
+            pair_id: pair.pair_id.clone(),
+            user_id: bob,
+            homeserver: "b.test".into(),
+            invite: b"sealed to the old key".to_vec(),
+            key_fingerprint: fingerprint(1),
+        })
+        .await,
+        Code::FailedPrecondition,
+    );
+    assert!(st.message().contains("b.test"), "{st:?}");
+    let new = on_a.fetch_key(fetch(bob, "b.test")).await.unwrap();
+    assert_eq!(
+        new.into_inner().current_key.unwrap().fingerprint,
+        fingerprint(2),
+        "the key cache still served the old key"
+    );
+}
+
+/// A token with 5 seconds left cannot mint an hour-long Federate token: the minted
+/// token's exp is at most the caller's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn federate_never_outlives_the_callers_token() {
+    let (ka, kb) = (NodeKey::new("a.test"), NodeKey::new("b.test"));
+    let a = Node::start(&ka, &Backend::Sqlite, &[PeerSpec::unreachable(&kb)], &[]).await;
+    let short = token(random_user(), 5);
+    let caller_exp = {
+        use base64::Engine;
+        let payload = short.split('.').nth(1).unwrap();
+        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap();
+        let claims: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        claims["exp"].as_i64().unwrap()
+    };
+    let fed = client_at(&a.addr, short)
+        .await
+        .federate(FederateRequest {
+            server_id: "b.test".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let minted = fed.expires_at.unwrap().seconds;
+    assert!(
+        minted <= caller_exp,
+        "minted exp {minted} outlives the caller's {caller_exp} (now {})",
+        now()
+    );
+    // The token itself says so too.
+    use base64::Engine;
+    let payload = fed.token.split('.').nth(1).unwrap();
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    assert!(claims["exp"].as_i64().unwrap() <= caller_exp, "{claims}");
+}
+
+/// Federate says where the peer serves clients: its `client_endpoint`, or its
+/// server-to-server `endpoint` when none is configured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn federate_returns_the_peers_client_endpoint() {
+    let (ka, kb, kc) = (
+        NodeKey::new("a.test"),
+        NodeKey::new("b.test"),
+        NodeKey::new("c.test"),
+    );
+    let mut b = PeerSpec::at(&kb, "127.0.0.1:9");
+    b.client_endpoint = "https://chat.b.test:443".into();
+    let a = Node::start(
+        &ka,
+        &Backend::Sqlite,
+        &[b, PeerSpec::at(&kc, "127.0.0.1:10")],
+        &[],
+    )
+    .await;
+    let mut on_a = a.client(random_user()).await;
+    for (peer, endpoint) in [
+        ("b.test", "https://chat.b.test:443"),
+        ("c.test", "http://127.0.0.1:10"),
+    ] {
+        let fed = on_a
+            .federate(FederateRequest {
+                server_id: peer.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(fed.endpoint, endpoint);
     }
 }
 
@@ -141,4 +271,101 @@ async fn a_captured_s2s_token_is_single_use_and_bound_to_its_method() {
         Code::Unauthenticated,
     );
     assert!(st.message().contains("mth"), "{st:?}");
+}
+
+/// What our client is told about a peer names the peer, never its endpoint or the
+/// peer's own error text: a peer that is down, one that answers INTERNAL with details,
+/// one that refuses an invite with raw text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn peer_errors_name_the_peer_not_its_endpoint() {
+    let (ka, kb, kc) = (
+        NodeKey::new("a.test"),
+        NodeKey::new("b.test"),
+        NodeKey::new("c.test"),
+    );
+    let wire = Recorder::default().serve().await;
+    let a = Node::start(
+        &ka,
+        &Backend::Sqlite,
+        &[PeerSpec::unreachable(&kb), PeerSpec::at(&kc, &wire)],
+        &[("request_timeout_secs", "2")],
+    )
+    .await;
+    let mut on_a = a.client(random_user()).await;
+    let clean = |st: &Status, peer: &str| {
+        let m = st.message();
+        assert!(m.contains(peer), "names {peer}: {st:?}");
+        for leak in ["127.0.0.1", "http://", PEER_DETAIL, "/var/lib"] {
+            assert!(!m.contains(leak), "shows {leak:?}: {st:?}");
+        }
+    };
+    let st = expect_code(
+        on_a.fetch_key(fetch(random_user(), "b.test")).await,
+        Code::Unavailable,
+    );
+    clean(&st, "b.test");
+    let st = expect_code(on_a.fetch_key(fetch(7, "c.test")).await, Code::Unavailable);
+    clean(&st, "c.test");
+    let pair = new_pair(&mut on_a).await;
+    let st = expect_code(
+        on_a.send_invite(SendInviteRequest {
+            pair_id: pair.pair_id.clone(),
+            user_id: random_user(),
+            homeserver: "c.test".into(),
+            invite: b"sealed".to_vec(),
+            key_fingerprint: Vec::new(),
+        })
+        .await,
+        Code::FailedPrecondition,
+    );
+    clean(&st, "c.test");
+}
+
+/// With federation on and an asymmetric algorithm (EdDSA, RS256), `jwt_audience` is
+/// required: another homeserver sharing the identity provider would accept our users'
+/// tokens otherwise. A configuration error (exit 2) naming the key; HS256 does not need it.
+#[test]
+fn an_asymmetric_jwt_algorithm_needs_an_audience_with_federation_on() {
+    let kb = NodeKey::new("b.test");
+    let public = fixture("ed25519.pub.pem").display().to_string();
+    let run = |top: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = format!(
+            "server_name = \"a.test\"\n{top}\n[federation]\nenabled = true\n\n\
+             [[federation.peers]]\nserver_name = \"b.test\"\nendpoint = \"http://127.0.0.1:9\"\n\
+             public_key = \"{}\"\n",
+            kb.public_key
+        );
+        std::fs::write(dir.path().join("secretd.toml"), toml).unwrap();
+        run_binary(
+            &[
+                "federation-key",
+                "--config",
+                "secretd.toml",
+                "--data-dir",
+                "data",
+            ],
+            dir.path(),
+            &[],
+        )
+    };
+    for algorithm in ["EdDSA", "RS256"] {
+        let key = if algorithm == "EdDSA" {
+            public.clone()
+        } else {
+            fixture("rsa2048.pub.pem").display().to_string()
+        };
+        let out = run(&format!(
+            "jwt_algorithm = \"{algorithm}\"\njwt_public_key_file = \"{key}\""
+        ));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{algorithm}: {stderr}");
+        assert!(stderr.contains("jwt_audience"), "{algorithm}: {stderr}");
+    }
+    let out = run(&format!(
+        "jwt_algorithm = \"EdDSA\"\njwt_public_key_file = \"{public}\"\njwt_audience = \"a.test\""
+    ));
+    assert!(out.status.success(), "{out:?}");
+    let out = run("");
+    assert!(out.status.success(), "HS256 needs no audience: {out:?}");
 }

@@ -50,6 +50,8 @@ pub struct PeerSpec {
     pub name: String,
     pub endpoint: String,
     pub public_key: String,
+    /// Its `client_endpoint` (empty: not written).
+    pub client_endpoint: String,
 }
 
 impl PeerSpec {
@@ -59,6 +61,7 @@ impl PeerSpec {
             name: key.name.clone(),
             endpoint: format!("http://{addr}"),
             public_key: key.public_key.clone(),
+            client_endpoint: String::new(),
         }
     }
 
@@ -175,6 +178,9 @@ pub fn write_config(dir: &Path, name: &str, peers: &[PeerSpec], federation: &[(&
             "\n[[federation.peers]]\nserver_name = \"{}\"\nendpoint = \"{}\"\npublic_key = \"{}\"\n",
             p.name, p.endpoint, p.public_key
         ));
+        if !p.client_endpoint.is_empty() {
+            toml.push_str(&format!("client_endpoint = \"{}\"\n", p.client_endpoint));
+        }
     }
     std::fs::write(dir.join("secretd.toml"), toml).unwrap();
 }

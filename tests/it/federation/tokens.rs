@@ -228,6 +228,7 @@ fn bad_peers_are_configuration_errors_naming_the_key() {
         name: name.into(),
         endpoint: good.endpoint.clone(),
         public_key: key.into(),
+        client_endpoint: String::new(),
     };
     for (peers, key) in [
         (
