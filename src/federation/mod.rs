@@ -66,33 +66,27 @@ impl ForeignIds {
     /// Ids remembered at most; past it the map starts over (the database has them all).
     const MAX: usize = 100_000;
 
-    /// The id of `who`; with `create`, given now if they have none yet (`None` only
-    /// without `create`: a user who holds nothing here).
-    pub async fn get(
-        &self,
-        store: &DynStore,
-        who: &Foreign,
-        create: bool,
-    ) -> Result<Option<UserId>, Error> {
+    /// The id of `who`, or `None` when they hold nothing here. Ids are given only by the
+    /// store, in the transaction that stores something for a foreign user; the caller
+    /// then [`ForeignIds::remember`]s it.
+    pub async fn get(&self, store: &DynStore, who: &Foreign) -> Result<Option<UserId>, Error> {
         if let Some(id) = self.lock().get(who) {
             return Ok(Some(*id));
         }
-        let id = store.foreign_user(who, create).await?;
+        let id = store.foreign_user(who).await?;
         if let Some(id) = id {
-            let mut known = self.lock();
-            if known.len() >= Self::MAX {
-                known.clear();
-            }
-            known.insert(who.clone(), id);
+            self.remember(who, id);
         }
         Ok(id)
     }
 
-    /// The id of `who`, given now if they have none yet.
-    pub async fn id_of(&self, store: &DynStore, who: &Foreign) -> Result<UserId, Error> {
-        self.get(store, who, true)
-            .await?
-            .ok_or_else(|| Error::Internal("a foreign user was not given an id".into()))
+    /// Remembers the id the store gave (or read for) `who`.
+    pub fn remember(&self, who: &Foreign, id: UserId) {
+        let mut known = self.lock();
+        if known.len() >= Self::MAX {
+            known.clear();
+        }
+        known.insert(who.clone(), id);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Foreign, UserId>> {

@@ -18,7 +18,7 @@ use crate::proto::federation::{
 };
 use crate::requests::{check_blob, key_fingerprint};
 use crate::service::AppState;
-use crate::store::PairIds;
+use crate::store::{Inviter, PairIds};
 use crate::time::now_micros;
 
 /// The federation service over the shared state.
@@ -134,23 +134,24 @@ impl FederationApi {
         };
         check_homeserver_name("from.homeserver", homeserver)?;
         let inviter = UserRef::parse(homeserver, "from.user_id", from.user_id)?;
-        let from_id = match inviter.resolve(ours) {
-            Ok(local) => local,
-            Err(foreign) => {
-                self.federation
-                    .ids
-                    .id_of(&self.state.store, &foreign)
-                    .await?
-            }
-        };
+        let inviter = inviter.resolve(ours);
         check_blob("invite", r.invite.len())?;
         let fingerprint = key_fingerprint("key_fingerprint", r.key_fingerprint)?;
         crate::service::keys::check_invitee_key(&self.state, to, fingerprint.as_deref()).await?;
+        // A foreign inviter is given an id only with the invite stored for them.
+        let from = match &inviter {
+            Ok(local) => Inviter::Local(*local),
+            Err(foreign) => Inviter::Foreign(foreign),
+        };
         let invite = self
             .state
             .store
-            .deliver_invite(to, peer, &ids, from_id, &r.invite, now_micros())
+            .deliver_invite(to, peer, &ids, from, &r.invite, now_micros())
             .await?;
+        if let Err(foreign) = &inviter {
+            let id = UserId::trusted(invite.from_user);
+            self.federation.ids.remember(foreign, id);
+        }
         self.state.hub.invite_sent(to);
         Ok(DeliverInviteResponse {
             invite_id: invite.invite_id as u64,

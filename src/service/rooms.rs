@@ -73,11 +73,9 @@ async fn invite_foreign(
              federation.peers), so its users cannot be invited"
         )));
     }
-    let member = federation.ids.id_of(&st.store, &to).await?;
-    let ids = st
-        .store
-        .check_new_member(user, r.pair, member, caps)
-        .await?;
+    // No id is given to the invitee before the invite is delivered and they become a
+    // member: a refused invite leaves no row.
+    let ids = st.store.check_new_member(user, r.pair, &to, caps).await?;
     // The inviter as the invitee's homeserver names them: our server name for our users.
     let from = match &origin {
         Some(f) => proto::UserRef {
@@ -102,9 +100,11 @@ async fn invite_foreign(
             },
         )
         .await?;
-    st.store
-        .add_member(user, r.pair, member, caps, now_micros())
+    let (_, member) = st
+        .store
+        .add_member(user, r.pair, &to, caps, now_micros())
         .await?;
+    federation.ids.remember(&to, member);
     Ok(proto::SendInviteResponse { invite_id })
 }
 
@@ -163,8 +163,8 @@ pub(super) async fn remove_member(
         Ok(local) => (Some(local), None),
         Err(foreign) => {
             let id = match &st.federation {
-                Some(federation) => federation.ids.get(&st.store, &foreign, false).await?,
-                None => st.store.foreign_user(&foreign, false).await?,
+                Some(federation) => federation.ids.get(&st.store, &foreign).await?,
+                None => st.store.foreign_user(&foreign).await?,
             };
             (id, Some(foreign))
         }

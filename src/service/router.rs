@@ -140,7 +140,7 @@ impl SecretRouter {
             .ok_or_else(|| Status::unauthenticated("federation is off on this server"))?;
         let id = federation
             .ids
-            .get(&self.state.store, &foreign.who, false)
+            .get(&self.state.store, &foreign.who)
             .await
             .map_err(Status::from)?;
         Ok(Caller {

@@ -418,16 +418,7 @@ async fn foreign_users(store: &DynStore) {
         user: UserId::trusted(u),
     };
     let (bob, bob_on_c) = (who("b.test", n), who("c.test", n));
-    assert_eq!(store.foreign_user(&bob, false).await.unwrap(), None);
-    let b = store.foreign_user(&bob, true).await.unwrap().unwrap();
-    assert!(b.is_foreign(), "{b}");
-    assert_eq!(store.foreign_user(&bob, true).await.unwrap(), Some(b));
-    assert_eq!(store.foreign_user(&bob, false).await.unwrap(), Some(b));
-    let c = store.foreign_user(&bob_on_c, true).await.unwrap().unwrap();
-    assert!(
-        c.is_foreign() && c != b,
-        "user {n} of b and of c are two users"
-    );
+    assert_eq!(store.foreign_user(&bob).await.unwrap(), None);
 
     let (owner, stranger) = (user(), user());
     let ids = PairIds::generate();
@@ -438,19 +429,48 @@ async fn foreign_users(store: &DynStore) {
         members_per_pair: 2,
     };
     assert_eq!(
-        code(store.check_new_member(stranger, pair, b, caps).await),
+        code(store.check_new_member(stranger, pair, &bob, caps).await),
         tonic::Code::PermissionDenied
     );
     assert_eq!(
-        store.check_new_member(owner, pair, b, caps).await.unwrap(),
+        code(store.add_member(stranger, pair, &bob, caps, 2).await),
+        tonic::Code::PermissionDenied
+    );
+    assert_eq!(
+        store.foreign_user(&bob).await.unwrap(),
+        None,
+        "no id for a refused member"
+    );
+    assert_eq!(
+        store
+            .check_new_member(owner, pair, &bob, caps)
+            .await
+            .unwrap(),
         ids
     );
-    store.add_member(owner, pair, b, caps, 2).await.unwrap();
-    store.add_member(owner, pair, b, caps, 3).await.unwrap(); // already one
+    assert_eq!(store.foreign_user(&bob).await.unwrap(), None);
+    let (added, b) = store.add_member(owner, pair, &bob, caps, 2).await.unwrap();
+    assert_eq!(added, ids);
+    assert!(b.is_foreign(), "{b}");
+    assert_eq!(store.foreign_user(&bob).await.unwrap(), Some(b));
+    let (_, again) = store.add_member(owner, pair, &bob, caps, 3).await.unwrap(); // already one
+    assert_eq!(again, b, "one id per (homeserver, user), stable");
     assert_eq!(
-        code(store.add_member(owner, pair, c, caps, 3).await),
+        code(store.add_member(owner, pair, &bob_on_c, caps, 3).await),
         tonic::Code::ResourceExhausted,
         "the member cap counts foreign members"
+    );
+    assert_eq!(store.foreign_user(&bob_on_c).await.unwrap(), None);
+    // User n of c is another user than user n of b.
+    let ids2 = PairIds::generate();
+    store.create_pair(owner, &ids2, 100).await.unwrap();
+    let (_, c) = store
+        .add_member(owner, pair_id(&ids2), &bob_on_c, caps, 3)
+        .await
+        .unwrap();
+    assert!(
+        c.is_foreign() && c != b,
+        "user {n} of b and of c are two users"
     );
     let listed = store
         .list_pairs(owner, None, false, 10, unlimited())
@@ -496,16 +516,38 @@ async fn foreign_users(store: &DynStore) {
     assert_eq!(local.invite_id, 1);
     let remote_pair = PairIds::generate();
     let first = store
-        .deliver_invite(invitee, "b.test", &remote_pair, b, b"theirs", 6)
+        .deliver_invite(
+            invitee,
+            "b.test",
+            &remote_pair,
+            Inviter::Foreign(&bob),
+            b"theirs",
+            6,
+        )
         .await
         .unwrap();
+    assert_eq!(first.from_user, b.get());
     let again = store
-        .deliver_invite(invitee, "b.test", &remote_pair, b, b"theirs", 7)
+        .deliver_invite(
+            invitee,
+            "b.test",
+            &remote_pair,
+            Inviter::Foreign(&bob),
+            b"theirs",
+            7,
+        )
         .await
         .unwrap();
     assert_eq!((first.invite_id, again.invite_id, again.sent_at), (2, 2, 6));
     let other = store
-        .deliver_invite(invitee, "b.test", &remote_pair, b, b"other bytes", 8)
+        .deliver_invite(
+            invitee,
+            "b.test",
+            &remote_pair,
+            Inviter::Foreign(&bob),
+            b"other bytes",
+            8,
+        )
         .await
         .unwrap();
     assert_eq!(other.invite_id, 3);

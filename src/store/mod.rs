@@ -492,42 +492,58 @@ pub trait EventStore: Send + Sync {
     async fn stream_heads(&self, streams: &[Uuid]) -> Result<Vec<(Uuid, i64, i64)>>;
 }
 
-/// Users of other homeservers and what federation stores for them (DESIGN §9).
+/// Who an invite another homeserver delivers is from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inviter<'a> {
+    /// One of our users.
+    Local(UserId),
+    /// A user of another homeserver, given an id here in the transaction that stores the
+    /// invite (never for a refused delivery).
+    Foreign(&'a Foreign),
+}
+
+/// Users of other homeservers and what federation stores for them (DESIGN §9). A foreign
+/// user's row (`foreign_users`) is written only in a transaction that stores something
+/// for them (a membership, a delivered invite from them), so a refused request leaves
+/// none behind.
 #[async_trait]
 pub trait FederationStore: Send + Sync {
-    /// The id this database knows `who` by (negative); with `create`, given now if they
-    /// have none yet (`None` only without `create`).
-    async fn foreign_user(&self, who: &Foreign, create: bool) -> Result<Option<UserId>>;
-    /// Checks, changing nothing, that member `from` may add `to` to the pair (within the
-    /// member cap); the pair's ids. What SendInvite asks before delivering an invite to
-    /// another homeserver.
+    /// The id this database knows `who` by (negative), or `None` when they hold nothing
+    /// here.
+    async fn foreign_user(&self, who: &Foreign) -> Result<Option<UserId>>;
+    /// Checks, changing nothing, that member `from` may add foreign user `to` to the pair
+    /// (within the member cap); the pair's ids. What SendInvite asks before delivering an
+    /// invite to another homeserver.
     async fn check_new_member(
         &self,
         from: UserId,
         pair: PairId,
-        to: UserId,
+        to: &Foreign,
         caps: InviteCaps,
     ) -> Result<PairIds>;
-    /// Makes `to` (a foreign user whose invite their homeserver accepted) a member, with
-    /// the same checks as [`FederationStore::check_new_member`]; a member already is one.
+    /// Makes foreign user `to` (whose invite their homeserver accepted) a member, with the
+    /// same checks as [`FederationStore::check_new_member`], giving them an id in the same
+    /// transaction if they have none; a member already is one. The pair's ids and `to`'s
+    /// id.
     async fn add_member(
         &self,
         from: UserId,
         pair: PairId,
-        to: UserId,
+        to: &Foreign,
         caps: InviteCaps,
         now: i64,
-    ) -> Result<PairIds>;
+    ) -> Result<(PairIds, UserId)>;
     /// Stores an invite that homeserver `pair_homeserver` delivered into its pair `pair`
     /// for local user `to` from `from`, unless the same one (pair, inviter, bytes) was
-    /// stored before: then that one is returned. Local users only get invites this way
+    /// stored before: then that one is returned. A foreign inviter is given an id in the
+    /// same transaction (the record's `from_user`). Local users only get invites this way
     /// once they have a key (the caller checks).
     async fn deliver_invite(
         &self,
         to: UserId,
         pair_homeserver: &str,
         pair: &PairIds,
-        from: UserId,
+        from: Inviter<'_>,
         body: &[u8],
         now: i64,
     ) -> Result<InviteRecord>;

@@ -14,12 +14,14 @@ use secretd::proto::federation::{
     DeliverInviteRequest, DeliverInviteResponse, FetchUserKeyRequest, FetchUserKeyResponse,
     ServerKeyRequest, ServerKeyResponse,
 };
-use secretd::proto::{FederateRequest, FetchKeyRequest, PostKeyRequest, SendInviteRequest};
+use secretd::proto::{
+    FederateRequest, FetchKeyRequest, PostKeyRequest, SendInviteRequest,
+};
 use tonic::{Code, Request, Response, Status};
 
-use super::deliver::fingerprint;
+use super::deliver::{b_pair, delivery, fingerprint};
 use super::harness::now;
-use super::nodes::{Node, NodeKey, PeerSpec, fed_client};
+use super::nodes::{FedClient, Node, NodeKey, PeerSpec, fed_client};
 use crate::common::*;
 
 fn fetch(user: u64, homeserver: &str) -> FetchKeyRequest {
@@ -27,6 +29,87 @@ fn fetch(user: u64, homeserver: &str) -> FetchKeyRequest {
         user_id: user,
         homeserver: homeserver.into(),
     }
+}
+
+/// A client of `addr` acting as peer `key` with a fresh s2s token for a call of `path`.
+fn s2s_token(key: &NodeKey, aud: &str, path: &str) -> String {
+    secretd::federation::token::mint_s2s(&key.server_key(), &key.name, aud, path)
+        .unwrap()
+        .0
+}
+
+/// A SecretFederationService client of `addr` as peer `key`, for one DeliverInvite.
+async fn deliverer(addr: &str, key: &NodeKey, aud: &str) -> FedClient {
+    let path = "/protocol.secret.federation.v1.SecretFederationService/DeliverInvite";
+    fed_client(addr, Some(s2s_token(key, aud, path))).await
+}
+
+/// `count(*)` of `foreign_users` in the SQLite database of the node whose key is `key`.
+async fn foreign_rows(key: &NodeKey) -> i64 {
+    let path = key.dir.path().join("data/secretd.db");
+    let url = format!("sqlite://{}?mode=ro", path.display());
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM foreign_users")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    n
+}
+
+/// Deliveries a refuses (no key, a stale fingerprint) and invites a's user sends that fail
+/// (the invitee has no key at b; a pair the inviter is not in) leave `foreign_users` as it
+/// was: a foreign user's row is written only with what is stored for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refused_requests_leave_no_foreign_rows() {
+    let (ka, kb) = (NodeKey::new("a.test"), NodeKey::new("b.test"));
+    let b = Node::start(&kb, &Backend::Sqlite, &[PeerSpec::unreachable(&ka)], &[]).await;
+    let a = Node::start(&ka, &Backend::Sqlite, &[PeerSpec::at(&kb, &b.addr)], &[]).await;
+    let (alice, keyless, bob) = (random_user(), random_user(), random_user());
+    let mut on_a = a.client(alice).await;
+    give_key(&mut on_a).await;
+    let before = foreign_rows(&ka).await;
+
+    // Deliveries from b into a's inboxes, each refused.
+    let pair = b_pair();
+    for (from, to, fingerprint_sent) in [
+        (("b.test", random_user()), keyless, Vec::new()),
+        (("x.test", random_user()), keyless, Vec::new()),
+        (("b.test", random_user()), alice, fingerprint(3)),
+        (("y.test", random_user()), alice, fingerprint(3)),
+    ] {
+        let mut request = delivery(&pair, from, to, b"sealed");
+        request.key_fingerprint = fingerprint_sent;
+        let st = deliverer(&a.addr, &kb, "a.test")
+            .await
+            .deliver_invite(request)
+            .await;
+        expect_code(st, Code::FailedPrecondition);
+    }
+    // Invites from a's user that fail: bob has no key at b; a pair alice is not in.
+    let mine = new_pair(&mut on_a).await;
+    let invite = |pair_id: &str, user: u64| SendInviteRequest {
+        pair_id: pair_id.into(),
+        user_id: user,
+        homeserver: "b.test".into(),
+        invite: b"sealed for bob".to_vec(),
+        key_fingerprint: Vec::new(),
+    };
+    expect_code(
+        on_a.send_invite(invite(&mine.pair_id, bob)).await,
+        Code::FailedPrecondition,
+    );
+    let theirs = new_pair(&mut a.client(random_user()).await).await;
+    expect_code(
+        on_a.send_invite(invite(&theirs.pair_id, random_user())).await,
+        Code::PermissionDenied,
+    );
+    assert_eq!(foreign_rows(&ka).await, before, "no row for a refused request");
+
+    // What is stored writes the row with it.
+    give_key(&mut b.client(bob).await).await;
+    on_a.send_invite(invite(&mine.pair_id, bob)).await.unwrap();
+    assert_eq!(foreign_rows(&ka).await, before + 1);
 }
 
 /// After bob rotates his key on b, an invite encrypted to the old key is refused, and
@@ -175,12 +258,7 @@ impl Recorder {
     }
 
     fn last(&self) -> String {
-        self.tokens
-            .lock()
-            .unwrap()
-            .last()
-            .cloned()
-            .expect("a token")
+        self.tokens.lock().unwrap().last().cloned().expect("a token")
     }
 
     async fn serve(self) -> String {
