@@ -37,6 +37,13 @@ pub struct FederationSettings {
     /// Incoming server-to-server calls a peer may make at once before the rate applies.
     /// Default 200.
     pub rate_burst: u32,
+    /// Invites one peer may have pending here for one of our users (0 = off). Default 100.
+    pub max_delivered_invites_per_invitee: u64,
+    /// Invites one peer may have pending here in total (0 = off). Default 10,000.
+    pub max_delivered_invites_per_peer: u64,
+    /// How long a delivered invite counts as pending against those caps, in seconds.
+    /// Default 86,400 (a day).
+    pub delivered_invites_window_secs: u64,
     /// The homeservers this one federates with (`[[federation.peers]]`).
     pub peers: Vec<PeerConfig>,
 }
@@ -50,6 +57,9 @@ impl Default for FederationSettings {
             key_cache_secs: 300,
             rate_per_sec: 100.0,
             rate_burst: 200,
+            max_delivered_invites_per_invitee: 100,
+            max_delivered_invites_per_peer: 10_000,
+            delivered_invites_window_secs: 86_400,
             peers: Vec::new(),
         }
     }
@@ -120,6 +130,15 @@ impl FederationSettings {
                  is set (set the rate to 0 to turn the limit off)"
                     .into(),
             );
+        }
+        let caps_on =
+            self.max_delivered_invites_per_invitee > 0 || self.max_delivered_invites_per_peer > 0;
+        if caps_on && !(1..=365 * 86_400).contains(&self.delivered_invites_window_secs) {
+            return Err(format!(
+                "federation.delivered_invites_window_secs is {}; use 1 to 31536000 seconds \
+                 while a cap on delivered invites is on",
+                self.delivered_invites_window_secs
+            ));
         }
         let mut seen = HashSet::new();
         for (i, peer) in self.peers.iter().enumerate() {

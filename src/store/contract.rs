@@ -515,14 +515,18 @@ async fn foreign_users(store: &DynStore) {
         .unwrap();
     assert_eq!(local.invite_id, 1);
     let remote_pair = PairIds::generate();
+    let off = DeliveryCaps::default();
     let first = store
         .deliver_invite(
             invitee,
-            "b.test",
-            &remote_pair,
-            Inviter::Foreign(&bob),
-            b"theirs",
+            Delivery {
+                pair_homeserver: "b.test",
+                pair: &remote_pair,
+                from: Inviter::Foreign(&bob),
+                body: b"theirs",
+            },
             6,
+            off,
         )
         .await
         .unwrap();
@@ -530,11 +534,14 @@ async fn foreign_users(store: &DynStore) {
     let again = store
         .deliver_invite(
             invitee,
-            "b.test",
-            &remote_pair,
-            Inviter::Foreign(&bob),
-            b"theirs",
+            Delivery {
+                pair_homeserver: "b.test",
+                pair: &remote_pair,
+                from: Inviter::Foreign(&bob),
+                body: b"theirs",
+            },
             7,
+            off,
         )
         .await
         .unwrap();
@@ -542,11 +549,14 @@ async fn foreign_users(store: &DynStore) {
     let other = store
         .deliver_invite(
             invitee,
-            "b.test",
-            &remote_pair,
-            Inviter::Foreign(&bob),
-            b"other bytes",
+            Delivery {
+                pair_homeserver: "b.test",
+                pair: &remote_pair,
+                from: Inviter::Foreign(&bob),
+                body: b"other bytes",
+            },
             8,
+            DeliveryCaps::default(),
         )
         .await
         .unwrap();
@@ -582,4 +592,61 @@ async fn foreign_users(store: &DynStore) {
         .await
         .unwrap();
     assert_eq!((paged.items[0].invite_id, paged.has_more), (2, true));
+
+    // The caps on delivered invites: 2 pending per invitee, 3 per peer, pending for 10 s.
+    let caps = DeliveryCaps {
+        per_invitee: 2,
+        per_peer: 3,
+        window_micros: 10_000_000,
+    };
+    let peer = format!("caps{n}.test");
+    let (x, y) = (user(), user());
+    let deliver = |to: UserId, body: &'static [u8], now: i64| {
+        let (store, peer, bob) = (store.clone(), peer.clone(), bob.clone());
+        async move {
+            store
+                .deliver_invite(
+                    to,
+                    Delivery {
+                        pair_homeserver: &peer,
+                        pair: &remote_pair,
+                        from: Inviter::Foreign(&bob),
+                        body,
+                    },
+                    now,
+                    caps,
+                )
+                .await
+        }
+    };
+    deliver(x, b"1", 1_000_000).await.unwrap();
+    deliver(x, b"2", 2_000_000).await.unwrap();
+    let refused = deliver(x, b"3", 3_000_000).await.unwrap_err();
+    let Error::Throttled {
+        message,
+        retry_after_ms,
+    } = refused
+    else {
+        panic!("{refused:?}");
+    };
+    assert_eq!(retry_after_ms, 8_000, "the first stops counting at 11 s");
+    assert!(
+        message.contains("max_delivered_invites_per_invitee"),
+        "{message}"
+    );
+    // A repeated delivery is still answered, over the cap.
+    assert_eq!(
+        deliver(x, b"2", 3_000_000).await.unwrap().sent_at,
+        2_000_000
+    );
+    deliver(y, b"1", 3_000_000).await.unwrap();
+    let refused = deliver(y, b"2", 4_000_000).await.unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("max_delivered_invites_per_peer"),
+        "{refused}"
+    );
+    // Past the window the first ones no longer count.
+    deliver(x, b"3", 12_000_000).await.unwrap();
 }

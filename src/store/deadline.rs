@@ -312,15 +312,11 @@ impl FederationStore for Deadline {
     async fn deliver_invite(
         &self,
         to: UserId,
-        pair_homeserver: &str,
-        pair: &PairIds,
-        from: Inviter<'_>,
-        body: &[u8],
+        invite: Delivery<'_>,
         now: i64,
+        caps: DeliveryCaps,
     ) -> Result<InviteRecord> {
-        let op = self
-            .inner
-            .deliver_invite(to, pair_homeserver, pair, from, body, now);
+        let op = self.inner.deliver_invite(to, invite, now, caps);
         self.bound("deliver_invite", op).await
     }
 }

@@ -492,6 +492,67 @@ pub trait EventStore: Send + Sync {
     async fn stream_heads(&self, streams: &[Uuid]) -> Result<Vec<(Uuid, i64, i64)>>;
 }
 
+/// The caps on invites other homeservers deliver (README "Federation"); 0 turns one off.
+/// A delivered invite is pending while it is younger than the window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeliveryCaps {
+    /// `federation.max_delivered_invites_per_invitee`: pending from one peer to one user.
+    pub per_invitee: u64,
+    /// `federation.max_delivered_invites_per_peer`: pending from one peer in total.
+    pub per_peer: u64,
+    /// `federation.delivered_invites_window_secs`, in microseconds.
+    pub window_micros: i64,
+}
+
+impl DeliveryCaps {
+    /// The pending invites worth counting for `cap` (one more is never needed).
+    pub fn scan_limit(cap: u64) -> i64 {
+        i64::try_from(cap).unwrap_or(i64::MAX)
+    }
+
+    /// Refuses a delivery when `count` pending invites (the oldest sent at `oldest`) have
+    /// reached `cap`, with the time until the oldest stops counting. `per_peer` says which
+    /// cap it is.
+    pub fn check(
+        &self,
+        cap: u64,
+        (count, oldest): (i64, Option<i64>),
+        now: i64,
+        peer: &str,
+        to: UserId,
+        per_peer: bool,
+    ) -> Result<()> {
+        if cap == 0 || (count.max(0) as u64) < cap {
+            return Ok(());
+        }
+        let frees_at = oldest.unwrap_or(now).saturating_add(self.window_micros);
+        let retry_after_ms = u64::try_from(frees_at.saturating_sub(now) / 1000)
+            .unwrap_or(0)
+            .max(1);
+        Err(too_many_delivered(
+            peer,
+            to,
+            cap,
+            self.window_micros / 1_000_000,
+            per_peer,
+            retry_after_ms,
+        ))
+    }
+}
+
+/// An invite another homeserver delivers, as [`FederationStore::deliver_invite`] stores it.
+#[derive(Debug, Clone, Copy)]
+pub struct Delivery<'a> {
+    /// The homeserver the pair lives on (the caller).
+    pub pair_homeserver: &'a str,
+    /// The pair invited into.
+    pub pair: &'a PairIds,
+    /// The inviter.
+    pub from: Inviter<'a>,
+    /// The opaque invite.
+    pub body: &'a [u8],
+}
+
 /// Who an invite another homeserver delivers is from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Inviter<'a> {
@@ -533,19 +594,18 @@ pub trait FederationStore: Send + Sync {
         caps: InviteCaps,
         now: i64,
     ) -> Result<(PairIds, UserId)>;
-    /// Stores an invite that homeserver `pair_homeserver` delivered into its pair `pair`
-    /// for local user `to` from `from`, unless the same one (pair, inviter, bytes) was
-    /// stored before: then that one is returned. A foreign inviter is given an id in the
-    /// same transaction (the record's `from_user`). Local users only get invites this way
-    /// once they have a key (the caller checks).
+    /// Stores an invite that homeserver `invite.pair_homeserver` delivered into its pair
+    /// for local user `to`, unless the same one (pair, inviter, bytes) was
+    /// stored before: then that one is returned. A new one over `caps` is
+    /// RESOURCE_EXHAUSTED with the time until a pending one stops counting. A foreign
+    /// inviter is given an id in the same transaction (the record's `from_user`). Local
+    /// users only get invites this way once they have a key (the caller checks).
     async fn deliver_invite(
         &self,
         to: UserId,
-        pair_homeserver: &str,
-        pair: &PairIds,
-        from: Inviter<'_>,
-        body: &[u8],
+        invite: Delivery<'_>,
         now: i64,
+        caps: DeliveryCaps,
     ) -> Result<InviteRecord>;
 }
 

@@ -129,12 +129,16 @@ impl FederationStore for PgStore {
     async fn deliver_invite(
         &self,
         to: UserId,
-        pair_homeserver: &str,
-        pair: &PairIds,
-        from: Inviter<'_>,
-        body: &[u8],
+        invite: Delivery<'_>,
         now: i64,
+        caps: DeliveryCaps,
     ) -> Result<InviteRecord> {
+        let Delivery {
+            pair_homeserver,
+            pair,
+            from,
+            body,
+        } = invite;
         let mut conn = self.conn().await?;
         let mut tx = conn.begin().await?;
         // The inbox row first: it serialises deliveries to `to`, so the look for an earlier
@@ -173,6 +177,35 @@ impl FederationStore for PgStore {
                 body,
                 sent_at,
             ));
+        }
+        // The caps: the inbox row serialises the count per invitee; a lock per peer (only
+        // with that cap on) serialises the count per peer, so neither is passed by racing
+        // deliveries.
+        let since = now.saturating_sub(caps.window_micros);
+        if caps.per_invitee > 0 {
+            let pending: (i64, Option<i64>) = sqlx::query_as(sql::DELIVERED_TO_SINCE)
+                .bind(to.get())
+                .bind(pair_homeserver)
+                .bind(since)
+                .bind(DeliveryCaps::scan_limit(caps.per_invitee))
+                .fetch_one(&mut *tx)
+                .await?;
+            caps.check(caps.per_invitee, pending, now, pair_homeserver, to, false)?;
+        }
+        if caps.per_peer > 0 {
+            sqlx::query(
+                "SELECT pg_advisory_xact_lock(hashtextextended('remote_invites ' || $1, 0))",
+            )
+            .bind(pair_homeserver)
+            .execute(&mut *tx)
+            .await?;
+            let pending: (i64, Option<i64>) = sqlx::query_as(sql::DELIVERED_BY_SINCE)
+                .bind(pair_homeserver)
+                .bind(since)
+                .bind(DeliveryCaps::scan_limit(caps.per_peer))
+                .fetch_one(&mut *tx)
+                .await?;
+            caps.check(caps.per_peer, pending, now, pair_homeserver, to, true)?;
         }
         let from_id = match (known, from) {
             (Some(id), _) => id,

@@ -119,12 +119,16 @@ impl FederationStore for SqliteStore {
     async fn deliver_invite(
         &self,
         to: UserId,
-        pair_homeserver: &str,
-        pair: &PairIds,
-        from: Inviter<'_>,
-        body: &[u8],
+        invite: Delivery<'_>,
         now: i64,
+        caps: DeliveryCaps,
     ) -> Result<InviteRecord> {
+        let Delivery {
+            pair_homeserver,
+            pair,
+            from,
+            body,
+        } = invite;
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         // A foreign inviter without an id here has delivered nothing before.
         let known = match from {
@@ -152,6 +156,27 @@ impl FederationStore for SqliteStore {
                     sent_at,
                 ));
             }
+        }
+        // The caps (the single writer serialises the counts with the inserts).
+        let since = now.saturating_sub(caps.window_micros);
+        if caps.per_invitee > 0 {
+            let pending: (i64, Option<i64>) = sqlx::query_as(sql::DELIVERED_TO_SINCE)
+                .bind(to.get())
+                .bind(pair_homeserver)
+                .bind(since)
+                .bind(DeliveryCaps::scan_limit(caps.per_invitee))
+                .fetch_one(&mut *tx)
+                .await?;
+            caps.check(caps.per_invitee, pending, now, pair_homeserver, to, false)?;
+        }
+        if caps.per_peer > 0 {
+            let pending: (i64, Option<i64>) = sqlx::query_as(sql::DELIVERED_BY_SINCE)
+                .bind(pair_homeserver)
+                .bind(since)
+                .bind(DeliveryCaps::scan_limit(caps.per_peer))
+                .fetch_one(&mut *tx)
+                .await?;
+            caps.check(caps.per_peer, pending, now, pair_homeserver, to, true)?;
         }
         let from_id = match (known, from) {
             (Some(id), _) => id,

@@ -6,6 +6,7 @@
 //! without an audience, and peers' endpoints and raw errors shown to clients.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use secretd::proto::federation::secret_federation_service_server::{
     SecretFederationService, SecretFederationServiceServer,
@@ -14,14 +15,12 @@ use secretd::proto::federation::{
     DeliverInviteRequest, DeliverInviteResponse, FetchUserKeyRequest, FetchUserKeyResponse,
     ServerKeyRequest, ServerKeyResponse,
 };
-use secretd::proto::{
-    FederateRequest, FetchKeyRequest, PostKeyRequest, SendInviteRequest,
-};
+use secretd::proto::{FederateRequest, FetchKeyRequest, PostKeyRequest, SendInviteRequest};
 use tonic::{Code, Request, Response, Status};
 
 use super::deliver::{b_pair, delivery, fingerprint};
 use super::harness::now;
-use super::nodes::{FedClient, Node, NodeKey, PeerSpec, fed_client};
+use super::nodes::{FedClient, Node, NodeKey, PeerSpec, fed_client, peer_client};
 use crate::common::*;
 
 fn fetch(user: u64, homeserver: &str) -> FetchKeyRequest {
@@ -101,15 +100,106 @@ async fn refused_requests_leave_no_foreign_rows() {
     );
     let theirs = new_pair(&mut a.client(random_user()).await).await;
     expect_code(
-        on_a.send_invite(invite(&theirs.pair_id, random_user())).await,
+        on_a.send_invite(invite(&theirs.pair_id, random_user()))
+            .await,
         Code::PermissionDenied,
     );
-    assert_eq!(foreign_rows(&ka).await, before, "no row for a refused request");
+    assert_eq!(
+        foreign_rows(&ka).await,
+        before,
+        "no row for a refused request"
+    );
 
     // What is stored writes the row with it.
     give_key(&mut b.client(bob).await).await;
     on_a.send_invite(invite(&mine.pair_id, bob)).await.unwrap();
     assert_eq!(foreign_rows(&ka).await, before + 1);
+}
+
+/// 1,000 distinct invites from alice of a to bob of b (rate limits off on both sides):
+/// b stores 100, the default cap of pending delivered invites per (peer, invitee), and
+/// refuses the rest with RESOURCE_EXHAUSTED and a retry hint, which alice's client gets
+/// from a, naming b.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn delivered_invites_stop_at_the_cap() {
+    let (ka, kb) = (NodeKey::new("a.test"), NodeKey::new("b.test"));
+    let b = Node::start(
+        &kb,
+        &Backend::Sqlite,
+        &[PeerSpec::unreachable(&ka)],
+        &[("rate_per_sec", "0")],
+    )
+    .await;
+    let a = Node::start_with_env(
+        &ka,
+        &Backend::Sqlite,
+        &[PeerSpec::at(&kb, &b.addr)],
+        &[],
+        &[("SECRETD_RATE_INVITES_PER_SEC", "0")],
+    )
+    .await;
+    let (alice, bob) = (random_user(), random_user());
+    give_key(&mut b.client(bob).await).await;
+    let mut on_a = a.client(alice).await;
+    let pair = new_pair(&mut on_a).await;
+    let mut stored = 0;
+    let mut refusals = Vec::new();
+    for i in 0..1000u32 {
+        let sent = on_a
+            .send_invite(SendInviteRequest {
+                pair_id: pair.pair_id.clone(),
+                user_id: bob,
+                homeserver: "b.test".into(),
+                invite: format!("sealed for bob, {i}").into_bytes(),
+                key_fingerprint: Vec::new(),
+            })
+            .await;
+        match sent {
+            Ok(_) => {
+                assert!(refusals.is_empty(), "invite {i} stored after a refusal");
+                stored += 1;
+            }
+            Err(st) => refusals.push(st),
+        }
+    }
+    assert_eq!(stored, 100, "{:?}", refusals.first());
+    assert_eq!(refusals.len(), 900);
+    let st = &refusals[0];
+    let wait = crate::limits::throttled(st, "b.test");
+    assert!(wait > Duration::from_secs(3600), "{st:?}");
+    assert!(!st.message().contains(&b.addr), "{st:?}");
+}
+
+/// The cap per peer: with `federation.max_delivered_invites_per_peer` = 3, b's fourth
+/// pending delivery (to any of a's users) is RESOURCE_EXHAUSTED naming the key, with a
+/// retry hint; a repeated delivery is still answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn delivered_invites_stop_at_the_cap_per_peer() {
+    let (ka, kb) = (NodeKey::new("a.test"), NodeKey::new("b.test"));
+    let a = Node::start(
+        &ka,
+        &Backend::Sqlite,
+        &[PeerSpec::unreachable(&kb)],
+        &[("max_delivered_invites_per_peer", "3")],
+    )
+    .await;
+    let (x, y) = (random_user(), random_user());
+    give_key(&mut a.client(x).await).await;
+    give_key(&mut a.client(y).await).await;
+    let mut from_b = peer_client(&a.addr, &kb, "a.test").await;
+    let pair = b_pair();
+    for (to, body) in [(x, "1"), (x, "2"), (y, "1")] {
+        let request = delivery(&pair, ("b.test", 5), to, body.as_bytes());
+        from_b.deliver_invite(request).await.unwrap();
+    }
+    let over = from_b
+        .deliver_invite(delivery(&pair, ("b.test", 5), y, b"2"))
+        .await;
+    let st = expect_code(over, Code::ResourceExhausted);
+    let wait = crate::limits::throttled(&st, "federation.max_delivered_invites_per_peer");
+    assert!(wait > Duration::from_secs(86_000), "{st:?}");
+    let again = delivery(&pair, ("b.test", 5), y, b"1");
+    from_b.deliver_invite(again).await.expect("a repeat");
 }
 
 /// After bob rotates his key on b, an invite encrypted to the old key is refused, and
@@ -258,7 +348,12 @@ impl Recorder {
     }
 
     fn last(&self) -> String {
-        self.tokens.lock().unwrap().last().cloned().expect("a token")
+        self.tokens
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("a token")
     }
 
     async fn serve(self) -> String {
