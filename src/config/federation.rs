@@ -37,6 +37,24 @@ pub struct FederationSettings {
     /// Incoming server-to-server calls a peer may make at once before the rate applies.
     /// Default 200.
     pub rate_burst: u32,
+    /// Outgoing calls to one peer on behalf of one user (a FetchKey that misses the cache,
+    /// a SendInvite delivered there), per second (0 = off). Default 2.
+    pub outgoing_per_user_per_sec: f64,
+    /// Outgoing calls to one peer on behalf of one user at once before that rate applies.
+    /// Default 50.
+    pub outgoing_per_user_burst: u32,
+    /// Outgoing calls to one peer in total, per second (0 = off); keep it at or below what
+    /// the peer allows this server (its `federation.rate_per_sec`). Default 50.
+    pub outgoing_per_peer_per_sec: f64,
+    /// Outgoing calls to one peer at once before that rate applies (at or below the peer's
+    /// `federation.rate_burst`). Default 100.
+    pub outgoing_per_peer_burst: u32,
+    /// The share (percent) of each peer's outgoing budget that key lookups may not use,
+    /// kept for invites. Default 20.
+    pub invite_reserve_percent: u32,
+    /// How long a peer's NOT_FOUND for a user's key is remembered, in seconds (0 = not at
+    /// all). Default 30.
+    pub not_found_cache_secs: u64,
     /// Invites one peer may have pending here for one of our users (0 = off). Default 100.
     pub max_delivered_invites_per_invitee: u64,
     /// Invites one peer may have pending here in total (0 = off). Default 10,000.
@@ -57,6 +75,12 @@ impl Default for FederationSettings {
             key_cache_secs: 300,
             rate_per_sec: 100.0,
             rate_burst: 200,
+            outgoing_per_user_per_sec: 2.0,
+            outgoing_per_user_burst: 50,
+            outgoing_per_peer_per_sec: 50.0,
+            outgoing_per_peer_burst: 100,
+            invite_reserve_percent: 20,
+            not_found_cache_secs: 30,
             max_delivered_invites_per_invitee: 100,
             max_delivered_invites_per_peer: 10_000,
             delivered_invites_window_secs: 86_400,
@@ -130,6 +154,38 @@ impl FederationSettings {
                  is set (set the rate to 0 to turn the limit off)"
                     .into(),
             );
+        }
+        for (rate, burst, name) in [
+            (
+                self.outgoing_per_user_per_sec,
+                self.outgoing_per_user_burst,
+                "outgoing_per_user",
+            ),
+            (
+                self.outgoing_per_peer_per_sec,
+                self.outgoing_per_peer_burst,
+                "outgoing_per_peer",
+            ),
+        ] {
+            if !rate.is_finite() || !(0.0..=1e9).contains(&rate) {
+                return Err(format!(
+                    "federation.{name}_per_sec is {rate}; use 0 (off) or a positive number of \
+                     calls per second"
+                ));
+            }
+            if rate > 0.0 && burst == 0 {
+                return Err(format!(
+                    "federation.{name}_burst is 0; it must be at least 1 while \
+                     federation.{name}_per_sec is set (set the rate to 0 to turn it off)"
+                ));
+            }
+        }
+        if self.invite_reserve_percent > 90 {
+            return Err(format!(
+                "federation.invite_reserve_percent is {}; use 0 to 90 (key lookups need a \
+                 share of the budget too)",
+                self.invite_reserve_percent
+            ));
         }
         let caps_on =
             self.max_delivered_invites_per_invitee > 0 || self.max_delivered_invites_per_peer > 0;

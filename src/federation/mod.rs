@@ -25,6 +25,7 @@ pub mod token;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::config::{FederationSettings, Settings};
 use crate::domain::{Foreign, UserId};
@@ -50,6 +51,8 @@ pub struct Federation {
     pub peers: peers::Peers,
     /// Keys fetched from peers.
     pub cache: client::KeyCache,
+    /// The budgets of outgoing calls.
+    pub outgoing: client::Outgoing,
     /// The ids this database gives users of other homeservers.
     pub ids: ForeignIds,
 }
@@ -57,14 +60,22 @@ pub struct Federation {
 /// The ids this database knows users of other homeservers by (negative numbers from the
 /// `foreign_users` table), remembered once read: a user's id never changes, so a
 /// remembered one is never stale, on any replica.
+///
+/// Callers who hold nothing here are remembered too, for [`ForeignIds::UNKNOWN_TTL`]: a
+/// foreign caller who repeats calls costs one database read per that time per replica.
+/// An id given on this replica ends that at once; one given on another replica is seen
+/// here at most that long after.
 #[derive(Default)]
 pub struct ForeignIds {
     known: Mutex<HashMap<Foreign, UserId>>,
+    unknown: Mutex<HashMap<Foreign, Instant>>,
 }
 
 impl ForeignIds {
     /// Ids remembered at most; past it the map starts over (the database has them all).
     const MAX: usize = 100_000;
+    /// How long a foreign user found to hold nothing here is taken to hold nothing.
+    pub const UNKNOWN_TTL: Duration = Duration::from_secs(5);
 
     /// The id of `who`, or `None` when they hold nothing here. Ids are given only by the
     /// store, in the transaction that stores something for a foreign user; the caller
@@ -73,9 +84,26 @@ impl ForeignIds {
         if let Some(id) = self.lock().get(who) {
             return Ok(Some(*id));
         }
+        if self
+            .unknown()
+            .get(who)
+            .is_some_and(|at| at.elapsed() < Self::UNKNOWN_TTL)
+        {
+            return Ok(None);
+        }
         let id = store.foreign_user(who).await?;
-        if let Some(id) = id {
-            self.remember(who, id);
+        match id {
+            Some(id) => self.remember(who, id),
+            None => {
+                let mut unknown = self.unknown();
+                if unknown.len() >= Self::MAX {
+                    unknown.retain(|_, at| at.elapsed() < Self::UNKNOWN_TTL);
+                    if unknown.len() >= Self::MAX {
+                        unknown.clear();
+                    }
+                }
+                unknown.insert(who.clone(), Instant::now());
+            }
         }
         Ok(id)
     }
@@ -87,6 +115,12 @@ impl ForeignIds {
             known.clear();
         }
         known.insert(who.clone(), id);
+        drop(known);
+        self.unknown().remove(who);
+    }
+
+    fn unknown(&self) -> std::sync::MutexGuard<'_, HashMap<Foreign, Instant>> {
+        self.unknown.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Foreign, UserId>> {
@@ -115,6 +149,7 @@ impl Federation {
             key,
             peers,
             cache: client::KeyCache::default(),
+            outgoing: client::Outgoing::from_settings(&settings.federation),
             ids: ForeignIds::default(),
         })))
     }

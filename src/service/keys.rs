@@ -22,7 +22,13 @@ pub(super) async fn post_key(
     })
 }
 
-pub(super) async fn fetch_key(st: &AppState, r: FetchKey) -> Result<proto::FetchKeyResponse> {
+/// FetchKey on behalf of `requester` (the caller's [`Caller::limit_key`]: whose budget a
+/// call to another homeserver spends).
+pub(super) async fn fetch_key(
+    st: &AppState,
+    requester: i64,
+    r: FetchKey,
+) -> Result<proto::FetchKeyResponse> {
     let who = match r.user.resolve(&st.settings.server_name) {
         Ok(local) => return local_keys(st, local).await,
         Err(foreign) => foreign,
@@ -36,7 +42,7 @@ pub(super) async fn fetch_key(st: &AppState, r: FetchKey) -> Result<proto::Fetch
         )));
     };
     federation
-        .fetch_user_key(homeserver, who.user, st.settings.max_past_keys)
+        .fetch_user_key(homeserver, who.user, st.settings.max_past_keys, requester)
         .await
 }
 

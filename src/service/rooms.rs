@@ -20,19 +20,40 @@ pub(super) async fn generate_channel_pair(
     Ok(wire::channel_pair(&ids))
 }
 
+/// The caller of SendInvite.
+pub(super) struct Inviter {
+    /// Their id here.
+    pub user: UserId,
+    /// Who they are when they are a user of another homeserver.
+    pub origin: Option<Foreign>,
+    /// Their [`crate::auth::Caller::limit_key`]: whose budget a delivery spends.
+    pub requester: i64,
+}
+
 pub(super) async fn send_invite(
     st: &AppState,
-    user: UserId,
-    origin: Option<Foreign>,
+    who: Inviter,
     r: SendInvite,
 ) -> Result<proto::SendInviteResponse> {
+    let Inviter {
+        user,
+        origin,
+        requester,
+    } = who;
     let caps = InviteCaps {
         pending_per_sender: st.settings.max_pending_invites_per_sender,
         members_per_pair: st.settings.max_members_per_pair,
     };
     let to = match r.to.clone().resolve(&st.settings.server_name) {
         Ok(local) => local,
-        Err(foreign) => return invite_foreign(st, user, origin, foreign, r, caps).await,
+        Err(foreign) => {
+            let who = Inviter {
+                user,
+                origin,
+                requester,
+            };
+            return invite_foreign(st, who, foreign, r, caps).await;
+        }
     };
     if r.key_fingerprint.is_some() {
         keys::check_invitee_key(st, to, r.key_fingerprint.as_deref()).await?;
@@ -54,12 +75,16 @@ pub(super) async fn send_invite(
 /// failure in between delivers again (idempotent there) and adds the member.
 async fn invite_foreign(
     st: &AppState,
-    user: UserId,
-    origin: Option<Foreign>,
+    who: Inviter,
     to: Foreign,
     r: SendInvite,
     caps: InviteCaps,
 ) -> Result<proto::SendInviteResponse> {
+    let Inviter {
+        user,
+        origin,
+        requester,
+    } = who;
     let homeserver = &*to.homeserver;
     let Some(federation) = &st.federation else {
         return Err(Error::FailedPrecondition(format!(
@@ -98,6 +123,7 @@ async fn invite_foreign(
                 invite: r.invite,
                 key_fingerprint: r.key_fingerprint.unwrap_or_default(),
             },
+            requester,
         )
         .await?;
     let (_, member) = st

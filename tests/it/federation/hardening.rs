@@ -6,7 +6,7 @@
 //! without an audience, and peers' endpoints and raw errors shown to clients.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use secretd::proto::federation::secret_federation_service_server::{
     SecretFederationService, SecretFederationServiceServer,
@@ -15,11 +15,13 @@ use secretd::proto::federation::{
     DeliverInviteRequest, DeliverInviteResponse, FetchUserKeyRequest, FetchUserKeyResponse,
     ServerKeyRequest, ServerKeyResponse,
 };
-use secretd::proto::{FederateRequest, FetchKeyRequest, PostKeyRequest, SendInviteRequest};
+use secretd::proto::{
+    FederateRequest, FetchKeyRequest, ListChannelPairsRequest, PostKeyRequest, SendInviteRequest,
+};
 use tonic::{Code, Request, Response, Status};
 
 use super::deliver::{b_pair, delivery, fingerprint};
-use super::harness::now;
+use super::harness::{foreign_client, now};
 use super::nodes::{FedClient, Node, NodeKey, PeerSpec, fed_client, peer_client};
 use crate::common::*;
 
@@ -54,6 +56,158 @@ async fn foreign_rows(key: &NodeKey) -> i64 {
         .unwrap();
     pool.close().await;
     n
+}
+
+/// A user of b calls FetchKey at a for 20 random users of c, whose limit on a's calls is
+/// low (a burst of 12, then one per 100 s): a's budget per (user, peer) (a burst of 5
+/// here) stops them at a, so a's own user still fetches a real user of c.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_foreign_user_cannot_spend_our_budget_at_a_third_peer() {
+    let (ka, kb, kc) = (
+        NodeKey::new("a.test"),
+        NodeKey::new("b.test"),
+        NodeKey::new("c.test"),
+    );
+    let b = Node::start(&kb, &Backend::Sqlite, &[PeerSpec::unreachable(&ka)], &[]).await;
+    let c = Node::start(
+        &kc,
+        &Backend::Sqlite,
+        &[PeerSpec::unreachable(&ka)],
+        &[("rate_per_sec", "0.01"), ("rate_burst", "12")],
+    )
+    .await;
+    let a = Node::start(
+        &ka,
+        &Backend::Sqlite,
+        &[PeerSpec::at(&kb, &b.addr), PeerSpec::at(&kc, &c.addr)],
+        &[("outgoing_per_user_burst", "5")],
+    )
+    .await;
+    let carol = random_user();
+    c.client(carol)
+        .await
+        .post_key(PostKeyRequest {
+            key_data: key_pem(2),
+        })
+        .await
+        .unwrap();
+    let mut mallory_at_a = foreign_client(&b, random_user(), &a, "a.test").await;
+    let mut refused = Vec::new();
+    for _ in 0..20 {
+        match mallory_at_a.fetch_key(fetch(random_user(), "c.test")).await {
+            Err(st) if st.code() == Code::NotFound => {}
+            Err(st) => refused.push(st),
+            Ok(r) => panic!("a random user has a key: {r:?}"),
+        }
+    }
+    let keys = a
+        .client(random_user())
+        .await
+        .fetch_key(fetch(carol, "c.test"))
+        .await
+        .expect("a's own user still reaches c")
+        .into_inner();
+    assert_eq!(keys.current_key.unwrap().fingerprint, fingerprint(2));
+    assert!(!refused.is_empty(), "mallory was never limited");
+    for st in &refused {
+        crate::limits::throttled(st, "federation.outgoing_per_user_burst");
+        assert!(st.message().contains("c.test"), "{st:?}");
+    }
+}
+
+/// 200 calls of a foreign user who holds nothing at a, while a transaction holds
+/// `foreign_users` locked (ACCESS EXCLUSIVE): each answers within the unary deadline
+/// (1 s; the database's own deadline is 4 s), most refused by the rate limit of that user
+/// (a burst of 20) before any database work; another user of b keeps their own allowance.
+/// Postgres only: on SQLite readers are never blocked by a writer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(secretd_no_database_url, ignore = "skipped: DATABASE_URL is not set")]
+async fn a_caller_who_holds_nothing_costs_no_database_wait() {
+    let Some(Backend::Postgres(url)) = Backend::postgres() else {
+        return;
+    };
+    // A database of its own: the lock must not stall the other tests.
+    let name = format!("secretd_lock_{}", rand::random::<u32>());
+    let admin = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let own = format!("{}/{name}", url.rsplit_once('/').unwrap().0);
+    let (ka, kb) = (NodeKey::new("a.test"), NodeKey::new("b.test"));
+    let b = Node::start(&kb, &Backend::Sqlite, &[PeerSpec::unreachable(&ka)], &[]).await;
+    let a = Node::start_with_env(
+        &ka,
+        &Backend::Postgres(own.clone()),
+        &[PeerSpec::at(&kb, &b.addr)],
+        &[],
+        &[
+            ("SECRETD_UNARY_TIMEOUT_MS", "1000"),
+            ("SECRETD_DB_TIMEOUT_MS", "4000"),
+            ("SECRETD_RATE_READS_PER_SEC", "0.01"),
+            ("SECRETD_RATE_READS_BURST", "20"),
+        ],
+    )
+    .await;
+    let mallory = foreign_client(&b, random_user(), &a, "a.test").await;
+    let mut eve = foreign_client(&b, random_user(), &a, "a.test").await;
+
+    let locker = sqlx::PgPool::connect(&own).await.unwrap();
+    let mut lock = locker.begin().await.unwrap();
+    sqlx::query("LOCK TABLE foreign_users IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let listing = || ListChannelPairsRequest {
+        after_pair_id: String::new(),
+        limit: 10,
+        ..Default::default()
+    };
+    let slowest = Arc::new(Mutex::new(Duration::ZERO));
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let (mut c, slowest) = (mallory.clone(), slowest.clone());
+            tokio::spawn(async move {
+                let mut codes = Vec::new();
+                for _ in 0..20 {
+                    let start = Instant::now();
+                    let answer = c.list_channel_pairs(listing()).await;
+                    let took = start.elapsed();
+                    assert!(
+                        took < Duration::from_millis(1700),
+                        "a call took {took:?}: {answer:?}"
+                    );
+                    let mut s = slowest.lock().unwrap();
+                    *s = (*s).max(took);
+                    codes.push(answer.map(|_| ()).map_err(|s| s.code()));
+                }
+                codes
+            })
+        })
+        .collect();
+    let mut codes = Vec::new();
+    for t in tasks {
+        codes.extend(t.await.unwrap());
+    }
+    let limited = codes
+        .iter()
+        .filter(|c| **c == Err(Code::ResourceExhausted))
+        .count();
+    assert!(limited >= 170, "{limited} of 200 limited: {codes:?}");
+    // Another user of b has an allowance of their own.
+    let st = eve.list_channel_pairs(listing()).await;
+    assert!(
+        !matches!(&st, Err(s) if s.code() == Code::ResourceExhausted),
+        "{st:?}"
+    );
+    lock.rollback().await.unwrap();
+    drop(a);
+    locker.close().await;
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&admin)
+    .await;
 }
 
 /// Deliveries a refuses (no key, a stale fingerprint) and invites a's user sends that fail
@@ -116,7 +270,8 @@ async fn refused_requests_leave_no_foreign_rows() {
     assert_eq!(foreign_rows(&ka).await, before + 1);
 }
 
-/// 1,000 distinct invites from alice of a to bob of b (rate limits off on both sides):
+/// 1,000 distinct invites from alice of a to bob of b (rate limits and outgoing budgets
+/// off on both sides):
 /// b stores 100, the default cap of pending delivered invites per (peer, invitee), and
 /// refuses the rest with RESOURCE_EXHAUSTED and a retry hint, which alice's client gets
 /// from a, naming b.
@@ -134,7 +289,10 @@ async fn delivered_invites_stop_at_the_cap() {
         &ka,
         &Backend::Sqlite,
         &[PeerSpec::at(&kb, &b.addr)],
-        &[],
+        &[
+            ("outgoing_per_user_per_sec", "0"),
+            ("outgoing_per_peer_per_sec", "0"),
+        ],
         &[("SECRETD_RATE_INVITES_PER_SEC", "0")],
     )
     .await;
@@ -200,6 +358,58 @@ async fn delivered_invites_stop_at_the_cap_per_peer() {
     assert!(wait > Duration::from_secs(86_000), "{st:?}");
     let again = delivery(&pair, ("b.test", 5), y, b"1");
     from_b.deliver_invite(again).await.expect("a repeat");
+}
+
+/// A peer's NOT_FOUND is remembered (ten lookups of one keyless user spend one call of
+/// a's budget), key lookups stop short of the share kept for invites
+/// (`federation.invite_reserve_percent`), and an invite still goes through then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn not_found_is_remembered_and_invites_keep_their_reserve() {
+    let (ka, kb) = (NodeKey::new("a.test"), NodeKey::new("b.test"));
+    let b = Node::start(&kb, &Backend::Sqlite, &[PeerSpec::unreachable(&ka)], &[]).await;
+    let a = Node::start(
+        &ka,
+        &Backend::Sqlite,
+        &[PeerSpec::at(&kb, &b.addr)],
+        &[
+            ("outgoing_per_user_per_sec", "0"),
+            ("outgoing_per_peer_per_sec", "0.001"),
+            ("outgoing_per_peer_burst", "10"),
+            ("invite_reserve_percent", "50"),
+        ],
+    )
+    .await;
+    let (alice, bob, keyless) = (random_user(), random_user(), random_user());
+    give_key(&mut b.client(bob).await).await;
+    let mut on_a = a.client(alice).await;
+    for _ in 0..10 {
+        expect_code(
+            on_a.fetch_key(fetch(keyless, "b.test")).await,
+            Code::NotFound,
+        );
+    }
+    // Lookups may use 5 of the 10: one is spent, four more pass.
+    for _ in 0..4 {
+        expect_code(
+            on_a.fetch_key(fetch(random_user(), "b.test")).await,
+            Code::NotFound,
+        );
+    }
+    let st = on_a
+        .fetch_key(fetch(random_user(), "b.test"))
+        .await
+        .unwrap_err();
+    crate::limits::throttled(&st, "federation.invite_reserve_percent");
+    let pair = new_pair(&mut on_a).await;
+    on_a.send_invite(SendInviteRequest {
+        pair_id: pair.pair_id.clone(),
+        user_id: bob,
+        homeserver: "b.test".into(),
+        invite: b"sealed for bob".to_vec(),
+        key_fingerprint: Vec::new(),
+    })
+    .await
+    .expect("the invite uses the reserve");
 }
 
 /// After bob rotates his key on b, an invite encrypted to the old key is refused, and
