@@ -34,6 +34,23 @@ pub struct Caller {
     /// Unix seconds after which the token is no longer accepted (its `exp` plus the
     /// leeway): long-lived calls (StreamMessagePosting) end then.
     pub expires_at: u64,
+    /// The key of the caller's rate limits and calls in progress: the user id of a local
+    /// user; for a user of another homeserver, [`limit_key`] of (issuer, `sub`), known
+    /// before any database work.
+    pub limit_key: i64,
+}
+
+/// The key a user of another homeserver is rate-limited by: a keyed hash of (homeserver,
+/// user id) into the negative numbers (local users' keys are their ids, 1 .. 2^63-1, so
+/// the two never meet). The hash key is random per process, so no one can pick two users
+/// that share a key.
+pub fn limit_key(who: &Foreign) -> i64 {
+    use std::hash::BuildHasher;
+    static KEY: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
+    let hash = KEY
+        .get_or_init(std::hash::RandomState::new)
+        .hash_one((&*who.homeserver, who.user.get()));
+    -((hash >> 1) as i64) - 1
 }
 
 impl Caller {

@@ -230,7 +230,11 @@ fn check_claims(
             return Err("the token's `aud` claim does not name this server's audience".into());
         }
     }
-    Ok(Caller { user, expires_at })
+    Ok(Caller {
+        user,
+        expires_at,
+        limit_key: user.get(),
+    })
 }
 
 /// A NumericDate, rounded both ways to whole seconds (negative dates are 0).
@@ -306,6 +310,7 @@ mod tests {
         let caller = |expires_at| Caller {
             user: crate::domain::UserId::trusted(7),
             expires_at,
+            limit_key: 7,
         };
         v.verified
             .put(digest("remembered"), now + 100, caller(now + 100));

@@ -37,6 +37,31 @@ pub struct FederationSettings {
     /// Incoming server-to-server calls a peer may make at once before the rate applies.
     /// Default 200.
     pub rate_burst: u32,
+    /// Outgoing calls to one peer on behalf of one user (a FetchKey that misses the cache,
+    /// a SendInvite delivered there), per second (0 = off). Default 2.
+    pub outgoing_per_user_per_sec: f64,
+    /// Outgoing calls to one peer on behalf of one user at once before that rate applies.
+    /// Default 50.
+    pub outgoing_per_user_burst: u32,
+    /// Outgoing calls to one peer in total, per second (0 = off); keep it at or below what
+    /// the peer allows this server (its `federation.rate_per_sec`). Default 50.
+    pub outgoing_per_peer_per_sec: f64,
+    /// Outgoing calls to one peer at once before that rate applies (at or below the peer's
+    /// `federation.rate_burst`). Default 100.
+    pub outgoing_per_peer_burst: u32,
+    /// The share (percent) of each peer's outgoing budget that key lookups may not use,
+    /// kept for invites. Default 20.
+    pub invite_reserve_percent: u32,
+    /// How long a peer's NOT_FOUND for a user's key is remembered, in seconds (0 = not at
+    /// all). Default 30.
+    pub not_found_cache_secs: u64,
+    /// Invites one peer may have pending here for one of our users (0 = off). Default 100.
+    pub max_delivered_invites_per_invitee: u64,
+    /// Invites one peer may have pending here in total (0 = off). Default 10,000.
+    pub max_delivered_invites_per_peer: u64,
+    /// How long a delivered invite counts as pending against those caps, in seconds.
+    /// Default 86,400 (a day).
+    pub delivered_invites_window_secs: u64,
     /// The homeservers this one federates with (`[[federation.peers]]`).
     pub peers: Vec<PeerConfig>,
 }
@@ -50,6 +75,15 @@ impl Default for FederationSettings {
             key_cache_secs: 300,
             rate_per_sec: 100.0,
             rate_burst: 200,
+            outgoing_per_user_per_sec: 2.0,
+            outgoing_per_user_burst: 50,
+            outgoing_per_peer_per_sec: 50.0,
+            outgoing_per_peer_burst: 100,
+            invite_reserve_percent: 20,
+            not_found_cache_secs: 30,
+            max_delivered_invites_per_invitee: 100,
+            max_delivered_invites_per_peer: 10_000,
+            delivered_invites_window_secs: 86_400,
             peers: Vec::new(),
         }
     }
@@ -68,9 +102,23 @@ pub struct PeerConfig {
     /// `secretd federation-key` prints it. Pinned: only tokens signed by it are accepted
     /// as coming from this peer.
     pub public_key: String,
+    /// Where the peer serves clients (its SecretService, as our users' clients reach it),
+    /// returned by Federate so that a client can follow a pair hosted there. Empty (the
+    /// default) = `endpoint`.
+    #[serde(default)]
+    pub client_endpoint: String,
 }
 
 impl PeerConfig {
+    /// Where the peer serves clients: `client_endpoint`, or `endpoint` when that is empty.
+    pub fn client_endpoint(&self) -> &str {
+        if self.client_endpoint.is_empty() {
+            &self.endpoint
+        } else {
+            &self.client_endpoint
+        }
+    }
+
     /// The raw 32-byte public key, or why `public_key` is not one.
     pub fn public_key_bytes(&self) -> Result<[u8; ED25519_PUBLIC_KEY_LEN], String> {
         let bytes = base64::engine::general_purpose::STANDARD
@@ -107,6 +155,47 @@ impl FederationSettings {
                     .into(),
             );
         }
+        for (rate, burst, name) in [
+            (
+                self.outgoing_per_user_per_sec,
+                self.outgoing_per_user_burst,
+                "outgoing_per_user",
+            ),
+            (
+                self.outgoing_per_peer_per_sec,
+                self.outgoing_per_peer_burst,
+                "outgoing_per_peer",
+            ),
+        ] {
+            if !rate.is_finite() || !(0.0..=1e9).contains(&rate) {
+                return Err(format!(
+                    "federation.{name}_per_sec is {rate}; use 0 (off) or a positive number of \
+                     calls per second"
+                ));
+            }
+            if rate > 0.0 && burst == 0 {
+                return Err(format!(
+                    "federation.{name}_burst is 0; it must be at least 1 while \
+                     federation.{name}_per_sec is set (set the rate to 0 to turn it off)"
+                ));
+            }
+        }
+        if self.invite_reserve_percent > 90 {
+            return Err(format!(
+                "federation.invite_reserve_percent is {}; use 0 to 90 (key lookups need a \
+                 share of the budget too)",
+                self.invite_reserve_percent
+            ));
+        }
+        let caps_on =
+            self.max_delivered_invites_per_invitee > 0 || self.max_delivered_invites_per_peer > 0;
+        if caps_on && !(1..=365 * 86_400).contains(&self.delivered_invites_window_secs) {
+            return Err(format!(
+                "federation.delivered_invites_window_secs is {}; use 1 to 31536000 seconds \
+                 while a cap on delivered invites is on",
+                self.delivered_invites_window_secs
+            ));
+        }
         let mut seen = HashSet::new();
         for (i, peer) in self.peers.iter().enumerate() {
             let key = |field: &str| format!("federation.peers[{i}].{field}");
@@ -130,6 +219,10 @@ impl FederationSettings {
                 ));
             }
             check_endpoint(&peer.endpoint).map_err(|e| format!("{} {e}", key("endpoint")))?;
+            if !peer.client_endpoint.is_empty() {
+                check_client_endpoint(&peer.client_endpoint)
+                    .map_err(|e| format!("{} {e}", key("client_endpoint")))?;
+            }
             peer.public_key_bytes()
                 .map_err(|e| format!("{} {e}", key("public_key")))?;
         }
@@ -156,6 +249,21 @@ fn check_endpoint(endpoint: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A client endpoint is any `http://` or `https://` URL with a host (clients may reach
+/// the peer through a proxy or a load balancer with TLS).
+fn check_client_endpoint(endpoint: &str) -> Result<(), String> {
+    let uri: http::Uri = endpoint
+        .parse()
+        .map_err(|e| format!("{endpoint:?} is not a URL ({e})"))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
+        return Err(format!(
+            "{endpoint:?} must be a URL such as https://chat.example.org:443 (http or https, \
+             with a host)"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,6 +273,7 @@ mod tests {
             server_name: name.into(),
             endpoint: "http://127.0.0.1:1".into(),
             public_key: key.into(),
+            client_endpoint: String::new(),
         }
     }
 
@@ -200,5 +309,20 @@ mod tests {
         bad_endpoint.endpoint = "b.test:50051".into();
         let err = with(vec![bad_endpoint]).validate("a.test").unwrap_err();
         assert!(err.starts_with("federation.peers[0].endpoint"), "{err}");
+        let mut bad_client = peer("b.test", &good);
+        bad_client.client_endpoint = "chat.b.test".into();
+        let err = with(vec![bad_client]).validate("a.test").unwrap_err();
+        assert!(
+            err.starts_with("federation.peers[0].client_endpoint"),
+            "{err}"
+        );
+        let mut good_client = peer("b.test", &good);
+        good_client.client_endpoint = "https://chat.b.test".into();
+        assert_eq!(good_client.client_endpoint(), "https://chat.b.test");
+        with(vec![good_client]).validate("a.test").unwrap();
+        assert_eq!(
+            peer("b.test", &good).client_endpoint(),
+            "http://127.0.0.1:1"
+        );
     }
 }

@@ -423,6 +423,18 @@ impl Settings {
         self.federation
             .validate(&self.server_name)
             .map_err(config::ConfigError::Message)?;
+        if self.federation.enabled
+            && self.jwt_algorithm != JwtAlgorithm::Hs256
+            && self.jwt_audience.is_empty()
+        {
+            return bad(format!(
+                "jwt_audience is not set, but federation.enabled is on and jwt_algorithm is \
+                 {}: set jwt_audience to the audience your identity provider puts in this \
+                 homeserver's tokens (two homeservers sharing an identity provider would \
+                 otherwise accept each other's local tokens)",
+                self.jwt_algorithm
+            ));
+        }
         if !self.jwt_secret.is_empty()
             && let Err(short) = check_secret("jwt_secret", self.jwt_secret.expose())
         {

@@ -6,31 +6,66 @@
 //! as if it were posted here (`keycheck`: RSA 4096–8192 bits, e = 65537, SPKI DER) and
 //! its fingerprint recomputed; a peer that sends anything else is answered as
 //! UNAVAILABLE naming the peer (and counted), never passed on. Only good answers are
-//! cached; `b`'s NOT_FOUND becomes NOT_FOUND naming the user and server.
+//! cached; `b`'s NOT_FOUND becomes NOT_FOUND naming the user and server, and is remembered
+//! for `federation.not_found_cache_secs`.
+//!
+//! Budgets (DESIGN §9a, [`Outgoing`]): every call that leaves for a peer on a user's
+//! behalf passes that (user, peer)'s budget (`federation.outgoing_per_user_*`) and the
+//! peer's (`federation.outgoing_per_peer_*`), of which key lookups may use only what
+//! `federation.invite_reserve_percent` leaves: one user cannot spend what the peer allows
+//! us, and lookups cannot crowd out invites. Over a budget the call is RESOURCE_EXHAUSTED
+//! naming it, with `retry-after-ms`, and nothing is sent. Counted per replica.
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::num::NonZeroU32;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use tonic::Code;
 use tonic::transport::Channel;
 
 use super::Federation;
-use super::token::{self, TokenType};
+use super::token;
+use crate::config::FederationSettings;
 use crate::domain::UserId;
 use crate::error::Error;
 use crate::proto;
 use crate::proto::federation::secret_federation_service_client::SecretFederationServiceClient;
 use crate::proto::federation::{DeliverInviteRequest, FetchUserKeyRequest};
 
-/// Users' keys fetched from peers, by (peer, user), with the time they were fetched.
+/// Users' keys fetched from peers, by (peer, user), with the time they were fetched; and
+/// the users peers answered NOT_FOUND for.
 #[derive(Default)]
 pub struct KeyCache {
     entries: Mutex<HashMap<(String, i64), (Instant, proto::FetchKeyResponse)>>,
+    not_found: Mutex<HashMap<(String, i64), Instant>>,
 }
 
 impl KeyCache {
+    /// Whether `peer` answered NOT_FOUND for `user` less than `ttl` ago.
+    fn known_missing(&self, peer: &str, user: UserId, ttl: Duration) -> bool {
+        let missing = self.not_found.lock().unwrap_or_else(|p| p.into_inner());
+        missing
+            .get(&(peer.to_string(), user.get()))
+            .is_some_and(|at| at.elapsed() < ttl)
+    }
+
+    /// Remembers that `peer` answered NOT_FOUND for `user`.
+    fn put_missing(&self, peer: &str, user: UserId, ttl: Duration) {
+        let mut missing = self.not_found.lock().unwrap_or_else(|p| p.into_inner());
+        if missing.len() >= 100_000 {
+            missing.retain(|_, at| at.elapsed() < ttl);
+            if missing.len() >= 100_000 {
+                missing.clear();
+            }
+        }
+        missing.insert((peer.to_string(), user.get()), Instant::now());
+    }
+
     fn get(&self, peer: &str, user: UserId, ttl: Duration) -> Option<proto::FetchKeyResponse> {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let key = (peer.to_string(), user.get());
@@ -44,6 +79,18 @@ impl KeyCache {
         }
     }
 
+    /// Drops the cached keys of `user` of `peer` (the peer refused an invite for them).
+    pub fn forget(&self, peer: &str, user: UserId) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.remove(&(peer.to_string(), user.get()));
+    }
+
+    /// Drops a remembered NOT_FOUND of `user` of `peer` (the peer took an invite for them).
+    fn forget_missing(&self, peer: &str, user: UserId) {
+        let mut missing = self.not_found.lock().unwrap_or_else(|p| p.into_inner());
+        missing.remove(&(peer.to_string(), user.get()));
+    }
+
     fn put(&self, peer: &str, user: UserId, keys: proto::FetchKeyResponse) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         // Expired entries go when the map grows past what one burst of lookups leaves.
@@ -54,14 +101,139 @@ impl KeyCache {
     }
 }
 
+/// One budget of outgoing calls and the figures its refusals quote.
+struct Budget<K: std::hash::Hash + Eq + Clone> {
+    rate: f64,
+    burst: u32,
+    keyed: DefaultKeyedRateLimiter<K>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Budget<K> {
+    /// A budget of `rate` per second after `burst`; `None` when the rate is 0 (off).
+    fn new(rate: f64, burst: u32) -> Option<Self> {
+        let burst = NonZeroU32::new(burst)?;
+        if rate <= 0.0 {
+            return None;
+        }
+        let quota = Quota::with_period(Duration::from_secs_f64(1.0 / rate))?.allow_burst(burst);
+        Some(Budget {
+            rate,
+            burst: burst.get(),
+            keyed: RateLimiter::keyed(quota),
+        })
+    }
+
+    /// Takes one call of `key`'s budget, or the milliseconds to wait.
+    fn take(&self, key: &K) -> Result<(), u64> {
+        self.keyed.check_key(key).map_err(|not_until| {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            u64::try_from(wait.as_nanos().div_ceil(1_000_000))
+                .unwrap_or(u64::MAX)
+                .max(1)
+        })
+    }
+}
+
+/// The budgets of outgoing calls (see the module doc), per replica.
+pub struct Outgoing {
+    /// Per (requesting user's [`crate::auth::Caller::limit_key`], peer).
+    per_user: Option<Budget<(i64, String)>>,
+    /// Per peer, every call.
+    per_peer: Option<Budget<String>>,
+    /// Per peer, key lookups: the peer's budget less the invite reserve.
+    lookups: Option<Budget<String>>,
+    /// Calls since the per-user budget last forgot users whose budget is full again.
+    calls: std::sync::atomic::AtomicU32,
+}
+
+impl Outgoing {
+    /// The budgets the `[federation]` table sets.
+    pub fn from_settings(s: &FederationSettings) -> Self {
+        let share = f64::from(100 - s.invite_reserve_percent.min(90)) / 100.0;
+        let lookup_burst = ((f64::from(s.outgoing_per_peer_burst) * share).floor() as u32).max(1);
+        Outgoing {
+            per_user: Budget::new(s.outgoing_per_user_per_sec, s.outgoing_per_user_burst),
+            per_peer: Budget::new(s.outgoing_per_peer_per_sec, s.outgoing_per_peer_burst),
+            lookups: Budget::new(s.outgoing_per_peer_per_sec * share, lookup_burst),
+            calls: Default::default(),
+        }
+    }
+
+    /// Takes one call to `peer` on behalf of `requester` from every budget it passes
+    /// (`lookup`: a key lookup, which may not use the invite reserve).
+    fn take(&self, requester: i64, peer: &str, lookup: bool) -> Result<(), Error> {
+        if let Some(budget) = &self.per_user {
+            budget.take(&(requester, peer.to_string())).map_err(|ms| {
+                throttled(
+                    format!(
+                        "you are sending more calls to homeserver {peer:?} than this server \
+                         makes on one user's behalf: {} per second after a burst of {} (config \
+                         keys federation.outgoing_per_user_per_sec and \
+                         federation.outgoing_per_user_burst, counted per server)",
+                        budget.rate, budget.burst
+                    ),
+                    ms,
+                )
+            })?;
+            // Users whose budget is full again are forgotten now and then.
+            let calls = self
+                .calls
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if calls % 4096 == 4095 {
+                budget.keyed.retain_recent();
+            }
+        }
+        if lookup && let Some(budget) = &self.lookups {
+            budget.take(&peer.to_string()).map_err(|ms| {
+                throttled(
+                    format!(
+                        "this server is asking homeserver {peer:?} for keys as fast as it may: {} \
+                         per second after a burst of {} (config keys \
+                         federation.outgoing_per_peer_per_sec and \
+                         federation.outgoing_per_peer_burst, less \
+                         federation.invite_reserve_percent kept for invites)",
+                        budget.rate, budget.burst
+                    ),
+                    ms,
+                )
+            })?;
+        }
+        if let Some(budget) = &self.per_peer {
+            budget.take(&peer.to_string()).map_err(|ms| {
+                throttled(
+                    format!(
+                        "this server is calling homeserver {peer:?} as fast as it may: {} per \
+                         second after a burst of {} (config keys \
+                         federation.outgoing_per_peer_per_sec and \
+                         federation.outgoing_per_peer_burst)",
+                        budget.rate, budget.burst
+                    ),
+                    ms,
+                )
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// A refusal by an outgoing budget: `what` names it; the delay is appended.
+fn throttled(what: String, retry_after_ms: u64) -> Error {
+    Error::Throttled {
+        message: format!("{what}; retry in {retry_after_ms} ms"),
+        retry_after_ms,
+    }
+}
+
 impl Federation {
-    /// The keys of user `user` of homeserver `peer` (not this server), for FetchKey.
+    /// The keys of user `user` of homeserver `peer` (not this server), for FetchKey on
+    /// behalf of `requester` (the caller's [`crate::auth::Caller::limit_key`]).
     /// `max_past_keys` caps the past keys as for a local user.
     pub async fn fetch_user_key(
         &self,
         peer: &str,
         user: UserId,
         max_past_keys: usize,
+        requester: i64,
     ) -> Result<proto::FetchKeyResponse, Error> {
         let Some(target) = self.peers.get(peer) else {
             return Err(not_a_peer(peer));
@@ -70,30 +242,43 @@ impl Federation {
         if let Some(keys) = self.cache.get(peer, user, ttl) {
             return Ok(keys);
         }
+        let missing_ttl = Duration::from_secs(self.settings.not_found_cache_secs);
+        let not_found = || {
+            Error::NotFound(format!(
+                "user {user} of homeserver {peer:?} has not posted a public key"
+            ))
+        };
+        if self.cache.known_missing(peer, user, missing_ttl) {
+            return Err(not_found());
+        }
+        self.outgoing.take(requester, peer, true)?;
         let request = FetchUserKeyRequest {
             user_id: user.get() as u64,
         };
         let answer = match self
-            .call(peer, request, |mut client, request| async move {
-                client.fetch_user_key(request).await
-            })
+            .call(
+                peer,
+                super::FETCH_USER_KEY_PATH,
+                request,
+                |mut client, request| async move { client.fetch_user_key(request).await },
+            )
             .await
         {
             Err(Refused(status)) if status.code() == Code::NotFound => {
                 crate::telemetry::federation_call(peer, "out", "not_found");
-                return Err(Error::NotFound(format!(
-                    "user {user} of homeserver {peer:?} has not posted a public key"
-                )));
+                if !missing_ttl.is_zero() {
+                    self.cache.put_missing(peer, user, missing_ttl);
+                }
+                return Err(not_found());
             }
             Err(Refused(status)) => {
                 crate::telemetry::federation_call(peer, "out", "unavailable");
+                log_refusal(peer, &target.endpoint, "FetchUserKey", &status);
                 return Err(unavailable(
                     peer,
-                    &target.endpoint,
                     format!(
-                        "could not be asked for the key of user {user}: {:?}: {}",
-                        status.code(),
-                        status.message()
+                        "could not be asked for the key of user {user}: {}",
+                        refusal(status.code())
                     ),
                 ));
             }
@@ -107,7 +292,6 @@ impl Federation {
                 tracing::warn!(peer, user = user.get(), "a peer sent an invalid key: {why}");
                 return Err(unavailable(
                     peer,
-                    &target.endpoint,
                     format!("answered with an invalid key for user {user} ({why})"),
                 ));
             }
@@ -119,71 +303,119 @@ impl Federation {
 
     /// Delivers an invite to user `to` of homeserver `peer` (SecretFederationService
     /// .DeliverInvite); the invite's id in their inbox. The peer's refusals that a client
-    /// can act on (no key, stale fingerprint, bad argument, rate limit) come back with their
-    /// code and the peer's sentence; a peer that is down, slow or answers anything else is
-    /// UNAVAILABLE naming it.
+    /// can act on (no key or a stale fingerprint, bad argument, a cap or rate limit with
+    /// its retry hint) come back with their code in our own words, naming the peer (its
+    /// own text goes to our log only); a refusal for the invitee's key also drops our
+    /// cached key of them, so that the next FetchKey asks again. A peer that is down, slow
+    /// or answers anything else is UNAVAILABLE naming it.
+    ///
+    /// The call is made on behalf of `requester` (the inviter's
+    /// [`crate::auth::Caller::limit_key`]) and passes the outgoing budgets.
     pub async fn deliver_invite(
         &self,
         peer: &str,
         request: DeliverInviteRequest,
+        requester: i64,
     ) -> Result<u64, Error> {
         let Some(target) = self.peers.get(peer) else {
             return Err(not_a_peer(peer));
         };
+        self.outgoing.take(requester, peer, false)?;
         let to = request.to_user_id;
         match self
-            .call(peer, request, |mut client, request| async move {
-                client.deliver_invite(request).await
-            })
+            .call(
+                peer,
+                super::DELIVER_INVITE_PATH,
+                request,
+                |mut client, request| async move { client.deliver_invite(request).await },
+            )
             .await
         {
             Ok(answer) if answer.invite_id > 0 => {
                 crate::telemetry::federation_call(peer, "out", "ok");
+                if let Ok(user) = UserId::parse("to_user_id", to) {
+                    // They have a key after all: no NOT_FOUND is remembered for them.
+                    self.cache.forget_missing(peer, user);
+                }
                 Ok(answer.invite_id)
             }
             Ok(_) => {
                 crate::telemetry::federation_call(peer, "out", "invalid_answer");
                 Err(unavailable(
                     peer,
-                    &target.endpoint,
                     "answered DeliverInvite without an invite id".into(),
                 ))
             }
             Err(Refused(status)) => {
-                let refused = |outcome| {
-                    crate::telemetry::federation_call(peer, "out", outcome);
-                    format!(
-                        "homeserver {peer:?} refused the invite for its user {to}: {}",
-                        status.message()
-                    )
+                log_refusal(peer, &target.endpoint, "DeliverInvite", &status);
+                let outcome = match status.code() {
+                    Code::NotFound => "not_found",
+                    Code::InvalidArgument => "invalid_argument",
+                    Code::FailedPrecondition | Code::PermissionDenied | Code::ResourceExhausted => {
+                        "refused"
+                    }
+                    _ => "unavailable",
+                };
+                crate::telemetry::federation_call(peer, "out", outcome);
+                let said = |why: &str| {
+                    format!("homeserver {peer:?} refused the invite for its user {to}: {why}")
                 };
                 Err(match status.code() {
-                    Code::FailedPrecondition => Error::FailedPrecondition(refused("refused")),
-                    Code::NotFound => Error::NotFound(refused("not_found")),
-                    Code::InvalidArgument => Error::InvalidArgument(refused("invalid_argument")),
-                    Code::PermissionDenied => Error::PermissionDenied(refused("refused")),
-                    Code::ResourceExhausted => Error::ResourceExhausted(refused("refused")),
-                    code => {
-                        crate::telemetry::federation_call(peer, "out", "unavailable");
-                        unavailable(
-                            peer,
-                            &target.endpoint,
-                            format!(
-                                "could not take the invite for its user {to}: {code:?}: {}",
-                                status.message()
-                            ),
-                        )
+                    Code::FailedPrecondition => {
+                        if let Ok(user) = UserId::parse("to_user_id", to) {
+                            self.cache.forget(peer, user);
+                        }
+                        Error::FailedPrecondition(said(
+                            "they have no public key there, or key_fingerprint is not their \
+                             current key; fetch their key again (FetchKey), re-encrypt the \
+                             invite and send it again",
+                        ))
                     }
+                    Code::NotFound => Error::NotFound(said("it does not know that user")),
+                    Code::InvalidArgument => {
+                        Error::InvalidArgument(said("it found the request malformed"))
+                    }
+                    Code::PermissionDenied => {
+                        Error::PermissionDenied(said("it does not accept it from this server"))
+                    }
+                    Code::ResourceExhausted => match retry_after_ms(&status) {
+                        Some(retry_after_ms) => Error::Throttled {
+                            message: said(&format!(
+                                "it holds as many invites for that user, or from this server, \
+                                 as it takes for now (its caps on delivered invites or its rate \
+                                 limit); retry in {retry_after_ms} ms"
+                            )),
+                            retry_after_ms,
+                        },
+                        None => Error::ResourceExhausted(said(
+                            "it holds as many invites for that user, or from this server, as \
+                             it takes",
+                        )),
+                    },
+                    code => unavailable(
+                        peer,
+                        format!(
+                            "could not take the invite for its user {to}: {}",
+                            refusal(code)
+                        ),
+                    ),
                 })
             }
             Err(Failed(error)) => Err(error),
         }
     }
 
-    /// Calls `peer` with a fresh "s2s" token within `federation.request_timeout_secs`.
+    /// Calls `peer`'s `method` (its full path) with a fresh "s2s" token bound to it, within
+    /// `federation.request_timeout_secs`.
     /// A timeout is counted and answered as UNAVAILABLE ([`Outcome::Failed`]); the peer's
     /// own error status is left to the caller ([`Outcome::Refused`]).
-    async fn call<Req, Resp, F, Fut>(&self, peer: &str, message: Req, send: F) -> Outcome<Resp>
+    async fn call<Req, Resp, F, Fut>(
+        &self,
+        peer: &str,
+        method: &str,
+        message: Req,
+        send: F,
+    ) -> Outcome<Resp>
     where
         F: FnOnce(SecretFederationServiceClient<Channel>, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
@@ -191,19 +423,12 @@ impl Federation {
         let Some(target) = self.peers.get(peer) else {
             return Err(Failed(not_a_peer(peer)));
         };
-        let (bearer, _) = token::mint(
-            &self.key,
-            &self.server_name,
-            peer,
-            TokenType::S2s,
-            None,
-            TokenType::S2s.max_lifetime_secs(),
-        )
-        .map_err(|e| {
-            Failed(Error::Internal(format!(
-                "cannot sign a server-to-server token: {e}"
-            )))
-        })?;
+        let (bearer, _) =
+            token::mint_s2s(&self.key, &self.server_name, peer, method).map_err(|e| {
+                Failed(Error::Internal(format!(
+                    "cannot sign a server-to-server token: {e}"
+                )))
+            })?;
         let mut request = tonic::Request::new(message);
         let value = format!("Bearer {bearer}").parse().map_err(|_| {
             Failed(Error::Internal(
@@ -219,7 +444,6 @@ impl Federation {
                 crate::telemetry::federation_call(peer, "out", "timeout");
                 Err(Failed(unavailable(
                     peer,
-                    &target.endpoint,
                     format!(
                         "did not answer within {} s (federation.request_timeout_secs)",
                         timeout.as_secs()
@@ -252,11 +476,48 @@ fn not_a_peer(peer: &str) -> Error {
     ))
 }
 
-/// The error for a peer that did not answer usefully.
-fn unavailable(peer: &str, endpoint: &str, what: String) -> Error {
-    Error::Unavailable(format!(
-        "homeserver {peer:?} ({endpoint}) {what}; try again later"
-    ))
+/// The error for a peer that did not answer usefully: it names the peer, never its
+/// endpoint or the peer's own words (those go to our log, see [`log_refusal`]).
+fn unavailable(peer: &str, what: String) -> Error {
+    Error::Unavailable(format!("homeserver {peer:?} {what}; try again later"))
+}
+
+/// What a peer's error code says, in our words, for our client.
+fn refusal(code: Code) -> &'static str {
+    match code {
+        Code::Unavailable => "it is down or cannot be reached",
+        Code::DeadlineExceeded => "it did not answer in time",
+        Code::ResourceExhausted => "it is limiting this server's calls",
+        Code::Unauthenticated | Code::PermissionDenied => {
+            "it does not accept this server's credentials (check both servers' pinned keys)"
+        }
+        _ => "it failed to answer",
+    }
+}
+
+/// Logs a peer's refusal with what our client is not shown: the endpoint and the peer's
+/// own message.
+fn log_refusal(peer: &str, endpoint: &str, method: &str, status: &tonic::Status) {
+    tracing::warn!(
+        peer,
+        endpoint,
+        method,
+        code = ?status.code(),
+        detail = status.message(),
+        "a federation peer refused a call"
+    );
+}
+
+/// The `retry-after-ms` a peer sent with a refusal, if any.
+fn retry_after_ms(status: &tonic::Status) -> Option<u64> {
+    status
+        .metadata()
+        .get("retry-after-ms")?
+        .to_str()
+        .ok()?
+        .parse::<u64>()
+        .ok()
+        .filter(|ms| *ms > 0)
 }
 
 /// Checks every key of a peer's answer by the rules for posted keys and recomputes its

@@ -1,7 +1,8 @@
 //! The gate in front of `SecretFederationService`: every call except `ServerKey` must
-//! carry a valid "s2s" token of a configured peer (`token.rs`), and each peer's calls
-//! pass its rate limit (`federation.rate_per_sec` / `rate_burst`, per replica; 0 = off).
-//! The verified token goes into the request's extensions for the handlers.
+//! carry a valid "s2s" token of a configured peer (`token.rs`) minted for the method
+//! called (`mth`), each peer's calls pass its rate limit (`federation.rate_per_sec` /
+//! `rate_burst`, per replica; 0 = off), and a token is accepted once (`jti`, see
+//! `replay.rs`). The verified token goes into the request's extensions for the handlers.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -17,7 +18,9 @@ use tonic::server::NamedService;
 use tower::Service;
 
 use super::Federation;
+use super::replay::ReplayCache;
 use super::token::{self, TokenType};
+use crate::error::Error;
 
 /// Wraps the generated federation server `S` with token checks and per-peer limits.
 #[derive(Clone)]
@@ -25,6 +28,7 @@ pub struct FederationGate<S> {
     inner: S,
     federation: Arc<Federation>,
     limiter: Option<Arc<DefaultKeyedRateLimiter<String>>>,
+    replays: Arc<ReplayCache>,
 }
 
 impl<S> FederationGate<S> {
@@ -44,6 +48,7 @@ impl<S> FederationGate<S> {
             inner,
             federation,
             limiter,
+            replays: Arc::default(),
         }
     }
 
@@ -74,17 +79,40 @@ impl<S> FederationGate<S> {
             fed.peers.pinned_key(iss)
         })
         .map_err(unknown)?;
-        if let Some(limiter) = &self.limiter
-            && limiter.check_key(&verified.issuer).is_err()
-        {
+        let peer = verified.issuer.clone();
+        let path = req.uri().path();
+        if verified.method.as_deref() != Some(path) {
             return Err((
-                verified.issuer.clone(),
-                Status::resource_exhausted(format!(
-                    "homeserver {:?} is calling faster than this server allows (config keys \
-                     federation.rate_per_sec and federation.rate_burst); retry later",
-                    verified.issuer
+                peer,
+                Status::unauthenticated(format!(
+                    "the s2s token was minted for {:?} (mth), not for this call {path:?}: sign \
+                     a new token for every call",
+                    verified.method.as_deref().unwrap_or_default()
                 )),
             ));
+        }
+        if let Some(limiter) = &self.limiter
+            && let Err(not_until) = limiter.check_key(&peer)
+        {
+            use governor::clock::{Clock, DefaultClock};
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            let retry_after_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+            let refused = Error::Throttled {
+                message: format!(
+                    "homeserver {peer:?} is calling faster than this server allows (config keys \
+                     federation.rate_per_sec and federation.rate_burst); retry in \
+                     {retry_after_ms} ms"
+                ),
+                retry_after_ms,
+            };
+            return Err((peer, refused.into()));
+        }
+        let jti = verified.jti.as_deref().unwrap_or_default();
+        let forget_at = verified.expires_at.saturating_add(token::LEEWAY_SECS);
+        let now = crate::time::now_micros().max(0) as u64 / 1_000_000;
+        if let Err(refusal) = self.replays.first_use(&peer, jti, forget_at, now) {
+            let status = refusal.status(&peer);
+            return Err((peer, status));
         }
         Ok(verified)
     }

@@ -6,6 +6,7 @@
 //! - `token.rs`: minting and verifying "s2s" and "fed-user" EdDSA JWTs against pinned keys;
 //! - `peers.rs`: the static peer map (name, endpoint, pinned key, channel);
 //! - `gate.rs`: token check and per-peer rate limit in front of the federation service;
+//! - `replay.rs`: the per-replica cache of s2s token ids seen (each token is used once);
 //! - `service.rs`: the `SecretFederationService` handlers (layer 4: they use the store);
 //! - `client.rs`: outgoing calls (FetchUserKey) and the cache of fetched keys.
 //!
@@ -18,16 +19,25 @@ pub mod client;
 pub mod gate;
 pub mod key;
 pub mod peers;
+pub mod replay;
 pub mod service;
 pub mod token;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::config::{FederationSettings, Settings};
 use crate::domain::{Foreign, UserId};
 use crate::error::Error;
 use crate::store::DynStore;
+
+/// The full path of SecretFederationService.FetchUserKey (an s2s token's `mth`).
+pub const FETCH_USER_KEY_PATH: &str =
+    "/protocol.secret.federation.v1.SecretFederationService/FetchUserKey";
+/// The full path of SecretFederationService.DeliverInvite (an s2s token's `mth`).
+pub const DELIVER_INVITE_PATH: &str =
+    "/protocol.secret.federation.v1.SecretFederationService/DeliverInvite";
 
 /// Everything federation needs at run time; `None` in the app state when it is off.
 pub struct Federation {
@@ -41,6 +51,8 @@ pub struct Federation {
     pub peers: peers::Peers,
     /// Keys fetched from peers.
     pub cache: client::KeyCache,
+    /// The budgets of outgoing calls.
+    pub outgoing: client::Outgoing,
     /// The ids this database gives users of other homeservers.
     pub ids: ForeignIds,
 }
@@ -48,42 +60,67 @@ pub struct Federation {
 /// The ids this database knows users of other homeservers by (negative numbers from the
 /// `foreign_users` table), remembered once read: a user's id never changes, so a
 /// remembered one is never stale, on any replica.
+///
+/// Callers who hold nothing here are remembered too, for [`ForeignIds::UNKNOWN_TTL`]: a
+/// foreign caller who repeats calls costs one database read per that time per replica.
+/// An id given on this replica ends that at once; one given on another replica is seen
+/// here at most that long after.
 #[derive(Default)]
 pub struct ForeignIds {
     known: Mutex<HashMap<Foreign, UserId>>,
+    unknown: Mutex<HashMap<Foreign, Instant>>,
 }
 
 impl ForeignIds {
     /// Ids remembered at most; past it the map starts over (the database has them all).
     const MAX: usize = 100_000;
+    /// How long a foreign user found to hold nothing here is taken to hold nothing.
+    pub const UNKNOWN_TTL: Duration = Duration::from_secs(5);
 
-    /// The id of `who`; with `create`, given now if they have none yet (`None` only
-    /// without `create`: a user who holds nothing here).
-    pub async fn get(
-        &self,
-        store: &DynStore,
-        who: &Foreign,
-        create: bool,
-    ) -> Result<Option<UserId>, Error> {
+    /// The id of `who`, or `None` when they hold nothing here. Ids are given only by the
+    /// store, in the transaction that stores something for a foreign user; the caller
+    /// then [`ForeignIds::remember`]s it.
+    pub async fn get(&self, store: &DynStore, who: &Foreign) -> Result<Option<UserId>, Error> {
         if let Some(id) = self.lock().get(who) {
             return Ok(Some(*id));
         }
-        let id = store.foreign_user(who, create).await?;
-        if let Some(id) = id {
-            let mut known = self.lock();
-            if known.len() >= Self::MAX {
-                known.clear();
+        if self
+            .unknown()
+            .get(who)
+            .is_some_and(|at| at.elapsed() < Self::UNKNOWN_TTL)
+        {
+            return Ok(None);
+        }
+        let id = store.foreign_user(who).await?;
+        match id {
+            Some(id) => self.remember(who, id),
+            None => {
+                let mut unknown = self.unknown();
+                if unknown.len() >= Self::MAX {
+                    unknown.retain(|_, at| at.elapsed() < Self::UNKNOWN_TTL);
+                    if unknown.len() >= Self::MAX {
+                        unknown.clear();
+                    }
+                }
+                unknown.insert(who.clone(), Instant::now());
             }
-            known.insert(who.clone(), id);
         }
         Ok(id)
     }
 
-    /// The id of `who`, given now if they have none yet.
-    pub async fn id_of(&self, store: &DynStore, who: &Foreign) -> Result<UserId, Error> {
-        self.get(store, who, true)
-            .await?
-            .ok_or_else(|| Error::Internal("a foreign user was not given an id".into()))
+    /// Remembers the id the store gave (or read for) `who`.
+    pub fn remember(&self, who: &Foreign, id: UserId) {
+        let mut known = self.lock();
+        if known.len() >= Self::MAX {
+            known.clear();
+        }
+        known.insert(who.clone(), id);
+        drop(known);
+        self.unknown().remove(who);
+    }
+
+    fn unknown(&self) -> std::sync::MutexGuard<'_, HashMap<Foreign, Instant>> {
+        self.unknown.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Foreign, UserId>> {
@@ -112,6 +149,7 @@ impl Federation {
             key,
             peers,
             cache: client::KeyCache::default(),
+            outgoing: client::Outgoing::from_settings(&settings.federation),
             ids: ForeignIds::default(),
         })))
     }

@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::Federation;
 use super::token::Verified;
+use crate::config::FederationSettings;
 use crate::domain::{PairId, StreamId, UserId, UserRef, check_homeserver_name};
 use crate::error::Error;
 use crate::proto::federation::secret_federation_service_server::SecretFederationService;
@@ -18,7 +19,7 @@ use crate::proto::federation::{
 };
 use crate::requests::{check_blob, key_fingerprint};
 use crate::service::AppState;
-use crate::store::PairIds;
+use crate::store::{Delivery, DeliveryCaps, Inviter, PairIds};
 use crate::time::now_micros;
 
 /// The federation service over the shared state.
@@ -31,6 +32,17 @@ impl FederationApi {
     /// The service for `federation` over `state`.
     pub fn new(state: Arc<AppState>, federation: Arc<Federation>) -> Self {
         FederationApi { state, federation }
+    }
+}
+
+/// The caps on delivered invites (`federation.max_delivered_invites_*`), for the store.
+fn delivery_caps(settings: &FederationSettings) -> DeliveryCaps {
+    DeliveryCaps {
+        per_invitee: settings.max_delivered_invites_per_invitee,
+        per_peer: settings.max_delivered_invites_per_peer,
+        window_micros: i64::try_from(settings.delivered_invites_window_secs)
+            .unwrap_or(i64::MAX / 1_000_000)
+            .saturating_mul(1_000_000),
     }
 }
 
@@ -134,23 +146,34 @@ impl FederationApi {
         };
         check_homeserver_name("from.homeserver", homeserver)?;
         let inviter = UserRef::parse(homeserver, "from.user_id", from.user_id)?;
-        let from_id = match inviter.resolve(ours) {
-            Ok(local) => local,
-            Err(foreign) => {
-                self.federation
-                    .ids
-                    .id_of(&self.state.store, &foreign)
-                    .await?
-            }
-        };
+        let inviter = inviter.resolve(ours);
         check_blob("invite", r.invite.len())?;
         let fingerprint = key_fingerprint("key_fingerprint", r.key_fingerprint)?;
         crate::service::keys::check_invitee_key(&self.state, to, fingerprint.as_deref()).await?;
+        // A foreign inviter is given an id only with the invite stored for them.
+        let from = match &inviter {
+            Ok(local) => Inviter::Local(*local),
+            Err(foreign) => Inviter::Foreign(foreign),
+        };
         let invite = self
             .state
             .store
-            .deliver_invite(to, peer, &ids, from_id, &r.invite, now_micros())
+            .deliver_invite(
+                to,
+                Delivery {
+                    pair_homeserver: peer,
+                    pair: &ids,
+                    from,
+                    body: &r.invite,
+                },
+                now_micros(),
+                delivery_caps(&self.federation.settings),
+            )
             .await?;
+        if let Err(foreign) = &inviter {
+            let id = UserId::trusted(invite.from_user);
+            self.federation.ids.remember(foreign, id);
+        }
         self.state.hub.invite_sent(to);
         Ok(DeliverInviteResponse {
             invite_id: invite.invite_id as u64,

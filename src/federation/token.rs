@@ -6,6 +6,11 @@
 //! SecretService), `iat`, `exp`, and `sub` (the user id) for "fed-user". A token lives at
 //! most [`TokenType::max_lifetime_secs`] from `iat`.
 //!
+//! An "s2s" token is also single-use and bound to one call (DESIGN §9a): `jti` is a random
+//! id (the callee refuses one it has seen, see `replay.rs`) and `mth` the full method path
+//! of the call it was minted for (`/protocol.secret.federation.v1.SecretFederationService/
+//! FetchUserKey`); the gate compares it with the path called. Both are required.
+//!
 //! Verification takes the key from our own configuration, pinned for the peer named by
 //! `iss` (an unknown `iss` is refused before any signature check), fixes the algorithm
 //! to EdDSA (never read from the header: `none`, HS256 and RS256 headers are refused),
@@ -50,6 +55,9 @@ impl TokenType {
     }
 }
 
+/// The longest `jti` accepted (we send 32 hex digits).
+pub const MAX_JTI_LEN: usize = 64;
+
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
     iss: String,
@@ -59,6 +67,10 @@ struct Claims {
     exp: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     sub: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    jti: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mth: Option<String>,
 }
 
 /// A token that passed every check.
@@ -70,15 +82,19 @@ pub struct Verified {
     pub subject: Option<u64>,
     /// Its `exp`, Unix seconds.
     pub expires_at: u64,
+    /// The token's id (`jti`) of an "s2s" token; `None` for "fed-user".
+    pub jti: Option<String>,
+    /// The method path an "s2s" token is bound to (`mth`); `None` for "fed-user".
+    pub method: Option<String>,
 }
 
 fn now_secs() -> u64 {
     u64::try_from(crate::time::now_micros() / 1_000_000).unwrap_or(0)
 }
 
-/// Signs a token from `issuer` (our server name) for `audience`, valid for `ttl_secs`
-/// (capped at the type's maximum). `subject` is the user of a "fed-user" token. Returns
-/// the token and its `exp`.
+/// Signs a "fed-user" token from `issuer` (our server name) for `audience`, valid for
+/// `ttl_secs` (capped at the type's maximum); `subject` is the user. Returns the token
+/// and its `exp`. "s2s" tokens are bound to a call: [`mint_s2s`].
 pub fn mint(
     key: &ServerKey,
     issuer: &str,
@@ -87,8 +103,51 @@ pub fn mint(
     subject: Option<u64>,
     ttl_secs: u64,
 ) -> anyhow::Result<(String, u64)> {
+    anyhow::ensure!(
+        typ == TokenType::FedUser,
+        "an s2s token is minted for one call: use mint_s2s"
+    );
     let ttl = ttl_secs.min(typ.max_lifetime_secs());
     mint_at(key, issuer, audience, typ, subject, now_secs(), ttl)
+}
+
+/// Signs an "s2s" token from `issuer` for one call of `method` (the full path) at
+/// `audience`: a fresh random `jti`, the longest lifetime (60 s). Returns the token and
+/// its `exp`.
+pub fn mint_s2s(
+    key: &ServerKey,
+    issuer: &str,
+    audience: &str,
+    method: &str,
+) -> anyhow::Result<(String, u64)> {
+    let ttl = TokenType::S2s.max_lifetime_secs();
+    mint_s2s_at(key, issuer, audience, method, now_secs(), ttl)
+}
+
+/// [`mint_s2s`] with an explicit `iat` and lifetime (tests make expired tokens with it).
+#[doc(hidden)]
+pub fn mint_s2s_at(
+    key: &ServerKey,
+    issuer: &str,
+    audience: &str,
+    method: &str,
+    iat: u64,
+    ttl_secs: u64,
+) -> anyhow::Result<(String, u64)> {
+    let jti = format!("{:032x}", rand::random::<u128>());
+    sign(
+        key,
+        Claims {
+            iss: issuer.to_string(),
+            aud: audience.to_string(),
+            typ: TokenType::S2s.claim().to_string(),
+            iat,
+            exp: iat.saturating_add(ttl_secs),
+            sub: None,
+            jti: Some(jti),
+            mth: Some(method.to_string()),
+        },
+    )
 }
 
 /// [`mint`] with an explicit `iat` and no cap on the lifetime (tests make expired and
@@ -110,7 +169,13 @@ pub fn mint_at(
         iat,
         exp: iat.saturating_add(ttl_secs),
         sub: subject.map(|s| s.to_string()),
+        jti: None,
+        mth: None,
     };
+    sign(key, claims)
+}
+
+fn sign(key: &ServerKey, claims: Claims) -> anyhow::Result<(String, u64)> {
     let mut header = Header::new(Algorithm::EdDSA);
     header.kid = Some(key.key_id().to_string());
     let token = jsonwebtoken::encode(&header, &claims, key.encoding_key())?;
@@ -194,6 +259,25 @@ pub fn verify<'k>(
     if claims.iat > now_secs().saturating_add(LEEWAY_SECS) {
         return Err("the token was issued in the future (iat); check the clocks".into());
     }
+    let (jti, method) = match typ {
+        TokenType::S2s => {
+            let jti = claims
+                .jti
+                .filter(|j| (1..=MAX_JTI_LEN).contains(&j.len()))
+                .ok_or_else(|| {
+                    format!(
+                        "an s2s token needs jti: a random id of 1 to {MAX_JTI_LEN} characters, \
+                         new for every call"
+                    )
+                })?;
+            let method = claims
+                .mth
+                .filter(|m| !m.is_empty())
+                .ok_or("an s2s token needs mth: the full path of the one method it is for")?;
+            (Some(jti), Some(method))
+        }
+        TokenType::FedUser => (None, None),
+    };
     let subject = match typ {
         TokenType::S2s => None,
         TokenType::FedUser => Some(
@@ -209,6 +293,8 @@ pub fn verify<'k>(
         issuer,
         subject,
         expires_at: claims.exp,
+        jti,
+        method,
     })
 }
 
@@ -239,8 +325,14 @@ mod tests {
     #[test]
     fn a_fresh_token_passes() {
         let (b, c) = (server(), server());
-        let (t, _) = mint(&b.key, "b.test", "a.test", TokenType::S2s, None, 60).unwrap();
-        assert_eq!(check(&t, TokenType::S2s, &b, &c).unwrap().issuer, "b.test");
+        let (t, _) = mint_s2s(&b.key, "b.test", "a.test", "/x.Y/Z").unwrap();
+        let v = check(&t, TokenType::S2s, &b, &c).unwrap();
+        assert_eq!(v.issuer, "b.test");
+        assert_eq!(v.method.as_deref(), Some("/x.Y/Z"));
+        let (again, _) = mint_s2s(&b.key, "b.test", "a.test", "/x.Y/Z").unwrap();
+        let w = check(&again, TokenType::S2s, &b, &c).unwrap();
+        assert!(v.jti.is_some() && v.jti != w.jti, "a new jti per token");
+        assert!(mint(&b.key, "b.test", "a.test", TokenType::S2s, None, 60).is_err());
         let (t, _) = mint(
             &b.key,
             "b.test",
@@ -266,10 +358,16 @@ mod tests {
             assert!(!err.contains('#') && !err.contains('%'), "{err}");
         };
         let s2s = |iss: &str, aud: &str, key: &ServerKey, iat: u64, ttl: u64| {
-            mint_at(key, iss, aud, TokenType::S2s, None, iat, ttl)
-                .unwrap()
-                .0
+            mint_s2s_at(key, iss, aud, "/x.Y/Z", iat, ttl).unwrap().0
         };
+        // An s2s token without jti or mth (as tokens were before they were bound to a call).
+        refuse(
+            mint_at(&b.key, "b.test", "a.test", TokenType::S2s, None, now, 60)
+                .unwrap()
+                .0,
+            TokenType::S2s,
+            "jti",
+        );
         // Wrong audience: a token for c presented at a.
         refuse(
             s2s("b.test", "c.test", &b.key, now, 60),

@@ -1,5 +1,6 @@
 //! PostKey, FetchKey, PostPrivateKey, FetchPrivateKey.
 
+use crate::auth::Caller;
 use crate::domain::UserId;
 use crate::error::{Error, Result};
 use crate::proto;
@@ -21,7 +22,13 @@ pub(super) async fn post_key(
     })
 }
 
-pub(super) async fn fetch_key(st: &AppState, r: FetchKey) -> Result<proto::FetchKeyResponse> {
+/// FetchKey on behalf of `requester` (the caller's [`Caller::limit_key`]: whose budget a
+/// call to another homeserver spends).
+pub(super) async fn fetch_key(
+    st: &AppState,
+    requester: i64,
+    r: FetchKey,
+) -> Result<proto::FetchKeyResponse> {
     let who = match r.user.resolve(&st.settings.server_name) {
         Ok(local) => return local_keys(st, local).await,
         Err(foreign) => foreign,
@@ -35,7 +42,7 @@ pub(super) async fn fetch_key(st: &AppState, r: FetchKey) -> Result<proto::Fetch
         )));
     };
     federation
-        .fetch_user_key(homeserver, who.user, st.settings.max_past_keys)
+        .fetch_user_key(homeserver, who.user, st.settings.max_past_keys, requester)
         .await
 }
 
@@ -110,12 +117,16 @@ pub(super) async fn fetch_private_key(
     Ok(proto::FetchPrivateKeyResponse { key_data, version })
 }
 
-/// Federate: a "fed-user" token for the caller to present at the peer `server_id`.
+/// Federate: a "fed-user" token for the caller to present at the peer `server_id`, and
+/// where that peer serves clients. The token never outlives the caller's own
+/// (`caller.expires_at` is its `exp` plus the leeway): at most an hour, less when the
+/// caller's token expires sooner.
 pub(super) fn federate(
     st: &AppState,
-    user: UserId,
+    caller: Caller,
     r: proto::FederateRequest,
 ) -> Result<proto::FederateResponse> {
+    let user = caller.user;
     use crate::federation::token::{self, TokenType};
     let target = r.server_id.trim();
     if target.is_empty() {
@@ -133,13 +144,25 @@ pub(super) fn federate(
             "federation is off on this server (config key federation.enabled)".into(),
         ));
     };
-    let Some(peer) = federation.peers.get(target) else {
+    let Some(peer) = federation.settings.peer(target) else {
         return Err(Error::FailedPrecondition(format!(
             "homeserver {target:?} is not a federation peer of this server (config \
              federation.peers)"
         )));
     };
-    let ttl = TokenType::FedUser.max_lifetime_secs();
+    let callers_exp = caller.expires_at.saturating_sub(crate::auth::LEEWAY_SECS);
+    let now = u64::try_from(now_micros() / 1_000_000).unwrap_or(0);
+    if callers_exp <= now {
+        return Err(Error::FailedPrecondition(
+            "your token expires now: get a fresh one from your homeserver's auth service and \
+             call Federate again (a federation token never outlives the token it is minted \
+             from)"
+                .into(),
+        ));
+    }
+    let ttl = TokenType::FedUser
+        .max_lifetime_secs()
+        .min(callers_exp - now);
     let (token, exp) = token::mint(
         &federation.key,
         &federation.server_name,
@@ -155,6 +178,6 @@ pub(super) fn federate(
             seconds: i64::try_from(exp).unwrap_or(i64::MAX),
             nanos: 0,
         }),
-        endpoint: peer.endpoint.clone(),
+        endpoint: peer.client_endpoint().to_string(),
     })
 }

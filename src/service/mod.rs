@@ -103,10 +103,11 @@ impl SecretService for SecretApi {
         &self,
         req: Request<proto::FetchKeyRequest>,
     ) -> StatusResult<proto::FetchKeyResponse> {
-        let (_, r) = parts(req)?;
+        let requester = crate::auth::Caller::get(&req)?.limit_key;
+        let r = req.into_inner();
         answer(
             "FetchKey",
-            async { keys::fetch_key(&self.state, r.try_into()?).await }.await,
+            async { keys::fetch_key(&self.state, requester, r.try_into()?).await }.await,
         )
     }
 
@@ -147,10 +148,19 @@ impl SecretService for SecretApi {
         &self,
         req: Request<proto::SendInviteRequest>,
     ) -> StatusResult<proto::SendInviteResponse> {
+        let requester = crate::auth::Caller::get(&req)?.limit_key;
         let (user, origin, r) = parts_with_origin(req)?;
         answer(
             "SendInvite",
-            async { rooms::send_invite(&self.state, user, origin, r.try_into()?).await }.await,
+            async {
+                let who = rooms::Inviter {
+                    user,
+                    origin,
+                    requester,
+                };
+                rooms::send_invite(&self.state, who, r.try_into()?).await
+            }
+            .await,
         )
     }
 
@@ -224,8 +234,11 @@ impl SecretService for SecretApi {
         &self,
         req: Request<proto::FederateRequest>,
     ) -> StatusResult<proto::FederateResponse> {
-        let (user, r) = parts(req)?;
-        answer("Federate", keys::federate(&self.state, user, r))
+        let caller = crate::auth::Caller::get(&req)?;
+        answer(
+            "Federate",
+            keys::federate(&self.state, caller, req.into_inner()),
+        )
     }
 
     type StreamMessagePostingStream =

@@ -20,19 +20,40 @@ pub(super) async fn generate_channel_pair(
     Ok(wire::channel_pair(&ids))
 }
 
+/// The caller of SendInvite.
+pub(super) struct Inviter {
+    /// Their id here.
+    pub user: UserId,
+    /// Who they are when they are a user of another homeserver.
+    pub origin: Option<Foreign>,
+    /// Their [`crate::auth::Caller::limit_key`]: whose budget a delivery spends.
+    pub requester: i64,
+}
+
 pub(super) async fn send_invite(
     st: &AppState,
-    user: UserId,
-    origin: Option<Foreign>,
+    who: Inviter,
     r: SendInvite,
 ) -> Result<proto::SendInviteResponse> {
+    let Inviter {
+        user,
+        origin,
+        requester,
+    } = who;
     let caps = InviteCaps {
         pending_per_sender: st.settings.max_pending_invites_per_sender,
         members_per_pair: st.settings.max_members_per_pair,
     };
     let to = match r.to.clone().resolve(&st.settings.server_name) {
         Ok(local) => local,
-        Err(foreign) => return invite_foreign(st, user, origin, foreign, r, caps).await,
+        Err(foreign) => {
+            let who = Inviter {
+                user,
+                origin,
+                requester,
+            };
+            return invite_foreign(st, who, foreign, r, caps).await;
+        }
     };
     if r.key_fingerprint.is_some() {
         keys::check_invitee_key(st, to, r.key_fingerprint.as_deref()).await?;
@@ -54,12 +75,16 @@ pub(super) async fn send_invite(
 /// failure in between delivers again (idempotent there) and adds the member.
 async fn invite_foreign(
     st: &AppState,
-    user: UserId,
-    origin: Option<Foreign>,
+    who: Inviter,
     to: Foreign,
     r: SendInvite,
     caps: InviteCaps,
 ) -> Result<proto::SendInviteResponse> {
+    let Inviter {
+        user,
+        origin,
+        requester,
+    } = who;
     let homeserver = &*to.homeserver;
     let Some(federation) = &st.federation else {
         return Err(Error::FailedPrecondition(format!(
@@ -73,11 +98,9 @@ async fn invite_foreign(
              federation.peers), so its users cannot be invited"
         )));
     }
-    let member = federation.ids.id_of(&st.store, &to).await?;
-    let ids = st
-        .store
-        .check_new_member(user, r.pair, member, caps)
-        .await?;
+    // No id is given to the invitee before the invite is delivered and they become a
+    // member: a refused invite leaves no row.
+    let ids = st.store.check_new_member(user, r.pair, &to, caps).await?;
     // The inviter as the invitee's homeserver names them: our server name for our users.
     let from = match &origin {
         Some(f) => proto::UserRef {
@@ -100,11 +123,14 @@ async fn invite_foreign(
                 invite: r.invite,
                 key_fingerprint: r.key_fingerprint.unwrap_or_default(),
             },
+            requester,
         )
         .await?;
-    st.store
-        .add_member(user, r.pair, member, caps, now_micros())
+    let (_, member) = st
+        .store
+        .add_member(user, r.pair, &to, caps, now_micros())
         .await?;
+    federation.ids.remember(&to, member);
     Ok(proto::SendInviteResponse { invite_id })
 }
 
@@ -163,8 +189,8 @@ pub(super) async fn remove_member(
         Ok(local) => (Some(local), None),
         Err(foreign) => {
             let id = match &st.federation {
-                Some(federation) => federation.ids.get(&st.store, &foreign, false).await?,
-                None => st.store.foreign_user(&foreign, false).await?,
+                Some(federation) => federation.ids.get(&st.store, &foreign).await?,
+                None => st.store.foreign_user(&foreign).await?,
             };
             (id, Some(foreign))
         }

@@ -6,7 +6,10 @@
 //! before the request is even decoded), the caller's unary calls in progress
 //! (`max_in_flight_per_user`), and the request-size guard
 //! ([`crate::limits::request_size`]). Unary calls then run under the `unary_timeout_ms`
-//! deadline.
+//! deadline. A user of another homeserver is limited by (homeserver, user id)
+//! ([`crate::auth::limit_key`]) before any database work; the id this database knows them
+//! by is read after the limits, within that deadline (for the streaming calls, before
+//! they open).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -55,9 +58,10 @@ impl SecretRouter {
     }
 
     /// Checks the caller's rate limit for the method's class and, for a unary call, counts
-    /// it among the caller's calls in progress.
-    fn admit(&self, method: &'static str, user: Option<i64>) -> Result<Option<Slot>, Status> {
-        let Some(user) = user else {
+    /// it among the caller's calls in progress; `key` is the caller's
+    /// [`Caller::limit_key`].
+    fn admit(&self, method: &'static str, key: Option<i64>) -> Result<Option<Slot>, Status> {
+        let Some(user) = key else {
             return Ok(None); // the handler answers UNAUTHENTICATED
         };
         let admitted = match RateClass::of_method(method) {
@@ -95,32 +99,29 @@ impl Service<http::Request<Body>> for SecretRouter {
     fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
         let method = method_name(req.uri().path());
         let Some(foreign) = req.extensions().get::<FederatedCaller>().cloned() else {
-            return self.dispatch(method, req);
+            return self.dispatch(method, req, None);
         };
-        // A user of another homeserver: admitted to the RPCs of pairs hosted here, under
-        // the id this database knows them by.
-        let mut router = self.clone();
-        Box::pin(async move {
-            match router.admit_foreign(method, &foreign).await {
-                Ok(caller) => {
-                    req.extensions_mut().insert(caller);
-                    router.dispatch(method, req).await
-                }
-                Err(refused) => {
-                    crate::telemetry::rpc(method, refused.code());
-                    Ok(refused.into_http())
-                }
+        // A user of another homeserver: admitted to the RPCs of pairs hosted here. They are
+        // rate-limited by (issuer, sub) like any user, before any database work; the id
+        // this database knows them by is read after that, within the call's deadline.
+        match self.admit_foreign(method, &foreign) {
+            Ok(caller) => {
+                req.extensions_mut().insert(caller);
+                self.dispatch(method, req, Some(foreign))
             }
-        })
+            Err(refused) => {
+                crate::telemetry::rpc(method, refused.code());
+                Box::pin(std::future::ready(Ok(refused.into_http())))
+            }
+        }
     }
 }
 
 impl SecretRouter {
-    /// The [`Caller`] a foreign user acts as here: PERMISSION_DENIED for an RPC that
-    /// belongs to their own homeserver (DESIGN §9); their id in this database, or
-    /// [`UserId::NOBODY`] when they hold nothing here (no row is written for a user who
-    /// merely calls).
-    async fn admit_foreign(
+    /// The provisional [`Caller`] of a foreign user, before their id here is known:
+    /// PERMISSION_DENIED for an RPC that belongs to their own homeserver (DESIGN §9);
+    /// otherwise [`UserId::NOBODY`], rate-limited by [`crate::auth::limit_key`].
+    fn admit_foreign(
         &self,
         method: &'static str,
         foreign: &FederatedCaller,
@@ -133,34 +134,85 @@ impl SecretRouter {
                  it hosts)"
             )));
         }
-        let federation = self
-            .state
-            .federation
-            .as_ref()
-            .ok_or_else(|| Status::unauthenticated("federation is off on this server"))?;
-        let id = federation
-            .ids
-            .get(&self.state.store, &foreign.who, false)
-            .await
-            .map_err(Status::from)?;
+        if self.state.federation.is_none() {
+            return Err(Status::unauthenticated("federation is off on this server"));
+        }
         Ok(Caller {
-            user: id.unwrap_or(UserId::NOBODY),
+            user: UserId::NOBODY,
             expires_at: foreign.expires_at,
+            limit_key: crate::auth::limit_key(&foreign.who),
         })
     }
 
-    /// Rate limits, calls in progress, the request-size guard, then the handler.
-    fn dispatch(&mut self, method: &'static str, req: http::Request<Body>) -> BoxFuture {
-        let user = req.extensions().get::<Caller>().map(|c| c.user.get());
-        let slot = match self.admit(method, user) {
+    /// The id this database knows a foreign caller by, put into the request's [`Caller`]
+    /// ([`UserId::NOBODY`] when they hold nothing here: no row is written for a user who
+    /// merely calls). FetchKey needs no id and reads nothing.
+    async fn resolve_foreign(
+        state: &AppState,
+        method: &'static str,
+        foreign: &FederatedCaller,
+        req: &mut http::Request<Body>,
+    ) -> Result<(), Status> {
+        if method == "FetchKey" {
+            return Ok(());
+        }
+        let Some(federation) = &state.federation else {
+            return Err(Status::unauthenticated("federation is off on this server"));
+        };
+        let id = federation
+            .ids
+            .get(&state.store, &foreign.who)
+            .await
+            .map_err(Status::from)?;
+        if let (Some(id), Some(caller)) = (id, req.extensions_mut().get_mut::<Caller>()) {
+            caller.user = id;
+        }
+        Ok(())
+    }
+
+    /// Rate limits, calls in progress, the request-size guard, then (for a foreign caller,
+    /// within the deadline) their id here, then the handler.
+    fn dispatch(
+        &mut self,
+        method: &'static str,
+        req: http::Request<Body>,
+        foreign: Option<FederatedCaller>,
+    ) -> BoxFuture {
+        let key = req.extensions().get::<Caller>().map(|c| c.limit_key);
+        let slot = match self.admit(method, key) {
             Ok(slot) => slot,
             Err(refused) => return Box::pin(std::future::ready(Ok(refused.into_http()))),
         };
         let limit = self.state.settings.max_request_bytes;
-        let (req, tripped) = request_size::guard(req, limit);
+        let deadline = Duration::from_millis(self.state.settings.unary_timeout_ms);
+        let (mut req, tripped) = request_size::guard(req, limit);
+        let state = self.state.clone();
+        // The foreign caller's id, read within the unary deadline (a locked or slow
+        // database costs them the deadline at most, never more).
+        let resolve = async move |req: &mut http::Request<Body>| -> Result<(), Status> {
+            let Some(foreign) = &foreign else {
+                return Ok(());
+            };
+            match tokio::time::timeout(
+                deadline,
+                Self::resolve_foreign(&state, method, foreign, req),
+            )
+            .await
+            {
+                Ok(resolved) => resolved,
+                Err(_) => Err(past_deadline(deadline)),
+            }
+        };
+        let refused = move |status: Status| {
+            crate::telemetry::rpc(method, status.code());
+            Ok(status.into_http())
+        };
         if req.uri().path() == STREAM_PATH {
             let handler = streaming::Handler::new(self.state.clone());
             Box::pin(async move {
+                if let Err(status) = resolve(&mut req).await {
+                    return refused(status);
+                }
                 let codec = tonic_prost::ProstCodec::<PreEncoded, ManageStream>::default();
                 let mut grpc = tonic::server::Grpc::new(codec)
                     .apply_max_message_size_config(Some(limit), None);
@@ -170,6 +222,9 @@ impl SecretRouter {
         } else if req.uri().path() == SUBSCRIBE_PATH {
             let handler = streaming::subscribe::Handler::new(self.state.clone());
             Box::pin(async move {
+                if let Err(status) = resolve(&mut req).await {
+                    return refused(status);
+                }
                 let codec = tonic_prost::ProstCodec::<PreEncoded, SubscribeRequest>::default();
                 let mut grpc = tonic::server::Grpc::new(codec)
                     .apply_max_message_size_config(Some(limit), None);
@@ -177,11 +232,17 @@ impl SecretRouter {
                 Ok(response.map(|body| Body::new(request_size::Trailing::new(body, tripped))))
             })
         } else {
-            let deadline = Duration::from_millis(self.state.settings.unary_timeout_ms);
-            let call = self.generated.call(req);
+            let mut generated = self.generated.clone();
             Box::pin(async move {
+                let call = async move {
+                    resolve(&mut req).await?;
+                    Ok::<_, Status>(generated.call(req).await)
+                };
                 match tokio::time::timeout(deadline, call).await {
-                    Ok(answer) => answer.map(|response| in_flight::hold_until_sent(response, slot)),
+                    Ok(Ok(answer)) => {
+                        answer.map(|response| in_flight::hold_until_sent(response, slot))
+                    }
+                    Ok(Err(status)) => refused(status),
                     Err(_) => {
                         crate::telemetry::rpc(method, Code::DeadlineExceeded);
                         Ok(past_deadline(deadline).into_http())

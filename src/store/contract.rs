@@ -418,16 +418,7 @@ async fn foreign_users(store: &DynStore) {
         user: UserId::trusted(u),
     };
     let (bob, bob_on_c) = (who("b.test", n), who("c.test", n));
-    assert_eq!(store.foreign_user(&bob, false).await.unwrap(), None);
-    let b = store.foreign_user(&bob, true).await.unwrap().unwrap();
-    assert!(b.is_foreign(), "{b}");
-    assert_eq!(store.foreign_user(&bob, true).await.unwrap(), Some(b));
-    assert_eq!(store.foreign_user(&bob, false).await.unwrap(), Some(b));
-    let c = store.foreign_user(&bob_on_c, true).await.unwrap().unwrap();
-    assert!(
-        c.is_foreign() && c != b,
-        "user {n} of b and of c are two users"
-    );
+    assert_eq!(store.foreign_user(&bob).await.unwrap(), None);
 
     let (owner, stranger) = (user(), user());
     let ids = PairIds::generate();
@@ -438,19 +429,48 @@ async fn foreign_users(store: &DynStore) {
         members_per_pair: 2,
     };
     assert_eq!(
-        code(store.check_new_member(stranger, pair, b, caps).await),
+        code(store.check_new_member(stranger, pair, &bob, caps).await),
         tonic::Code::PermissionDenied
     );
     assert_eq!(
-        store.check_new_member(owner, pair, b, caps).await.unwrap(),
+        code(store.add_member(stranger, pair, &bob, caps, 2).await),
+        tonic::Code::PermissionDenied
+    );
+    assert_eq!(
+        store.foreign_user(&bob).await.unwrap(),
+        None,
+        "no id for a refused member"
+    );
+    assert_eq!(
+        store
+            .check_new_member(owner, pair, &bob, caps)
+            .await
+            .unwrap(),
         ids
     );
-    store.add_member(owner, pair, b, caps, 2).await.unwrap();
-    store.add_member(owner, pair, b, caps, 3).await.unwrap(); // already one
+    assert_eq!(store.foreign_user(&bob).await.unwrap(), None);
+    let (added, b) = store.add_member(owner, pair, &bob, caps, 2).await.unwrap();
+    assert_eq!(added, ids);
+    assert!(b.is_foreign(), "{b}");
+    assert_eq!(store.foreign_user(&bob).await.unwrap(), Some(b));
+    let (_, again) = store.add_member(owner, pair, &bob, caps, 3).await.unwrap(); // already one
+    assert_eq!(again, b, "one id per (homeserver, user), stable");
     assert_eq!(
-        code(store.add_member(owner, pair, c, caps, 3).await),
+        code(store.add_member(owner, pair, &bob_on_c, caps, 3).await),
         tonic::Code::ResourceExhausted,
         "the member cap counts foreign members"
+    );
+    assert_eq!(store.foreign_user(&bob_on_c).await.unwrap(), None);
+    // User n of c is another user than user n of b.
+    let ids2 = PairIds::generate();
+    store.create_pair(owner, &ids2, 100).await.unwrap();
+    let (_, c) = store
+        .add_member(owner, pair_id(&ids2), &bob_on_c, caps, 3)
+        .await
+        .unwrap();
+    assert!(
+        c.is_foreign() && c != b,
+        "user {n} of b and of c are two users"
     );
     let listed = store
         .list_pairs(owner, None, false, 10, unlimited())
@@ -495,17 +515,49 @@ async fn foreign_users(store: &DynStore) {
         .unwrap();
     assert_eq!(local.invite_id, 1);
     let remote_pair = PairIds::generate();
+    let off = DeliveryCaps::default();
     let first = store
-        .deliver_invite(invitee, "b.test", &remote_pair, b, b"theirs", 6)
+        .deliver_invite(
+            invitee,
+            Delivery {
+                pair_homeserver: "b.test",
+                pair: &remote_pair,
+                from: Inviter::Foreign(&bob),
+                body: b"theirs",
+            },
+            6,
+            off,
+        )
         .await
         .unwrap();
+    assert_eq!(first.from_user, b.get());
     let again = store
-        .deliver_invite(invitee, "b.test", &remote_pair, b, b"theirs", 7)
+        .deliver_invite(
+            invitee,
+            Delivery {
+                pair_homeserver: "b.test",
+                pair: &remote_pair,
+                from: Inviter::Foreign(&bob),
+                body: b"theirs",
+            },
+            7,
+            off,
+        )
         .await
         .unwrap();
     assert_eq!((first.invite_id, again.invite_id, again.sent_at), (2, 2, 6));
     let other = store
-        .deliver_invite(invitee, "b.test", &remote_pair, b, b"other bytes", 8)
+        .deliver_invite(
+            invitee,
+            Delivery {
+                pair_homeserver: "b.test",
+                pair: &remote_pair,
+                from: Inviter::Foreign(&bob),
+                body: b"other bytes",
+            },
+            8,
+            DeliveryCaps::default(),
+        )
         .await
         .unwrap();
     assert_eq!(other.invite_id, 3);
@@ -540,4 +592,61 @@ async fn foreign_users(store: &DynStore) {
         .await
         .unwrap();
     assert_eq!((paged.items[0].invite_id, paged.has_more), (2, true));
+
+    // The caps on delivered invites: 2 pending per invitee, 3 per peer, pending for 10 s.
+    let caps = DeliveryCaps {
+        per_invitee: 2,
+        per_peer: 3,
+        window_micros: 10_000_000,
+    };
+    let peer = format!("caps{n}.test");
+    let (x, y) = (user(), user());
+    let deliver = |to: UserId, body: &'static [u8], now: i64| {
+        let (store, peer, bob) = (store.clone(), peer.clone(), bob.clone());
+        async move {
+            store
+                .deliver_invite(
+                    to,
+                    Delivery {
+                        pair_homeserver: &peer,
+                        pair: &remote_pair,
+                        from: Inviter::Foreign(&bob),
+                        body,
+                    },
+                    now,
+                    caps,
+                )
+                .await
+        }
+    };
+    deliver(x, b"1", 1_000_000).await.unwrap();
+    deliver(x, b"2", 2_000_000).await.unwrap();
+    let refused = deliver(x, b"3", 3_000_000).await.unwrap_err();
+    let Error::Throttled {
+        message,
+        retry_after_ms,
+    } = refused
+    else {
+        panic!("{refused:?}");
+    };
+    assert_eq!(retry_after_ms, 8_000, "the first stops counting at 11 s");
+    assert!(
+        message.contains("max_delivered_invites_per_invitee"),
+        "{message}"
+    );
+    // A repeated delivery is still answered, over the cap.
+    assert_eq!(
+        deliver(x, b"2", 3_000_000).await.unwrap().sent_at,
+        2_000_000
+    );
+    deliver(y, b"1", 3_000_000).await.unwrap();
+    let refused = deliver(y, b"2", 4_000_000).await.unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("max_delivered_invites_per_peer"),
+        "{refused}"
+    );
+    // Past the window the first ones no longer count.
+    deliver(x, b"3", 12_000_000).await.unwrap();
 }

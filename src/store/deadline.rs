@@ -281,8 +281,8 @@ impl EventStore for Deadline {
 
 #[async_trait]
 impl FederationStore for Deadline {
-    async fn foreign_user(&self, who: &Foreign, create: bool) -> Result<Option<UserId>> {
-        let op = self.inner.foreign_user(who, create);
+    async fn foreign_user(&self, who: &Foreign) -> Result<Option<UserId>> {
+        let op = self.inner.foreign_user(who);
         self.bound("foreign_user", op).await
     }
 
@@ -290,7 +290,7 @@ impl FederationStore for Deadline {
         &self,
         from: UserId,
         pair: PairId,
-        to: UserId,
+        to: &Foreign,
         caps: InviteCaps,
     ) -> Result<PairIds> {
         let op = self.inner.check_new_member(from, pair, to, caps);
@@ -301,10 +301,10 @@ impl FederationStore for Deadline {
         &self,
         from: UserId,
         pair: PairId,
-        to: UserId,
+        to: &Foreign,
         caps: InviteCaps,
         now: i64,
-    ) -> Result<PairIds> {
+    ) -> Result<(PairIds, UserId)> {
         let op = self.inner.add_member(from, pair, to, caps, now);
         self.bound("add_member", op).await
     }
@@ -312,15 +312,11 @@ impl FederationStore for Deadline {
     async fn deliver_invite(
         &self,
         to: UserId,
-        pair_homeserver: &str,
-        pair: &PairIds,
-        from: UserId,
-        body: &[u8],
+        invite: Delivery<'_>,
         now: i64,
+        caps: DeliveryCaps,
     ) -> Result<InviteRecord> {
-        let op = self
-            .inner
-            .deliver_invite(to, pair_homeserver, pair, from, body, now);
+        let op = self.inner.deliver_invite(to, invite, now, caps);
         self.bound("deliver_invite", op).await
     }
 }

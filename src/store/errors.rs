@@ -98,3 +98,34 @@ pub fn check_removal(caller: i64, owner: i64, target: i64) -> Result<()> {
     }
     Ok(())
 }
+
+/// The error for a delivery over a cap on delivered invites.
+pub fn too_many_delivered(
+    peer: &str,
+    to: crate::domain::UserId,
+    cap: u64,
+    window_secs: i64,
+    per_peer: bool,
+    retry_after_ms: u64,
+) -> Error {
+    let (what, key) = if per_peer {
+        (
+            "pending invites from your homeserver in total".to_string(),
+            "federation.max_delivered_invites_per_peer",
+        )
+    } else {
+        (
+            format!("pending invites from your homeserver for user {to}"),
+            "federation.max_delivered_invites_per_invitee",
+        )
+    };
+    Error::Throttled {
+        message: format!(
+            "this server already holds {cap} {what}, the most it keeps (config key {key}; \
+             an invite is pending for federation.delivered_invites_window_secs = \
+             {window_secs} s after its delivery), so homeserver {peer:?} must wait: retry in \
+             {retry_after_ms} ms"
+        ),
+        retry_after_ms,
+    }
+}

@@ -30,6 +30,10 @@ const POSTGRES: &[(&str, &str)] = &[
         "0004_departures.sql",
         include_str!("../../migrations/postgres/0004_departures.sql"),
     ),
+    (
+        "0005_delivered_invite_caps.sql",
+        include_str!("../../migrations/postgres/0005_delivered_invite_caps.sql"),
+    ),
 ];
 
 /// `(file name, SQL)` of each SQLite migration, in order.
@@ -49,6 +53,10 @@ const SQLITE: &[(&str, &str)] = &[
     (
         "0004_departures.sql",
         include_str!("../../migrations/sqlite/0004_departures.sql"),
+    ),
+    (
+        "0005_delivered_invite_caps.sql",
+        include_str!("../../migrations/sqlite/0005_delivered_invite_caps.sql"),
     ),
 ];
 

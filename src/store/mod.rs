@@ -492,44 +492,120 @@ pub trait EventStore: Send + Sync {
     async fn stream_heads(&self, streams: &[Uuid]) -> Result<Vec<(Uuid, i64, i64)>>;
 }
 
-/// Users of other homeservers and what federation stores for them (DESIGN §9).
+/// The caps on invites other homeservers deliver (README "Federation"); 0 turns one off.
+/// A delivered invite is pending while it is younger than the window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeliveryCaps {
+    /// `federation.max_delivered_invites_per_invitee`: pending from one peer to one user.
+    pub per_invitee: u64,
+    /// `federation.max_delivered_invites_per_peer`: pending from one peer in total.
+    pub per_peer: u64,
+    /// `federation.delivered_invites_window_secs`, in microseconds.
+    pub window_micros: i64,
+}
+
+impl DeliveryCaps {
+    /// The pending invites worth counting for `cap` (one more is never needed).
+    pub fn scan_limit(cap: u64) -> i64 {
+        i64::try_from(cap).unwrap_or(i64::MAX)
+    }
+
+    /// Refuses a delivery when `count` pending invites (the oldest sent at `oldest`) have
+    /// reached `cap`, with the time until the oldest stops counting. `per_peer` says which
+    /// cap it is.
+    pub fn check(
+        &self,
+        cap: u64,
+        (count, oldest): (i64, Option<i64>),
+        now: i64,
+        peer: &str,
+        to: UserId,
+        per_peer: bool,
+    ) -> Result<()> {
+        if cap == 0 || (count.max(0) as u64) < cap {
+            return Ok(());
+        }
+        let frees_at = oldest.unwrap_or(now).saturating_add(self.window_micros);
+        let retry_after_ms = u64::try_from(frees_at.saturating_sub(now) / 1000)
+            .unwrap_or(0)
+            .max(1);
+        Err(too_many_delivered(
+            peer,
+            to,
+            cap,
+            self.window_micros / 1_000_000,
+            per_peer,
+            retry_after_ms,
+        ))
+    }
+}
+
+/// An invite another homeserver delivers, as [`FederationStore::deliver_invite`] stores it.
+#[derive(Debug, Clone, Copy)]
+pub struct Delivery<'a> {
+    /// The homeserver the pair lives on (the caller).
+    pub pair_homeserver: &'a str,
+    /// The pair invited into.
+    pub pair: &'a PairIds,
+    /// The inviter.
+    pub from: Inviter<'a>,
+    /// The opaque invite.
+    pub body: &'a [u8],
+}
+
+/// Who an invite another homeserver delivers is from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inviter<'a> {
+    /// One of our users.
+    Local(UserId),
+    /// A user of another homeserver, given an id here in the transaction that stores the
+    /// invite (never for a refused delivery).
+    Foreign(&'a Foreign),
+}
+
+/// Users of other homeservers and what federation stores for them (DESIGN §9). A foreign
+/// user's row (`foreign_users`) is written only in a transaction that stores something
+/// for them (a membership, a delivered invite from them), so a refused request leaves
+/// none behind.
 #[async_trait]
 pub trait FederationStore: Send + Sync {
-    /// The id this database knows `who` by (negative); with `create`, given now if they
-    /// have none yet (`None` only without `create`).
-    async fn foreign_user(&self, who: &Foreign, create: bool) -> Result<Option<UserId>>;
-    /// Checks, changing nothing, that member `from` may add `to` to the pair (within the
-    /// member cap); the pair's ids. What SendInvite asks before delivering an invite to
-    /// another homeserver.
+    /// The id this database knows `who` by (negative), or `None` when they hold nothing
+    /// here.
+    async fn foreign_user(&self, who: &Foreign) -> Result<Option<UserId>>;
+    /// Checks, changing nothing, that member `from` may add foreign user `to` to the pair
+    /// (within the member cap); the pair's ids. What SendInvite asks before delivering an
+    /// invite to another homeserver.
     async fn check_new_member(
         &self,
         from: UserId,
         pair: PairId,
-        to: UserId,
+        to: &Foreign,
         caps: InviteCaps,
     ) -> Result<PairIds>;
-    /// Makes `to` (a foreign user whose invite their homeserver accepted) a member, with
-    /// the same checks as [`FederationStore::check_new_member`]; a member already is one.
+    /// Makes foreign user `to` (whose invite their homeserver accepted) a member, with the
+    /// same checks as [`FederationStore::check_new_member`], giving them an id in the same
+    /// transaction if they have none; a member already is one. The pair's ids and `to`'s
+    /// id.
     async fn add_member(
         &self,
         from: UserId,
         pair: PairId,
-        to: UserId,
+        to: &Foreign,
         caps: InviteCaps,
         now: i64,
-    ) -> Result<PairIds>;
-    /// Stores an invite that homeserver `pair_homeserver` delivered into its pair `pair`
-    /// for local user `to` from `from`, unless the same one (pair, inviter, bytes) was
-    /// stored before: then that one is returned. Local users only get invites this way
-    /// once they have a key (the caller checks).
+    ) -> Result<(PairIds, UserId)>;
+    /// Stores an invite that homeserver `invite.pair_homeserver` delivered into its pair
+    /// for local user `to`, unless the same one (pair, inviter, bytes) was
+    /// stored before: then that one is returned. A new one over `caps` is
+    /// RESOURCE_EXHAUSTED with the time until a pending one stops counting. A foreign
+    /// inviter is given an id in the same transaction (the record's `from_user`). Local
+    /// users only get invites this way once they have a key (the caller checks).
     async fn deliver_invite(
         &self,
         to: UserId,
-        pair_homeserver: &str,
-        pair: &PairIds,
-        from: UserId,
-        body: &[u8],
+        invite: Delivery<'_>,
         now: i64,
+        caps: DeliveryCaps,
     ) -> Result<InviteRecord>;
 }
 

@@ -74,6 +74,18 @@ pub(crate) const DELIVERED_BEFORE: &str = "SELECT invite_id, sent_at FROM remote
      WHERE to_user = $1 AND pair_homeserver = $2 AND pair_id = $3 AND from_user = $4 \
      AND body = $5 ORDER BY invite_id LIMIT 1";
 
+/// The invites homeserver `$2` delivered to `$1` since `$3` (µs), oldest first, counted up
+/// to `$4`: `(count, oldest sent_at)`.
+pub(crate) const DELIVERED_TO_SINCE: &str = "SELECT count(*), min(d.sent_at) FROM \
+     (SELECT sent_at FROM remote_invites WHERE to_user = $1 AND pair_homeserver = $2 \
+      AND sent_at > $3 ORDER BY sent_at LIMIT $4) AS d";
+
+/// The invites homeserver `$1` delivered to anyone since `$2` (µs), oldest first, counted
+/// up to `$3`: `(count, oldest sent_at)`.
+pub(crate) const DELIVERED_BY_SINCE: &str = "SELECT count(*), min(d.sent_at) FROM \
+     (SELECT sent_at FROM remote_invites WHERE pair_homeserver = $1 AND sent_at > $2 \
+      ORDER BY sent_at LIMIT $3) AS d";
+
 /// A delivered invite; `$1` to, `$2` invite id, `$3` pair homeserver, `$4` pair, `$5`
 /// message stream, `$6` state stream, `$7` inviter, `$8` bytes, `$9` time.
 pub(crate) const INSERT_REMOTE_INVITE: &str = "INSERT INTO remote_invites (to_user, invite_id, \

@@ -116,7 +116,8 @@ pub(crate) fn open(
     });
     let (tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
     let (alive, session_gone) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(session::Session::new(state, guard, call.clone(), alive, user).run(control_rx));
+    let session = session::Session::new(state, guard, call.clone(), alive, user, caller.limit_key);
+    tokio::spawn(session.run(control_rx));
     let outbound = Outbound {
         call,
         conn: conn.clone(),

@@ -36,6 +36,8 @@ pub(super) struct Session {
     pub(super) guard: ConnectionGuard,
     pub(super) call: Arc<Call>,
     pub(super) user: UserId,
+    /// The key of the caller's rate limits ([`crate::auth::Caller::limit_key`]).
+    limit_key: i64,
     /// The newest invite id sent (or skipped by `invites_after`); newer ones go out live.
     invite_cursor: i64,
     /// Every invite after this id, up to `invite_cursor`, was sent on this call (or
@@ -50,6 +52,7 @@ impl Session {
         call: Arc<Call>,
         alive: tokio::sync::oneshot::Sender<()>,
         user: UserId,
+        limit_key: i64,
     ) -> Self {
         Session {
             _alive: alive,
@@ -57,6 +60,7 @@ impl Session {
             guard,
             call,
             user,
+            limit_key,
             invite_cursor: 0,
             invites_from: 0,
         }
@@ -187,7 +191,7 @@ impl Session {
     /// from the current head.
     async fn subscribe(&mut self, name: String, after: Option<u64>) -> Flow {
         let rate = crate::limits::RateClass::Subscriptions;
-        if let Err(e) = self.state.limits.check(rate, self.user.get()) {
+        if let Err(e) = self.state.limits.check(rate, self.limit_key) {
             return self.push_error(&name, &e).await;
         }
         let stream = match StreamId::parse("stream_id", &name).map(StreamId::get) {

@@ -39,7 +39,7 @@ impl RoomStore for PgStore {
         let to = to.get();
         let mut conn = self.conn().await?;
         let mut tx = conn.begin().await?;
-        let ids = Self::new_member_checks(&mut tx, from, pair, to, caps).await?;
+        let ids = Self::new_member_checks(&mut tx, from, pair, Some(to), caps).await?;
         let has_key: Option<i32> = sqlx::query_scalar(sql::HAS_PUBLIC_KEY)
             .bind(to)
             .fetch_optional(&mut *tx)

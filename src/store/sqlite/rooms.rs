@@ -70,7 +70,7 @@ impl RoomStore for SqliteStore {
         // The single writer connection serialises this with every removal, so the
         // membership read here cannot be overtaken by one (Postgres locks the row).
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let ids = super::federation::new_member_checks(&mut tx, from, pair, to, caps).await?;
+        let ids = super::federation::new_member_checks(&mut tx, from, pair, Some(to), caps).await?;
         let has_key: Option<i64> = sqlx::query_scalar(sql::HAS_PUBLIC_KEY)
             .bind(to)
             .fetch_optional(&mut *tx)

@@ -4,7 +4,6 @@
 //! stores nothing more, the live push to the invitee's open stream, a peer that answers
 //! garbage, and every refusal with its status — after which nothing was stored.
 
-use secretd::federation::token::{self, TokenType};
 use secretd::proto::federation::{DeliverInviteRequest, DeliverInviteResponse};
 use secretd::proto::stream_message_posting_response::Event;
 use secretd::proto::{
@@ -14,21 +13,13 @@ use secretd::proto::{
 use tonic::Code;
 use tonic::{Request, Response, Status};
 
-use super::nodes::{FedClient, Node, NodeKey, PeerSpec, fed_client};
+use super::nodes::{FedClient, Node, NodeKey, PeerSpec, peer_client};
 use crate::common::*;
 
-/// b's SecretFederationService client at `addr`, with a fresh s2s token for a.
+/// b's SecretFederationService client at `addr`, signing a fresh s2s token for a for
+/// each call.
 pub(super) async fn as_b(addr: &str, kb: &NodeKey) -> FedClient {
-    let (s2s, _) = token::mint(
-        &kb.server_key(),
-        "b.test",
-        "a.test",
-        TokenType::S2s,
-        None,
-        60,
-    )
-    .unwrap();
-    fed_client(addr, Some(s2s)).await
+    peer_client(addr, kb, "a.test").await
 }
 
 pub(super) fn fingerprint(n: usize) -> Vec<u8> {

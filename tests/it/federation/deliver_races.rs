@@ -2,7 +2,7 @@
 //! user of another homeserver all at once (both backends), and two identical deliveries
 //! held at the invitee's inbox row by a test transaction (Postgres, deterministic).
 
-use secretd::federation::token::{self, TokenType};
+use secretd::federation::token;
 use secretd::proto::{GenerateChannelPairRequest, PostKeyRequest, SendInviteRequest};
 
 use super::deliver::{as_b, b_pair, delivery, fingerprint, inbox, summary};
@@ -129,8 +129,13 @@ async fn postgres_held_identical_deliveries_store_one_invite() {
             );
             let kb_key = kb.server_key();
             tokio::spawn(async move {
-                let (s2s, _) =
-                    token::mint(&kb_key, "b.test", "a.test", TokenType::S2s, None, 60).unwrap();
+                let (s2s, _) = token::mint_s2s(
+                    &kb_key,
+                    "b.test",
+                    "a.test",
+                    secretd::federation::DELIVER_INVITE_PATH,
+                )
+                .unwrap();
                 let mut client = fed_client(&addr, Some(s2s)).await;
                 client
                     .deliver_invite(request)

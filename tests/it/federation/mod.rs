@@ -16,6 +16,7 @@ mod callers;
 mod deliver;
 mod deliver_races;
 mod fake_peer;
+mod hardening;
 mod harness;
 mod invites;
 mod members;
@@ -136,9 +137,14 @@ async fn fetch_key_across_servers_and_the_cache(backend: Backend) {
         .unwrap()
         .into_inner();
     assert_eq!(cached.current_key.unwrap().fingerprint, fingerprint(1));
-    // A user a never fetched is not cached: UNAVAILABLE naming b.
-    let st = expect_code(
+    // b's NOT_FOUND is remembered (federation.not_found_cache_secs) ...
+    expect_code(
         on_a.fetch_key(fetch(keyless, "b.test")).await,
+        Code::NotFound,
+    );
+    // ... and a user a never asked for is not cached: UNAVAILABLE naming b.
+    let st = expect_code(
+        on_a.fetch_key(fetch(random_user(), "b.test")).await,
         Code::Unavailable,
     );
     assert!(st.message().contains("b.test"), "{st:?}");

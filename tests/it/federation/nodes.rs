@@ -50,6 +50,8 @@ pub struct PeerSpec {
     pub name: String,
     pub endpoint: String,
     pub public_key: String,
+    /// Its `client_endpoint` (empty: not written).
+    pub client_endpoint: String,
 }
 
 impl PeerSpec {
@@ -59,6 +61,7 @@ impl PeerSpec {
             name: key.name.clone(),
             endpoint: format!("http://{addr}"),
             public_key: key.public_key.clone(),
+            client_endpoint: String::new(),
         }
     }
 
@@ -71,17 +74,90 @@ impl PeerSpec {
 /// A SecretFederationService client.
 pub type FedClient =
     secretd::proto::federation::secret_federation_service_client::SecretFederationServiceClient<
-        tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>,
+        Signed,
     >;
 
-/// A SecretFederationService client at `addr` presenting `token` (none: no metadata).
+/// How a [`FedClient`] authenticates its calls.
+#[derive(Clone)]
+pub enum Auth {
+    /// No metadata.
+    None,
+    /// The same token on every call (a captured or hand-made one).
+    Fixed(String),
+    /// A new s2s token for each call, bound to its method, as a real peer signs them:
+    /// signed with `key` as `iss` for `aud`.
+    Fresh {
+        key: std::sync::Arc<secretd::federation::key::ServerKey>,
+        iss: String,
+        aud: String,
+    },
+}
+
+/// A channel that adds the `authorization` metadata of its [`Auth`] to each call.
+#[derive(Clone)]
+pub struct Signed {
+    channel: tonic::transport::Channel,
+    auth: Auth,
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for Signed {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = tonic::transport::Error;
+    type Future =
+        <tonic::transport::Channel as tower::Service<http::Request<tonic::body::Body>>>::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        tower::Service::poll_ready(&mut self.channel, cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<tonic::body::Body>) -> Self::Future {
+        let token = match &self.auth {
+            Auth::None => None,
+            Auth::Fixed(t) => Some(t.clone()),
+            Auth::Fresh { key, iss, aud } => Some(
+                secretd::federation::token::mint_s2s(key, iss, aud, req.uri().path())
+                    .unwrap()
+                    .0,
+            ),
+        };
+        if let Some(t) = token {
+            req.headers_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        self.channel.call(req)
+    }
+}
+
+/// A SecretFederationService client at `addr` presenting `token` on every call (none: no
+/// metadata).
 pub async fn fed_client(addr: &str, token: Option<String>) -> FedClient {
+    fed_client_with(addr, token.map_or(Auth::None, Auth::Fixed)).await
+}
+
+/// A SecretFederationService client at `addr` acting as peer `key` (signing a fresh
+/// token for each call, for audience `aud`).
+pub async fn peer_client(addr: &str, key: &NodeKey, aud: &str) -> FedClient {
+    let auth = Auth::Fresh {
+        key: std::sync::Arc::new(key.server_key()),
+        iss: key.name.clone(),
+        aud: aud.into(),
+    };
+    fed_client_with(addr, auth).await
+}
+
+/// A SecretFederationService client at `addr` authenticating with `auth`.
+pub async fn fed_client_with(addr: &str, auth: Auth) -> FedClient {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
         .await
         .unwrap();
-    secretd::proto::federation::secret_federation_service_client::SecretFederationServiceClient::with_interceptor(channel, Bearer(token))
+    secretd::proto::federation::secret_federation_service_client::SecretFederationServiceClient::new(
+        Signed { channel, auth },
+    )
 }
 
 /// A running homeserver.
@@ -102,6 +178,9 @@ pub fn write_config(dir: &Path, name: &str, peers: &[PeerSpec], federation: &[(&
             "\n[[federation.peers]]\nserver_name = \"{}\"\nendpoint = \"{}\"\npublic_key = \"{}\"\n",
             p.name, p.endpoint, p.public_key
         ));
+        if !p.client_endpoint.is_empty() {
+            toml.push_str(&format!("client_endpoint = \"{}\"\n", p.client_endpoint));
+        }
     }
     std::fs::write(dir.join("secretd.toml"), toml).unwrap();
 }

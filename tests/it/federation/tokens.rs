@@ -8,7 +8,7 @@ use secretd::proto::FetchKeyRequest;
 use secretd::proto::federation::{DeliverInviteRequest, FetchUserKeyRequest, ServerKeyRequest};
 use tonic::Code;
 
-use super::nodes::{Node, NodeKey, PeerSpec, fed_client, write_config};
+use super::nodes::{Node, NodeKey, PeerSpec, fed_client, peer_client, write_config};
 use crate::common::*;
 
 fn now() -> u64 {
@@ -37,8 +37,9 @@ async fn server_to_server_tokens_are_checked() {
     )
     .await;
     let (b_key, c_key) = (kb.server_key(), kc.server_key());
+    // A token for one FetchUserKey call.
     let s2s = |key: &secretd::federation::key::ServerKey, iss: &str, aud: &str| {
-        token::mint(key, iss, aud, TokenType::S2s, None, 60)
+        token::mint_s2s(key, iss, aud, secretd::federation::FETCH_USER_KEY_PATH)
             .unwrap()
             .0
     };
@@ -98,8 +99,9 @@ async fn server_to_server_tokens_are_checked() {
         );
     }
 
-    // A good token from b: the user's keys; an unknown user is NOT_FOUND.
-    let mut from_b = fed_client(&a.addr, Some(s2s(&b_key, "b.test", "a.test"))).await;
+    // Good tokens from b (a new one for each call): the user's keys; an unknown user is
+    // NOT_FOUND.
+    let mut from_b = peer_client(&a.addr, &kb, "a.test").await;
     let keys = from_b.fetch_user_key(ask(user)).await.unwrap().into_inner();
     assert!(keys.current_key.is_some());
     expect_code(
@@ -120,12 +122,11 @@ async fn server_to_server_tokens_are_checked() {
         // Expired.
         (
             Some(
-                token::mint_at(
+                token::mint_s2s_at(
                     &b_key,
                     "b.test",
                     "a.test",
-                    TokenType::S2s,
-                    None,
+                    secretd::federation::FETCH_USER_KEY_PATH,
                     now() - 300,
                     60,
                 )
@@ -185,7 +186,7 @@ async fn server_to_server_tokens_are_checked() {
         }
     }
     assert!(limited, "b was never limited");
-    let mut from_c = fed_client(&a.addr, Some(s2s(&c_key, "c.test", "a.test"))).await;
+    let mut from_c = peer_client(&a.addr, &kc, "a.test").await;
     from_c.fetch_user_key(ask(user)).await.unwrap();
 }
 
@@ -227,6 +228,7 @@ fn bad_peers_are_configuration_errors_naming_the_key() {
         name: name.into(),
         endpoint: good.endpoint.clone(),
         public_key: key.into(),
+        client_endpoint: String::new(),
     };
     for (peers, key) in [
         (
