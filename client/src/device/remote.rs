@@ -16,14 +16,23 @@ use crate::error::{Error, Result};
 use crate::time::now_secs;
 use crate::user::UserRef;
 
-/// A fed-user token is renewed when it has less than this many seconds left.
+/// A fed-user token is renewed this many seconds before it expires, or a fifth of its
+/// lifetime before when that is shorter (a token is never older than the home token it
+/// was made from, which may itself be short).
 pub const RENEW_BEFORE_SECS: u64 = 60;
 
-/// A connection to another homeserver and when its token expires.
+/// A connection to another homeserver and when to renew its token.
 #[derive(Clone)]
 pub(crate) struct Remote {
     pub(crate) api: Api,
-    pub(crate) expires_at: u64,
+    pub(crate) renew_at: u64,
+}
+
+/// When to renew a token that expires at `expires_at` (Unix seconds), made now.
+fn renew_at(expires_at: u64) -> u64 {
+    let now = now_secs();
+    let lifetime = expires_at.saturating_sub(now);
+    expires_at.saturating_sub((lifetime / 5).clamp(1, RENEW_BEFORE_SECS))
 }
 
 /// The connections to other homeservers, by name.
@@ -149,7 +158,7 @@ impl Device {
     /// [`RENEW_BEFORE_SECS`] left (asked of this device's homeserver when needed).
     pub(crate) async fn api_at(&mut self, name: &str, known_endpoint: Option<&str>) -> Result<Api> {
         if let Some(remote) = self.remotes.get(name)
-            && remote.expires_at > now_secs() + RENEW_BEFORE_SECS
+            && now_secs() < remote.renew_at
         {
             return Ok(remote.api.clone());
         }
@@ -181,14 +190,14 @@ impl Device {
             name.to_string(),
             Remote {
                 api: api.clone(),
-                expires_at: federated.expires_at,
+                renew_at: renew_at(federated.expires_at),
             },
         );
         Ok(api)
     }
 
-    /// The other homeservers this device's rooms live on, with when their tokens expire
-    /// (0: not connected yet).
+    /// The other homeservers this device's rooms live on, with when their tokens are due
+    /// for renewal (Unix seconds; 0: not connected yet).
     pub fn remote_homeservers(&self) -> Vec<(String, u64)> {
         let mut names: Vec<String> = self
             .state
@@ -202,7 +211,7 @@ impl Device {
         names
             .into_iter()
             .map(|n| {
-                let at = self.remotes.get(&n).map_or(0, |r| r.expires_at);
+                let at = self.remotes.get(&n).map_or(0, |r| r.renew_at);
                 (n, at)
             })
             .collect()
@@ -211,7 +220,7 @@ impl Device {
     /// Forgets the token of homeserver `name`, so that the next use asks for a new one.
     pub fn forget_connection(&mut self, name: &str) {
         if let Some(remote) = self.remotes.get_mut(name) {
-            remote.expires_at = 0;
+            remote.renew_at = 0;
         }
     }
 

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 
 use futures_util::FutureExt;
 use secretd_client::api::subscription::{Delivery, Subscription};
-use secretd_client::device::remote::RENEW_BEFORE_SECS;
 use secretd_client::time::now_secs;
 use secretd_client::{Device, Result};
 use tokio::time::Instant;
@@ -99,13 +98,13 @@ impl Subs {
         }
     }
 
-    /// When the first fed-user token of another homeserver should be renewed.
+    /// When the first fed-user token of another homeserver is due for renewal.
     pub fn next_renewal(device: &Device) -> Instant {
         let soonest = device
             .remote_homeservers()
             .into_iter()
             .filter(|(_, at)| *at > 0)
-            .map(|(_, at)| at.saturating_sub(RENEW_BEFORE_SECS))
+            .map(|(_, at)| at)
             .min();
         match soonest {
             Some(at) => {
@@ -120,7 +119,7 @@ impl Subs {
         device
             .remote_homeservers()
             .into_iter()
-            .filter(|(_, at)| *at > 0 && *at <= now_secs() + RENEW_BEFORE_SECS)
+            .filter(|(_, at)| *at > 0 && *at <= now_secs())
             .map(|(name, _)| name)
             .collect()
     }

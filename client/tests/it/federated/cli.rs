@@ -111,3 +111,84 @@ async fn three_people_on_three_homeservers_chat() {
     );
     trio.stop().await;
 }
+
+/// Bob of b chats in a room on a with a home token that expires six seconds in: his
+/// device renews it from its token command, and the token for a (which never outlives
+/// the home token) with it; Alice's posts across both expiries all arrive, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tokens_for_another_homeserver_are_renewed_and_nothing_is_missed() {
+    let trio = Trio::start().await;
+    let home = tempfile::tempdir().unwrap();
+    let (a_dir, b_dir) = (home.path().join("alice"), home.path().join("bob"));
+    let (alice, bob) = (fresh_user(), fresh_user());
+    ok(chat(
+        &a_dir,
+        "pa",
+        &["init", "--server", &trio.a.url(), "--token", &token(alice)],
+    ))
+    .await;
+    ok(chat(
+        &b_dir,
+        "pb",
+        &["init", "--server", &trio.b.url(), "--token", &token(bob)],
+    ))
+    .await;
+    ok(chat(&a_dir, "pa", &["create", "across"])).await;
+    ok(chat(
+        &a_dir,
+        "pa",
+        &["invite", "across", &format!("{bob}@b.test")],
+    ))
+    .await;
+    ok(chat(&b_dir, "pb", &["accept"])).await;
+    let long = home.path().join("bob.token");
+    std::fs::write(
+        &long,
+        crate::common::token_for(bob, 3600, crate::common::SECRET),
+    )
+    .unwrap();
+    ok(chat(
+        &b_dir,
+        "pb",
+        &["token", "--command", &format!("cat {}", long.display())],
+    ))
+    .await;
+    ok(chat(
+        &b_dir,
+        "pb",
+        &[
+            "token",
+            &crate::common::token_for(bob, 6, crate::common::SECRET),
+        ],
+    ))
+    .await;
+
+    let mut bob_chat = Live::spawn(
+        chat(&b_dir, "pb", &["chat", "across"]),
+        b_dir.join("chat.err"),
+    );
+    let alice_name = format!("{alice}@a.test");
+    // 16 posts 0.7 s apart: past the first token's expiry and the server's 5-second
+    // leeway for fed-user tokens.
+    for i in 0..16 {
+        ok(chat(&a_dir, "pa", &["send", "across", &format!("a{i}")])).await;
+        let seen = bob_chat
+            .next_where(|v| v["kind"] == "text" && v["sender"] == alice_name.as_str())
+            .await;
+        assert_eq!(seen["text"], format!("a{i}"), "{}", bob_chat.log());
+        if i % 4 == 0 {
+            bob_chat.type_line(&format!("b{i}"));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    }
+    let (status, log) = bob_chat.finish().await;
+    assert!(status.success(), "{log}");
+    assert!(!log.contains("expired"), "{log}");
+    let from_bob: Vec<String> = texts(&ok(chat(&a_dir, "pa", &["read", "across"])).await)
+        .into_iter()
+        .filter(|(who, _)| *who == format!("{bob}@b.test"))
+        .map(|(_, t)| t)
+        .collect();
+    assert_eq!(from_bob, ["b0", "b4", "b8", "b12"]);
+    trio.stop().await;
+}
