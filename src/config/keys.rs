@@ -195,7 +195,16 @@ mod tests {
         assert!(top_level().contains(&"listen"));
         assert!(top_level().contains(&"max_request_bytes"));
         assert!(top_level().contains(&"federation"));
-        assert_eq!(peer(), ["server_name", "endpoint", "public_key"]);
+        assert_eq!(
+            peer(),
+            [
+                "server_name",
+                "endpoint",
+                "public_key",
+                "ca_file",
+                "allow_insecure"
+            ]
+        );
         assert!(federation_scalars().any(|k| k == "request_timeout_secs"));
         assert!(!federation_scalars().any(|k| k == "peers"));
         let vars = variables();

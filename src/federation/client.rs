@@ -63,9 +63,9 @@ impl Federation {
         user: UserId,
         max_past_keys: usize,
     ) -> Result<proto::FetchKeyResponse, Error> {
-        let Some(target) = self.peers.get(peer) else {
+        if self.peers.get(peer).is_none() {
             return Err(not_a_peer(peer));
-        };
+        }
         let ttl = Duration::from_secs(self.settings.key_cache_secs);
         if let Some(keys) = self.cache.get(peer, user, ttl) {
             return Ok(keys);
@@ -89,7 +89,6 @@ impl Federation {
                 crate::telemetry::federation_call(peer, "out", "unavailable");
                 return Err(unavailable(
                     peer,
-                    &target.endpoint,
                     format!(
                         "could not be asked for the key of user {user}: {:?}: {}",
                         status.code(),
@@ -107,7 +106,6 @@ impl Federation {
                 tracing::warn!(peer, user = user.get(), "a peer sent an invalid key: {why}");
                 return Err(unavailable(
                     peer,
-                    &target.endpoint,
                     format!("answered with an invalid key for user {user} ({why})"),
                 ));
             }
@@ -127,9 +125,9 @@ impl Federation {
         peer: &str,
         request: DeliverInviteRequest,
     ) -> Result<u64, Error> {
-        let Some(target) = self.peers.get(peer) else {
+        if self.peers.get(peer).is_none() {
             return Err(not_a_peer(peer));
-        };
+        }
         let to = request.to_user_id;
         match self
             .call(peer, request, |mut client, request| async move {
@@ -145,7 +143,6 @@ impl Federation {
                 crate::telemetry::federation_call(peer, "out", "invalid_answer");
                 Err(unavailable(
                     peer,
-                    &target.endpoint,
                     "answered DeliverInvite without an invite id".into(),
                 ))
             }
@@ -167,7 +164,6 @@ impl Federation {
                         crate::telemetry::federation_call(peer, "out", "unavailable");
                         unavailable(
                             peer,
-                            &target.endpoint,
                             format!(
                                 "could not take the invite for its user {to}: {code:?}: {}",
                                 status.message()
@@ -219,11 +215,26 @@ impl Federation {
                 crate::telemetry::federation_call(peer, "out", "timeout");
                 Err(Failed(unavailable(
                     peer,
-                    &target.endpoint,
                     format!(
                         "did not answer within {} s (federation.request_timeout_secs)",
                         timeout.as_secs()
                     ),
+                )))
+            }
+            // A status with a source was made here: no connection (refused, TLS
+            // handshake failed, certificate not trusted). Its words are for our log; the
+            // client hears only that the peer could not be reached.
+            Ok(Err(status)) if std::error::Error::source(&status).is_some() => {
+                crate::telemetry::federation_call(peer, "out", "unreachable");
+                tracing::warn!(
+                    peer,
+                    endpoint = target.endpoint,
+                    "cannot reach the peer: {}",
+                    reasons(&status)
+                );
+                Err(Failed(unavailable(
+                    peer,
+                    "could not be reached (this server's log says why)".into(),
                 )))
             }
             Ok(Err(status)) => Err(Refused(status)),
@@ -252,11 +263,25 @@ fn not_a_peer(peer: &str) -> Error {
     ))
 }
 
-/// The error for a peer that did not answer usefully.
-fn unavailable(peer: &str, endpoint: &str, what: String) -> Error {
-    Error::Unavailable(format!(
-        "homeserver {peer:?} ({endpoint}) {what}; try again later"
-    ))
+/// The error for a peer that did not answer usefully. It names the peer, never its
+/// endpoint (the client has no business with this server's network).
+fn unavailable(peer: &str, what: String) -> Error {
+    Error::Unavailable(format!("homeserver {peer:?} {what}; try again later"))
+}
+
+/// The reasons in an error's source chain, outermost first ("transport error: …: invalid
+/// peer certificate: UnknownIssuer"), for this server's log.
+fn reasons(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut words = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let next = e.to_string();
+        if !words.ends_with(&next) {
+            words = format!("{words}: {next}");
+        }
+        source = e.source();
+    }
+    words
 }
 
 /// Checks every key of a peer's answer by the rules for posted keys and recomputes its

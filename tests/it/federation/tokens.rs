@@ -227,6 +227,7 @@ fn bad_peers_are_configuration_errors_naming_the_key() {
         name: name.into(),
         endpoint: good.endpoint.clone(),
         public_key: key.into(),
+        ca_file: None,
     };
     for (peers, key) in [
         (
