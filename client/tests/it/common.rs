@@ -116,12 +116,17 @@ pub struct Server {
 impl Server {
     /// Starts a server on `backend`.
     pub async fn start(backend: Backend) -> Server {
+        Self::start_with(backend, |_| {}).await
+    }
+
+    /// Starts a server on `backend` after letting `tweak` change its settings.
+    pub async fn start_with(backend: Backend, tweak: impl FnOnce(&mut Settings)) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let database_url = match &backend {
             Backend::Sqlite => format!("sqlite://{}", dir.path().join("secretd.db").display()),
             Backend::Postgres(url) => url.clone(),
         };
-        let settings = Settings {
+        let mut settings = Settings {
             listen: ([127, 0, 0, 1], 0).into(),
             database_url: database_url.into(),
             data_dir: dir.path().to_path_buf(),
@@ -130,6 +135,7 @@ impl Server {
             shutdown_grace_secs: 5,
             ..secretd::config::defaults()
         };
+        tweak(&mut settings);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

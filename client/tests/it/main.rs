@@ -10,3 +10,4 @@ mod removal;
 mod rotation;
 mod subscription;
 mod tamper;
+mod tls;
