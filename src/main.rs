@@ -151,11 +151,15 @@ fn health(args: &HealthArgs) -> ExitCode {
     };
     let limit = std::time::Duration::from_secs(args.timeout);
     let outcome = runtime.block_on(async move { tokio::time::timeout(limit, check).await });
-    let tls_hint = match tls {
-        true => ", does it serve TLS, and does --ca-file hold the CA of its certificate",
-        false => {
-            ", and does it serve plaintext (with `tls_cert_file` set, give --tls or --ca-file)"
+    // What to check about TLS: whether the server serves it (and which CA signed its
+    // certificate) when we spoke TLS; whether it does when we did not and it answered
+    // nonsense. "Connection refused" in plaintext needs no such hint.
+    let (unreachable_hint, refused_hint) = match tls {
+        true => {
+            let hint = ", does it serve TLS, and does --ca-file hold the CA of its certificate";
+            (hint, hint)
         }
+        false => ("", ", or does it serve TLS (then give --tls or --ca-file)"),
     };
     let complaint = match outcome {
         Ok(Ok(ServingStatus::Serving)) => {
@@ -176,13 +180,13 @@ fn health(args: &HealthArgs) -> ExitCode {
         }
         Ok(Err(Unhealthy::Unreachable(err))) => format!(
             "cannot reach a server at {addr}: {} — is secretd running and listening there \
-             (its `listen` setting){tls_hint}?",
+             (its `listen` setting){unreachable_hint}?",
             root_cause(&err),
         ),
         Ok(Err(Unhealthy::Refused(status))) => format!(
             "the server at {addr} did not answer the health check ({:?}: {}) — is {addr} \
              secretd's gRPC address (its `listen` setting), not its metrics port or another \
-             service{tls_hint}?",
+             service{refused_hint}?",
             status.code(),
             match std::error::Error::source(&status) {
                 Some(_) => root_cause(&status),
