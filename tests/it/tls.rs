@@ -1,5 +1,5 @@
 //! TLS on the listen port (DESIGN §9a): a server with `tls_cert_file` / `tls_key_file`
-//! speaks TLS only, to every service; SIGHUP swaps its certificate for new connections
+//! speaks TLS only, to every service (gRPC, gRPC-Web over HTTP/1.1, health); SIGHUP swaps its certificate for new connections
 //! while open ones go on; bad files are configuration errors naming the key;
 //! `secretd health` speaks TLS when told to. Certificates are made at run time.
 
@@ -56,6 +56,10 @@ async fn a_tls_server_answers_tls_clients_only() {
         .await
         .unwrap();
     assert_eq!(health.into_inner().status, 1, "SERVING");
+    // gRPC-Web over HTTP/1.1 inside TLS, as a browser page at an https:// origin calls.
+    let answer = grpc_web_health_over_tls(&addr, ca.pem()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("grpc-status:0"), "{answer}");
 
     // Plaintext HTTP/2 (what an http:// URL speaks) gets no answer.
     let plain = async {
@@ -82,6 +86,45 @@ async fn a_tls_server_answers_tls_clients_only() {
         "{err:?}"
     );
     s.stop().await;
+}
+
+/// A gRPC-Web health check (HTTP/1.1, ALPN `http/1.1`) over TLS trusting `ca_pem`; the
+/// whole response as text.
+async fn grpc_web_health_over_tls(addr: &str, ca_pem: &str) -> String {
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::TlsConnector;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let request = format!(
+        "POST /grpc.health.v1.Health/Check HTTP/1.1\r\nhost: {addr}\r\ncontent-type: \
+         application/grpc-web+proto\r\nx-grpc-web: 1\r\ncontent-length: 5\r\nconnection: \
+         close\r\n\r\n"
+    );
+    tls.write_all(request.as_bytes()).await.unwrap();
+    tls.write_all(&[0, 0, 0, 0, 0]).await.unwrap();
+    let mut out = Vec::new();
+    // The server may close without close_notify after `connection: close`.
+    let _ = tls.read_to_end(&mut out).await;
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 async fn wait_for_line(p: &mut ServerProcess, needle: &str) -> String {
