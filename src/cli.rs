@@ -44,6 +44,18 @@ pub struct HealthArgs {
     /// Seconds to wait for an answer.
     #[arg(long, default_value_t = 3)]
     pub timeout: u64,
+    /// Speak TLS (a server with `tls_cert_file`): its certificate is verified against the
+    /// system's roots, or against `--ca-file`.
+    #[arg(long)]
+    pub tls: bool,
+    /// PEM file with the CA certificate(s) the server's certificate must chain to
+    /// (implies `--tls`).
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// The name the server's certificate must carry, when it is not the host of `--addr`
+    /// (e.g. `--addr 127.0.0.1:50051 --tls-name chat.example`; implies `--tls`).
+    #[arg(long)]
+    pub tls_name: Option<String>,
 }
 
 /// Flags every subcommand takes.

@@ -17,6 +17,7 @@ pub mod server;
 pub mod service;
 pub mod telemetry;
 pub mod time;
+pub mod tls;
 
 pub(crate) mod commit;
 pub(crate) mod cors;

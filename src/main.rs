@@ -109,12 +109,35 @@ fn health(args: &HealthArgs) -> ExitCode {
         }
     };
     let addr = &args.addr;
-    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else {
+    let tls = args.tls || args.ca_file.is_some() || args.tls_name.is_some();
+    let scheme = if tls { "https" } else { "http" };
+    let Ok(mut endpoint) = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))
+    else {
         eprintln!(
             "secretd: {addr:?} is not an address; give HOST:PORT, e.g. --addr 127.0.0.1:50051"
         );
         return ExitCode::FAILURE;
     };
+    if tls {
+        let config = match secretd::tls::client_tls(args.ca_file.as_deref(), "--ca-file") {
+            Ok(config) => config,
+            Err(e) => {
+                eprintln!("secretd: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let config = match &args.tls_name {
+            Some(name) => config.domain_name(name),
+            None => config,
+        };
+        endpoint = match endpoint.tls_config(config) {
+            Ok(endpoint) => endpoint,
+            Err(e) => {
+                eprintln!("secretd: cannot set up TLS to {addr}: {}", root_cause(&e));
+                return ExitCode::FAILURE;
+            }
+        };
+    }
     let check = async move {
         use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
         let channel = endpoint.connect().await.map_err(Unhealthy::Unreachable)?;
@@ -128,6 +151,16 @@ fn health(args: &HealthArgs) -> ExitCode {
     };
     let limit = std::time::Duration::from_secs(args.timeout);
     let outcome = runtime.block_on(async move { tokio::time::timeout(limit, check).await });
+    // What to check about TLS: whether the server serves it (and which CA signed its
+    // certificate) when we spoke TLS; whether it does when we did not and it answered
+    // nonsense. "Connection refused" in plaintext needs no such hint.
+    let (unreachable_hint, refused_hint) = match tls {
+        true => {
+            let hint = ", does it serve TLS, and does --ca-file hold the CA of its certificate";
+            (hint, hint)
+        }
+        false => ("", ", or does it serve TLS (then give --tls or --ca-file)"),
+    };
     let complaint = match outcome {
         Ok(Ok(ServingStatus::Serving)) => {
             println!("SERVING");
@@ -147,13 +180,13 @@ fn health(args: &HealthArgs) -> ExitCode {
         }
         Ok(Err(Unhealthy::Unreachable(err))) => format!(
             "cannot reach a server at {addr}: {} — is secretd running and listening there \
-             (its `listen` setting)?",
-            root_cause(&err)
+             (its `listen` setting){unreachable_hint}?",
+            root_cause(&err),
         ),
         Ok(Err(Unhealthy::Refused(status))) => format!(
             "the server at {addr} did not answer the health check ({:?}: {}) — is {addr} \
              secretd's gRPC address (its `listen` setting), not its metrics port or another \
-             service?",
+             service{refused_hint}?",
             status.code(),
             match std::error::Error::source(&status) {
                 Some(_) => root_cause(&status),

@@ -195,6 +195,44 @@ fn termination_signal() -> anyhow::Result<impl std::future::Future<Output = ()>>
     }
 }
 
+/// Re-reads the TLS certificate and key on every SIGHUP until the server drains; a file
+/// that fails to load keeps the certificate in use (and says why in the log). The handler
+/// is installed now, before the ready line, so a SIGHUP never ends the process.
+fn reload_on_sighup(
+    cert: Arc<crate::tls::ServerCert>,
+    signal: crate::shutdown::Signal,
+) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal as unix_signal};
+        let mut hangup = unix_signal(SignalKind::hangup())?;
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    got = hangup.recv() => {
+                        if got.is_none() {
+                            return;
+                        }
+                        match cert.reload() {
+                            Ok(()) => tracing::info!(
+                                tls_cert_file = %cert.cert_file().display(),
+                                "SIGHUP: TLS certificate re-read; new connections get it"
+                            ),
+                            Err(e) => tracing::error!(
+                                "SIGHUP: {e}; still serving the certificate read before"
+                            ),
+                        }
+                    }
+                    _ = signal.draining() => return,
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = (cert, signal);
+    Ok(())
+}
+
 /// A started server.
 pub struct Running {
     addr: SocketAddr,
@@ -241,6 +279,8 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
     let settings = Arc::new(settings);
     let addr = listener.local_addr()?;
     crate::private_files::secure_data_dir(&settings)?;
+    // Read before anything starts, so that a bad file stops the start (exit 2).
+    let tls = crate::tls::ServerCert::from_settings(&settings)?;
     let verifier = Arc::new(Verifier::from_settings(&settings)?);
     let database = settings.database()?;
     let replica = Uuid::new_v4();
@@ -357,16 +397,35 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_optional_service(federation_service);
-    // Accepted sockets get TCP_NODELAY here: with an incoming stream tonic does not set
-    // it, and Nagle plus delayed ACKs added 40 ms to small responses.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
-        signal.draining().await;
-        health.set_not_serving::<SecretRouter>().await;
-    }));
+    let draining = {
+        let signal = signal.clone();
+        async move {
+            signal.draining().await;
+            health.set_not_serving::<SecretRouter>().await;
+        }
+    };
+    let server = match &tls {
+        Some(cert) => {
+            reload_on_sighup(cert.clone(), signal)?;
+            let incoming = crate::tls::incoming(listener, cert.server_config());
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, draining))
+        }
+        None => {
+            // Accepted sockets get TCP_NODELAY here: with an incoming stream tonic does not
+            // set it, and Nagle plus delayed ACKs added 40 ms to small responses.
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, draining))
+        }
+    };
+    let tls_state = match &tls {
+        Some(cert) => format!("on ({})", cert.cert_file().display()),
+        None => "off (plaintext)".into(),
+    };
     tracing::info!(
         store = backend.name(),
         database = %database,
+        tls = %tls_state,
         "secretd listening on {addr}"
     );
     Ok(Running {

@@ -5,6 +5,7 @@
 //! [`DeviceState::merge`].
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -24,6 +25,10 @@ pub struct DeviceState {
     pub version: u32,
     /// The homeserver's secretd URL.
     pub server: String,
+    /// The CA file the server's TLS certificate is verified against (`--ca-file`); none:
+    /// the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// The bearer token (JWT) the device calls with.
     pub token: String,
     /// The user id (the token's `sub`).

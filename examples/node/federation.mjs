@@ -9,10 +9,12 @@
 // Environment: A_ADDR, B_ADDR (host:port of a's and b's secretd), A_JWT_SECRET and
 // B_JWT_SECRET (each server's HS256 secret: this example signs development tokens for
 // its users with them, as each homeserver's auth service would), A_NAME / B_NAME (the
-// server names, default a.test / b.test). examples/federation/run starts two servers
-// and runs this.
+// server names, default a.test / b.test), CA_FILE (when the servers serve TLS: the PEM
+// certificate of the CA that signed theirs; unset = plaintext). examples/federation/run
+// starts two servers over TLS and runs this.
 
 import { createHmac, createHash, generateKeyPairSync, randomInt } from "node:crypto";
+import { readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -48,9 +50,14 @@ function localToken(server, user) {
   return `${body}.${createHmac("sha256", server.secret).update(body).digest("base64url")}`;
 }
 
+/** TLS trusting the CA of CA_FILE when it is set, else plaintext. */
+const channelCredentials = process.env.CA_FILE
+  ? grpc.credentials.createSsl(readFileSync(process.env.CA_FILE))
+  : grpc.credentials.createInsecure();
+
 /** A client of `server`'s SecretService presenting `token` on every call. */
 function clientAt(server, token) {
-  const stub = new SecretService(server.addr, grpc.credentials.createInsecure());
+  const stub = new SecretService(server.addr, channelCredentials);
   const metadata = () => {
     const md = new grpc.Metadata();
     md.set("authorization", `Bearer ${token}`);

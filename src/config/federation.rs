@@ -5,7 +5,8 @@
 //! Scalar keys have environment twins `SECRETD_FEDERATION_<KEY>` (e.g.
 //! `SECRETD_FEDERATION_ENABLED=true`); peers come from the config file only. Everything is
 //! checked when the configuration loads: a bad peer is a configuration error (exit 2)
-//! naming the key, e.g. `federation.peers[1].public_key`.
+//! naming the key, e.g. `federation.peers[1].public_key` (a peer's `ca_file` is read when
+//! the server starts, its errors named the same way).
 
 use std::collections::HashSet;
 
@@ -96,7 +97,9 @@ pub struct PeerConfig {
     /// The peer's `server_name` (what its users' `homeserver` fields say, its tokens'
     /// `iss` and our tokens' `aud` for it).
     pub server_name: String,
-    /// Where the peer's secretd listens: `http://host:port`.
+    /// Where the peer's secretd listens: `https://host:port` (its certificate verified
+    /// against the system's roots, or against `ca_file`), or `http://host:port` with
+    /// `allow_insecure`.
     pub endpoint: String,
     /// The peer's Ed25519 public key, base64 (standard alphabet), as its
     /// `secretd federation-key` prints it. Pinned: only tokens signed by it are accepted
@@ -107,6 +110,14 @@ pub struct PeerConfig {
     /// default) = `endpoint`.
     #[serde(default)]
     pub client_endpoint: String,
+    /// PEM file with the CA certificate(s) that the peer's TLS certificate must chain to,
+    /// instead of the system's roots (a private CA). Empty (the default) = system roots.
+    #[serde(default)]
+    pub ca_file: String,
+    /// Allow an `http://` endpoint: calls to this peer, and the tokens they carry, travel
+    /// in plaintext (a warning is logged at start). Default false.
+    #[serde(default)]
+    pub allow_insecure: bool,
 }
 
 impl PeerConfig {
@@ -218,7 +229,7 @@ impl FederationSettings {
                     key("server_name")
                 ));
             }
-            check_endpoint(&peer.endpoint).map_err(|e| format!("{} {e}", key("endpoint")))?;
+            check_endpoint(peer, &key)?;
             if !peer.client_endpoint.is_empty() {
                 check_client_endpoint(&peer.client_endpoint)
                     .map_err(|e| format!("{} {e}", key("client_endpoint")))?;
@@ -235,18 +246,40 @@ impl FederationSettings {
     }
 }
 
-/// An endpoint must be `http://host:port` (TLS to peers is not built in yet: put a
-/// TLS-terminating proxy on the path, or keep peers on a private network).
-fn check_endpoint(endpoint: &str) -> Result<(), String> {
+/// An endpoint is `https://host:port`, or `http://host:port` on a peer that says
+/// `allow_insecure`; a `ca_file` goes with `https` only. `key` names a key of this peer.
+fn check_endpoint(peer: &PeerConfig, key: &dyn Fn(&str) -> String) -> Result<(), String> {
+    let endpoint = &peer.endpoint;
     let uri: http::Uri = endpoint
         .parse()
-        .map_err(|e| format!("{endpoint:?} is not a URL ({e})"))?;
-    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+        .map_err(|e| format!("{} {endpoint:?} is not a URL ({e})", key("endpoint")))?;
+    if uri.authority().is_none() {
         return Err(format!(
-            "{endpoint:?} must be of the form http://host:port (https is not supported yet)"
+            "{} {endpoint:?} must be of the form https://host:port",
+            key("endpoint")
         ));
     }
-    Ok(())
+    match uri.scheme_str() {
+        Some("https") => Ok(()),
+        Some("http") if !peer.ca_file.is_empty() => Err(format!(
+            "{} is set, but {} {endpoint:?} is plaintext http: use https://, or drop the \
+             ca_file",
+            key("ca_file"),
+            key("endpoint")
+        )),
+        Some("http") if peer.allow_insecure => Ok(()),
+        Some("http") => Err(format!(
+            "{} {endpoint:?} is plaintext http: use https://host:port, or set {} = true to \
+             accept that calls to this peer (and the tokens they carry) can be read and \
+             altered on the way",
+            key("endpoint"),
+            key("allow_insecure")
+        )),
+        _ => Err(format!(
+            "{} {endpoint:?} must be of the form https://host:port",
+            key("endpoint")
+        )),
+    }
 }
 
 /// A client endpoint is any `http://` or `https://` URL with a host (clients may reach
@@ -271,9 +304,11 @@ mod tests {
     fn peer(name: &str, key: &str) -> PeerConfig {
         PeerConfig {
             server_name: name.into(),
-            endpoint: "http://127.0.0.1:1".into(),
+            endpoint: "https://127.0.0.1:1".into(),
             public_key: key.into(),
             client_endpoint: String::new(),
+            ca_file: String::new(),
+            allow_insecure: false,
         }
     }
 
@@ -305,11 +340,35 @@ mod tests {
             let err = with(peers).validate("a.test").unwrap_err();
             assert!(err.starts_with(key), "{err}");
         }
-        let mut bad_endpoint = peer("b.test", &good);
-        bad_endpoint.endpoint = "b.test:50051".into();
-        let err = with(vec![bad_endpoint]).validate("a.test").unwrap_err();
-        assert!(err.starts_with("federation.peers[0].endpoint"), "{err}");
+        let endpoint = |endpoint: &str, ca_file: &str, allow_insecure: bool| {
+            let mut p = peer("b.test", &good);
+            p.endpoint = endpoint.into();
+            p.ca_file = ca_file.into();
+            p.allow_insecure = allow_insecure;
+            with(vec![p]).validate("a.test")
+        };
+        endpoint("https://b.test:50051", "", false).unwrap();
+        endpoint("https://b.test:50051", "ca.pem", false).unwrap();
+        endpoint("http://127.0.0.1:50051", "", true).unwrap();
+        for (url, ca_file, allow_insecure, key) in [
+            ("b.test:50051", "", false, "endpoint"),
+            ("ftp://b.test:50051", "", false, "endpoint"),
+            ("http://127.0.0.1:50051", "", false, "endpoint"),
+            ("http://127.0.0.1:50051", "ca.pem", true, "ca_file"),
+        ] {
+            let err = endpoint(url, ca_file, allow_insecure).unwrap_err();
+            assert!(
+                err.starts_with(&format!("federation.peers[0].{key}")),
+                "{url}: {err}"
+            );
+        }
+        let err = endpoint("http://127.0.0.1:50051", "", false).unwrap_err();
+        assert!(
+            err.contains("federation.peers[0].allow_insecure = true"),
+            "{err}"
+        );
         let mut bad_client = peer("b.test", &good);
+        bad_client.allow_insecure = true;
         bad_client.client_endpoint = "chat.b.test".into();
         let err = with(vec![bad_client]).validate("a.test").unwrap_err();
         assert!(
@@ -317,6 +376,7 @@ mod tests {
             "{err}"
         );
         let mut good_client = peer("b.test", &good);
+        good_client.allow_insecure = true;
         good_client.client_endpoint = "https://chat.b.test".into();
         assert_eq!(good_client.client_endpoint(), "https://chat.b.test");
         with(vec![good_client]).validate("a.test").unwrap();

@@ -197,7 +197,14 @@ mod tests {
         assert!(top_level().contains(&"federation"));
         assert_eq!(
             peer(),
-            ["server_name", "endpoint", "public_key", "client_endpoint"]
+            [
+                "server_name",
+                "endpoint",
+                "public_key",
+                "client_endpoint",
+                "ca_file",
+                "allow_insecure"
+            ]
         );
         assert!(federation_scalars().any(|k| k == "request_timeout_secs"));
         assert!(!federation_scalars().any(|k| k == "peers"));

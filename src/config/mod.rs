@@ -59,6 +59,14 @@ pub struct Settings {
     /// `127.0.0.1:50051`.
     #[serde(deserialize_with = "types::listen_addr")]
     pub listen: SocketAddr,
+    /// PEM file with the certificate chain served on `listen` (the server's certificate
+    /// first). Set with `tls_key_file`: every service on the port (gRPC, gRPC-Web,
+    /// federation, health, reflection) is served over TLS only, and both files are re-read
+    /// on SIGHUP. Empty (the default) = plaintext.
+    pub tls_cert_file: String,
+    /// PEM file with the private key of `tls_cert_file` (PKCS#8, RSA or EC). Empty = no
+    /// TLS; set both or neither.
+    pub tls_key_file: String,
     /// Database: `postgres://…` or `sqlite://PATH`. Empty (the default) means the SQLite
     /// file `secretd.db` in `data_dir`. Redacted in `Debug`; see [`Settings::database`].
     pub database_url: Secret,
@@ -317,6 +325,8 @@ type Builder = config::builder::ConfigBuilder<config::builder::DefaultState>;
 fn with_defaults() -> Result<Builder, config::ConfigError> {
     config::Config::builder()
         .set_default("listen", DEFAULT_LISTEN)?
+        .set_default("tls_cert_file", "")?
+        .set_default("tls_key_file", "")?
         .set_default("database_url", "")?
         .set_default("data_dir", DEFAULT_DATA_DIR)?
         .set_default("metrics_listen", "")?
@@ -417,6 +427,16 @@ impl Settings {
                 "max_request_bytes is {}; it must be at least {MIN_REQUEST_BYTES} so that a \
                  64 KiB blob fits",
                 self.max_request_bytes
+            ));
+        }
+        if self.tls_cert_file.is_empty() != self.tls_key_file.is_empty() {
+            let (set, unset) = match self.tls_cert_file.is_empty() {
+                true => ("tls_key_file", "tls_cert_file"),
+                false => ("tls_cert_file", "tls_key_file"),
+            };
+            return bad(format!(
+                "{set} is set but {unset} is not: TLS needs both the certificate and its key \
+                 (PEM files), or neither for plaintext"
             ));
         }
         self.check_rates().map_err(config::ConfigError::Message)?;

@@ -450,6 +450,22 @@ impl Federation {
                     ),
                 )))
             }
+            // A status with a source was made here: no connection (refused, TLS
+            // handshake failed, certificate not trusted). Its words are for our log; the
+            // client hears only that the peer could not be reached.
+            Ok(Err(status)) if std::error::Error::source(&status).is_some() => {
+                crate::telemetry::federation_call(peer, "out", "unreachable");
+                tracing::warn!(
+                    peer,
+                    endpoint = target.endpoint,
+                    "cannot reach the peer: {}",
+                    reasons(&status)
+                );
+                Err(Failed(unavailable(
+                    peer,
+                    "could not be reached (this server's log says why)".into(),
+                )))
+            }
             Ok(Err(status)) => Err(Refused(status)),
             Ok(Ok(answer)) => Ok(answer.into_inner()),
         }
@@ -518,6 +534,21 @@ fn retry_after_ms(status: &tonic::Status) -> Option<u64> {
         .parse::<u64>()
         .ok()
         .filter(|ms| *ms > 0)
+}
+
+/// The reasons in an error's source chain, outermost first ("transport error: …: invalid
+/// peer certificate: UnknownIssuer"), for this server's log.
+fn reasons(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut words = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let next = e.to_string();
+        if !words.ends_with(&next) {
+            words = format!("{words}: {next}");
+        }
+        source = e.source();
+    }
+    words
 }
 
 /// Checks every key of a peer's answer by the rules for posted keys and recomputes its

@@ -45,3 +45,4 @@ mod status_text;
 mod streaming;
 mod subscribe;
 mod subscriptions;
+mod tls;

@@ -8,13 +8,15 @@
 
 pub mod paging;
 pub mod subscription;
+mod tls;
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
 use crate::error::{Error, Result};
@@ -110,29 +112,47 @@ pub struct UserKeys {
 #[derive(Clone)]
 pub struct Api {
     url: String,
+    ca_file: Option<PathBuf>,
     service: InterceptedService<Channel, Bearer>,
     token: Arc<RwLock<String>>,
 }
 
 impl Api {
-    /// Connects to `url` (e.g. `http://127.0.0.1:50051`). The connection is re-established
-    /// by itself after it drops.
+    /// Connects to `url`: `https://host:port` over TLS (the server's certificate verified
+    /// against the system's roots) or `http://host:port` in plaintext. The connection is
+    /// re-established by itself after it drops.
     pub async fn connect(url: &str, token: &str) -> Result<Api> {
+        Self::connect_with(url, token, None).await
+    }
+
+    /// [`Api::connect`], trusting only the CA certificate(s) of the PEM file `ca_file` for
+    /// an `https://` URL (a private CA). An `https://` URL is never spoken to in
+    /// plaintext: no token leaves unencrypted for it.
+    pub async fn connect_with(url: &str, token: &str, ca_file: Option<&Path>) -> Result<Api> {
         let connect_err = |reason: String| Error::Connect {
             url: url.to_string(),
             reason,
         };
-        let channel = Endpoint::from_shared(url.to_string())
-            .map_err(|e| connect_err(format!("not a URL: {e}")))?
+        let ca_file = ca_file.map(tls::absolute);
+        let channel = tls::endpoint(url, ca_file.as_deref())
+            .map_err(connect_err)?
             .connect_timeout(Duration::from_secs(10))
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true)
             .connect()
             .await
-            .map_err(|e| connect_err(transport_reason(&e)))?;
+            .map_err(|e| {
+                let reason = transport_reason(&e);
+                let advice = match url.starts_with("https:") {
+                    true => tls::advice(&reason),
+                    false => "",
+                };
+                connect_err(format!("{reason}{advice}"))
+            })?;
         let token = Arc::new(RwLock::new(token.to_string()));
         Ok(Api {
             url: url.to_string(),
+            ca_file,
             service: InterceptedService::new(channel, Bearer(token.clone())),
             token,
         })
@@ -141,6 +161,11 @@ impl Api {
     /// The server URL.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The CA file trusted for the server's certificate, if one was given (absolute).
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.ca_file.as_deref()
     }
 
     /// Replaces the bearer token for all later calls (and reconnects of subscriptions).

@@ -136,6 +136,7 @@ impl Device {
         let state = DeviceState {
             version: STATE_VERSION,
             server: api.url().to_string(),
+            ca_file: api.ca_file().map(Into::into),
             token: api.token(),
             user_id,
             identity_pkcs8: identity.to_pkcs8()?.to_vec(),

@@ -116,11 +116,20 @@ pub struct Server {
 impl Server {
     /// Starts a server on `backend`.
     pub async fn start(backend: Backend) -> Server {
+        Self::start_with(backend, |_| {}).await
+    }
+
+    /// Starts a server on `backend` after letting `tweak` change its settings.
+    pub async fn start_with(backend: Backend, tweak: impl FnOnce(&mut Settings)) -> Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let dir = tempfile::tempdir().expect("tempdir");
-        Server::start_on(backend, listener, dir, |s| s).await
+        Server::start_on(backend, listener, dir, |mut s| {
+            tweak(&mut s);
+            s
+        })
+        .await
     }
 
     /// Starts a server on `listener` with its data in `dir`, its settings passed through

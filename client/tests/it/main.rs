@@ -11,3 +11,4 @@ mod removal;
 mod rotation;
 mod subscription;
 mod tamper;
+mod tls;

@@ -360,11 +360,13 @@ pub async fn fetch_all(client: &mut Client, stream: &str) -> Vec<proto::PostedMe
     }
 }
 
+mod certs;
 mod metrics;
 mod pgproxy;
 mod processes;
 mod streams;
 
+pub use certs::*;
 pub use metrics::*;
 pub use pgproxy::*;
 pub use processes::*;

@@ -14,6 +14,8 @@ use crate::common::*;
 
 /// Homeservers a, b and c: b and c only know a's key (a calls them, they never call
 /// anyone); a has both pinned at their addresses. a and b store in `backend`, c in SQLite.
+/// b and c serve TLS, each with a certificate of a CA of its own that a trusts for that
+/// peer alone (`ca_file`): every call from a to them goes over TLS. a serves plaintext.
 /// The keys hold the data directories: they live as long as the nodes.
 #[allow(dead_code)]
 pub(super) struct Trio {
@@ -31,12 +33,20 @@ pub(super) async fn trio(backend: &Backend) -> Trio {
         NodeKey::new("b.test"),
         NodeKey::new("c.test"),
     );
-    let b = Node::start(&kb, backend, &[PeerSpec::unreachable(&ka)], &[]).await;
-    let c = Node::start(&kc, &Backend::Sqlite, &[PeerSpec::unreachable(&ka)], &[]).await;
+    let (ca_b, ca_c) = (TestCa::new("b.test CA"), TestCa::new("c.test CA"));
+    let b = Node::start_tls(&kb, backend, &[PeerSpec::unreachable(&ka)], &[], &ca_b).await;
+    let c = Node::start_tls(
+        &kc,
+        &Backend::Sqlite,
+        &[PeerSpec::unreachable(&ka)],
+        &[],
+        &ca_c,
+    )
+    .await;
     let a = Node::start(
         &ka,
         backend,
-        &[PeerSpec::at(&kb, &b.addr), PeerSpec::at(&kc, &c.addr)],
+        &[PeerSpec::node(&kb, &b), PeerSpec::node(&kc, &c)],
         &[],
     )
     .await;
@@ -71,7 +81,7 @@ pub(super) async fn foreign_client(home: &Node, user: u64, at: &Node, at_name: &
         .into_inner();
     let expires = fed.expires_at.expect("expires_at").seconds as u64;
     assert!(expires > now() && expires <= now() + 3600 + 5, "{expires}");
-    client_at(&at.addr, fed.token).await
+    at.client_with_token(fed.token).await
 }
 
 /// A "fed-user" token signed with `key` (of `iss`) for `user`, for `aud`, valid 10 min.

@@ -10,7 +10,9 @@
 //! - `members.rs`: foreign members posting, subscribing, leaving, removed; identity;
 //! - `callers.rs`: fed-user tokens; the RPCs that belong to a user's own homeserver;
 //! - `deliver.rs`: DeliverInvite called directly (every refusal), a peer answering
-//!   garbage; `deliver_races.rs`: racing retries, deliveries held at the inbox row.
+//!   garbage; `deliver_races.rs`: racing retries, deliveries held at the inbox row;
+//! - `tls.rs`: a peer whose certificate is not trusted, `http://` peers and
+//!   `allow_insecure` (the three-server tests themselves run over TLS).
 
 mod callers;
 mod deliver;
@@ -21,6 +23,7 @@ mod harness;
 mod invites;
 mod members;
 mod nodes;
+mod tls;
 mod tokens;
 
 use std::time::Duration;

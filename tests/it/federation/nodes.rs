@@ -1,7 +1,8 @@
 //! A homeserver for the federation tests: the real `secretd` binary with a config file
-//! naming its server, its federation settings and its pinned peers.
+//! naming its server, its federation settings and its pinned peers, in plaintext or
+//! serving TLS with a certificate of a test CA.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tempfile::TempDir;
 
@@ -45,23 +46,36 @@ impl NodeKey {
     }
 }
 
-/// A `[[federation.peers]]` entry.
+/// A `[[federation.peers]]` entry (an `http://` one is written with `allow_insecure`).
 pub struct PeerSpec {
     pub name: String,
     pub endpoint: String,
     pub public_key: String,
     /// Its `client_endpoint` (empty: not written).
     pub client_endpoint: String,
+    /// The CA its certificate chains to, when it serves TLS.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl PeerSpec {
-    /// A peer listening at `addr`.
+    /// A peer listening at `addr` in plaintext.
     pub fn at(key: &NodeKey, addr: &str) -> PeerSpec {
         PeerSpec {
             name: key.name.clone(),
             endpoint: format!("http://{addr}"),
             public_key: key.public_key.clone(),
             client_endpoint: String::new(),
+            ca_file: None,
+        }
+    }
+
+    /// The running `node` (server `key`), reached as it serves: over TLS, verified
+    /// against its CA (the peer's `ca_file`), when it serves TLS.
+    pub fn node(key: &NodeKey, node: &Node) -> PeerSpec {
+        PeerSpec {
+            endpoint: node.url(),
+            ca_file: node.tls.as_ref().map(|files| files.ca.clone()),
+            ..PeerSpec::at(key, &node.addr)
         }
     }
 
@@ -164,6 +178,8 @@ pub async fn fed_client_with(addr: &str, auth: Auth) -> FedClient {
 pub struct Node {
     pub process: ServerProcess,
     pub addr: String,
+    /// Its certificate files when it serves TLS.
+    pub tls: Option<TlsFiles>,
 }
 
 /// Writes `dir/secretd.toml` for server `name` with federation on, `federation` extra
@@ -180,6 +196,12 @@ pub fn write_config(dir: &Path, name: &str, peers: &[PeerSpec], federation: &[(&
         ));
         if !p.client_endpoint.is_empty() {
             toml.push_str(&format!("client_endpoint = \"{}\"\n", p.client_endpoint));
+        }
+        if p.endpoint.starts_with("http:") {
+            toml.push_str("allow_insecure = true\n");
+        }
+        if let Some(ca) = &p.ca_file {
+            toml.push_str(&format!("ca_file = \"{}\"\n", ca.display()));
         }
     }
     std::fs::write(dir.join("secretd.toml"), toml).unwrap();
@@ -225,15 +247,66 @@ impl Node {
             dir,
         )
         .await;
+        let tls = envs
+            .iter()
+            .any(|(k, _)| *k == "SECRETD_TLS_CERT_FILE")
+            .then(|| TlsFiles {
+                ca: dir.join(format!("{}-ca.pem", key.name)),
+                cert: dir.join(format!("{}.crt", key.name)),
+                key: dir.join(format!("{}.key", key.name)),
+            });
         Node {
             addr: process.addr.clone(),
             process,
+            tls,
+        }
+    }
+
+    /// [`Node::start`] serving TLS with a new certificate signed by `ca` (files in the
+    /// node's directory, named by the environment twins of `tls_cert_file` and
+    /// `tls_key_file`).
+    pub async fn start_tls(
+        key: &NodeKey,
+        backend: &Backend,
+        peers: &[PeerSpec],
+        federation: &[(&str, &str)],
+        ca: &TestCa,
+    ) -> Node {
+        let files = ca.write(key.dir.path(), &key.name);
+        let (cert, tls_key) = (
+            files.cert.display().to_string(),
+            files.key.display().to_string(),
+        );
+        let envs = [
+            ("SECRETD_TLS_CERT_FILE", cert.as_str()),
+            ("SECRETD_TLS_KEY_FILE", tls_key.as_str()),
+        ];
+        Self::start_with_env(key, backend, peers, federation, &envs).await
+    }
+
+    /// Where clients and peers reach it: `https://addr` or `http://addr`.
+    pub fn url(&self) -> String {
+        match self.tls {
+            Some(_) => format!("https://{}", self.addr),
+            None => format!("http://{}", self.addr),
         }
     }
 
     /// A SecretService client of this server authenticated as its user `user`.
     pub async fn client(&self, user: u64) -> Client {
-        client_at(&self.addr, token(user, 3600)).await
+        self.client_with_token(token(user, 3600)).await
+    }
+
+    /// A SecretService client of this server (over TLS, trusting its CA, when it serves
+    /// TLS) sending `token`.
+    pub async fn client_with_token(&self, token: String) -> Client {
+        match &self.tls {
+            Some(files) => {
+                let ca = std::fs::read_to_string(&files.ca).unwrap();
+                tls_client_at(&self.addr, &ca, token).await
+            }
+            None => client_at(&self.addr, token).await,
+        }
     }
 
     /// Kills the process (a server that is simply gone).

@@ -229,6 +229,7 @@ fn bad_peers_are_configuration_errors_naming_the_key() {
         endpoint: good.endpoint.clone(),
         public_key: key.into(),
         client_endpoint: String::new(),
+        ca_file: None,
     };
     for (peers, key) in [
         (

@@ -61,9 +61,13 @@ pub struct TokenArgs {
 pub enum Command {
     /// First device: create your identity key and back it up under a password.
     Init {
-        /// The secretd URL, e.g. http://127.0.0.1:50051.
+        /// The secretd URL, e.g. https://chat.example:50051 (or http://127.0.0.1:50051).
         #[arg(long)]
         server: String,
+        /// PEM file with the CA certificate that signed the server's TLS certificate (a
+        /// private CA); without it, the system's roots. Kept for later commands.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
         #[command(flatten)]
         token: TokenArgs,
         /// How the password protects the backup: Argon2id, 64 MiB, 3 passes (the only
@@ -76,6 +80,10 @@ pub enum Command {
         /// The secretd URL.
         #[arg(long)]
         server: String,
+        /// PEM file with the CA certificate that signed the server's TLS certificate;
+        /// without it, the system's roots. Kept for later commands.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
         #[command(flatten)]
         token: TokenArgs,
     },

@@ -32,7 +32,12 @@ async fn run(cli: Cli) -> Result<()> {
     let out = Out { json: cli.json };
     let dir = StateDir::new(&cli.state);
     match cli.command {
-        Command::Init { server, token, kdf } => {
+        Command::Init {
+            server,
+            ca_file,
+            token,
+            kdf,
+        } => {
             let kdf = match kdf {
                 KdfChoice::Argon2id => Kdf::DEFAULT,
                 KdfChoice::Pbkdf2 => {
@@ -44,16 +49,20 @@ async fn run(cli: Cli) -> Result<()> {
                     ));
                 }
             };
-            let device = new_device(&dir, &server, token, async |api| {
+            let device = new_device(&dir, &server, ca_file, token, async |api| {
                 let pw = password(true)?;
                 Device::init(api, &pw, kdf).await
             })
             .await?;
             out.whoami(&device);
         }
-        Command::Login { server, token } => {
+        Command::Login {
+            server,
+            ca_file,
+            token,
+        } => {
             let mut upgrade = None;
-            let mut device = new_device(&dir, &server, token, async |api| {
+            let mut device = new_device(&dir, &server, ca_file, token, async |api| {
                 let pw = password(false)?;
                 let (device, outcome) = Device::login_and_upgrade(api, &pw).await?;
                 upgrade = Some(outcome);

@@ -1,6 +1,8 @@
 //! A command's device: the password, opening the saved device with a usable token,
 //! saving it afterwards, setting up a new one, and the `token` command.
 
+use std::path::PathBuf;
+
 use secretd_client::api::Api;
 use secretd_client::state::TokenSource;
 use secretd_client::time::{format_utc_secs, now_secs, span};
@@ -51,7 +53,7 @@ pub async fn open(dir: &StateDir) -> Result<Device> {
         };
         state.token = tokens::from_source(source, Some(me)).await?.0;
     }
-    let api = Api::connect(&state.server, &state.token).await?;
+    let api = Api::connect_with(&state.server, &state.token, state.ca_file.as_deref()).await?;
     Device::from_state(api, state)
 }
 
@@ -82,6 +84,7 @@ async fn first_token(args: TokenArgs) -> Result<(String, Option<TokenSource>)> {
 pub async fn new_device(
     dir: &StateDir,
     server: &str,
+    ca_file: Option<PathBuf>,
     args: TokenArgs,
     make: impl AsyncFnOnce(Api) -> Result<Device>,
 ) -> Result<Device> {
@@ -92,7 +95,7 @@ pub async fn new_device(
         )));
     }
     let (token, source) = first_token(args).await?;
-    let mut device = make(Api::connect(server, &token).await?).await?;
+    let mut device = make(Api::connect_with(server, &token, ca_file.as_deref()).await?).await?;
     if source.is_some() {
         device.set_token_source(source);
     }
@@ -119,11 +122,12 @@ pub async fn set_token(
     if let Some(fresh) = &fresh {
         token::check(fresh, Some(me), now_secs())?;
         // The server is the judge of signatures and issuers: one call before keeping it.
-        let api = Api::connect(&state.server, fresh).await?;
+        let api = Api::connect_with(&state.server, fresh, state.ca_file.as_deref()).await?;
         api.check_token().await?;
         state.token = fresh.clone();
     }
-    let mut device = Device::from_state(Api::connect(&state.server, &state.token).await?, state)?;
+    let api = Api::connect_with(&state.server, &state.token, state.ca_file.as_deref()).await?;
+    let mut device = Device::from_state(api, state)?;
     if source.is_some() || no_source {
         device.set_token_source(source);
     }

@@ -6,6 +6,7 @@
 mod lost_rooms;
 mod outbox;
 mod safety;
+mod tls;
 mod tokens;
 
 use std::io::{BufRead, BufReader, Write};

@@ -54,6 +54,7 @@ impl Trio {
                         "server_name": n,
                         "endpoint": format!("http://{addr}"),
                         "public_key": key,
+                        "allow_insecure": true,
                     }))
                     .unwrap()
                 })
