@@ -179,7 +179,12 @@ impl Device {
                 remote.api.set_token(&federated.token);
                 remote.api.clone()
             }
-            _ => Api::connect(&endpoint, &federated.token).await?,
+            // The CA this device trusts for its homeserver (a private CA of the
+            // federation) or the system's roots.
+            _ => {
+                let ca_file = self.api.ca_file().map(|p| p.to_path_buf());
+                Api::connect_with(&endpoint, &federated.token, ca_file.as_deref()).await?
+            }
         };
         for room in self.state.rooms.values_mut() {
             if room.homeserver == name && room.endpoint != endpoint {
