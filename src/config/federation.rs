@@ -368,7 +368,6 @@ mod tests {
             "{err}"
         );
         let mut bad_client = peer("b.test", &good);
-        bad_client.allow_insecure = true;
         bad_client.client_endpoint = "chat.b.test".into();
         let err = with(vec![bad_client]).validate("a.test").unwrap_err();
         assert!(
@@ -376,13 +375,12 @@ mod tests {
             "{err}"
         );
         let mut good_client = peer("b.test", &good);
-        good_client.allow_insecure = true;
         good_client.client_endpoint = "https://chat.b.test".into();
         assert_eq!(good_client.client_endpoint(), "https://chat.b.test");
         with(vec![good_client]).validate("a.test").unwrap();
         assert_eq!(
             peer("b.test", &good).client_endpoint(),
-            "http://127.0.0.1:1"
+            "https://127.0.0.1:1"
         );
     }
 }
