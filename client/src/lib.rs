@@ -30,6 +30,7 @@ pub mod proto;
 pub mod state;
 pub mod time;
 pub mod token;
+pub mod transparency;
 pub mod user;
 
 pub use device::Device;
