@@ -716,7 +716,7 @@ fn an_asymmetric_jwt_algorithm_needs_an_audience_with_federation_on() {
         let toml = format!(
             "server_name = \"a.test\"\n{top}\n[federation]\nenabled = true\n\n\
              [[federation.peers]]\nserver_name = \"b.test\"\nendpoint = \"http://127.0.0.1:9\"\n\
-             public_key = \"{}\"\n",
+             allow_insecure = true\npublic_key = \"{}\"\n",
             kb.public_key
         );
         std::fs::write(dir.path().join("secretd.toml"), toml).unwrap();
