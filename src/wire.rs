@@ -5,6 +5,7 @@ use prost::Message;
 
 use crate::domain::Foreign;
 use crate::proto::{self, stream_message_posting_response::Event};
+use crate::store::kt::{LogEntry, TreeHead};
 use crate::store::{InviteRecord, PairIds, PairInfo, StoredEvent, StoredKey};
 use crate::time::to_timestamp;
 
@@ -33,6 +34,41 @@ fn key_with(k: &StoredKey, der: Vec<u8>) -> proto::Key {
         fingerprint: k.fingerprint.clone(),
         posted_at: Some(to_timestamp(k.posted_at)),
     }
+}
+
+/// The proto form of a signed tree head.
+pub fn tree_head(h: &TreeHead) -> proto::TreeHead {
+    proto::TreeHead {
+        server_name: h.server_name.clone(),
+        tree_size: h.tree_size,
+        log_root: h.log_root.to_vec(),
+        map_root: h.map_root.to_vec(),
+        timestamp_ms: h.timestamp_ms,
+        signature: h.signature.clone(),
+        key_id: h.key_id.clone(),
+    }
+}
+
+/// The proto form of a log entry.
+pub fn key_log_entry(e: &LogEntry) -> proto::KeyLogEntry {
+    proto::KeyLogEntry {
+        seq: e.seq,
+        fingerprint: e.fingerprint.to_vec(),
+        posted_at_ms: e.posted_at_ms,
+        prev_entry_hash: e.prev_entry_hash.to_vec(),
+        leaf_index: e.leaf_index,
+    }
+}
+
+/// The most bytes a [`proto::KeyProof`] with `entries` entries can take as a field of a
+/// response: a head with a server name of up to 255 bytes, a map path of 256 hashes, a
+/// consistency proof of 128, and the entries. What a FetchKey page keeps free for it.
+pub fn key_proof_reserve(entries: usize) -> usize {
+    const HASH: usize = 2 + 32;
+    const VARINT: usize = 1 + 10;
+    let head = (2 + 255) + VARINT * 2 + HASH * 2 + (2 + 64) + (2 + 64);
+    let entry = 2 + VARINT * 3 + HASH * 2;
+    3 + head + 256 * HASH + 128 * HASH + entries * entry
 }
 
 /// The proto form of a stored event (copying the ciphertext).

@@ -196,7 +196,8 @@ pub struct KtRows {
     pub entries: Vec<LogEntry>,
     /// Every map prefix read, with what is stored there (None: nothing).
     pub map: HashMap<Prefix, Option<Stored>>,
-    /// The log nodes of the consistency proof and of the head's root.
+    /// The log nodes of the consistency proof from `consistency_from` (none when that
+    /// is 0 or not below the head's size).
     pub log: HashMap<Node, Hash>,
 }
 
@@ -466,8 +467,10 @@ pub async fn read(conn: &mut dyn KtConn, query: &KtQuery) -> Result<KtRows> {
         }
     }
     let from = query.consistency_from;
-    let nodes = log::needed_for_consistency(from.min(size), size);
-    rows.log = conn.log_nodes(&nodes).await?.into_iter().collect();
+    if from > 0 && from < size {
+        let nodes = log::needed_for_consistency(from, size);
+        rows.log = conn.log_nodes(&nodes).await?.into_iter().collect();
+    }
     rows.head = Some(head);
     Ok(rows)
 }

@@ -558,6 +558,7 @@ async fn fetch_key(c: &mut Client, user: u64) -> FetchKeyResponse {
     c.fetch_key(FetchKeyRequest {
         user_id: user,
         homeserver: String::new(),
+        known_tree_size: 0,
     })
     .await
     .expect("fetch key")

@@ -234,6 +234,7 @@ async fn history_reads_share_one_limit() {
                 ok(c.fetch_key(proto::FetchKeyRequest {
                     user_id: user,
                     homeserver: String::new(),
+                    known_tree_size: 0,
                 })
                 .await)
             }
