@@ -60,17 +60,6 @@ pub fn key_log_entry(e: &LogEntry) -> proto::KeyLogEntry {
     }
 }
 
-/// The most bytes a [`proto::KeyProof`] with `entries` entries can take as a field of a
-/// response: a head with a server name of up to 255 bytes, a map path of 256 hashes, a
-/// consistency proof of 128, and the entries. What a FetchKey page keeps free for it.
-pub fn key_proof_reserve(entries: usize) -> usize {
-    const HASH: usize = 2 + 32;
-    const VARINT: usize = 1 + 10;
-    let head = (2 + 255) + VARINT * 2 + HASH * 2 + (2 + 64) + (2 + 64);
-    let entry = 2 + VARINT * 3 + HASH * 2;
-    3 + head + 256 * HASH + 128 * HASH + entries * entry
-}
-
 /// The proto form of a stored event (copying the ciphertext).
 pub fn posted_message(e: &StoredEvent) -> proto::PostedMessage {
     posted_message_with(e, Some(e.body.to_vec()))

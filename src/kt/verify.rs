@@ -4,7 +4,8 @@
 //! database stores and what the heads signed, reading every table in pages:
 //!
 //! 1. every head: signed by this server's key for this `server_name`, and of the sizes
-//!    the log went through (a head of size 0 is the empty log);
+//!    the log went through (a head of size 0 is the empty log), the newest covering
+//!    every entry;
 //! 2. every entry, in log order: its hash from its fields (docs/kt.md §1), its chain
 //!    (seq counting from 1 per user, `prev_entry_hash` the user's previous entry's hash);
 //! 3. at each head's size, the RFC 9162 root of the entries so far and the root of the
@@ -199,6 +200,14 @@ pub async fn verify(store: &DynStore, expected: &Expected<'_>) -> anyhow::Result
             leaves.len()
         )));
     }
+    let covered = report.newest.as_ref().map_or(0, |h| h.tree_size);
+    if covered != leaves.len() as u64 {
+        return Err(mismatch(format!(
+            "the log holds {} entries, but the newest head covers {covered}: entries were \
+             written without their head",
+            leaves.len()
+        )));
+    }
     report.entries = leaves.len() as u64;
     report.users = lasts.len() as u64;
     report.log_nodes = check_log_nodes(store, leaves).await?;
@@ -327,36 +336,32 @@ async fn check_log_nodes(store: &DynStore, leaves: Vec<Hash>) -> anyhow::Result<
     for level in 0u8..64 {
         let mut after = None;
         let mut seen = 0usize;
-        loop {
+        'pages: loop {
             let page = store.kt_log_nodes_after(level, after, PAGE).await?;
             let Some(&(last, _)) = page.last() else {
                 break;
             };
             after = Some(last);
             for (idx, hash) in page {
-                let expected = usize::try_from(idx)
-                    .ok()
-                    .and_then(|i| level_hashes.get(i).map(|h| (i, h)));
-                match expected {
-                    Some((i, h)) if i == seen && *h == hash => seen += 1,
-                    Some((i, h)) if i == seen => {
-                        return Err(mismatch(format!(
-                            "the stored log subtree (level {level}, index {idx}) is {}, but the \
-                             entries make it {}",
-                            hex(&hash),
-                            hex(h)
-                        )));
+                let len = level_hashes.len();
+                match usize::try_from(idx).unwrap_or(usize::MAX) {
+                    i if i == seen && i < len => {
+                        if level_hashes[i] != hash {
+                            return Err(mismatch(format!(
+                                "the stored log subtree (level {level}, index {idx}) is {}, but \
+                                 the entries make it {}",
+                                hex(&hash),
+                                hex(&level_hashes[i])
+                            )));
+                        }
+                        seen += 1;
                     }
+                    // A gap: index `seen` is missing (said below).
+                    i if i > seen && seen < len => break 'pages,
                     _ => {
                         return Err(mismatch(format!(
                             "the log subtree (level {level}, index {idx}) is stored, but the \
-                             log has {} of that level{}",
-                            level_hashes.len(),
-                            if seen < level_hashes.len() {
-                                format!(" and lacks index {seen}")
-                            } else {
-                                String::new()
-                            }
+                             log has {len} of that level"
                         )));
                     }
                 }

@@ -3,6 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+use prost::Message;
+
 use crate::auth::Caller;
 use crate::domain::UserId;
 use crate::error::{Error, Result};
@@ -171,6 +173,19 @@ async fn local_keys_with_proof(
             "FetchKey: answering without a key transparency proof: {e}"
         ),
     }
+    // The proof counts against the response's byte budget: the oldest past keys served
+    // (and their entries) make room for it. The current key always stays.
+    let limit = st.settings.max_response_bytes;
+    while wire::GRPC_FRAME_HEADER + response.encoded_len() > limit && !response.past_keys.is_empty()
+    {
+        response.past_keys.pop();
+        response.more_past_keys = true;
+        if let Some(proof) = &mut response.proof
+            && proof.entries.len() > 1 + response.past_keys.len()
+        {
+            proof.entries.pop();
+        }
+    }
     Ok(response)
 }
 
@@ -178,15 +193,14 @@ async fn local_keys_with_proof(
 /// proof), and FetchUserKey's for peers.
 pub(crate) async fn local_keys(st: &AppState, user: UserId) -> Result<proto::FetchKeyResponse> {
     // The current key is the first item of the page (it always comes), then the past
-    // keys, newest first, up to the cap; room is kept for the proof.
+    // keys, newest first, up to the cap.
     let envelope = proto::FetchKeyResponse {
         current_key: None,
         past_keys: Vec::new(),
         more_past_keys: true,
         proof: None,
     };
-    let reserve = wire::key_proof_reserve(st.settings.max_past_keys.saturating_add(1));
-    let budget = paging::budget_with_reserve(&st.settings, envelope, reserve, wire::key_size);
+    let budget = paging::budget(&st.settings, envelope, wire::key_size);
     let limit = st.settings.max_past_keys.saturating_add(1);
     let page = st.store.fetch_public_keys(user, limit, budget).await?;
     let mut keys = page.items.into_iter();

@@ -15,18 +15,7 @@ pub fn budget<T>(
     envelope: impl prost::Message,
     size: fn(&T) -> usize,
 ) -> Budget<T> {
-    budget_with_reserve(settings, envelope, 0, size)
-}
-
-/// [`budget`], keeping `reserve` more bytes free for fields added after the page is
-/// read (FetchKey's proof).
-pub fn budget_with_reserve<T>(
-    settings: &Settings,
-    envelope: impl prost::Message,
-    reserve: usize,
-    size: fn(&T) -> usize,
-) -> Budget<T> {
-    let overhead = GRPC_FRAME_HEADER + envelope.encoded_len() + reserve;
+    let overhead = GRPC_FRAME_HEADER + envelope.encoded_len();
     Budget::new(settings.max_response_bytes.saturating_sub(overhead), size)
 }
 

@@ -308,6 +308,11 @@ impl KtStore for PgStore {
             return Ok(Published::Busy);
         }
         let published = kt::publish(&mut PgKt(&mut tx), signer, limits, now_ms).await?;
+        if let Published::Unchanged(_) = published {
+            // Nothing written: no COMMIT (nothing for the disk, nothing for replicas).
+            tx.rollback().await?;
+            return Ok(published);
+        }
         kt::pause_before_commit(limits, &published).await;
         tx.commit().await?;
         Ok(published)

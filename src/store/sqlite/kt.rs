@@ -267,6 +267,11 @@ impl KtStore for SqliteStore {
     ) -> Result<Published> {
         let mut tx = self.writer.begin().await?;
         let published = kt::publish(&mut SqliteKt(&mut tx), signer, limits, now_ms).await?;
+        if let Published::Unchanged(_) = published {
+            // Nothing written: no COMMIT (nothing for the disk, nothing for replicas).
+            tx.rollback().await?;
+            return Ok(published);
+        }
         kt::pause_before_commit(limits, &published).await;
         tx.commit().await?;
         Ok(published)
