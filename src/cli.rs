@@ -1,4 +1,5 @@
-//! Command-line interface: `secretd [serve|migrate|mint-token|health|federation-key]`.
+//! Command-line interface:
+//! `secretd [serve|migrate|mint-token|health|federation-key|kt-verify]`.
 //!
 //! Flags override the config file and the environment; each flag's environment twin is the
 //! config key in upper case with a `SECRETD_` prefix (see `config/mod.rs`).
@@ -33,6 +34,22 @@ pub enum Command {
     /// Print this server's federation key as one line `SERVER_NAME KEY_ID BASE64_PUBLIC_KEY`
     /// (creating the key in the data directory if needed), for peers' configs.
     FederationKey(CommonArgs),
+    /// Audit the key transparency log: recompute every root from the database's entries,
+    /// compare with every stored head and check each head's signature; exit 1 naming the
+    /// first mismatch.
+    KtVerify(KtVerifyArgs),
+}
+
+/// Flags of `kt-verify`.
+#[derive(Debug, Args, Clone)]
+pub struct KtVerifyArgs {
+    /// Common flags.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The Ed25519 public key the heads must be signed with (base64, as `secretd
+    /// federation-key` prints it). Default: the server's own key file.
+    #[arg(long)]
+    pub public_key: Option<String>,
 }
 
 /// Flags of `health`.

@@ -25,7 +25,7 @@ pub(crate) mod domain;
 pub(crate) mod error;
 pub(crate) mod hub;
 pub(crate) mod keycheck;
-#[allow(dead_code)] // used by the key-transparency log as it is built
+pub(crate) mod kt;
 pub(crate) mod merkle;
 pub(crate) mod private_files;
 pub(crate) mod requests;

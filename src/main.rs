@@ -20,6 +20,7 @@ fn main() -> ExitCode {
         Command::Migrate(args) => (args.config.clone(), args.overrides()),
         Command::MintToken(args) => (args.common.config.clone(), args.common.overrides()),
         Command::FederationKey(args) => (args.config.clone(), args.overrides()),
+        Command::KtVerify(args) => (args.common.config.clone(), args.common.overrides()),
         Command::Health(_) => unreachable!("handled above"),
     };
     let settings = match config::load(file.as_deref(), &overrides) {
@@ -67,6 +68,9 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match command {
             Command::Migrate(_) => server::migrate_only(&settings).await,
+            Command::KtVerify(args) => server::kt_verify(&settings, args.public_key.as_deref())
+                .await
+                .map(|report| println!("{report}")),
             _ => server::serve(settings).await,
         }
     });

@@ -71,6 +71,8 @@ impl TryFrom<proto::PostKeyRequest> for PostKey {
 pub struct FetchKey {
     /// The user named.
     pub user: UserRef,
+    /// The size of the last tree head of ours the client verified (0: none).
+    pub known_tree_size: u64,
 }
 
 impl TryFrom<proto::FetchKeyRequest> for FetchKey {
@@ -78,6 +80,29 @@ impl TryFrom<proto::FetchKeyRequest> for FetchKey {
     fn try_from(r: proto::FetchKeyRequest) -> Result<Self, Error> {
         Ok(FetchKey {
             user: UserRef::parse(&r.homeserver, "user_id", r.user_id)?,
+            known_tree_size: r.known_tree_size,
+        })
+    }
+}
+
+/// MonitorKey: whose entries, after which seq, from which tree size.
+#[derive(Debug)]
+pub struct MonitorKey {
+    /// The user named.
+    pub user: UserRef,
+    /// Entries with a larger seq are wanted.
+    pub after_seq: u64,
+    /// The size of the last tree head of ours the client verified (0: none).
+    pub known_tree_size: u64,
+}
+
+impl TryFrom<proto::MonitorKeyRequest> for MonitorKey {
+    type Error = Error;
+    fn try_from(r: proto::MonitorKeyRequest) -> Result<Self, Error> {
+        Ok(MonitorKey {
+            user: UserRef::parse(&r.homeserver, "user_id", r.user_id)?,
+            after_seq: r.after_seq,
+            known_tree_size: r.known_tree_size,
         })
     }
 }

@@ -44,6 +44,55 @@ pub async fn migrate_only(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs `secretd kt-verify`: audits the key transparency log of the database against
+/// the server's key (or `public_key`, base64) and `server_name`; the report, or the first
+/// mismatch as the error.
+pub async fn kt_verify(
+    settings: &Settings,
+    public_key: Option<&str>,
+) -> anyhow::Result<crate::kt::verify::Report> {
+    use base64::Engine;
+    let public = match public_key {
+        Some(b64) => base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .ok()
+            .filter(|k| k.len() == crate::config::ED25519_PUBLIC_KEY_LEN)
+            .ok_or_else(|| {
+                crate::config::Misconfigured(format!(
+                    "--public-key {b64:?} is not a base64 Ed25519 public key (32 bytes), as \
+                     `secretd federation-key` prints it"
+                ))
+            })?,
+        None => crate::federation::key::load_existing(settings)?
+            .ok_or_else(|| {
+                crate::config::Misconfigured(format!(
+                    "there is no server key in {} (federation-key) and \
+                     federation.signing_key_file is not set: give the key the heads must be \
+                     signed with (--public-key, as `secretd federation-key` prints it), or \
+                     the data directory or config of the server",
+                    settings.data_dir.display()
+                ))
+            })?
+            .public_key()
+            .to_vec(),
+    };
+    let key_id = crate::federation::key::key_id(&public);
+    let database = settings.database()?;
+    let limit = Duration::from_millis(settings.db_timeout_ms);
+    let store = match store::open_with_deadline(database.url(), 2, limit, Uuid::new_v4()).await {
+        Ok(store) => store,
+        Err(e) => return Err(database_error(&database, "open", e).await),
+    };
+    let expected = crate::kt::verify::Expected {
+        server_name: &settings.server_name,
+        public_key: &public,
+        key_id: &key_id,
+    };
+    let report = crate::kt::verify::verify(&store, &expected).await;
+    store.close().await;
+    report
+}
+
 /// A migration recorded in the database: version and description (`0003_federation.sql`
 /// is `(3, "federation")`).
 type Applied = (i64, String);
@@ -240,6 +289,7 @@ pub struct Running {
     shutdown: Trigger,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     writers: Writers,
+    publisher: JoinHandle<()>,
     store: DynStore,
     hub: Arc<Hub>,
     grace: Duration,
@@ -270,6 +320,14 @@ impl Running {
         // No call is left that could post: the writers commit their queues and end.
         self.shutdown.advance(Phase::Finishing);
         self.writers.join().await;
+        // The key transparency publisher stopped at Draining; its epoch in progress ends
+        // (commits or rolls back) within the database deadline.
+        if tokio::time::timeout(self.grace, self.publisher)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the key transparency epoch in progress did not end in time");
+        }
         self.store.close().await;
     }
 }
@@ -282,6 +340,8 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
     // Read before anything starts, so that a bad file stops the start (exit 2).
     let tls = crate::tls::ServerCert::from_settings(&settings)?;
     let verifier = Arc::new(Verifier::from_settings(&settings)?);
+    // The server key signs key transparency heads, with federation on or off.
+    let server_key = Arc::new(crate::federation::key::load_or_create(&settings)?);
     let database = settings.database()?;
     let replica = Uuid::new_v4();
     let store = store::open_with_deadline(
@@ -334,7 +394,17 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
         );
     }
 
-    let federation = crate::federation::Federation::start(&settings)?;
+    let federation = crate::federation::Federation::start(&settings, server_key.clone())?;
+    let signer = {
+        let key = server_key.clone();
+        crate::store::kt::HeadSigner {
+            server_name: settings.server_name.clone(),
+            key_id: server_key.key_id().to_string(),
+            sign: Box::new(move |bytes| key.sign(bytes)),
+        }
+    };
+    let kt = crate::kt::Kt::new(store.clone(), signer, &settings, signal.clone());
+    let publisher = kt.start().await;
     let state = Arc::new(AppState {
         store: store.clone(),
         hub: hub.clone(),
@@ -342,6 +412,7 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
         limits,
         settings: settings.clone(),
         federation: federation.clone(),
+        kt,
     });
     // SecretFederationService, behind its own gate (s2s tokens, per-peer limits), when
     // federation is on.
@@ -434,6 +505,7 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
         shutdown,
         server,
         writers: writer_tasks,
+        publisher,
         store,
         hub,
         grace: Duration::from_secs(settings.shutdown_grace_secs),

@@ -75,6 +75,19 @@ pub fn install_exporter(addr: SocketAddr) -> anyhow::Result<()> {
          peer) and outcome (ok, or what went wrong)"
     );
     metrics::describe_counter!(
+        "secretd_kt_epochs_total",
+        "Key transparency epochs by outcome: appended (a new head), resigned (the newest \
+         head re-signed), busy (another replica published), failed"
+    );
+    metrics::describe_counter!(
+        "secretd_kt_entries_total",
+        "Keys this replica logged into the key transparency log"
+    );
+    metrics::describe_gauge!(
+        "secretd_kt_tree_size",
+        "Entries in the key transparency log at the newest head this replica published"
+    );
+    metrics::describe_counter!(
         "secretd_listener_watchdog_total",
         "Change-listener connections dropped because no notification came within listener_watchdog_ms"
     );
@@ -125,6 +138,18 @@ pub fn db_deadline(operation: &'static str) {
 /// Counts a listener connection dropped by the watchdog.
 pub fn listener_watchdog() {
     metrics::counter!("secretd_listener_watchdog_total").increment(1);
+}
+
+/// Counts a key transparency epoch: `outcome` (appended, resigned, busy, failed), the
+/// entries it logged and the tree size it published (0 when it published nothing).
+pub fn kt_epoch(outcome: &'static str, entries: u64, tree_size: u64) {
+    metrics::counter!("secretd_kt_epochs_total", "outcome" => outcome).increment(1);
+    if entries > 0 {
+        metrics::counter!("secretd_kt_entries_total").increment(entries);
+    }
+    if tree_size > 0 {
+        metrics::gauge!("secretd_kt_tree_size").set(tree_size as f64);
+    }
 }
 
 /// Counts a server-to-server call: `peer` (a configured peer's name, or "unknown"),

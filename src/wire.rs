@@ -5,6 +5,7 @@ use prost::Message;
 
 use crate::domain::Foreign;
 use crate::proto::{self, stream_message_posting_response::Event};
+use crate::store::kt::{LogEntry, TreeHead};
 use crate::store::{InviteRecord, PairIds, PairInfo, StoredEvent, StoredKey};
 use crate::time::to_timestamp;
 
@@ -32,6 +33,30 @@ fn key_with(k: &StoredKey, der: Vec<u8>) -> proto::Key {
         key_data: der,
         fingerprint: k.fingerprint.clone(),
         posted_at: Some(to_timestamp(k.posted_at)),
+    }
+}
+
+/// The proto form of a signed tree head.
+pub fn tree_head(h: &TreeHead) -> proto::TreeHead {
+    proto::TreeHead {
+        server_name: h.server_name.clone(),
+        tree_size: h.tree_size,
+        log_root: h.log_root.to_vec(),
+        map_root: h.map_root.to_vec(),
+        timestamp_ms: h.timestamp_ms,
+        signature: h.signature.clone(),
+        key_id: h.key_id.clone(),
+    }
+}
+
+/// The proto form of a log entry.
+pub fn key_log_entry(e: &LogEntry) -> proto::KeyLogEntry {
+    proto::KeyLogEntry {
+        seq: e.seq,
+        fingerprint: e.fingerprint.to_vec(),
+        posted_at_ms: e.posted_at_ms,
+        prev_entry_hash: e.prev_entry_hash.to_vec(),
+        leaf_index: e.leaf_index,
     }
 }
 

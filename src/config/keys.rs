@@ -20,6 +20,10 @@ pub(super) const CONFIG_VARIABLE: &str = "SECRETD_CONFIG";
 /// the client's, not settings, so a shell set up for both programs works with both.
 pub(super) const CLIENT_PREFIX: &str = "SECRETD_CHAT_";
 
+/// The prefix of the test suite's hooks into the real binary (e.g.
+/// `SECRETD_TESTHOOK_KT_PAUSE_MS`, read by `kt/`): not settings, never documented as such.
+pub(super) const TESTHOOK_PREFIX: &str = "SECRETD_TESTHOOK_";
+
 /// The field names of a struct deriving `Deserialize`, as serde passes them to
 /// `deserialize_struct`.
 fn field_names<T: for<'de> Deserialize<'de>>() -> &'static [&'static str] {

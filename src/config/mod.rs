@@ -155,6 +155,15 @@ pub struct Settings {
     /// Most past keys FetchKey returns (newest first); `more_past_keys` says when older
     /// ones exist. Default 100.
     pub max_past_keys: usize,
+    /// Key transparency (DESIGN §12): how often, in milliseconds, a replica publishes
+    /// the keys posted since the last epoch into the log under a new signed head (one
+    /// replica at a time); PostKey waits for it. Default 500; 10 to 60000.
+    pub kt_epoch_ms: u64,
+    /// Most keys one epoch logs (a user's pending keys are never split, so a few more
+    /// may go); the rest wait for the next epoch. Bounds an epoch's transaction, e.g.
+    /// while keys posted before key transparency existed are logged at the first start.
+    /// Default 1000; at least 1.
+    pub kt_max_entries_per_epoch: usize,
 
     // Limits (README "Limits"). Rate limits count per user and per replica; a rate of 0
     // turns that limit off.
@@ -264,12 +273,17 @@ pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Settings, conf
     keys::check_file(&name, &from_file.collect()?).map_err(config::ConfigError::Message)?;
     builder = builder.add_source(from_file);
     // Every SECRETD_* variable is a setting (so a misspelt one is an error, naming it),
-    // except SECRETD_CONFIG, which names the config file itself, and secretd-chat's
-    // SECRETD_CHAT_* (one shell runs both programs). Values are taken as text (the typed
+    // except SECRETD_CONFIG, which names the config file itself, secretd-chat's
+    // SECRETD_CHAT_* (one shell runs both programs) and the test suite's hooks,
+    // SECRETD_TESTHOOK_* (read where they act, never settings). Values are taken as text (the typed
     // keys parse it), so a secret made of digits stays those digits; list keys are split
     // at commas.
     let vars: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| k.starts_with("SECRETD_") && !k.starts_with(keys::CLIENT_PREFIX))
+        .filter(|(k, _)| {
+            k.starts_with("SECRETD_")
+                && !k.starts_with(keys::CLIENT_PREFIX)
+                && !k.starts_with(keys::TESTHOOK_PREFIX)
+        })
         .collect();
     keys::check_variables(vars.iter().map(|(k, _)| k.as_str()))
         .map_err(config::ConfigError::Message)?;
@@ -355,6 +369,8 @@ fn with_defaults() -> Result<Builder, config::ConfigError> {
         .set_default("connection_buffer", 16)?
         .set_default("max_response_bytes", DEFAULT_MAX_RESPONSE_BYTES as u64)?
         .set_default("max_past_keys", 100)?
+        .set_default("kt_epoch_ms", 500)?
+        .set_default("kt_max_entries_per_epoch", 1000)?
         .set_default("rate_pairs_per_sec", 2.0)?
         .set_default("rate_pairs_burst", 100)?
         .set_default("rate_invites_per_sec", 20.0)?
@@ -408,6 +424,15 @@ impl Settings {
                 "max_response_bytes is {}; it must be at least {MIN_RESPONSE_BYTES}",
                 self.max_response_bytes
             ));
+        }
+        if !(10..=60_000).contains(&self.kt_epoch_ms) {
+            return bad(format!(
+                "kt_epoch_ms is {}; it must be between 10 and 60000 (milliseconds)",
+                self.kt_epoch_ms
+            ));
+        }
+        if self.kt_max_entries_per_epoch == 0 {
+            return bad("kt_max_entries_per_epoch must be at least 1".into());
         }
         if self.commit_queue_depth == 0 {
             return bad("commit_queue_depth must be at least 1".into());

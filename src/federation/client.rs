@@ -584,5 +584,6 @@ fn validate(
         current_key: Some(current),
         past_keys: past,
         more_past_keys: more,
+        proof: None,
     })
 }

@@ -1,5 +1,7 @@
 //! This homeserver's Ed25519 server key: it signs the server-to-server tokens and the
-//! federation tokens of our users (DESIGN §9).
+//! federation tokens of our users (DESIGN §9), and the heads of the key transparency log
+//! (DESIGN §12). It exists with federation off too: `serve` loads or creates it at every
+//! start.
 //!
 //! The key is `federation.signing_key_file` when configured (replicas of one homeserver
 //! share it; the file must exist), else `data_dir/federation-key`, created on first use
@@ -31,6 +33,7 @@ pub struct ServerKey {
     public: [u8; ED25519_PUBLIC_KEY_LEN],
     key_id: String,
     encoding: EncodingKey,
+    pair: Ed25519KeyPair,
 }
 
 impl std::fmt::Debug for ServerKey {
@@ -63,6 +66,7 @@ impl ServerKey {
             key_id: key_id(&public),
             public,
             encoding: EncodingKey::from_ed_der(der),
+            pair,
         })
     }
 
@@ -97,6 +101,11 @@ impl ServerKey {
     /// The key id: first 8 bytes of SHA-256 of the public key, lower-case hex.
     pub fn key_id(&self) -> &str {
         &self.key_id
+    }
+
+    /// The Ed25519 signature of `message` (64 bytes): what signs tree heads.
+    pub fn sign(&self, message: &[u8]) -> Vec<u8> {
+        self.pair.sign(message).as_ref().to_vec()
     }
 
     /// The signing key for `jsonwebtoken` (EdDSA).
@@ -150,9 +159,10 @@ fn to_pem(der: &[u8]) -> String {
     pem
 }
 
-/// The server key: `federation.signing_key_file` (must exist) or `data_dir/federation-key`
-/// (created when missing).
-pub fn load_or_create(settings: &Settings) -> anyhow::Result<ServerKey> {
+/// The server key as [`load_or_create`] finds it, creating nothing: the configured
+/// `federation.signing_key_file` (which must exist), or `data_dir/federation-key` if it
+/// exists (None if not).
+pub fn load_existing(settings: &Settings) -> anyhow::Result<Option<ServerKey>> {
     let configured = &settings.federation.signing_key_file;
     if !configured.is_empty() {
         let path = Path::new(configured);
@@ -165,21 +175,31 @@ pub fn load_or_create(settings: &Settings) -> anyhow::Result<ServerKey> {
             ))
         })?;
         private_files::tighten_if_exists(path);
-        return parse_file(path, &bytes);
+        return parse_file(path, &bytes).map(Some);
     }
+    read_existing(&settings.data_dir.join(KEY_FILE))
+}
+
+/// The server key: `federation.signing_key_file` (must exist) or `data_dir/federation-key`
+/// (created when missing).
+pub fn load_or_create(settings: &Settings) -> anyhow::Result<ServerKey> {
     let dir = &settings.data_dir;
-    private_files::private_dir(dir)?;
-    let path = dir.join(KEY_FILE);
-    if let Some(key) = read_existing(&path)? {
+    if settings.federation.signing_key_file.is_empty() {
+        private_files::private_dir(dir)?;
+    }
+    if let Some(key) = load_existing(settings)? {
         return Ok(key);
     }
+    let path = dir.join(KEY_FILE);
     let (key, der) = ServerKey::generate()?;
     match private_files::publish_new(dir, KEY_FILE, to_pem(&der).as_bytes(), &mut || {})? {
         private_files::Published::Ours => {
             tracing::warn!(
                 key_id = key.key_id(),
-                "generated this server's federation key in {} (mode 0600); give peers the \
-                 line `secretd federation-key` prints",
+                "generated this server's key in {} (mode 0600): it signs the heads of the key \
+                 transparency log (clients pin it) and federation tokens; back it up, share \
+                 it with every replica (federation.signing_key_file), and give peers the line \
+                 `secretd federation-key` prints",
                 path.display()
             );
             Ok(key)
@@ -224,6 +244,10 @@ mod tests {
         assert_eq!(again.public_key(), key.public_key());
         let raw = ServerKey::from_file_bytes(&der).unwrap();
         assert_eq!(raw.key_id(), key.key_id());
+        let signature = raw.sign(b"head");
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, key.public_key())
+            .verify(b"head", &signature)
+            .unwrap();
         assert_eq!(key.key_id().len(), 16);
         assert!(ServerKey::from_file_bytes(b"not a key").is_err());
     }

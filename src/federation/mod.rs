@@ -45,8 +45,8 @@ pub struct Federation {
     pub server_name: String,
     /// The `[federation]` table.
     pub settings: FederationSettings,
-    /// Our signing key.
-    pub key: key::ServerKey,
+    /// Our signing key (shared with the key transparency publisher).
+    pub key: Arc<key::ServerKey>,
     /// The configured peers.
     pub peers: peers::Peers,
     /// Keys fetched from peers.
@@ -129,13 +129,15 @@ impl ForeignIds {
 }
 
 impl Federation {
-    /// Loads (or creates) the server key and builds the peer map when
+    /// Builds the peer map around the server key (see [`key::load_or_create`]) when
     /// `federation.enabled`; `None` when federation is off. Needs a Tokio runtime.
-    pub fn start(settings: &Settings) -> anyhow::Result<Option<Arc<Federation>>> {
+    pub fn start(
+        settings: &Settings,
+        key: Arc<key::ServerKey>,
+    ) -> anyhow::Result<Option<Arc<Federation>>> {
         if !settings.federation.enabled {
             return Ok(None);
         }
-        let key = key::load_or_create(settings)?;
         let peers = peers::Peers::from_settings(&settings.federation)?;
         tracing::info!(
             server_name = settings.server_name,

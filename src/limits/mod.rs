@@ -41,7 +41,8 @@ pub enum RateClass {
     PrivateKeys,
     /// PostMessage.
     Posts,
-    /// FetchMessages, FetchInvites, ListChannelPairs, FetchKey, FetchPrivateKey, Federate.
+    /// FetchMessages, FetchInvites, ListChannelPairs, FetchKey, FetchPrivateKey, Federate,
+    /// GetTreeHead, MonitorKey.
     Reads,
     /// Opening a StreamMessagePosting or Subscribe call, and each stream named in its
     /// `subscribe_to` or `resume_from`.
@@ -71,7 +72,7 @@ impl RateClass {
             "PostPrivateKey" => RateClass::PrivateKeys,
             "PostMessage" => RateClass::Posts,
             "FetchMessages" | "FetchInvites" | "ListChannelPairs" | "FetchKey"
-            | "FetchPrivateKey" | "Federate" => RateClass::Reads,
+            | "FetchPrivateKey" | "Federate" | "GetTreeHead" | "MonitorKey" => RateClass::Reads,
             "StreamMessagePosting" | "Subscribe" => RateClass::Subscriptions,
             _ => return None,
         })
@@ -100,8 +101,8 @@ impl RateClass {
             RateClass::PrivateKeys => "PostPrivateKey calls",
             RateClass::Posts => "PostMessage calls",
             RateClass::Reads => {
-                "history reads (FetchMessages, FetchInvites, ListChannelPairs, FetchKey and \
-                 FetchPrivateKey together)"
+                "history reads (FetchMessages, FetchInvites, ListChannelPairs, FetchKey, \
+                 FetchPrivateKey, GetTreeHead and MonitorKey together)"
             }
             RateClass::Subscriptions => {
                 "subscription attempts (StreamMessagePosting and Subscribe calls opened and \

@@ -1,24 +1,80 @@
-//! PostKey, FetchKey, PostPrivateKey, FetchPrivateKey.
+//! PostKey, FetchKey, PostPrivateKey, FetchPrivateKey, and the key transparency reads
+//! GetTreeHead and MonitorKey (the proofs are built by `crate::kt`).
+
+use std::time::{Duration, Instant};
+
+use prost::Message;
 
 use crate::auth::Caller;
 use crate::domain::UserId;
 use crate::error::{Error, Result};
+use crate::kt::ProofRequest;
 use crate::proto;
-use crate::requests::{FetchKey, PostKey, PostPrivateKey};
+use crate::requests::{FetchKey, MonitorKey, PostKey, PostPrivateKey};
 use crate::service::{AppState, paging};
 use crate::store::PostKeyOutcome;
 use crate::time::now_micros;
 use crate::wire;
 
+/// Entries a PostKey proof is read with (the posted key is almost always the newest).
+const POST_KEY_ENTRIES: usize = 8;
+
+/// How long a call may wait for the publisher: the epochs it takes
+/// ([`crate::kt::Kt::publish_wait`]), and never more than three quarters of the unary
+/// deadline, so the answer (with or without a proof) comes before it.
+fn publish_wait(st: &AppState) -> Duration {
+    let deadline = Duration::from_millis(st.settings.unary_timeout_ms);
+    st.kt.publish_wait().min(deadline * 3 / 4)
+}
+
+/// PostKey: stores the key, then waits for its entry to be published and answers with
+/// its proof (without one when the log did not take it in time; the key is stored).
 pub(super) async fn post_key(
     st: &AppState,
     user: UserId,
     r: PostKey,
 ) -> Result<proto::PostKeyResponse> {
     let outcome = st.store.post_public_key(user, &r.key, now_micros()).await?;
+    let fingerprint = r.key.fingerprint;
+    let request = ProofRequest {
+        user,
+        after_seq: 0,
+        max_entries: POST_KEY_ENTRIES,
+        known_tree_size: 0,
+    };
+    let until = Instant::now() + publish_wait(st);
+    let logged = |p: &proto::KeyProof| p.entries.iter().any(|e| e.fingerprint == fingerprint);
+    let proof = match st.kt.proof_when(&request, until, logged).await {
+        Ok(Some(mut proof)) if logged(&proof) => {
+            // From the newest entry down to this key's.
+            let at = proof
+                .entries
+                .iter()
+                .position(|e| e.fingerprint == fingerprint);
+            proof.entries.truncate(at.map_or(0, |i| i + 1));
+            Some(proof)
+        }
+        Ok(_) => {
+            tracing::info!(
+                user = user.get(),
+                "PostKey: the key is stored but was not logged within {} ms; answering \
+                 without a proof",
+                publish_wait(st).as_millis()
+            );
+            None
+        }
+        Err(e) => {
+            tracing::warn!(
+                user = user.get(),
+                "PostKey: the key is stored but its proof could not be read: {e}"
+            );
+            None
+        }
+    };
     Ok(proto::PostKeyResponse {
-        fingerprint: r.key.fingerprint.to_vec(),
+        fingerprint: fingerprint.to_vec(),
         changed: outcome == PostKeyOutcome::Changed,
+        proof,
     })
 }
 
@@ -30,7 +86,7 @@ pub(super) async fn fetch_key(
     r: FetchKey,
 ) -> Result<proto::FetchKeyResponse> {
     let who = match r.user.resolve(&st.settings.server_name) {
-        Ok(local) => return local_keys(st, local).await,
+        Ok(local) => return local_keys_with_proof(st, local, r.known_tree_size).await,
         Err(foreign) => foreign,
     };
     let homeserver = &*who.homeserver;
@@ -71,8 +127,70 @@ pub(crate) async fn check_invitee_key(
     }
 }
 
-/// The current and past keys of a user of this server: FetchKey's answer, and
-/// FetchUserKey's for peers.
+/// FetchKey of a user of this server: their keys, and the proof of the newest logged
+/// entries (one per key served) against the newest head. A current key posted less than
+/// [`publish_wait`] ago and not logged yet is waited for, as its PostKey waits. The proof
+/// is left out (and why logged) when the user has no logged entry or it cannot be read;
+/// only a bad `known_tree_size` refuses the call.
+async fn local_keys_with_proof(
+    st: &AppState,
+    user: UserId,
+    known_tree_size: u64,
+) -> Result<proto::FetchKeyResponse> {
+    let mut response = local_keys(st, user).await?;
+    let Some(current) = &response.current_key else {
+        return Ok(response);
+    };
+    let fingerprint = current.fingerprint.clone();
+    let request = ProofRequest {
+        user,
+        after_seq: 0,
+        max_entries: 1 + response.past_keys.len(),
+        known_tree_size,
+    };
+    // Wait only while the key's own PostKey would: until `publish_wait` after it was
+    // posted (keys of a backlog being logged are not waited for).
+    let posted_us = current
+        .posted_at
+        .as_ref()
+        .map_or(0, |t| t.seconds.saturating_mul(1_000_000));
+    let age = Duration::from_micros(now_micros().saturating_sub(posted_us).max(0) as u64);
+    let until = Instant::now() + publish_wait(st).saturating_sub(age);
+    let covers = |p: &proto::KeyProof| {
+        p.entries
+            .first()
+            .is_some_and(|e| e.fingerprint == fingerprint)
+    };
+    match st.kt.proof_when(&request, until, covers).await {
+        Ok(Some(proof)) if !proof.entries.is_empty() => response.proof = Some(proof),
+        Ok(_) => tracing::debug!(
+            user = user.get(),
+            "FetchKey: the user has no logged entry yet"
+        ),
+        Err(e) if e.code() == tonic::Code::InvalidArgument => return Err(e),
+        Err(e) => tracing::warn!(
+            user = user.get(),
+            "FetchKey: answering without a key transparency proof: {e}"
+        ),
+    }
+    // The proof counts against the response's byte budget: the oldest past keys served
+    // (and their entries) make room for it. The current key always stays.
+    let limit = st.settings.max_response_bytes;
+    while wire::GRPC_FRAME_HEADER + response.encoded_len() > limit && !response.past_keys.is_empty()
+    {
+        response.past_keys.pop();
+        response.more_past_keys = true;
+        if let Some(proof) = &mut response.proof
+            && proof.entries.len() > 1 + response.past_keys.len()
+        {
+            proof.entries.pop();
+        }
+    }
+    Ok(response)
+}
+
+/// The current and past keys of a user of this server: FetchKey's answer (before its
+/// proof), and FetchUserKey's for peers.
 pub(crate) async fn local_keys(st: &AppState, user: UserId) -> Result<proto::FetchKeyResponse> {
     // The current key is the first item of the page (it always comes), then the past
     // keys, newest first, up to the cap.
@@ -80,6 +198,7 @@ pub(crate) async fn local_keys(st: &AppState, user: UserId) -> Result<proto::Fet
         current_key: None,
         past_keys: Vec::new(),
         more_past_keys: true,
+        proof: None,
     };
     let budget = paging::budget(&st.settings, envelope, wire::key_size);
     let limit = st.settings.max_past_keys.saturating_add(1);
@@ -92,7 +211,46 @@ pub(crate) async fn local_keys(st: &AppState, user: UserId) -> Result<proto::Fet
         current_key: Some(wire::key(current)),
         past_keys: keys.map(wire::key).collect(),
         more_past_keys: page.has_more,
+        proof: None,
     })
+}
+
+/// GetTreeHead: the newest head and the consistency proof from the client's.
+pub(super) async fn get_tree_head(
+    st: &AppState,
+    r: proto::GetTreeHeadRequest,
+) -> Result<proto::GetTreeHeadResponse> {
+    st.kt.head(r.known_tree_size).await
+}
+
+/// MonitorKey: a user's entries after a seq (the newest always), proved.
+pub(super) async fn monitor_key(st: &AppState, r: MonitorKey) -> Result<proto::MonitorKeyResponse> {
+    let user = r
+        .user
+        .resolve(&st.settings.server_name)
+        .map_err(|foreign| {
+            Error::FailedPrecondition(format!(
+                "MonitorKey answers for users of this homeserver only; ask homeserver {:?} about \
+             its user {}",
+                &*foreign.homeserver, foreign.user
+            ))
+        })?;
+    let proof = st
+        .kt
+        .proof(&ProofRequest {
+            user,
+            after_seq: r.after_seq,
+            max_entries: st.settings.max_past_keys.saturating_add(1),
+            known_tree_size: r.known_tree_size,
+        })
+        .await?;
+    if proof.entries.is_empty() {
+        return Err(Error::NotFound(format!(
+            "user {user} has no entry in the key transparency log (no key posted, or posted \
+             moments ago and not logged yet)"
+        )));
+    }
+    Ok(proto::MonitorKeyResponse { proof: Some(proof) })
 }
 
 pub(super) async fn post_private_key(

@@ -38,6 +38,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// Federation (server key, peers, key cache); `None` when `federation.enabled` is off.
     pub federation: Option<Arc<crate::federation::Federation>>,
+    /// Key transparency: the publisher's news and the proofs.
+    pub kt: Arc<crate::kt::Kt>,
 }
 
 /// The tonic service (unary RPCs; StreamMessagePosting is served by [`router`]).
@@ -238,6 +240,29 @@ impl SecretService for SecretApi {
         answer(
             "Federate",
             keys::federate(&self.state, caller, req.into_inner()),
+        )
+    }
+
+    async fn get_tree_head(
+        &self,
+        req: Request<proto::GetTreeHeadRequest>,
+    ) -> StatusResult<proto::GetTreeHeadResponse> {
+        crate::auth::Caller::get(&req)?;
+        answer(
+            "GetTreeHead",
+            keys::get_tree_head(&self.state, req.into_inner()).await,
+        )
+    }
+
+    async fn monitor_key(
+        &self,
+        req: Request<proto::MonitorKeyRequest>,
+    ) -> StatusResult<proto::MonitorKeyResponse> {
+        crate::auth::Caller::get(&req)?;
+        let r = req.into_inner();
+        answer(
+            "MonitorKey",
+            async { keys::monitor_key(&self.state, r.try_into()?).await }.await,
         )
     }
 

@@ -146,14 +146,14 @@ impl SecretRouter {
 
     /// The id this database knows a foreign caller by, put into the request's [`Caller`]
     /// ([`UserId::NOBODY`] when they hold nothing here: no row is written for a user who
-    /// merely calls). FetchKey needs no id and reads nothing.
+    /// merely calls). FetchKey, GetTreeHead and MonitorKey need no id and read nothing.
     async fn resolve_foreign(
         state: &AppState,
         method: &'static str,
         foreign: &FederatedCaller,
         req: &mut http::Request<Body>,
     ) -> Result<(), Status> {
-        if method == "FetchKey" {
+        if matches!(method, "FetchKey" | "GetTreeHead" | "MonitorKey") {
             return Ok(());
         }
         let Some(federation) = &state.federation else {
@@ -254,10 +254,13 @@ impl SecretRouter {
 }
 
 /// What a user of another homeserver may call here (DESIGN §9): the RPCs of pairs this
-/// server hosts, and FetchKey. The rest (PostKey, PostPrivateKey, FetchPrivateKey,
+/// server hosts, FetchKey, and the reads of our key transparency log (GetTreeHead,
+/// MonitorKey: public, like keys). The rest (PostKey, PostPrivateKey, FetchPrivateKey,
 /// GenerateChannelPair, FetchInvites, Federate) belongs to the user's own homeserver.
-const FOREIGN_METHODS: [&str; 9] = [
+const FOREIGN_METHODS: [&str; 11] = [
     "FetchKey",
+    "GetTreeHead",
+    "MonitorKey",
     "SendInvite",
     "ListChannelPairs",
     "LeaveChannelPair",
@@ -286,7 +289,7 @@ fn past_deadline(deadline: Duration) -> Status {
 /// The method name of a SecretService path (`/protocol.secret.v1.SecretService/PostKey` →
 /// `PostKey`), as a static string for metrics; "unknown" for anything else.
 fn method_name(path: &str) -> &'static str {
-    const METHODS: [&str; 15] = [
+    const METHODS: [&str; 17] = [
         "PostKey",
         "FetchKey",
         "PostPrivateKey",
@@ -302,6 +305,8 @@ fn method_name(path: &str) -> &'static str {
         "StreamMessagePosting",
         "Federate",
         "Subscribe",
+        "GetTreeHead",
+        "MonitorKey",
     ];
     let name = path.rsplit('/').next().unwrap_or_default();
     METHODS

@@ -322,6 +322,67 @@ impl FederationStore for Deadline {
 }
 
 #[async_trait]
+impl KtStore for Deadline {
+    async fn kt_publish(
+        &self,
+        signer: &kt::HeadSigner,
+        limits: &kt::PublishLimits,
+        now_ms: u64,
+    ) -> Result<kt::Published> {
+        let op = self.inner.kt_publish(signer, limits, now_ms);
+        self.bound("kt_publish", op).await
+    }
+
+    async fn kt_latest_head(&self) -> Result<Option<kt::TreeHead>> {
+        let op = self.inner.kt_latest_head();
+        self.bound("kt_latest_head", op).await
+    }
+
+    async fn kt_read(&self, query: &kt::KtQuery) -> Result<kt::KtRows> {
+        let op = self.inner.kt_read(query);
+        self.bound("kt_read", op).await
+    }
+
+    async fn kt_heads_after(&self, after: Option<u64>, limit: usize) -> Result<Vec<kt::TreeHead>> {
+        let op = self.inner.kt_heads_after(after, limit);
+        self.bound("kt_heads_after", op).await
+    }
+
+    async fn kt_entries_after(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<kt::LogEntry>> {
+        let op = self.inner.kt_entries_after(after, limit);
+        self.bound("kt_entries_after", op).await
+    }
+
+    async fn kt_log_nodes_after(
+        &self,
+        level: u8,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, crate::merkle::log::Hash)>> {
+        let op = self.inner.kt_log_nodes_after(level, after, limit);
+        self.bound("kt_log_nodes_after", op).await
+    }
+
+    async fn kt_map_nodes_after(
+        &self,
+        after: Option<crate::merkle::map::Prefix>,
+        limit: usize,
+    ) -> Result<Vec<(crate::merkle::map::Prefix, crate::merkle::map::Stored)>> {
+        let op = self.inner.kt_map_nodes_after(after, limit);
+        self.bound("kt_map_nodes_after", op).await
+    }
+
+    async fn kt_misfiled_key(&self) -> Result<Option<(i64, i64, i64)>> {
+        let op = self.inner.kt_misfiled_key();
+        self.bound("kt_misfiled_key", op).await
+    }
+}
+
+#[async_trait]
 impl Store for Deadline {
     fn backend(&self) -> Backend {
         self.inner.backend()

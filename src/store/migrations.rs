@@ -34,6 +34,10 @@ const POSTGRES: &[(&str, &str)] = &[
         "0005_delivered_invite_caps.sql",
         include_str!("../../migrations/postgres/0005_delivered_invite_caps.sql"),
     ),
+    (
+        "0006_key_transparency.sql",
+        include_str!("../../migrations/postgres/0006_key_transparency.sql"),
+    ),
 ];
 
 /// `(file name, SQL)` of each SQLite migration, in order.
@@ -57,6 +61,10 @@ const SQLITE: &[(&str, &str)] = &[
     (
         "0005_delivered_invite_caps.sql",
         include_str!("../../migrations/sqlite/0005_delivered_invite_caps.sql"),
+    ),
+    (
+        "0006_key_transparency.sql",
+        include_str!("../../migrations/sqlite/0006_key_transparency.sql"),
     ),
 ];
 

@@ -16,6 +16,9 @@ pub mod append;
 mod contract;
 pub mod deadline;
 mod errors;
+pub mod kt;
+#[cfg(test)]
+mod kt_contract;
 mod migrations;
 mod page;
 pub mod postgres;
@@ -30,6 +33,7 @@ use bytes::Bytes;
 use uuid::Uuid;
 
 pub use errors::*;
+pub use kt::KtStore;
 pub use page::{Budget, Paged};
 
 pub use crate::domain::{Foreign, PairId, StreamId, UserId};
@@ -610,9 +614,9 @@ pub trait FederationStore: Send + Sync {
 }
 
 /// Everything the service needs from a database. Each backend implements the parts in
-/// its own files (`keys.rs`, `rooms.rs`, `events.rs`, `federation.rs`).
+/// its own files (`keys.rs`, `rooms.rs`, `events.rs`, `federation.rs`, `kt.rs`).
 #[async_trait]
-pub trait Store: KeyStore + RoomStore + EventStore + FederationStore + 'static {
+pub trait Store: KeyStore + RoomStore + EventStore + FederationStore + KtStore + 'static {
     /// Which backend this is.
     fn backend(&self) -> Backend;
     /// Closes the connections.

@@ -131,3 +131,77 @@ pub(crate) const IS_MEMBER: &str = "SELECT 1 FROM members WHERE pair_id = $1 AND
 /// `$1` user, `$2` stream.
 pub(crate) const STREAM_ACCESS: &str = "SELECT s.head_event_id, s.member_epoch FROM streams s \
      JOIN members m ON m.pair_id = s.pair_id AND m.user_id = $1 WHERE s.stream_id = $2";
+
+/// The columns of a [`HeadRow`](super::kt::HeadRow), for a query whose heads table is
+/// unaliased; a macro so that `concat!` can splice it.
+macro_rules! kt_head_columns {
+    () => {
+        "tree_size, server_name, log_root, map_root, timestamp_ms, signature, key_id"
+    };
+}
+
+/// The columns of an [`EntryRow`](super::kt::EntryRow).
+macro_rules! kt_entry_columns {
+    () => {
+        "leaf_index, user_id, seq, fingerprint, posted_at_ms, prev_entry_hash, entry_hash"
+    };
+}
+
+/// This server's newest head, as a [`HeadRow`](super::kt::HeadRow).
+pub(crate) const KT_LATEST_HEAD: &str = concat!(
+    "SELECT ",
+    kt_head_columns!(),
+    " FROM kt_heads WHERE homeserver = '' ORDER BY tree_size DESC LIMIT 1"
+);
+
+/// This server's heads with a size above `$1`, ascending, at most `$2`.
+pub(crate) const KT_HEADS_AFTER: &str = concat!(
+    "SELECT ",
+    kt_head_columns!(),
+    " FROM kt_heads WHERE homeserver = '' AND tree_size > $1 ORDER BY tree_size LIMIT $2"
+);
+
+/// A new head of this server; `$1` size, `$2` server name, `$3` log root, `$4` map root,
+/// `$5` timestamp, `$6` signature, `$7` key id.
+pub(crate) const KT_INSERT_HEAD: &str = "INSERT INTO kt_heads (homeserver, tree_size, \
+     server_name, log_root, map_root, timestamp_ms, signature, key_id) \
+     VALUES ('', $1, $2, $3, $4, $5, $6, $7)";
+
+/// Re-signs the head of size `$1` (same roots): `$2` server name, `$3` timestamp,
+/// `$4` signature, `$5` key id.
+pub(crate) const KT_RESIGN_HEAD: &str = "UPDATE kt_heads SET server_name = $2, \
+     timestamp_ms = $3, signature = $4, key_id = $5 WHERE homeserver = '' AND tree_size = $1";
+
+/// A user's entries: user `$1`, seq above `$2`, leaf below `$3`, newest first, at most
+/// `$4`; as [`EntryRow`](super::kt::EntryRow)s.
+pub(crate) const KT_USER_ENTRIES: &str = concat!(
+    "SELECT ",
+    kt_entry_columns!(),
+    " FROM kt_entries WHERE user_id = $1 AND seq > $2 AND leaf_index < $3 \
+     ORDER BY seq DESC LIMIT $4"
+);
+
+/// Entries with a leaf index above `$1`, ascending, at most `$2`.
+pub(crate) const KT_ENTRIES_AFTER: &str = concat!(
+    "SELECT ",
+    kt_entry_columns!(),
+    " FROM kt_entries WHERE leaf_index > $1 ORDER BY leaf_index LIMIT $2"
+);
+
+/// The users of the oldest `$1` keys not yet logged (with repeats), oldest first.
+pub(crate) const KT_PENDING_USERS: &str = "SELECT user_id FROM public_keys \
+     WHERE kt_leaf IS NULL ORDER BY posted_at, user_id, seq LIMIT $1";
+
+/// Log subtrees of level `$1` with an index above `$2`, ascending, at most `$3`.
+pub(crate) const KT_LOG_NODES_AFTER: &str = "SELECT idx, hash FROM kt_log_nodes \
+     WHERE level = $1 AND idx > $2 ORDER BY idx LIMIT $3";
+
+/// Map nodes after (`$1` bits, `$2` path), in key order, at most `$3`.
+pub(crate) const KT_MAP_NODES_AFTER: &str = "SELECT bits, path, interior_hash, leaf_key, \
+     leaf_value FROM kt_map_nodes WHERE (bits, path) > ($1, $2) ORDER BY bits, path LIMIT $3";
+
+/// The first logged key whose entry does not record it: (user, seq, leaf).
+pub(crate) const KT_MISFILED_KEY: &str = "SELECT p.user_id, p.seq, p.kt_leaf \
+     FROM public_keys p LEFT JOIN kt_entries e ON e.leaf_index = p.kt_leaf \
+     WHERE p.kt_leaf IS NOT NULL AND (e.leaf_index IS NULL OR e.user_id <> p.user_id \
+     OR e.fingerprint <> p.fingerprint) ORDER BY p.kt_leaf LIMIT 1";

@@ -43,6 +43,7 @@ async fn codes(client: &mut Client) -> Vec<Code> {
             .fetch_key(FetchKeyRequest {
                 user_id: 1,
                 homeserver: String::new(),
+                known_tree_size: 0,
             })
             .await
             .map(|_| ())

@@ -73,6 +73,7 @@ async fn mint_token_signs_with_the_secret_serve_uses() {
         .fetch_key(FetchKeyRequest {
             user_id: 42,
             homeserver: String::new(),
+            known_tree_size: 0,
         })
         .await
         .unwrap();

@@ -32,6 +32,7 @@ fn fetch_req(user: u64) -> FetchKeyRequest {
     FetchKeyRequest {
         user_id: user,
         homeserver: String::new(),
+        known_tree_size: 0,
     }
 }
 
@@ -71,6 +72,7 @@ async fn posts_and_fetches_a_key(b: Backend) {
         .fetch_key(FetchKeyRequest {
             user_id: user,
             homeserver: "localhost".into(),
+            known_tree_size: 0,
         })
         .await
         .unwrap()
@@ -298,6 +300,7 @@ async fn fetch_key_validates_its_request(b: Backend) {
         c.fetch_key(FetchKeyRequest {
             user_id: 5,
             homeserver: "other.example".into(),
+            known_tree_size: 0,
         })
         .await,
         Code::FailedPrecondition,

@@ -33,6 +33,7 @@ mod fuzz_seeds;
 mod invites;
 mod jwt_claims;
 mod keys;
+mod kt;
 mod limits;
 mod messages;
 mod paging;

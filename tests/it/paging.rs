@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 
+use prost::Message;
+
 use crate::common::*;
 use secretd::proto::secret_service_client::SecretServiceClient;
 use secretd::proto::*;
@@ -558,6 +560,7 @@ async fn fetch_key(c: &mut Client, user: u64) -> FetchKeyResponse {
     c.fetch_key(FetchKeyRequest {
         user_id: user,
         homeserver: String::new(),
+        known_tree_size: 0,
     })
     .await
     .expect("fetch key")
@@ -599,22 +602,39 @@ async fn fetch_key_caps_past_keys(b: Backend) {
 
 async fn fetch_key_past_keys_stop_at_the_budget(b: Backend) {
     // The current key is the 8192-bit one (about 1,116 bytes on the wire), the three past
-    // keys 4096-bit ones (about 604 bytes each), the rest of the response 7 bytes: 1, 2, 3
-    // and 4 keys take about 1,123, 1,727, 2,331 and 2,935 bytes. The budgets below are
-    // far from those edges. Budget → past keys returned.
-    for (budget, returned) in [(1024, 0), (1500, 0), (2000, 1), (2600, 2), (4096, 3)] {
+    // keys 4096-bit ones (about 604 bytes each), the rest of the response 7 bytes, and the
+    // key transparency proof a few hundred bytes (a head of about 180, a map path of 34 a
+    // level, about 95 per entry, one entry per key served): its size depends on how many
+    // users share the log, so each page is checked against what would have fitted.
+    let mut most = 0;
+    for budget in [1024, 1500, 2300, 3200, 8192] {
         let s = TestServer::start_with(b.clone(), |st| st.max_response_bytes = budget).await;
         let user = random_user();
         let mut c = s.client(user).await;
         let fps = post_keys(&mut c, &four_keys()).await;
         let k = fetch_key(&mut c, user).await;
         let (current, past) = fingerprints(&k);
+        let returned = past.len();
         assert_eq!(current, fps[0], "the current key always comes");
         assert_eq!(past, fps[1..1 + returned].to_vec(), "budget {budget}");
         assert_eq!(k.more_past_keys, returned < 3, "budget {budget}");
-        assert_within(&k, 1 + past.len(), budget);
+        assert_within(&k, 1 + returned, budget);
+        if let Some(proof) = &k.proof {
+            assert_eq!(proof.entries.len(), 1 + returned, "an entry per key served");
+        }
+        if returned < 3 {
+            // One more past key (604 bytes) and its entry would not have fitted.
+            assert!(
+                5 + k.encoded_len() + 604 + 90 > budget,
+                "budget {budget}: {} bytes with {returned} past keys",
+                5 + k.encoded_len()
+            );
+        }
+        assert!(returned >= most, "a larger budget serves as many keys");
+        most = returned;
         s.stop().await;
     }
+    assert_eq!(most, 3);
 }
 
 #[tokio::test]

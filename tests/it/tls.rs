@@ -46,6 +46,7 @@ async fn a_tls_server_answers_tls_clients_only() {
         .fetch_key(FetchKeyRequest {
             user_id: user,
             homeserver: String::new(),
+            known_tree_size: 0,
         })
         .await
         .unwrap()
@@ -222,6 +223,7 @@ async fn sighup_swaps_the_certificate_and_open_streams_go_on() {
             .fetch_key(FetchKeyRequest {
                 user_id: random_user(),
                 homeserver: String::new(),
+                known_tree_size: 0,
             })
             .await,
         Code::NotFound,

@@ -218,6 +218,7 @@ fn is_unique_violation(err: &sqlx::Error) -> bool {
 mod events;
 mod federation;
 mod keys;
+mod kt;
 pub mod notify;
 mod rooms;
 

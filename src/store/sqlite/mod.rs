@@ -167,6 +167,7 @@ async fn drop_member(
 mod events;
 mod federation;
 mod keys;
+mod kt;
 mod rooms;
 
 #[async_trait]

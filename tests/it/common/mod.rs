@@ -124,6 +124,8 @@ pub fn test_settings(backend: &Backend, dir: &Path) -> Settings {
         jwt_secret: SECRET.into(),
         db_max_connections: 8,
         shutdown_grace_secs: 5,
+        // PostKey waits for its key's epoch: short ones keep the suite quick.
+        kt_epoch_ms: 50,
         ..secretd::config::defaults()
     }
 }

@@ -203,6 +203,7 @@ async fn rpcs_of_the_users_own_homeserver_are_refused_to_foreign_users() {
             .fetch_key(FetchKeyRequest {
                 user_id: bob,
                 homeserver: String::new(),
+                known_tree_size: 0,
             })
             .await,
         Code::NotFound,

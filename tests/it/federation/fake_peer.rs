@@ -124,6 +124,7 @@ async fn a_peer_sending_invalid_keys_is_unavailable() {
             on_a.fetch_key(FetchKeyRequest {
                 user_id: user,
                 homeserver: "f.test".into(),
+                known_tree_size: 0,
             })
             .await,
             Code::Unavailable,

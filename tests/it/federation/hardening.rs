@@ -29,6 +29,7 @@ fn fetch(user: u64, homeserver: &str) -> FetchKeyRequest {
     FetchKeyRequest {
         user_id: user,
         homeserver: homeserver.into(),
+        known_tree_size: 0,
     }
 }
 

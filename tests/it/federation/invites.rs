@@ -69,6 +69,7 @@ async fn invite_a_user_of_b_end_to_end(backend: Backend) {
         .fetch_key(FetchKeyRequest {
             user_id: bob,
             homeserver: "b.test".into(),
+            known_tree_size: 0,
         })
         .await
         .unwrap()
@@ -171,6 +172,7 @@ async fn invite_a_user_of_b_end_to_end(backend: Backend) {
         .fetch_key(FetchKeyRequest {
             user_id: carl,
             homeserver: "b.test".into(),
+            known_tree_size: 0,
         })
         .await
         .unwrap()

@@ -72,6 +72,7 @@ async fn a_peer_certificate_not_trusted_is_unavailable_naming_the_peer() {
             on_a.fetch_key(FetchKeyRequest {
                 user_id: user,
                 homeserver: peer.into(),
+                known_tree_size: 0,
             })
             .await,
             Code::Unavailable,

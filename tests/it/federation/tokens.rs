@@ -167,6 +167,7 @@ async fn server_to_server_tokens_are_checked() {
             .fetch_key(FetchKeyRequest {
                 user_id: user,
                 homeserver: String::new(),
+                known_tree_size: 0,
             })
             .await,
         Code::Unauthenticated,

@@ -209,10 +209,10 @@ async fn history_reads_share_one_limit() {
         let stream = new_pair(&mut c).await.message_id;
         users.push((u, c, stream));
     }
-    // The five read methods, in turn: all draw on the same allowance.
+    // The seven read methods, in turn: all draw on the same allowance.
     let read = |c: &mut Client, user: u64, stream: String, n: u64| -> BoxFuture<'static, _> {
         let mut c = c.clone();
-        match n % 5 {
+        match n % 7 {
             1 => async move {
                 ok(c.fetch_messages(proto::FetchMessagesRequest {
                     stream_id: stream,
@@ -234,6 +234,17 @@ async fn history_reads_share_one_limit() {
                 ok(c.fetch_key(proto::FetchKeyRequest {
                     user_id: user,
                     homeserver: String::new(),
+                    known_tree_size: 0,
+                })
+                .await)
+            }
+            .boxed(),
+            5 => async move { ok(c.get_tree_head(proto::GetTreeHeadRequest::default()).await) }
+                .boxed(),
+            6 => async move {
+                ok(c.monitor_key(proto::MonitorKeyRequest {
+                    user_id: user,
+                    ..Default::default()
                 })
                 .await)
             }
