@@ -413,6 +413,7 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
         settings: settings.clone(),
         federation: federation.clone(),
         kt,
+        server_public_key: *server_key.public_key(),
     });
     // SecretFederationService, behind its own gate (s2s tokens, per-peer limits), when
     // federation is on.

@@ -119,6 +119,8 @@ impl Kt {
         Ok(proto::GetTreeHeadResponse {
             head: Some(wire::tree_head(head)),
             consistency: consistency(known, head, &rows)?,
+            // The service fills in the key it signs with (`AppState.server_public_key`).
+            public_key: Vec::new(),
         })
     }
 

@@ -220,7 +220,9 @@ pub(super) async fn get_tree_head(
     st: &AppState,
     r: proto::GetTreeHeadRequest,
 ) -> Result<proto::GetTreeHeadResponse> {
-    st.kt.head(r.known_tree_size).await
+    let mut answer = st.kt.head(r.known_tree_size).await?;
+    answer.public_key = st.server_public_key.to_vec();
+    Ok(answer)
 }
 
 /// MonitorKey: a user's entries after a seq (the newest always), proved.

@@ -40,6 +40,8 @@ pub struct AppState {
     pub federation: Option<Arc<crate::federation::Federation>>,
     /// Key transparency: the publisher's news and the proofs.
     pub kt: Arc<crate::kt::Kt>,
+    /// The raw Ed25519 public key that signs the key log's heads (GetTreeHead says it).
+    pub server_public_key: [u8; 32],
 }
 
 /// The tonic service (unary RPCs; StreamMessagePosting is served by [`router`]).
