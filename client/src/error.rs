@@ -51,6 +51,23 @@ pub enum Error {
         /// The fingerprint the server serves now (hex).
         served: String,
     },
+    /// The homeserver's key log holds a key for this user that this device never
+    /// posted: someone who controls the homeserver (or the account) may read what is
+    /// encrypted to it.
+    #[error(
+        "ALARM: your homeserver's key log holds a key for you that this device never \
+         posted: {what}"
+    )]
+    KeyAlarm {
+        /// What was found.
+        what: String,
+        /// The seq of the newest entry the log holds for this user: acknowledging the
+        /// alarm through it ([`crate::Device::acknowledge_key_alarm`]) lets this device
+        /// go on; a later foreign entry alarms again.
+        newest_seq: u64,
+        /// The evidence (the signed head and the entries, JSON) to keep.
+        evidence: String,
+    },
     /// A stream's keys were rotated and this device does not hold the new ones: it does
     /// not post with the old keys.
     #[error(

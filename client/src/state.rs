@@ -13,7 +13,7 @@ use crate::crypto::ratchet::ChainPoint;
 use crate::encoding::{b64, hex32};
 
 mod records;
-pub use records::{Lost, MissingEpoch, Pin, TokenSource};
+pub use records::{LogView, Lost, MissingEpoch, Pin, SeenHead, TokenSource};
 
 /// Format version of the serialised state.
 pub const STATE_VERSION: u32 = 1;
@@ -61,6 +61,9 @@ pub struct DeviceState {
     /// how other homeservers name this user.
     #[serde(default)]
     pub home_name: Option<String>,
+    /// The device's view of its homeserver's key log (None until first used).
+    #[serde(default)]
+    pub home_log: Option<LogView>,
 }
 
 /// One room: a channel pair with the keys and trust this device holds for it.
@@ -178,6 +181,17 @@ impl DeviceState {
             }
         }
         self.home_name = self.home_name.take().or(other.home_name);
+        match (&mut self.home_log, other.home_log) {
+            (None, theirs) => self.home_log = theirs,
+            (Some(mine), Some(theirs)) if mine.public_key == theirs.public_key => {
+                let size = |v: &LogView| v.head.as_ref().map_or(0, |h| h.tree_size);
+                if size(&theirs) > size(mine) {
+                    mine.head = theirs.head;
+                }
+                mine.own_seq = mine.own_seq.max(theirs.own_seq);
+            }
+            _ => {}
+        }
         self.backup_version = self.backup_version.max(other.backup_version);
         self.invites_after = self.invites_after.max(other.invites_after);
         for (id, room) in other.rooms {

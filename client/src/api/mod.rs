@@ -106,6 +106,8 @@ pub struct UserKeys {
     pub current: pb::Key,
     /// Past keys, newest first (possibly capped by the server).
     pub past: Vec<pb::Key>,
+    /// The key-transparency proof the server sent with them, if any.
+    pub proof: Option<pb::KeyProof>,
 }
 
 /// A connection to one secretd, authenticated with a bearer token.
@@ -230,6 +232,37 @@ impl Api {
         })
     }
 
+    /// GetTreeHead: the server's newest signed head, with a consistency proof from
+    /// `known_tree_size`.
+    pub async fn tree_head(&self, known_tree_size: u64) -> Result<pb::GetTreeHeadResponse> {
+        let req = pb::GetTreeHeadRequest {
+            known_tree_size,
+            ..Default::default()
+        };
+        let mut stub = self.stub();
+        unary("GetTreeHead", stub.get_tree_head(req)).await
+    }
+
+    /// MonitorKey of a local user: their entries after `after_seq` (and the newest), with
+    /// the proof against the newest head.
+    pub async fn monitor_key(
+        &self,
+        user_id: u64,
+        after_seq: u64,
+        known_tree_size: u64,
+    ) -> Result<pb::KeyProof> {
+        let req = pb::MonitorKeyRequest {
+            user_id,
+            after_seq,
+            known_tree_size,
+            ..Default::default()
+        };
+        let mut stub = self.stub();
+        let r = unary("MonitorKey", stub.monitor_key(req)).await?;
+        r.proof
+            .ok_or_else(|| Error::Protocol("MonitorKey answered without a proof".into()))
+    }
+
     /// PostKey: returns the fingerprint.
     pub async fn post_key(&self, spki_der: &[u8]) -> Result<Vec<u8>> {
         let req = pb::PostKeyRequest {
@@ -243,9 +276,21 @@ impl Api {
 
     /// FetchKey of a user ("" homeserver = local).
     pub async fn fetch_key(&self, user_id: u64, homeserver: &str) -> Result<UserKeys> {
+        self.fetch_key_since(user_id, homeserver, 0).await
+    }
+
+    /// FetchKey with the size of the last tree head the caller verified, so that the
+    /// proof carries a consistency proof from it.
+    pub async fn fetch_key_since(
+        &self,
+        user_id: u64,
+        homeserver: &str,
+        known_tree_size: u64,
+    ) -> Result<UserKeys> {
         let req = pb::FetchKeyRequest {
             user_id,
             homeserver: homeserver.to_string(),
+            known_tree_size,
             ..Default::default()
         };
         let mut stub = self.stub();
@@ -258,6 +303,7 @@ impl Api {
         Ok(UserKeys {
             current,
             past: r.past_keys,
+            proof: r.proof,
         })
     }
 

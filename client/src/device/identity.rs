@@ -58,7 +58,7 @@ impl Device {
             }
             Err(e) => return Err(e),
         };
-        Self::new_device(api, user_id, identity, version).await
+        Self::new_device(api, user_id, identity, version, 0).await
     }
 
     /// A new device of an existing user: unwraps the identity from the backup with
@@ -75,6 +75,17 @@ impl Device {
     /// and stored compare-and-set on the version read. Neither another device's change
     /// in between nor a failure to store fails the login.
     pub async fn login_and_upgrade(api: Api, password: &str) -> Result<(Device, BackupUpgrade)> {
+        Self::login_acknowledging(api, password, 0).await
+    }
+
+    /// [`Device::login_and_upgrade`] after a key alarm the user acknowledged: the user's
+    /// key-log entries through `acknowledged_seq` (the alarm's `newest_seq`) are taken as
+    /// seen; later ones are checked as at every login.
+    pub async fn login_acknowledging(
+        api: Api,
+        password: &str,
+        acknowledged_seq: u64,
+    ) -> Result<(Device, BackupUpgrade)> {
         let user_id = crate::token::check(&api.token(), None, crate::time::now_secs())?.user_id;
         let Some((sealed, version)) = api.fetch_private_key().await? else {
             return Err(Error::State(format!(
@@ -85,7 +96,8 @@ impl Device {
         // The backup is bound to ref("", user id): this user, on the homeserver storing it.
         let pkcs8 = blob::open_private_key(&sealed, password, &user::local(user_id))?;
         let identity = Identity::from_pkcs8(&pkcs8)?;
-        let mut device = Self::new_device(api, user_id, identity, version).await?;
+        let mut device =
+            Self::new_device(api, user_id, identity, version, acknowledged_seq).await?;
         let upgrade = if blob::header(&sealed)?.is_current() {
             BackupUpgrade::Current
         } else {
@@ -131,8 +143,8 @@ impl Device {
         user_id: u64,
         identity: Identity,
         backup_version: u64,
+        acknowledged_seq: u64,
     ) -> Result<Device> {
-        Self::ensure_key_posted(&api, user_id, &identity).await?;
         let state = DeviceState {
             version: STATE_VERSION,
             server: api.url().to_string(),
@@ -148,14 +160,33 @@ impl Device {
             token_source_set_ms: 0,
             pins: BTreeMap::new(),
             home_name: None,
+            home_log: None,
         };
-        Self::from_parts(api, state, identity)
+        let mut device = Self::from_parts(api, state, identity)?;
+        // Every login checks the user's entries in the homeserver's key log first: a key
+        // this device never posted is an alarm, and the login stops there (before the
+        // current key is compared with the backup's, which would only say "another
+        // identity").
+        if acknowledged_seq > 0 {
+            device.acknowledge_key_alarm(acknowledged_seq).await?;
+        }
+        device.monitor_own_key().await?;
+        Self::ensure_key_posted(&device.api, user_id, &device.identity, acknowledged_seq > 0)
+            .await?;
+        Ok(device)
     }
 
-    /// Makes sure the server's current key for us is the identity's public key.
-    async fn ensure_key_posted(api: &Api, user_id: u64, identity: &Identity) -> Result<()> {
+    /// Makes sure the server's current key for us is the identity's public key (or, after
+    /// an acknowledged key alarm, that the server holds some key for us).
+    async fn ensure_key_posted(
+        api: &Api,
+        user_id: u64,
+        identity: &Identity,
+        alarm_acknowledged: bool,
+    ) -> Result<()> {
         match api.fetch_key(user_id, "").await {
             Ok(keys) if keys.current.fingerprint == identity.fingerprint() => return Ok(()),
+            Ok(_) if alarm_acknowledged => return Ok(()),
             Ok(keys) => {
                 return Err(Error::State(format!(
                     "the server's current key for user {user_id} ({}) is not the key in your \

@@ -12,6 +12,7 @@ pub mod accepting;
 pub mod epochs;
 pub mod identity;
 pub mod incoming;
+pub mod keylog;
 pub mod membership;
 pub mod opening;
 pub mod posting;

@@ -98,7 +98,14 @@ impl Device {
                 tonic::Status::unavailable("test hook: a failing key fetch"),
             ));
         }
-        let keys = self.api.fetch_key(who.user_id, &who.homeserver).await?;
+        let keys = self
+            .api
+            .fetch_key_since(who.user_id, &who.homeserver, self.known_tree_size())
+            .await?;
+        if who.homeserver.is_empty() {
+            // A user of this homeserver: the key must be the one its log holds.
+            self.verify_served(who, &keys).await?;
+        }
         let parsed = PublicIdentity::from_spki(&keys.current.key_data)?;
         self.keys
             .insert((user::display(who), parsed.fingerprint()), parsed.clone());
@@ -194,7 +201,22 @@ impl Device {
         if let Some(k) = self.keys.get(&cache_key) {
             return Ok(k.clone());
         }
-        let keys = self.api.fetch_key(who.user_id, &who.homeserver).await?;
+        let keys = self
+            .api
+            .fetch_key_since(who.user_id, &who.homeserver, self.known_tree_size())
+            .await?;
+        if who.homeserver.is_empty() {
+            // A user of this homeserver: the signing key must be in their logged history.
+            let logged = self.verify_served(who, &keys).await?;
+            if !logged.contains(&fp) {
+                return Err(Error::Untrusted(format!(
+                    "key transparency: user {} signed with key {}, which the homeserver's key \
+                     log does not hold for them",
+                    cache_key.0,
+                    fingerprint_hex(&fp)
+                )));
+            }
+        }
         for k in std::iter::once(&keys.current).chain(keys.past.iter()) {
             let parsed = PublicIdentity::from_spki(&k.key_data)?;
             let key_fp = parsed.fingerprint();

@@ -98,3 +98,35 @@ pub struct MissingEpoch {
     /// rotation), and clears it.
     pub counter: u64,
 }
+
+/// What this device knows of its homeserver's key log (DESIGN §12): the key that signs
+/// its heads (pinned at first contact) and the newest head it verified.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogView {
+    /// The homeserver's `server_name`, as its heads sign it.
+    pub server_name: String,
+    /// Its Ed25519 public key (hex), pinned at first contact.
+    pub public_key: String,
+    /// The newest head verified (None before the first).
+    pub head: Option<SeenHead>,
+    /// The highest entry number of this user's own key entries checked: entries above it
+    /// are checked at the next login.
+    pub own_seq: u64,
+}
+
+/// A signed tree head, as kept and as gossiped (hex for the bytes).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeenHead {
+    /// The homeserver's `server_name`.
+    pub server_name: String,
+    /// Entries in the log.
+    pub tree_size: u64,
+    /// The log's root (hex).
+    pub log_root: String,
+    /// The map's root (hex).
+    pub map_root: String,
+    /// When it was signed (ms since the Unix epoch).
+    pub timestamp_ms: u64,
+    /// The signature (hex).
+    pub signature: String,
+}

@@ -153,7 +153,7 @@ impl Server {
             shutdown_grace_secs: 5,
             ..secretd::config::defaults()
         };
-        let settings = adjust(settings);
+        let settings = adjust(with_shared_log_key(settings, &backend));
         let running = secretd::server::start(settings.clone(), listener)
             .await
             .expect("server starts");
@@ -256,4 +256,24 @@ pub fn rewound(dev: &Device, room: &str) -> DeviceState {
         e.cursor = e.origin.clone();
     }
     state
+}
+
+/// PKCS#8 v1 (RFC 8410) of an Ed25519 key: this prefix, then the 32-byte seed.
+const ED25519_PKCS8_V1_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+
+/// On Postgres every test server shares one database, so one key-transparency log: they
+/// are replicas of one homeserver, and replicas share its server key (as operators must,
+/// `federation.signing_key_file`), or their heads would not verify under the key a
+/// device pinned. SQLite servers each have a log and a key of their own.
+fn with_shared_log_key(mut settings: Settings, backend: &Backend) -> Settings {
+    if matches!(backend, Backend::Postgres(_)) && settings.federation.signing_key_file.is_empty() {
+        let mut der = ED25519_PKCS8_V1_PREFIX.to_vec();
+        der.extend_from_slice(&[0x5e; 32]);
+        let path = settings.data_dir.join("shared-test-server-key.der");
+        std::fs::write(&path, der).expect("write the shared test server key");
+        settings.federation.signing_key_file = path.display().to_string();
+    }
+    settings
 }

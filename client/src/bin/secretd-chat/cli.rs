@@ -86,6 +86,10 @@ pub enum Command {
         ca_file: Option<PathBuf>,
         #[command(flatten)]
         token: TokenArgs,
+        /// After a key alarm at login (exit code 3): take your key-log entries through
+        /// this seq (the alarm names it) as seen. See `acknowledge-key-alarm`.
+        #[arg(long, value_name = "SEQ")]
+        acknowledge_key_alarm: Option<u64>,
     },
     /// Show this device's token, or give it a new one (checked before it is kept), or set
     /// where it gets fresh ones.
@@ -186,6 +190,13 @@ pub enum Command {
     Safety {
         /// The user.
         user: String,
+    },
+    /// After a key alarm (exit code 3): take your key-log entries through SEQ (the number
+    /// the alarm names) as seen, so this device goes on. Do it after you kept the evidence,
+    /// reported it and asked your contacts to compare safety numbers with you.
+    AcknowledgeKeyAlarm {
+        /// The newest entry the alarm named.
+        seq: u64,
     },
     /// Mark a user's pinned key verified after comparing safety numbers.
     Verify {

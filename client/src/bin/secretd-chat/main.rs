@@ -60,11 +60,13 @@ async fn run(cli: Cli) -> Result<()> {
             server,
             ca_file,
             token,
+            acknowledge_key_alarm,
         } => {
             let mut upgrade = None;
+            let acknowledged = acknowledge_key_alarm.unwrap_or(0);
             let mut device = new_device(&dir, &server, ca_file, token, async |api| {
                 let pw = password(false)?;
-                let (device, outcome) = Device::login_and_upgrade(api, &pw).await?;
+                let (device, outcome) = Device::login_acknowledging(api, &pw, acknowledged).await?;
                 upgrade = Some(outcome);
                 Ok(device)
             })
@@ -204,6 +206,20 @@ async fn run(cli: Cli) -> Result<()> {
             out.rotation(&room, &rotation);
         }
         Command::Whoami => out.whoami(&open(&dir).await?),
+        Command::AcknowledgeKeyAlarm { seq } => {
+            let mut device = session::open_unchecked(&dir).await?;
+            let result = device.acknowledge_key_alarm(seq).await;
+            keep(&dir, &device, result)?;
+            // What comes after `seq` is checked as at every start.
+            let result = device.monitor_own_key().await;
+            keep(&dir, &device, result)?;
+            out.emit(json!({ "acknowledged_seq": seq }), || {
+                format!(
+                    "key-log entries through {seq} acknowledged; this device goes on (your \
+                     contacts should still compare safety numbers with you)"
+                )
+            });
+        }
         Command::Trust { user: who } => {
             let mut device = open(&dir).await?;
             let who = user::parse(&who)?;
@@ -260,12 +276,62 @@ fn hint(e: &Error) -> Option<&'static str> {
     }
 }
 
+/// The exit code of a key alarm (a key the user never posted is in their homeserver's
+/// log): distinct from other failures, so scripts can tell.
+const KEY_ALARM_EXIT: u8 = 3;
+
+/// Keeps a key alarm's evidence and says what to do.
+fn alarm(out: Out, dir: &StateDir, newest_seq: u64, evidence: &str) -> ExitCode {
+    let kept = dir.save_evidence(evidence);
+    if out.json {
+        println!(
+            "{}",
+            json!({ "evidence": kept.as_ref().ok(), "newest_seq": newest_seq })
+        );
+    }
+    match &kept {
+        Ok(path) => eprintln!(
+            "evidence: {} (the head your homeserver signed and the entries; keep it)",
+            path.display()
+        ),
+        Err(e) => eprintln!("the evidence could not be written ({e}); here it is:\n{evidence}"),
+    }
+    eprintln!(
+        "advice: your homeserver (or whoever controls its database or signing key) published \
+         a key for you that this device never posted; whoever holds it can read invites and \
+         room keys sent to you from now on. Report it to your homeserver's operator with the \
+         evidence file. Ask your contacts, over another channel, to compare safety numbers \
+         with you (`secretd-chat safety YOUR-ID`): while the server serves that key they will \
+         not match, and clients that pinned your key already warn. Then run \
+         `secretd-chat acknowledge-key-alarm {newest_seq}` (on a new device: `secretd-chat \
+         login ... --acknowledge-key-alarm {newest_seq}`) to go on."
+    );
+    ExitCode::from(KEY_ALARM_EXIT)
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let json = cli.json;
+    let out = Out { json };
+    let dir = StateDir::new(&cli.state);
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e @ Error::KeyAlarm { .. }) => {
+            if json {
+                println!("{}", json!({ "error": e.to_string() }));
+            }
+            eprintln!("error: {e}");
+            let Error::KeyAlarm {
+                newest_seq,
+                evidence,
+                ..
+            } = &e
+            else {
+                unreachable!("matched above")
+            };
+            alarm(out, &dir, *newest_seq, evidence)
+        }
         Err(e) => {
             if json {
                 println!("{}", json!({ "error": e.to_string() }));

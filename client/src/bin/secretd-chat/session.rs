@@ -33,9 +33,20 @@ pub fn password(confirm: bool) -> Result<String> {
     Ok(first)
 }
 
+/// The saved device with a usable token (see [`open_unchecked`]), after checking the
+/// user's entries in the homeserver's key log: a key this device never posted stops every
+/// command with [`Error::KeyAlarm`] until the user acknowledges it.
+pub async fn open(dir: &StateDir) -> Result<Device> {
+    let mut device = open_unchecked(dir).await?;
+    let checked = device.monitor_own_key().await;
+    // The log's pinned key and newest head are kept whatever the check found.
+    keep(dir, &device, checked)?;
+    Ok(device)
+}
+
 /// The saved device with a usable token: `SECRETD_CHAT_TOKEN` when set, else the saved
 /// one, renewed from the configured source when it has expired.
-pub async fn open(dir: &StateDir) -> Result<Device> {
+pub async fn open_unchecked(dir: &StateDir) -> Result<Device> {
     let mut state = dir.load()?;
     let me = state.user_id;
     let now = now_secs();

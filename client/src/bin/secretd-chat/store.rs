@@ -43,6 +43,28 @@ impl StateDir {
         self.dir.join("state.json")
     }
 
+    /// Writes a key alarm's evidence to `kt-alarm-<unix ms>.json` (0600; the directory is
+    /// created 0700 if needed, so a login that alarms before any state exists keeps it
+    /// too); returns its path.
+    pub fn save_evidence(&self, evidence: &str) -> Result<PathBuf> {
+        self.create_dir()?;
+        let path = self
+            .dir
+            .join(format!("kt-alarm-{}.json", secretd_client::time::now_ms()));
+        let write = || -> std::io::Result<()> {
+            let mut f = OpenOptions::new()
+                .create_new(true)
+                .write(true)
+                .mode(0o600)
+                .open(&path)?;
+            f.write_all(evidence.as_bytes())?;
+            f.write_all(b"\n")?;
+            f.sync_all()
+        };
+        write().map_err(|e| Error::io("cannot write the key alarm's evidence", e))?;
+        Ok(path)
+    }
+
     /// True when a device was set up here.
     pub fn exists(&self) -> bool {
         self.file().exists()

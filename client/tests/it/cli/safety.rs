@@ -86,3 +86,92 @@ async fn safety_numbers_match_and_a_swapped_key_is_a_warning() {
     assert_eq!(changed[0]["verified"], false);
     server.stop().await;
 }
+
+/// Runs a command that must stop on a key alarm (exit code 3); its JSON lines and stderr.
+async fn alarms(cmd: std::process::Command) -> (Vec<serde_json::Value>, String) {
+    let out = super::run(cmd).await;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    let lines = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    (lines, stderr)
+}
+
+/// The evidence files a state directory holds.
+fn evidence_in(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found: Vec<_> = std::fs::read_dir(dir)
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    found.retain(|p| {
+        let name = p.file_name().unwrap().to_string_lossy();
+        name.starts_with("kt-alarm-") && name.ends_with(".json")
+    });
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_the_user_never_posted_stops_every_command_until_acknowledged() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let server = Server::start(Backend::Sqlite).await;
+    let home = tempfile::tempdir().unwrap();
+    let b_dir = home.path().join("bob");
+    let (bob, tok) = super::new_device(&server, &b_dir, "pb").await;
+    let db = Db::of(&server).await;
+    let mine = ok(chat(&b_dir, "pb", &["whoami"])).await;
+    assert!(mine[0]["fingerprint"].is_string(), "{mine:?}");
+
+    // The server logs a key of its own for Bob.
+    let evil = Identity::generate().unwrap();
+    db.set_current_key(bob, evil.public().spki()).await;
+    let served = fingerprint_hex(&evil.fingerprint());
+    for round in 1..=2 {
+        let (lines, stderr) = alarms(chat(&b_dir, "pb", &["rooms"])).await;
+        assert!(
+            stderr.contains("ALARM: your homeserver's key log holds a key for you")
+                && stderr.contains(&format!("entry 2 (key {served}"))
+                && stderr.contains("secretd-chat acknowledge-key-alarm 2"),
+            "{stderr}"
+        );
+        let kept = lines.iter().find(|l| l["evidence"].is_string()).unwrap();
+        assert_eq!(kept["newest_seq"], 2);
+        let files = evidence_in(&b_dir);
+        assert_eq!(files.len(), round, "one evidence file per alarm");
+        let path = std::path::PathBuf::from(kept["evidence"].as_str().unwrap());
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let evidence: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(evidence["entries"][0]["fingerprint"], served.as_str());
+        assert_eq!(evidence["user"], bob);
+    }
+
+    // A new device of Bob alarms at login, keeps the evidence, and is not set up.
+    let c_dir = home.path().join("bob2");
+    let server_url = server.url();
+    let login = |extra: &[&str]| {
+        let mut args = vec!["login", "--server", &server_url, "--token", &tok];
+        args.extend_from_slice(extra);
+        chat(&c_dir, "pb", &args)
+    };
+    let (_, stderr) = alarms(login(&[])).await;
+    assert!(stderr.contains("--acknowledge-key-alarm 2"), "{stderr}");
+    assert_eq!(evidence_in(&c_dir).len(), 1);
+    assert!(!c_dir.join("state.json").exists());
+
+    // Acknowledging less than the alarm named still alarms; more than the log holds is
+    // refused; the alarm's own number lets the device go on.
+    alarms(chat(&b_dir, "pb", &["acknowledge-key-alarm", "1"])).await;
+    let refused = fails(chat(&b_dir, "pb", &["acknowledge-key-alarm", "9"])).await;
+    assert!(refused.contains("there is no entry 9"), "{refused}");
+    let done = ok(chat(&b_dir, "pb", &["acknowledge-key-alarm", "2"])).await;
+    assert_eq!(done[0]["acknowledged_seq"], 2);
+    ok(chat(&b_dir, "pb", &["rooms"])).await;
+    ok(login(&["--acknowledge-key-alarm", "2"])).await;
+    ok(chat(&c_dir, "pb", &["rooms"])).await;
+    server.stop().await;
+}

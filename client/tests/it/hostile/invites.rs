@@ -25,8 +25,8 @@ async fn a_forged_reinvite_signed_with_a_past_key_is_refused(backend: Backend) {
     let before = fixed_parts(&bob, &room);
     let head = bob.room(&room).unwrap().message.last_counter;
 
-    // The server makes a key, lists it as one of Alice's past keys, and re-invites Bob
-    // "from Alice" with a top generation it knows the seeds of.
+    // The server makes a key, lists it as one of Alice's past keys (and logs it), and
+    // re-invites Bob "from Alice" with a top generation it knows the seeds of.
     let evil = Identity::generate().unwrap();
     db.add_past_key(alice_id, evil.public().spki()).await;
     let chains = (
@@ -47,9 +47,11 @@ async fn a_forged_reinvite_signed_with_a_past_key_is_refused(backend: Backend) {
     let refused = bob.accept_invites().await.unwrap();
     assert_eq!(refused.len(), 1);
     let why = refused[0].result.as_ref().unwrap_err();
+    // To be served to a verifying client the key must be in the log, where it can only
+    // be appended: it is Alice's newest entry, not the current key served (DESIGN §12).
     assert!(
-        why.contains("which is not their current key")
-            && why.contains("past key signs nothing new"),
+        why.contains(&format!("for user {alice_id}, but its log holds"))
+            && why.contains("the served key is not in the log"),
         "{why}"
     );
     assert_eq!(fixed_parts(&bob, &room), before, "nothing taken");

@@ -63,26 +63,66 @@ impl Db {
         }
     }
 
-    /// Makes `spki` the user's current key (as a new key would be posted).
+    /// Makes `spki` the user's current key (as a new key would be posted), and waits until
+    /// the server's publisher logged it: the substitute is in the key log, as an operator
+    /// who wants the key served to verified clients must put it.
     pub async fn set_current_key(&self, user: u64, spki: &[u8]) {
+        self.insert_current_key(user, spki, false).await;
+        self.wait_logged(user, &Sha256::digest(spki)).await;
+    }
+
+    /// Makes `spki` the user's current key while keeping it out of the key log: the row
+    /// claims the leaf of the user's newest logged entry, so the publisher skips it and
+    /// the proofs served with it still name the user's logged key.
+    pub async fn set_current_key_unlogged(&self, user: u64, spki: &[u8]) {
+        self.insert_current_key(user, spki, true).await;
+    }
+
+    async fn insert_current_key(&self, user: u64, spki: &[u8], claim_logged: bool) {
         exec!(
             self,
             "DELETE FROM public_keys WHERE user_id = $1 AND fingerprint = $2",
             user as i64,
             Sha256::digest(spki).to_vec()
         );
+        // The leaf claimed: none (the publisher logs the key), or the user's newest.
         exec!(
             self,
-            "INSERT INTO public_keys (user_id, seq, spki_der, fingerprint, posted_at) \
+            "INSERT INTO public_keys (user_id, seq, spki_der, fingerprint, posted_at, kt_leaf) \
              VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM public_keys WHERE user_id = $1), \
-             $2, $3, 0)",
+             $2, $3, 0, CASE WHEN $4 THEN (SELECT MAX(kt_leaf) FROM public_keys \
+             WHERE user_id = $1) END)",
             user as i64,
             spki.to_vec(),
-            Sha256::digest(spki).to_vec()
+            Sha256::digest(spki).to_vec(),
+            claim_logged
         );
     }
 
-    /// Lists `spki` among the user's past keys (older than every key they posted).
+    /// Waits (up to 30 s) until the server logged the user's key with `fingerprint`.
+    pub async fn wait_logged(&self, user: u64, fingerprint: &[u8]) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let logged = scalar!(
+                self,
+                "SELECT COUNT(*) FROM public_keys \
+                 WHERE user_id = $1 AND fingerprint = $2 AND kt_leaf IS NOT NULL",
+                user as i64,
+                fingerprint.to_vec()
+            );
+            // The leaf is set in the epoch's transaction, with the head that holds it.
+            if logged == 1 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "key of {user} never logged"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Lists `spki` among the user's past keys (older than every key they posted), once the server logged it.
     pub async fn add_past_key(&self, user: u64, spki: &[u8]) {
         exec!(
             self,
@@ -93,6 +133,7 @@ impl Db {
             spki.to_vec(),
             Sha256::digest(spki).to_vec()
         );
+        self.wait_logged(user, &Sha256::digest(spki)).await;
     }
 
     /// Puts an invite from `from` into `to`'s inbox; its invite id.
