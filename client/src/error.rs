@@ -68,6 +68,19 @@ pub enum Error {
         /// The evidence (the signed head and the entries, JSON) to keep.
         evidence: String,
     },
+    /// The homeserver showed this device and a member two different key logs (a split
+    /// view, DESIGN §12): a head a member gossiped in the room cannot be proved consistent
+    /// with this device's. The evidence is kept until the user acknowledges it.
+    #[error(
+        "ALARM: your homeserver shows you and other members different key logs (a split \
+         view): {what}"
+    )]
+    LogFork {
+        /// What was found.
+        what: String,
+        /// The evidence (both signed heads and the server's answer, JSON) to keep.
+        evidence: String,
+    },
     /// A stream's keys were rotated and this device does not hold the new ones: it does
     /// not post with the old keys.
     #[error(

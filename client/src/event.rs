@@ -42,6 +42,7 @@ pub fn body(sender: UserRef, identity: &Identity, kind: Kind) -> EventBody {
         sender_fingerprint: identity.fingerprint().to_vec(),
         client_time_ms: now_ms(),
         kind: Some(kind),
+        seen_heads: Vec::new(),
     }
 }
 

@@ -189,6 +189,18 @@ impl DeviceState {
                     mine.head = theirs.head;
                 }
                 mine.own_seq = mine.own_seq.max(theirs.own_seq);
+                for e in theirs.forks_acknowledged {
+                    if !mine.forks_acknowledged.contains(&e) {
+                        mine.forks_acknowledged.push(e);
+                    }
+                }
+                for e in theirs.forks {
+                    if !mine.forks.contains(&e) {
+                        mine.forks.push(e);
+                    }
+                }
+                let acknowledged = mine.forks_acknowledged.clone();
+                mine.forks.retain(|e| !acknowledged.contains(e));
             }
             _ => {}
         }

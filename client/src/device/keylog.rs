@@ -18,18 +18,18 @@ use super::Device;
 /// its newest head every minute when nothing changes.
 pub const MAX_HEAD_AGE_MS: u64 = 10 * 60 * 1000;
 
-fn refused(what: String) -> Error {
+pub(crate) fn refused(what: String) -> Error {
     Error::Untrusted(format!("key transparency: {what}"))
 }
 
-fn hash32(bytes: &[u8], what: &str) -> Result<Hash> {
+pub(crate) fn hash32(bytes: &[u8], what: &str) -> Result<Hash> {
     bytes
         .try_into()
         .map_err(|_| refused(format!("{what} is not 32 bytes")))
 }
 
 /// A proto head as the verifier's type.
-fn head_of(h: &TreeHead) -> Result<Head> {
+pub(crate) fn head_of(h: &TreeHead) -> Result<Head> {
     Ok(Head {
         server_name: h.server_name.clone(),
         tree_size: h.tree_size,
@@ -41,7 +41,7 @@ fn head_of(h: &TreeHead) -> Result<Head> {
 }
 
 /// A head as the device keeps it.
-fn seen(h: &Head) -> SeenHead {
+pub(crate) fn seen(h: &Head) -> SeenHead {
     SeenHead {
         server_name: h.server_name.clone(),
         tree_size: h.tree_size,
@@ -82,14 +82,14 @@ fn entries_of(p: &KeyProof) -> Result<Vec<Entry>> {
         .collect()
 }
 
-fn hashes(list: &[Vec<u8>], what: &str) -> Result<Vec<Hash>> {
+pub(crate) fn hashes(list: &[Vec<u8>], what: &str) -> Result<Vec<Hash>> {
     list.iter().map(|h| hash32(h, what)).collect()
 }
 
 impl Device {
     /// The device's view of its homeserver's log, pinning the key that signs its heads at
     /// first use.
-    async fn home_log(&mut self) -> Result<LogView> {
+    pub(crate) async fn home_log(&mut self) -> Result<LogView> {
         if let Some(view) = &self.state.home_log {
             return Ok(view.clone());
         }
@@ -112,6 +112,8 @@ impl Device {
             public_key: hex::encode(key),
             head: None,
             own_seq: 0,
+            forks: Vec::new(),
+            forks_acknowledged: Vec::new(),
         };
         self.state.home_log = Some(view.clone());
         Ok(view)
@@ -128,7 +130,11 @@ impl Device {
 
     /// Checks a head the server sent (signature under the pinned key, freshness,
     /// extending the last head seen) and keeps it.
-    async fn accept_head(&mut self, head: &TreeHead, consistency: &[Vec<u8>]) -> Result<Head> {
+    pub(crate) async fn accept_head(
+        &mut self,
+        head: &TreeHead,
+        consistency: &[Vec<u8>],
+    ) -> Result<Head> {
         let view = self.home_log().await?;
         let head = head_of(head)?;
         if head.server_name != view.server_name {
@@ -208,7 +214,16 @@ impl Device {
     /// this device never posted is [`Error::KeyAlarm`] with the evidence, and stays one
     /// (every later check alarms again) until it is acknowledged.
     pub async fn monitor_own_key(&mut self) -> Result<usize> {
-        let after = self.home_log().await?.own_seq;
+        let view = self.home_log().await?;
+        if let Some(evidence) = view.forks.first() {
+            return Err(Error::LogFork {
+                what: "a member's gossiped tree head and this device's log of the homeserver \
+                       cannot both be true (found earlier; not acknowledged yet)"
+                    .into(),
+                evidence: evidence.clone(),
+            });
+        }
+        let after = view.own_seq;
         let Some((head, entries)) = self.own_entries(after).await? else {
             return Ok(0);
         };

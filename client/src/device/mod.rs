@@ -10,6 +10,7 @@
 
 pub mod accepting;
 pub mod epochs;
+mod gossip;
 pub mod identity;
 pub mod incoming;
 pub mod keylog;
@@ -66,6 +67,8 @@ pub struct Device {
     /// Test hook: this many coming key fetches fail as if the server were unavailable.
     #[doc(hidden)]
     pub failing_key_fetches: usize,
+    /// Gossiped heads already proved consistent with this device's log.
+    checked: gossip::Checked,
 }
 
 impl Device {
@@ -98,6 +101,7 @@ impl Device {
             failing_key_fetches: 0,
             remotes: Default::default(),
             max_gap: DEFAULT_MAX_GAP,
+            checked: Default::default(),
         })
     }
 

@@ -171,6 +171,10 @@ impl Device {
             &epoch,
             &opened.signed,
         )?;
+        // The heads the sender saw of this device's homeserver's log must be heads of the
+        // log this device sees.
+        self.check_gossip(&user::display(&sender), &opened.body.seen_heads)
+            .await?;
         Ok(opened)
     }
 

@@ -209,7 +209,8 @@ impl Device {
             .filter(|c| c - epoch.cursor.counter <= self.max_gap)
             .ok_or_else(|| {
                 Error::Protocol(format!(
-                    "the server puts the stream's head at counter {head}, {} steps past this                      device's keys (counter {}): refusing to derive that far",
+                    "the server puts the stream's head at counter {head}, {} steps past this \
+                     device's keys (counter {}): refusing to derive that far",
                     head.saturating_sub(epoch.cursor.counter),
                     epoch.cursor.counter
                 ))
@@ -222,7 +223,8 @@ impl Device {
             .ok_or_else(|| Error::State("a saved epoch id is not 16 bytes of hex".into()))?;
         let stream_bytes = uuid_bytes(&stream_id)?;
         let me = self.me_in(pair_id)?;
-        let body = event::body(me.clone(), &self.identity, out.what.clone());
+        let mut body = event::body(me.clone(), &self.identity, out.what.clone());
+        body.seen_heads = self.heads_to_gossip();
         let plaintext =
             event::sign_event(&self.identity, &stream_bytes, counter, &epoch_bytes, &body)?;
         let pos = Position {

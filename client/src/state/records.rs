@@ -112,6 +112,14 @@ pub struct LogView {
     /// The highest entry number of this user's own key entries checked: entries above it
     /// are checked at the next login.
     pub own_seq: u64,
+    /// Evidence (JSON) of a split view: a head a member gossiped that this device's
+    /// homeserver cannot prove consistent with its own log. Kept until acknowledged.
+    #[serde(default)]
+    pub forks: Vec<String>,
+    /// Evidence the user acknowledged (so a merge with an older save does not bring it
+    /// back).
+    #[serde(default)]
+    pub forks_acknowledged: Vec<String>,
 }
 
 /// A signed tree head, as kept and as gossiped (hex for the bytes).

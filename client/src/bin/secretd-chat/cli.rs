@@ -198,6 +198,9 @@ pub enum Command {
         /// The newest entry the alarm named.
         seq: u64,
     },
+    /// After a split-view alarm (exit code 3): go on, once you kept the evidence and
+    /// reported it. A new split view alarms again.
+    AcknowledgeLogFork,
     /// Mark a user's pinned key verified after comparing safety numbers.
     Verify {
         /// The user.

@@ -206,6 +206,14 @@ async fn run(cli: Cli) -> Result<()> {
             out.rotation(&room, &rotation);
         }
         Command::Whoami => out.whoami(&open(&dir).await?),
+        Command::AcknowledgeLogFork => {
+            let mut device = session::open_unchecked(&dir).await?;
+            let n = device.acknowledge_log_fork();
+            keep(&dir, &device, Ok(()))?;
+            out.emit(json!({ "acknowledged_forks": n }), || {
+                format!("{n} split-view alarm(s) acknowledged; this device goes on")
+            });
+        }
         Command::AcknowledgeKeyAlarm { seq } => {
             let mut device = session::open_unchecked(&dir).await?;
             let result = device.acknowledge_key_alarm(seq).await;
@@ -280,22 +288,42 @@ fn hint(e: &Error) -> Option<&'static str> {
 /// log): distinct from other failures, so scripts can tell.
 const KEY_ALARM_EXIT: u8 = 3;
 
-/// Keeps a key alarm's evidence and says what to do.
-fn alarm(out: Out, dir: &StateDir, newest_seq: u64, evidence: &str) -> ExitCode {
+/// Keeps an alarm's evidence (and says where); `extra` goes into the JSON line.
+fn keep_evidence(out: Out, dir: &StateDir, evidence: &str, extra: serde_json::Value) {
     let kept = dir.save_evidence(evidence);
     if out.json {
-        println!(
-            "{}",
-            json!({ "evidence": kept.as_ref().ok(), "newest_seq": newest_seq })
-        );
+        let mut line = json!({ "evidence": kept.as_ref().ok() });
+        if let (Some(line), Some(extra)) = (line.as_object_mut(), extra.as_object()) {
+            line.extend(extra.clone());
+        }
+        println!("{line}");
     }
     match &kept {
         Ok(path) => eprintln!(
-            "evidence: {} (the head your homeserver signed and the entries; keep it)",
+            "evidence: {} (signed by your homeserver; keep it)",
             path.display()
         ),
         Err(e) => eprintln!("the evidence could not be written ({e}); here it is:\n{evidence}"),
     }
+}
+
+/// A split view found through members' gossip: the evidence, and what to do.
+fn fork_alarm(out: Out, dir: &StateDir, evidence: &str) -> ExitCode {
+    keep_evidence(out, dir, evidence, json!({ "split_view": true }));
+    eprintln!(
+        "advice: your homeserver signed two versions of its key log and showed them to \
+         different members of your rooms, so it can show each of you different keys for the \
+         others. The evidence file holds both signed heads: report it to the operator (it is \
+         proof, not suspicion). Compare safety numbers with your contacts over another \
+         channel before trusting new keys. Then `secretd-chat acknowledge-log-fork` lets \
+         this device go on."
+    );
+    ExitCode::from(KEY_ALARM_EXIT)
+}
+
+/// Keeps a key alarm's evidence and says what to do.
+fn alarm(out: Out, dir: &StateDir, newest_seq: u64, evidence: &str) -> ExitCode {
+    keep_evidence(out, dir, evidence, json!({ "newest_seq": newest_seq }));
     eprintln!(
         "advice: your homeserver (or whoever controls its database or signing key) published \
          a key for you that this device never posted; whoever holds it can read invites and \
@@ -331,6 +359,17 @@ async fn main() -> ExitCode {
                 unreachable!("matched above")
             };
             alarm(out, &dir, *newest_seq, evidence)
+        }
+        Err(Error::LogFork { what, evidence }) => {
+            let e = Error::LogFork {
+                what,
+                evidence: evidence.clone(),
+            };
+            if json {
+                println!("{}", json!({ "error": e.to_string() }));
+            }
+            eprintln!("error: {e}");
+            fork_alarm(out, &dir, &evidence)
         }
         Err(e) => {
             if json {

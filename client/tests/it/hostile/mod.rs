@@ -6,6 +6,7 @@
 
 mod epochs;
 mod events;
+mod fork;
 mod invites;
 mod keys;
 
