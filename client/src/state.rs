@@ -64,6 +64,10 @@ pub struct DeviceState {
     /// The device's view of its homeserver's key log (None until first used).
     #[serde(default)]
     pub home_log: Option<LogView>,
+    /// What this device knows of other homeservers' key logs, by name (as its homeserver
+    /// names them): their pinned keys and newest heads.
+    #[serde(default)]
+    pub peer_logs: BTreeMap<String, LogView>,
 }
 
 /// One room: a channel pair with the keys and trust this device holds for it.
@@ -203,6 +207,20 @@ impl DeviceState {
                 mine.forks.retain(|e| !acknowledged.contains(e));
             }
             _ => {}
+        }
+        for (name, theirs) in other.peer_logs {
+            match self.peer_logs.get_mut(&name) {
+                None => {
+                    self.peer_logs.insert(name, theirs);
+                }
+                Some(mine) if mine.public_key == theirs.public_key => {
+                    let size = |v: &LogView| v.head.as_ref().map_or(0, |h| h.tree_size);
+                    if size(&theirs) > size(mine) {
+                        mine.head = theirs.head;
+                    }
+                }
+                Some(_) => {}
+            }
         }
         self.backup_version = self.backup_version.max(other.backup_version);
         self.invites_after = self.invites_after.max(other.invites_after);

@@ -161,6 +161,7 @@ impl Device {
             pins: BTreeMap::new(),
             home_name: None,
             home_log: None,
+            peer_logs: Default::default(),
         };
         let mut device = Self::from_parts(api, state, identity)?;
         // Every login checks the user's entries in the homeserver's key log first: a key

@@ -82,6 +82,41 @@ fn entries_of(p: &KeyProof) -> Result<Vec<Entry>> {
         .collect()
 }
 
+/// Checks a proof whose head was accepted: the entry chain of `who` (hashed with the
+/// head's server name), the map path of the newest entry, and the served current key
+/// being that entry's. The fingerprints the log holds for `who`, newest first.
+pub(crate) fn check_proof(
+    head: &Head,
+    who: &UserRef,
+    proof: &KeyProof,
+    keys: &UserKeys,
+) -> Result<Vec<Hash>> {
+    let name = user::display(who);
+    let entries = entries_of(proof)?;
+    let newest = verify::verify_chain(&head.server_name, who.user_id, &entries)?;
+    verify::verify_map_path(
+        &verify::map_key(&head.server_name, who.user_id),
+        &newest,
+        &hashes(&proof.map_path, "a map path hash")?,
+        &head.map_root,
+    )?;
+    let served = hash32(
+        &crate::crypto::sha256(&keys.current.key_data),
+        "a fingerprint",
+    )?;
+    if entries[0].fingerprint != served {
+        return Err(refused(format!(
+            "the homeserver serves key {} for user {name}, but the log of {} holds {} as \
+             their current key: the served key is not in the log (a key posted a moment ago \
+             is logged within a second; if this persists the server is serving an unlogged key)",
+            hex::encode(served),
+            head.server_name,
+            hex::encode(entries[0].fingerprint)
+        )));
+    }
+    Ok(entries.iter().map(|e| e.fingerprint).collect())
+}
+
 pub(crate) fn hashes(list: &[Vec<u8>], what: &str) -> Result<Vec<Hash>> {
     list.iter().map(|h| hash32(h, what)).collect()
 }
@@ -174,10 +209,10 @@ impl Device {
         who: &UserRef,
         keys: &UserKeys,
     ) -> Result<Vec<Hash>> {
-        let name = user::display(who);
         let proof = keys.proof.as_ref().ok_or_else(|| {
             refused(format!(
-                "the homeserver sent the key of user {name} without its proof from the key log"
+                "the homeserver sent the key of user {} without its proof from the key log",
+                user::display(who)
             ))
         })?;
         let head = proof
@@ -185,30 +220,8 @@ impl Device {
             .as_ref()
             .ok_or_else(|| refused("a proof without a tree head".into()))?;
         let head = self.accept_head(head, &proof.consistency).await?;
-        let entries = entries_of(proof)?;
-        let newest = verify::verify_chain(&head.server_name, who.user_id, &entries)?;
-        verify::verify_map_path(
-            &verify::map_key(&head.server_name, who.user_id),
-            &newest,
-            &hashes(&proof.map_path, "a map path hash")?,
-            &head.map_root,
-        )?;
-        let served = hash32(
-            &crate::crypto::sha256(&keys.current.key_data),
-            "a fingerprint",
-        )?;
-        if entries[0].fingerprint != served {
-            return Err(refused(format!(
-                "the homeserver serves key {} for user {name}, but its log holds {} as their \
-                 current key: the served key is not in the log (a key posted a moment ago is \
-                 logged within a second; if this persists the server is serving an unlogged key)",
-                hex::encode(served),
-                hex::encode(entries[0].fingerprint)
-            )));
-        }
-        Ok(entries.iter().map(|e| e.fingerprint).collect())
+        check_proof(&head, who, proof, keys)
     }
-
     /// Watches this user's own entries in the homeserver's log: every entry since the last
     /// check must be this device's key. Returns how many new entries were checked; a key
     /// this device never posted is [`Error::KeyAlarm`] with the evidence, and stays one

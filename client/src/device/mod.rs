@@ -16,6 +16,7 @@ pub mod incoming;
 pub mod keylog;
 pub mod membership;
 pub mod opening;
+mod peerlog;
 pub mod posting;
 pub mod receiving;
 pub mod remote;

@@ -89,6 +89,19 @@ fn parse_fp(fp: &[u8]) -> Result<[u8; 32]> {
 }
 
 impl Device {
+    /// FetchKey of `who` with the consistency proof from the last head this device verified
+    /// of its homeserver (users of other homeservers: their homeserver's proof, from 0).
+    async fn fetch_logged_key(&mut self, who: &UserRef) -> Result<crate::api::UserKeys> {
+        let known = if who.homeserver.is_empty() {
+            self.known_tree_size()
+        } else {
+            0
+        };
+        self.api
+            .fetch_key_since(who.user_id, &who.homeserver, known)
+            .await
+    }
+
     /// The user's current key as the server serves it now (fingerprint computed here).
     pub(crate) async fn server_key(&mut self, who: &UserRef) -> Result<PublicIdentity> {
         if self.failing_key_fetches > 0 {
@@ -98,13 +111,12 @@ impl Device {
                 tonic::Status::unavailable("test hook: a failing key fetch"),
             ));
         }
-        let keys = self
-            .api
-            .fetch_key_since(who.user_id, &who.homeserver, self.known_tree_size())
-            .await?;
+        let keys = self.fetch_logged_key(who).await?;
+        // The key must be the one the user's homeserver's log holds.
         if who.homeserver.is_empty() {
-            // A user of this homeserver: the key must be the one its log holds.
             self.verify_served(who, &keys).await?;
+        } else {
+            self.verify_served_remote(who, &keys).await?;
         }
         let parsed = PublicIdentity::from_spki(&keys.current.key_data)?;
         self.keys
@@ -201,21 +213,22 @@ impl Device {
         if let Some(k) = self.keys.get(&cache_key) {
             return Ok(k.clone());
         }
-        let keys = self
-            .api
-            .fetch_key_since(who.user_id, &who.homeserver, self.known_tree_size())
-            .await?;
-        if who.homeserver.is_empty() {
-            // A user of this homeserver: the signing key must be in their logged history.
-            let logged = self.verify_served(who, &keys).await?;
-            if !logged.contains(&fp) {
-                return Err(Error::Untrusted(format!(
-                    "key transparency: user {} signed with key {}, which the homeserver's key \
-                     log does not hold for them",
-                    cache_key.0,
-                    fingerprint_hex(&fp)
-                )));
-            }
+        let keys = self.fetch_logged_key(who).await?;
+        // The signing key must be in the user's logged history.
+        let logged = if who.homeserver.is_empty() {
+            Some(self.verify_served(who, &keys).await?)
+        } else {
+            self.verify_served_remote(who, &keys).await?
+        };
+        if let Some(logged) = logged
+            && !logged.contains(&fp)
+        {
+            return Err(Error::Untrusted(format!(
+                "key transparency: user {} signed with key {}, which the homeserver's key log \
+                 does not hold for them",
+                cache_key.0,
+                fingerprint_hex(&fp)
+            )));
         }
         for k in std::iter::once(&keys.current).chain(keys.past.iter()) {
             let parsed = PublicIdentity::from_spki(&k.key_data)?;

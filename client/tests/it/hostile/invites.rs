@@ -50,7 +50,7 @@ async fn a_forged_reinvite_signed_with_a_past_key_is_refused(backend: Backend) {
     // To be served to a verifying client the key must be in the log, where it can only
     // be appended: it is Alice's newest entry, not the current key served (DESIGN §12).
     assert!(
-        why.contains(&format!("for user {alice_id}, but its log holds"))
+        why.contains(&format!("for user {alice_id}, but the log of"))
             && why.contains("the served key is not in the log"),
         "{why}"
     );
