@@ -88,6 +88,10 @@ pub fn install_exporter(addr: SocketAddr) -> anyhow::Result<()> {
         "Entries in the key transparency log at the newest head this replica published"
     );
     metrics::describe_counter!(
+        "secretd_kt_equivocations_total",
+        "Homeservers caught equivocating (two signed tree heads that cannot both be honest), by server"
+    );
+    metrics::describe_counter!(
         "secretd_listener_watchdog_total",
         "Change-listener connections dropped because no notification came within listener_watchdog_ms"
     );
@@ -150,6 +154,13 @@ pub fn kt_epoch(outcome: &'static str, entries: u64, tree_size: u64) {
     if tree_size > 0 {
         metrics::gauge!("secretd_kt_tree_size").set(tree_size as f64);
     }
+}
+
+/// Counts a homeserver caught equivocating (two signed tree heads that cannot both be
+/// honest, DESIGN §12): once per server per replica.
+pub fn kt_equivocation(server: &str) {
+    metrics::counter!("secretd_kt_equivocations_total", "server" => server.to_string())
+        .increment(1);
 }
 
 /// Counts a server-to-server call: `peer` (a configured peer's name, or "unknown"),
