@@ -90,11 +90,22 @@ async fn remote_keys_carry_the_peers_proof(backend: Backend) {
         .into_inner()
         .head
         .unwrap();
-    let head = proof.head.unwrap();
+    let head = proof.head.as_ref().unwrap();
     assert_eq!(
         (head.tree_size, &head.log_root),
         (own.tree_size, &own.log_root)
     );
+    // Unchanged: the entries and map path are those of b's own FetchKey of bob.
+    let local = on_b
+        .fetch_key(fetch(bob, ""))
+        .await
+        .unwrap()
+        .into_inner()
+        .proof
+        .unwrap();
+    assert_eq!(proof.entries, local.entries);
+    assert_eq!(proof.map_path, local.map_path);
+    assert_eq!(head.map_root, local.head.unwrap().map_root);
 }
 
 /// What the stand-in does to b's answers.
@@ -208,7 +219,8 @@ async fn serve(r: Rewriter) -> String {
 /// and a stale head are UNAVAILABLE naming b and the user, and nothing of them is cached
 /// (the next fetch asks again and gets b's real key); an answer without proof is served
 /// without one; a head of b's key with another log root at a size a saw is evidence:
-/// FAILED_PRECONDITION from then on, stored in a's kt_evidence and counted.
+/// FAILED_PRECONDITION from then on (after a restart too), stored in a's kt_evidence and
+/// counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rewriting_stand_in_for_a_peer_is_refused() {
     let (ka, kb) = (NodeKey::new("a.test"), Arc::new(NodeKey::new("b.test")));
@@ -327,4 +339,25 @@ async fn a_rewriting_stand_in_for_a_peer_is_refused() {
     )
     .await;
     assert_eq!(counted, 1.0);
+
+    // The evidence outlives a restart: a's new process refuses b's users from its first
+    // call, read from kt_evidence (nothing is cached, no head seen yet).
+    a.kill().await;
+    let a = Node::start(
+        &ka,
+        &Backend::Sqlite,
+        &[PeerSpec::at(&kb, &wire)],
+        &[("exchange_heads_ms", "0")],
+    )
+    .await;
+    let calls = rewriter.calls();
+    let st = expect_code(
+        a.client(random_user())
+            .await
+            .fetch_key(fetch(bob, "b.test"))
+            .await,
+        Code::FailedPrecondition,
+    );
+    assert!(st.message().contains("equivocated"), "{st:?}");
+    assert_eq!(rewriter.calls(), calls, "b is not even asked");
 }
