@@ -1,13 +1,15 @@
 -- Evidence that another homeserver equivocated (DESIGN §12, docs/kt.md §9): two tree heads
 -- it signed (each verified under the key pinned for it) that cannot both be honest — one
--- tree size with two different roots ('fork'), or a larger tree size signed earlier than
--- a smaller one ('rollback'). Written when federation finds them (in a FetchUserKey proof
--- or an ExchangeHeads round); while a homeserver has a row here, FetchKey of its users is
+-- tree size with two different roots ('fork'), a larger tree size signed earlier than a
+-- smaller one ('rollback'), or a newer head that its own consistency proof does not lead
+-- to from the older ('inconsistent'). Written when federation finds them (in a
+-- FetchUserKey proof or an ExchangeHeads round); while a homeserver has a row here,
+-- FetchKey of its users is
 -- FAILED_PRECONDITION. An operator deletes the rows once the matter is settled (and
 -- restarts the replicas: each remembers what it read at start and since).
 CREATE TABLE kt_evidence (
     homeserver     TEXT    NOT NULL,
-    kind           TEXT    NOT NULL CHECK (kind IN ('fork', 'rollback')),
+    kind           TEXT    NOT NULL CHECK (kind IN ('fork', 'rollback', 'inconsistent')),
     found_at_ms    BIGINT  NOT NULL,
     -- Where the second head came from: 'FetchUserKey' or 'ExchangeHeads from <peer>'.
     reported_by    TEXT    NOT NULL,

@@ -7,9 +7,11 @@
 //! before ([`HeadBook`]: per server the [`KEPT`] largest tree sizes, in memory). Two
 //! heads that cannot both be honest are **evidence**:
 //!
-//! - one tree size with different roots (a fork: two views of the log), or
+//! - one tree size with different roots (a fork: two views of the log),
 //! - a larger tree size signed earlier than a smaller one (a rollback: an honest server's
-//!   head timestamps never go backwards and its log never shrinks).
+//!   head timestamps never go backwards and its log never shrinks), or
+//! - (ExchangeHeads, `exchange.rs`) a newer head that the server's own consistency proof
+//!   does not lead to from the newest head held of it.
 //!
 //! Evidence is stored (`kt_evidence`), counted (`secretd_kt_equivocations_total{server}`),
 //! logged at error, and from then on FetchKey of that server's users is
@@ -104,6 +106,12 @@ impl HeadBook {
             .collect()
     }
 
+    /// The newest head (largest tree size) seen of `server`.
+    pub fn newest_of(&self, server: &str) -> Option<TreeHead> {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.get(server)?.last_key_value().map(|(_, h)| h.clone())
+    }
+
     /// What is held against `server`, if it was caught equivocating.
     pub fn caught(&self, server: &str) -> Option<String> {
         let caught = self.caught.lock().unwrap_or_else(|p| p.into_inner());
@@ -171,13 +179,19 @@ impl Federation {
     pub async fn head_seen(&self, head: &TreeHead, reported_by: &str) -> Option<Evidence> {
         let now_ms = crate::time::now_micros().max(0) as u64 / 1000;
         let evidence = self.heads.observe(head, reported_by, now_ms)?;
-        if let Err(e) = self.store.kt_add_evidence(&evidence).await {
+        self.record_evidence(&evidence).await;
+        Some(evidence)
+    }
+
+    /// Stores, counts and logs `evidence`, and refuses its server's users from now on.
+    pub async fn record_evidence(&self, evidence: &Evidence) {
+        if let Err(e) = self.store.kt_add_evidence(evidence).await {
             tracing::error!(
                 server = evidence.homeserver,
                 "could not store evidence of equivocation (it is held in memory): {e}"
             );
         }
-        if self.heads.catch(&evidence) {
+        if self.heads.catch(evidence) {
             crate::telemetry::kt_equivocation(&evidence.homeserver);
             self.cache.forget_peer(&evidence.homeserver);
             tracing::error!(
@@ -188,7 +202,6 @@ impl Federation {
                 evidence.homeserver
             );
         }
-        Some(evidence)
     }
 
     /// The heads `peer` sent in ExchangeHeads (its own, checked for freshness, and those it

@@ -140,10 +140,16 @@ impl FederationApi {
                     "ExchangeHeads from homeserver {peer:?} refused: {why} (docs/kt.md §9)"
                 ))
             })?;
-        let own = self.state.kt.head(0).await?.head;
+        // The consistency proof from the caller's newest head of ours; none when it names
+        // a size above our newest (the caller compares the heads: a rollback).
+        let own = match self.state.kt.head(r.known_tree_size).await {
+            Err(Error::InvalidArgument(_)) => self.state.kt.head(0).await?,
+            other => other?,
+        };
         Ok(ExchangeHeadsResponse {
-            own_head: own,
+            own_head: own.head,
             seen_heads: fed.heads.newest(),
+            consistency: own.consistency,
         })
     }
 

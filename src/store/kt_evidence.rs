@@ -17,6 +17,9 @@ pub enum EvidenceKind {
     /// A larger tree size signed earlier than a smaller one: the log was rolled back
     /// (head timestamps never go backwards on an honest server).
     Rollback,
+    /// A newer head that the server's own consistency proof does not lead to from the
+    /// older one: the older log is not a prefix of the newer.
+    Inconsistent,
 }
 
 impl EvidenceKind {
@@ -25,6 +28,7 @@ impl EvidenceKind {
         match self {
             EvidenceKind::Fork => "fork",
             EvidenceKind::Rollback => "rollback",
+            EvidenceKind::Inconsistent => "inconsistent",
         }
     }
 }
@@ -69,6 +73,15 @@ impl std::fmt::Display for Evidence {
                 a.timestamp_ms.min(b.timestamp_ms),
                 a.tree_size.min(b.tree_size),
                 a.timestamp_ms.max(b.timestamp_ms)
+            ),
+            EvidenceKind::Inconsistent => write!(
+                f,
+                "a head of tree size {} (log root {}…) that its consistency proof does not \
+                 lead to from the head of tree size {} (log root {}…) it signed before",
+                b.tree_size,
+                hex(&b.log_root),
+                a.tree_size,
+                hex(&a.log_root)
             ),
         }?;
         write!(f, ", found via {}", self.reported_by)
@@ -150,6 +163,7 @@ impl TryFrom<EvidenceRow> for Evidence {
         let kind = match r.1.as_str() {
             "fork" => EvidenceKind::Fork,
             "rollback" => EvidenceKind::Rollback,
+            "inconsistent" => EvidenceKind::Inconsistent,
             other => {
                 return Err(Error::Internal(format!(
                     "kt_evidence holds an unknown kind {other:?}"

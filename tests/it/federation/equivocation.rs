@@ -17,7 +17,7 @@ both_backends!(a_fork_is_caught_by_exchanging_heads);
 
 /// A second data directory for server `key` with the same federation key (a clone that
 /// signs as it does).
-fn twin(key: &NodeKey) -> NodeKey {
+pub(super) fn twin(key: &NodeKey) -> NodeKey {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("data")).unwrap();
     std::fs::copy(
@@ -182,6 +182,7 @@ async fn exchange_heads_refusals() {
     let request = |own: Option<TreeHead>, seen: Vec<TreeHead>| ExchangeHeadsRequest {
         own_head: own,
         seen_heads: seen,
+        known_tree_size: 0,
     };
     let good = || request(Some(head_of(&ka, 5)), vec![head_of(&kc, 3)]);
 
@@ -278,6 +279,7 @@ async fn exchange_heads_is_rate_limited_per_peer() {
     let req = || ExchangeHeadsRequest {
         own_head: Some(head_of(&ka, 1)),
         seen_heads: vec![],
+        known_tree_size: 0,
     };
     as_a.exchange_heads(req()).await.expect("the first call");
     let st = expect_code(as_a.exchange_heads(req()).await, Code::ResourceExhausted);

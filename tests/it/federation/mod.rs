@@ -15,12 +15,14 @@
 //!   `allow_insecure` (the three-server tests themselves run over TLS);
 //! - `transparency.rs`: a peer's key transparency proof passed on and verified, a
 //!   rewriting stand-in for a peer; `equivocation.rs`: a fork caught by ExchangeHeads
-//!   between three servers, ExchangeHeads' refusals.
+//!   between three servers, ExchangeHeads' refusals; `consistency.rs`: a peer's head
+//!   that does not extend the one held of it.
 //!
 //! On Postgres each node has a database of its own (`nodes.rs`): one database is one
 //! homeserver's key transparency log.
 
 mod callers;
+mod consistency;
 mod deliver;
 mod deliver_races;
 mod equivocation;
