@@ -379,6 +379,16 @@ mod tests {
             err.contains("federation.peers[0].allow_insecure = true"),
             "{err}"
         );
+        for (ms, ok) in [(0, true), (100, true), (60_000, true), (99, false)] {
+            let table = FederationSettings {
+                exchange_heads_ms: ms,
+                ..FederationSettings::default()
+            };
+            match table.validate("a.test") {
+                Ok(()) => assert!(ok, "{ms}"),
+                Err(e) => assert!(!ok && e.starts_with("federation.exchange_heads_ms"), "{e}"),
+            }
+        }
         let mut bad_client = peer("b.test", &good);
         bad_client.client_endpoint = "chat.b.test".into();
         let err = with(vec![bad_client]).validate("a.test").unwrap_err();

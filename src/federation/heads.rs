@@ -126,6 +126,7 @@ impl HeadBook {
             return false;
         }
         caught.insert(e.homeserver.clone(), e.to_string());
+        crate::telemetry::kt_equivocating_servers(caught.len());
         true
     }
 }

@@ -339,17 +339,27 @@ async fn a_rewriting_stand_in_for_a_peer_is_refused() {
     )
     .await;
     assert_eq!(counted, 1.0);
+    assert_eq!(
+        metric(&metrics, "secretd_kt_equivocating_servers").await,
+        1.0
+    );
 
     // The evidence outlives a restart: a's new process refuses b's users from its first
     // call, read from kt_evidence (nothing is cached, no head seen yet).
     a.kill().await;
-    let a = Node::start(
+    let metrics = format!("127.0.0.1:{}", unused_port());
+    let a = Node::start_with_env(
         &ka,
         &Backend::Sqlite,
         &[PeerSpec::at(&kb, &wire)],
         &[("exchange_heads_ms", "0")],
+        &[("SECRETD_METRICS_LISTEN", metrics.as_str())],
     )
     .await;
+    assert_eq!(
+        metric(&metrics, "secretd_kt_equivocating_servers").await,
+        1.0
+    );
     let calls = rewriter.calls();
     let st = expect_code(
         a.client(random_user())
