@@ -394,7 +394,8 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
         );
     }
 
-    let federation = crate::federation::Federation::start(&settings, server_key.clone())?;
+    let federation =
+        crate::federation::Federation::start(&settings, server_key.clone(), store.clone())?;
     let signer = {
         let key = server_key.clone();
         crate::store::kt::HeadSigner {
@@ -405,6 +406,14 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
     };
     let kt = crate::kt::Kt::new(store.clone(), signer, &settings, signal.clone());
     let publisher = kt.start().await;
+    if let Some(federation) = &federation {
+        // Evidence of equivocation stored before refuses those servers' users from the
+        // first call; then the ExchangeHeads rounds (docs/kt.md §9).
+        if let Err(e) = federation.load_evidence().await {
+            tracing::warn!("could not read the stored evidence of equivocation: {e}");
+        }
+        federation.spawn_exchange(signal.clone());
+    }
     let state = Arc::new(AppState {
         store: store.clone(),
         hub: hub.clone(),

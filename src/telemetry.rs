@@ -88,6 +88,14 @@ pub fn install_exporter(addr: SocketAddr) -> anyhow::Result<()> {
         "Entries in the key transparency log at the newest head this replica published"
     );
     metrics::describe_counter!(
+        "secretd_kt_equivocations_total",
+        "Homeservers caught equivocating (two signed tree heads that cannot both be honest), by server"
+    );
+    metrics::describe_gauge!(
+        "secretd_kt_equivocating_servers",
+        "Homeservers whose users' keys are refused because evidence of their equivocation is held"
+    );
+    metrics::describe_counter!(
         "secretd_listener_watchdog_total",
         "Change-listener connections dropped because no notification came within listener_watchdog_ms"
     );
@@ -150,6 +158,19 @@ pub fn kt_epoch(outcome: &'static str, entries: u64, tree_size: u64) {
     if tree_size > 0 {
         metrics::gauge!("secretd_kt_tree_size").set(tree_size as f64);
     }
+}
+
+/// Counts a homeserver caught equivocating (two signed tree heads that cannot both be
+/// honest, DESIGN §12): once per server per replica.
+pub fn kt_equivocation(server: &str) {
+    metrics::counter!("secretd_kt_equivocations_total", "server" => server.to_string())
+        .increment(1);
+}
+
+/// The number of homeservers this replica refuses for equivocation (found here, or read
+/// from the stored evidence: it survives restarts, unlike the counter).
+pub fn kt_equivocating_servers(n: usize) {
+    metrics::gauge!("secretd_kt_equivocating_servers").set(n as f64);
 }
 
 /// Counts a server-to-server call: `peer` (a configured peer's name, or "unknown"),

@@ -63,6 +63,10 @@ pub struct FederationSettings {
     /// How long a delivered invite counts as pending against those caps, in seconds.
     /// Default 86,400 (a day).
     pub delivered_invites_window_secs: u64,
+    /// How often this server calls ExchangeHeads on every peer (key transparency
+    /// gossip, docs/kt.md §9), in milliseconds; 0 = never (this server still answers
+    /// peers' calls). Default 60,000.
+    pub exchange_heads_ms: u64,
     /// The homeservers this one federates with (`[[federation.peers]]`).
     pub peers: Vec<PeerConfig>,
 }
@@ -85,6 +89,7 @@ impl Default for FederationSettings {
             max_delivered_invites_per_invitee: 100,
             max_delivered_invites_per_peer: 10_000,
             delivered_invites_window_secs: 86_400,
+            exchange_heads_ms: 60_000,
             peers: Vec::new(),
         }
     }
@@ -205,6 +210,13 @@ impl FederationSettings {
                 "federation.delivered_invites_window_secs is {}; use 1 to 31536000 seconds \
                  while a cap on delivered invites is on",
                 self.delivered_invites_window_secs
+            ));
+        }
+        if self.exchange_heads_ms != 0 && !(100..=86_400_000).contains(&self.exchange_heads_ms) {
+            return Err(format!(
+                "federation.exchange_heads_ms is {}; use 100 to 86400000 milliseconds (default \
+                 60000), or 0 to never call ExchangeHeads",
+                self.exchange_heads_ms
             ));
         }
         let mut seen = HashSet::new();
@@ -367,6 +379,16 @@ mod tests {
             err.contains("federation.peers[0].allow_insecure = true"),
             "{err}"
         );
+        for (ms, ok) in [(0, true), (100, true), (60_000, true), (99, false)] {
+            let table = FederationSettings {
+                exchange_heads_ms: ms,
+                ..FederationSettings::default()
+            };
+            match table.validate("a.test") {
+                Ok(()) => assert!(ok, "{ms}"),
+                Err(e) => assert!(!ok && e.starts_with("federation.exchange_heads_ms"), "{e}"),
+            }
+        }
         let mut bad_client = peer("b.test", &good);
         bad_client.client_endpoint = "chat.b.test".into();
         let err = with(vec![bad_client]).validate("a.test").unwrap_err();

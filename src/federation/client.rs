@@ -5,9 +5,12 @@
 //! token within `federation.request_timeout_secs`. Every key received is re-validated
 //! as if it were posted here (`keycheck`: RSA 4096–8192 bits, e = 65537, SPKI DER) and
 //! its fingerprint recomputed; a peer that sends anything else is answered as
-//! UNAVAILABLE naming the peer (and counted), never passed on. Only good answers are
-//! cached; `b`'s NOT_FOUND becomes NOT_FOUND naming the user and server, and is remembered
-//! for `federation.not_found_cache_secs`.
+//! UNAVAILABLE naming the peer (and counted), never passed on. The key transparency
+//! proof that comes with the keys is verified against the peer's pinned key (`proofs.rs`)
+//! before anything is served, and a peer caught equivocating (`heads.rs`) is refused
+//! before anything is asked. Only good answers are cached; `b`'s NOT_FOUND becomes
+//! NOT_FOUND naming the user and server, and is remembered for
+//! `federation.not_found_cache_secs`.
 //!
 //! Budgets (DESIGN §9a, [`Outgoing`]): every call that leaves for a peer on a user's
 //! behalf passes that (user, peer)'s budget (`federation.outgoing_per_user_*`) and the
@@ -83,6 +86,12 @@ impl KeyCache {
     pub fn forget(&self, peer: &str, user: UserId) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         entries.remove(&(peer.to_string(), user.get()));
+    }
+
+    /// Drops every cached key of `peer` (it was caught equivocating).
+    pub fn forget_peer(&self, peer: &str) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.retain(|(p, _), _| p != peer);
     }
 
     /// Drops a remembered NOT_FOUND of `user` of `peer` (the peer took an invite for them).
@@ -238,6 +247,7 @@ impl Federation {
         let Some(target) = self.peers.get(peer) else {
             return Err(not_a_peer(peer));
         };
+        self.refuse_equivocator(peer)?;
         let ttl = Duration::from_secs(self.settings.key_cache_secs);
         if let Some(keys) = self.cache.get(peer, user, ttl) {
             return Ok(keys);
@@ -285,7 +295,8 @@ impl Federation {
             Err(Failed(error)) => return Err(error),
             Ok(answer) => answer,
         };
-        let keys = match validate(answer, max_past_keys) {
+        let proof = answer.proof.clone();
+        let mut keys = match validate(answer, max_past_keys) {
             Ok(keys) => keys,
             Err(why) => {
                 crate::telemetry::federation_call(peer, "out", "invalid_answer");
@@ -296,6 +307,7 @@ impl Federation {
                 ));
             }
         };
+        keys.proof = self.check_fetched_proof(peer, user, &keys, proof).await?;
         crate::telemetry::federation_call(peer, "out", "ok");
         self.cache.put(peer, user, keys.clone());
         Ok(keys)
@@ -409,7 +421,7 @@ impl Federation {
     /// `federation.request_timeout_secs`.
     /// A timeout is counted and answered as UNAVAILABLE ([`Outcome::Failed`]); the peer's
     /// own error status is left to the caller ([`Outcome::Refused`]).
-    async fn call<Req, Resp, F, Fut>(
+    pub(super) async fn call<Req, Resp, F, Fut>(
         &self,
         peer: &str,
         method: &str,
@@ -473,7 +485,7 @@ impl Federation {
 }
 
 /// How an outgoing call ended when it did not succeed.
-enum CallError {
+pub(super) enum CallError {
     /// The peer answered with an error status.
     Refused(tonic::Status),
     /// No answer (timeout) or the call could not be made: the error for our client.
@@ -482,7 +494,7 @@ enum CallError {
 use CallError::{Failed, Refused};
 
 /// The result of an outgoing call.
-type Outcome<T> = Result<T, CallError>;
+pub(super) type Outcome<T> = Result<T, CallError>;
 
 /// The error for a homeserver that is not a configured peer.
 fn not_a_peer(peer: &str) -> Error {
@@ -494,7 +506,7 @@ fn not_a_peer(peer: &str) -> Error {
 
 /// The error for a peer that did not answer usefully: it names the peer, never its
 /// endpoint or the peer's own words (those go to our log, see [`log_refusal`]).
-fn unavailable(peer: &str, what: String) -> Error {
+pub(super) fn unavailable(peer: &str, what: String) -> Error {
     Error::Unavailable(format!("homeserver {peer:?} {what}; try again later"))
 }
 

@@ -8,7 +8,11 @@
 //! - `gate.rs`: token check and per-peer rate limit in front of the federation service;
 //! - `replay.rs`: the per-replica cache of s2s token ids seen (each token is used once);
 //! - `service.rs`: the `SecretFederationService` handlers (layer 4: they use the store);
-//! - `client.rs`: outgoing calls (FetchUserKey) and the cache of fetched keys.
+//! - `client.rs`: outgoing calls (FetchUserKey) and the cache of fetched keys;
+//! - `proofs.rs`: the key transparency proof of a fetched key, verified against the pinned
+//!   key and passed on (DESIGN §12);
+//! - `heads.rs`: the tree heads seen of other servers and evidence of equivocation;
+//! - `exchange.rs`: the ExchangeHeads rounds with every peer.
 //!
 //! Foreign users at SecretService: `auth/` verifies their "fed-user" tokens,
 //! `service/router.rs` admits them to the RPCs §9 allows and gives them the id this
@@ -16,9 +20,12 @@
 //! of other homeservers through [`Federation::deliver_invite`].
 
 pub mod client;
+pub mod exchange;
 pub mod gate;
+pub mod heads;
 pub mod key;
 pub mod peers;
+pub mod proofs;
 pub mod replay;
 pub mod service;
 pub mod token;
@@ -38,6 +45,9 @@ pub const FETCH_USER_KEY_PATH: &str =
 /// The full path of SecretFederationService.DeliverInvite (an s2s token's `mth`).
 pub const DELIVER_INVITE_PATH: &str =
     "/protocol.secret.federation.v1.SecretFederationService/DeliverInvite";
+/// The full path of SecretFederationService.ExchangeHeads (an s2s token's `mth`).
+pub const EXCHANGE_HEADS_PATH: &str =
+    "/protocol.secret.federation.v1.SecretFederationService/ExchangeHeads";
 
 /// Everything federation needs at run time; `None` in the app state when it is off.
 pub struct Federation {
@@ -55,6 +65,10 @@ pub struct Federation {
     pub outgoing: client::Outgoing,
     /// The ids this database gives users of other homeservers.
     pub ids: ForeignIds,
+    /// The tree heads seen of other homeservers, and who was caught equivocating.
+    pub heads: heads::HeadBook,
+    /// The store (evidence of equivocation, this server's newest head).
+    pub store: DynStore,
 }
 
 /// The ids this database knows users of other homeservers by (negative numbers from the
@@ -130,10 +144,12 @@ impl ForeignIds {
 
 impl Federation {
     /// Builds the peer map around the server key (see [`key::load_or_create`]) when
-    /// `federation.enabled`; `None` when federation is off. Needs a Tokio runtime.
+    /// `federation.enabled`, over `store`; `None` when federation is off. Needs a Tokio
+    /// runtime.
     pub fn start(
         settings: &Settings,
         key: Arc<key::ServerKey>,
+        store: DynStore,
     ) -> anyhow::Result<Option<Arc<Federation>>> {
         if !settings.federation.enabled {
             return Ok(None);
@@ -153,6 +169,8 @@ impl Federation {
             cache: client::KeyCache::default(),
             outgoing: client::Outgoing::from_settings(&settings.federation),
             ids: ForeignIds::default(),
+            heads: heads::HeadBook::default(),
+            store,
         })))
     }
 }

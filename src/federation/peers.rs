@@ -19,6 +19,8 @@ pub struct Peer {
     pub endpoint: String,
     /// Its pinned public key, for verifying the tokens it signs.
     pub key: DecodingKey,
+    /// The same key, raw: it verifies the key transparency heads the peer signs.
+    pub public_key: [u8; 32],
     /// A channel to it; it connects on first use (and reconnects after failures), each
     /// attempt and each call bounded by `federation.request_timeout_secs`.
     pub channel: Channel,
@@ -73,6 +75,7 @@ impl Peers {
                     name: peer.server_name.clone(),
                     endpoint: peer.endpoint.clone(),
                     key: DecodingKey::from_ed_der(&public),
+                    public_key: public,
                     channel,
                 },
             );
@@ -83,6 +86,13 @@ impl Peers {
     /// The peer named `name`, if configured.
     pub fn get(&self, name: &str) -> Option<&Peer> {
         self.0.get(name)
+    }
+
+    /// The names of the peers, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.0.keys().cloned().collect();
+        names.sort();
+        names
     }
 
     /// The key pinned for the peer named `name`.

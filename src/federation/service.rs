@@ -1,6 +1,7 @@
 //! The `SecretFederationService` handlers: ServerKey, FetchUserKey (our users' keys, the
-//! same page as FetchKey) and DeliverInvite (an invite into the caller's pair for one of
-//! our users). Calls reach
+//! same page and key transparency proof as FetchKey), DeliverInvite (an invite into the
+//! caller's pair for one of our users) and ExchangeHeads (tree heads, docs/kt.md §9).
+//! Calls reach
 //! them through [`super::gate::FederationGate`], which verified the caller's token.
 
 use std::sync::Arc;
@@ -14,8 +15,8 @@ use crate::domain::{PairId, StreamId, UserId, UserRef, check_homeserver_name};
 use crate::error::Error;
 use crate::proto::federation::secret_federation_service_server::SecretFederationService;
 use crate::proto::federation::{
-    DeliverInviteRequest, DeliverInviteResponse, FetchUserKeyRequest, FetchUserKeyResponse,
-    ServerKeyRequest, ServerKeyResponse,
+    DeliverInviteRequest, DeliverInviteResponse, ExchangeHeadsRequest, ExchangeHeadsResponse,
+    FetchUserKeyRequest, FetchUserKeyResponse, ServerKeyRequest, ServerKeyResponse,
 };
 use crate::requests::{check_blob, key_fingerprint};
 use crate::service::AppState;
@@ -91,11 +92,13 @@ impl SecretFederationService for FederationApi {
         let peer = peer(&req)?;
         let result = async {
             let user = UserId::parse("user_id", req.get_ref().user_id)?;
-            let keys = crate::service::keys::local_keys(&self.state, user).await?;
+            // Exactly FetchKey's answer for our user, proof included (from tree size 0).
+            let keys = crate::service::keys::local_keys_with_proof(&self.state, user, 0).await?;
             Ok(FetchUserKeyResponse {
                 current_key: keys.current_key,
                 past_keys: keys.past_keys,
                 more_past_keys: keys.more_past_keys,
+                proof: keys.proof,
             })
         }
         .await;
@@ -110,9 +113,46 @@ impl SecretFederationService for FederationApi {
         let result = self.deliver(&peer, req.into_inner()).await;
         answer(&peer, result)
     }
+
+    async fn exchange_heads(
+        &self,
+        req: Request<ExchangeHeadsRequest>,
+    ) -> Result<Response<ExchangeHeadsResponse>, Status> {
+        let peer = peer(&req)?;
+        let result = self.exchange(&peer, req.into_inner()).await;
+        answer(&peer, result)
+    }
 }
 
 impl FederationApi {
+    /// ExchangeHeads from `peer`: its heads taken in (its own must verify and be fresh),
+    /// ours answered.
+    async fn exchange(
+        &self,
+        peer: &str,
+        r: ExchangeHeadsRequest,
+    ) -> Result<ExchangeHeadsResponse, Error> {
+        let fed = &self.federation;
+        fed.take_heads(peer, r.own_head.as_ref(), &r.seen_heads)
+            .await
+            .map_err(|why| {
+                Error::invalid(format!(
+                    "ExchangeHeads from homeserver {peer:?} refused: {why} (docs/kt.md §9)"
+                ))
+            })?;
+        // The consistency proof from the caller's newest head of ours; none when it names
+        // a size above our newest (the caller compares the heads: a rollback).
+        let own = match self.state.kt.head(r.known_tree_size).await {
+            Err(Error::InvalidArgument(_)) => self.state.kt.head(0).await?,
+            other => other?,
+        };
+        Ok(ExchangeHeadsResponse {
+            own_head: own.head,
+            seen_heads: fed.heads.newest(),
+            consistency: own.consistency,
+        })
+    }
+
     /// DeliverInvite from `peer`: an invite into one of `peer`'s pairs for one of our
     /// users, stored once (a repeated delivery answers the first one's id) and pushed to
     /// the invitee's open streams.

@@ -1,6 +1,8 @@
 //! Key transparency at run time (DESIGN §12; every hashed byte in docs/kt.md): the epoch
 //! publisher, one task per process ([`Kt::start`]), the proofs the key RPCs answer with
-//! (`proof.rs`) and the operator's audit, `secretd kt-verify` (`verify.rs`).
+//! (`proof.rs`), the operator's audit, `secretd kt-verify` (`verify.rs`), and the checks
+//! of another homeserver's heads and proofs against its pinned key (`check.rs`, used by
+//! federation).
 //!
 //! **Publisher.** Every `kt_epoch_ms` the task asks the store to publish one epoch
 //! (`store::kt`: one transaction; on Postgres one replica at a time under an advisory
@@ -18,6 +20,7 @@
 //! `federation.signing_key_file`. Replicas must share it (the same file): heads signed
 //! by two keys fail every client's check, and the publisher warns when it sees one.
 
+pub mod check;
 mod proof;
 pub mod verify;
 

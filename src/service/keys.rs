@@ -132,7 +132,7 @@ pub(crate) async fn check_invitee_key(
 /// [`publish_wait`] ago and not logged yet is waited for, as its PostKey waits. The proof
 /// is left out (and why logged) when the user has no logged entry or it cannot be read;
 /// only a bad `known_tree_size` refuses the call.
-async fn local_keys_with_proof(
+pub(crate) async fn local_keys_with_proof(
     st: &AppState,
     user: UserId,
     known_tree_size: u64,

@@ -383,6 +383,19 @@ impl KtStore for Deadline {
 }
 
 #[async_trait]
+impl KtEvidenceStore for Deadline {
+    async fn kt_add_evidence(&self, e: &kt_evidence::Evidence) -> Result<bool> {
+        let op = self.inner.kt_add_evidence(e);
+        self.bound("kt_add_evidence", op).await
+    }
+
+    async fn kt_evidence(&self, limit: usize) -> Result<Vec<kt_evidence::Evidence>> {
+        let op = self.inner.kt_evidence(limit);
+        self.bound("kt_evidence", op).await
+    }
+}
+
+#[async_trait]
 impl Store for Deadline {
     fn backend(&self) -> Backend {
         self.inner.backend()

@@ -94,8 +94,11 @@ macro_rules! on_both {
 
 on_both!(
     epochs_append_chain_and_sign,
-    deep_map_paths_are_read_to_the_bottom
+    deep_map_paths_are_read_to_the_bottom,
+    evidence_is_kept_once
 );
+
+use super::kt_evidence_contract::evidence_is_kept_once;
 
 const SERVER: &str = "kt.test";
 

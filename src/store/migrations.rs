@@ -38,6 +38,10 @@ const POSTGRES: &[(&str, &str)] = &[
         "0006_key_transparency.sql",
         include_str!("../../migrations/postgres/0006_key_transparency.sql"),
     ),
+    (
+        "0007_kt_evidence.sql",
+        include_str!("../../migrations/postgres/0007_kt_evidence.sql"),
+    ),
 ];
 
 /// `(file name, SQL)` of each SQLite migration, in order.
@@ -65,6 +69,10 @@ const SQLITE: &[(&str, &str)] = &[
     (
         "0006_key_transparency.sql",
         include_str!("../../migrations/sqlite/0006_key_transparency.sql"),
+    ),
+    (
+        "0007_kt_evidence.sql",
+        include_str!("../../migrations/sqlite/0007_kt_evidence.sql"),
     ),
 ];
 

@@ -19,6 +19,9 @@ mod errors;
 pub mod kt;
 #[cfg(test)]
 mod kt_contract;
+pub mod kt_evidence;
+#[cfg(test)]
+mod kt_evidence_contract;
 mod migrations;
 mod page;
 pub mod postgres;
@@ -34,6 +37,7 @@ use uuid::Uuid;
 
 pub use errors::*;
 pub use kt::KtStore;
+pub use kt_evidence::KtEvidenceStore;
 pub use page::{Budget, Paged};
 
 pub use crate::domain::{Foreign, PairId, StreamId, UserId};
@@ -614,9 +618,12 @@ pub trait FederationStore: Send + Sync {
 }
 
 /// Everything the service needs from a database. Each backend implements the parts in
-/// its own files (`keys.rs`, `rooms.rs`, `events.rs`, `federation.rs`, `kt.rs`).
+/// its own files (`keys.rs`, `rooms.rs`, `events.rs`, `federation.rs`, `kt.rs`,
+/// `kt_evidence.rs`).
 #[async_trait]
-pub trait Store: KeyStore + RoomStore + EventStore + FederationStore + KtStore + 'static {
+pub trait Store:
+    KeyStore + RoomStore + EventStore + FederationStore + KtStore + KtEvidenceStore + 'static
+{
     /// Which backend this is.
     fn backend(&self) -> Backend;
     /// Closes the connections.

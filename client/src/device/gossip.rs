@@ -1,4 +1,4 @@
-//! Members gossip key-log heads (DESIGN §12, docs/kt.md "Gossip"): every event a device sends
+//! Members gossip key-log heads (DESIGN §12, docs/kt.md §10): every event a device sends
 //! carries the newest head of its homeserver's log it verified, and a device that receives
 //! one of its own homeserver checks it against its own view. A server that shows two
 //! members two different logs (a split view) cannot prove a head of one log consistent

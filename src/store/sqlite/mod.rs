@@ -168,6 +168,7 @@ mod events;
 mod federation;
 mod keys;
 mod kt;
+mod kt_evidence;
 mod rooms;
 
 #[async_trait]

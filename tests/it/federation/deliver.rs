@@ -304,6 +304,12 @@ async fn a_peer_answering_garbage_to_deliver_invite_is_unavailable() {
                 _ => Err(Status::internal("the fake peer broke")),
             }
         }
+        async fn exchange_heads(
+            &self,
+            _: Request<secretd::proto::federation::ExchangeHeadsRequest>,
+        ) -> Result<Response<secretd::proto::federation::ExchangeHeadsResponse>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
     }
     let (ka, kf) = (NodeKey::new("a.test"), NodeKey::new("f.test"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

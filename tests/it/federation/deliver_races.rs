@@ -110,7 +110,7 @@ async fn postgres_held_identical_deliveries_store_one_invite() {
         .await
         .unwrap();
 
-    let pool = crate::faults::direct_pool(&backend).await;
+    let pool = crate::faults::direct_pool(&a.backend(&backend)).await;
     let mut held = pool.begin().await.unwrap();
     let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
         .fetch_one(&mut *held)

@@ -9,8 +9,8 @@ use secretd::proto::federation::secret_federation_service_server::{
     SecretFederationService, SecretFederationServiceServer,
 };
 use secretd::proto::federation::{
-    DeliverInviteRequest, DeliverInviteResponse, FetchUserKeyRequest, FetchUserKeyResponse,
-    ServerKeyRequest, ServerKeyResponse,
+    DeliverInviteRequest, DeliverInviteResponse, ExchangeHeadsRequest, ExchangeHeadsResponse,
+    FetchUserKeyRequest, FetchUserKeyResponse, ServerKeyRequest, ServerKeyResponse,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::{Code, Request, Response, Status};
@@ -68,6 +68,7 @@ impl SecretFederationService for Liar {
             // A good past key does not make up for a bad current one.
             past_keys: vec![key(good.clone(), sha256(&good))],
             more_past_keys: false,
+            proof: None,
         }))
     }
 
@@ -75,6 +76,13 @@ impl SecretFederationService for Liar {
         &self,
         _: Request<DeliverInviteRequest>,
     ) -> Result<Response<DeliverInviteResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn exchange_heads(
+        &self,
+        _: Request<ExchangeHeadsRequest>,
+    ) -> Result<Response<ExchangeHeadsResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
 }

@@ -12,8 +12,8 @@ use secretd::proto::federation::secret_federation_service_server::{
     SecretFederationService, SecretFederationServiceServer,
 };
 use secretd::proto::federation::{
-    DeliverInviteRequest, DeliverInviteResponse, FetchUserKeyRequest, FetchUserKeyResponse,
-    ServerKeyRequest, ServerKeyResponse,
+    DeliverInviteRequest, DeliverInviteResponse, ExchangeHeadsRequest, ExchangeHeadsResponse,
+    FetchUserKeyRequest, FetchUserKeyResponse, ServerKeyRequest, ServerKeyResponse,
 };
 use secretd::proto::{
     FederateRequest, FetchKeyRequest, ListChannelPairsRequest, PostKeyRequest, SendInviteRequest,
@@ -127,19 +127,13 @@ async fn a_caller_who_holds_nothing_costs_no_database_wait() {
     let Some(Backend::Postgres(url)) = Backend::postgres() else {
         return;
     };
-    // A database of its own: the lock must not stall the other tests.
-    let name = format!("secretd_lock_{}", rand::random::<u32>());
-    let admin = sqlx::PgPool::connect(&url).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&admin)
-        .await
-        .unwrap();
-    let own = format!("{}/{name}", url.rsplit_once('/').unwrap().0);
+    // a has a database of its own (as every node on Postgres): the lock must not stall
+    // the other tests.
     let (ka, kb) = (NodeKey::new("a.test"), NodeKey::new("b.test"));
     let b = Node::start(&kb, &Backend::Sqlite, &[PeerSpec::unreachable(&ka)], &[]).await;
     let a = Node::start_with_env(
         &ka,
-        &Backend::Postgres(own.clone()),
+        &Backend::Postgres(url.clone()),
         &[PeerSpec::at(&kb, &b.addr)],
         &[],
         &[
@@ -153,6 +147,9 @@ async fn a_caller_who_holds_nothing_costs_no_database_wait() {
     let mallory = foreign_client(&b, random_user(), &a, "a.test").await;
     let mut eve = foreign_client(&b, random_user(), &a, "a.test").await;
 
+    let Backend::Postgres(own) = a.backend(&Backend::Postgres(url)) else {
+        unreachable!("a stores in Postgres")
+    };
     let locker = sqlx::PgPool::connect(&own).await.unwrap();
     let mut lock = locker.begin().await.unwrap();
     sqlx::query("LOCK TABLE foreign_users IN ACCESS EXCLUSIVE MODE")
@@ -202,13 +199,8 @@ async fn a_caller_who_holds_nothing_costs_no_database_wait() {
         "{st:?}"
     );
     lock.rollback().await.unwrap();
-    drop(a);
     locker.close().await;
-    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-    )))
-    .execute(&admin)
-    .await;
+    drop(a);
 }
 
 /// Deliveries a refuses (no key, a stale fingerprint) and invites a's user sends that fail
@@ -607,6 +599,13 @@ impl SecretFederationService for Recorder {
         Err(Status::failed_precondition(format!(
             "{PEER_DETAIL}: the key is stale"
         )))
+    }
+
+    async fn exchange_heads(
+        &self,
+        _: Request<ExchangeHeadsRequest>,
+    ) -> Result<Response<ExchangeHeadsResponse>, Status> {
+        Err(Status::unimplemented("recorder"))
     }
 }
 

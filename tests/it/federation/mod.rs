@@ -12,11 +12,20 @@
 //! - `deliver.rs`: DeliverInvite called directly (every refusal), a peer answering
 //!   garbage; `deliver_races.rs`: racing retries, deliveries held at the inbox row;
 //! - `tls.rs`: a peer whose certificate is not trusted, `http://` peers and
-//!   `allow_insecure` (the three-server tests themselves run over TLS).
+//!   `allow_insecure` (the three-server tests themselves run over TLS);
+//! - `transparency.rs`: a peer's key transparency proof passed on and verified, a
+//!   rewriting stand-in for a peer; `equivocation.rs`: a fork caught by ExchangeHeads
+//!   between three servers, ExchangeHeads' refusals; `consistency.rs`: a peer's head
+//!   that does not extend the one held of it.
+//!
+//! On Postgres each node has a database of its own (`nodes.rs`): one database is one
+//! homeserver's key transparency log.
 
 mod callers;
+mod consistency;
 mod deliver;
 mod deliver_races;
+mod equivocation;
 mod fake_peer;
 mod hardening;
 mod harness;
@@ -25,6 +34,7 @@ mod members;
 mod nodes;
 mod tls;
 mod tokens;
+mod transparency;
 
 use std::time::Duration;
 

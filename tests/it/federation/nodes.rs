@@ -180,6 +180,26 @@ pub struct Node {
     pub addr: String,
     /// Its certificate files when it serves TLS.
     pub tls: Option<TlsFiles>,
+    /// On Postgres, the database of its own (one database is one homeserver's key
+    /// transparency log: two homeservers never share one), dropped with the node.
+    pub db: Option<crate::kt::Fresh>,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(db) = self.db.take() {
+            // Dropped from a thread of its own: Drop cannot await, and the test's runtime
+            // may be the one dropping.
+            let _ = std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(db.done())
+            })
+            .join();
+        }
+    }
 }
 
 /// Writes `dir/secretd.toml` for server `name` with federation on, `federation` extra
@@ -228,7 +248,14 @@ impl Node {
     ) -> Node {
         let dir = key.dir.path();
         write_config(dir, &key.name, peers, federation);
-        let url = backend.url(&dir.join("data"));
+        let db = match backend {
+            Backend::Postgres(_) => Some(crate::kt::fresh(backend).await),
+            Backend::Sqlite => None,
+        };
+        let url = db
+            .as_ref()
+            .map_or(backend, |db| &db.backend)
+            .url(&dir.join("data"));
         let mut all = vec![("SECRETD_JWT_SECRET", SECRET)];
         all.extend_from_slice(envs);
         let process = spawn_binary(
@@ -259,6 +286,7 @@ impl Node {
             addr: process.addr.clone(),
             process,
             tls,
+            db,
         }
     }
 
@@ -282,6 +310,14 @@ impl Node {
             ("SECRETD_TLS_KEY_FILE", tls_key.as_str()),
         ];
         Self::start_with_env(key, backend, peers, federation, &envs).await
+    }
+
+    /// The backend it stores in: on Postgres its own database (`given` is the backend it
+    /// was started with).
+    pub fn backend(&self, given: &Backend) -> Backend {
+        self.db
+            .as_ref()
+            .map_or(given.clone(), |db| db.backend.clone())
     }
 
     /// Where clients and peers reach it: `https://addr` or `http://addr`.
