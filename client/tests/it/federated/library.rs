@@ -50,6 +50,42 @@ async fn three_homeservers_one_room() {
     );
     assert_eq!(accepted[0].from, on("a.test", alice_id));
     assert_eq!(bob.room(&room).unwrap().homeserver, "a.test");
+    // Bob's key reached Alice with b's own proof, which her device checked against the key
+    // it pinned from b itself (docs/kt.md §5 step 8), keeping b's heads apart from a's.
+    let b_log = alice
+        .state()
+        .peer_logs
+        .get("b.test")
+        .expect("b's log is pinned");
+    let b_key = trio
+        .b
+        .api(bob_id)
+        .await
+        .tree_head(0)
+        .await
+        .unwrap()
+        .public_key;
+    assert_eq!(b_log.public_key, hex::encode(&b_key));
+    assert_eq!(b_log.head.as_ref().unwrap().server_name, "b.test");
+    assert_ne!(
+        b_log.public_key,
+        alice.state().home_log.as_ref().unwrap().public_key,
+        "two homeservers, two keys"
+    );
+    // A device that pinned another key for b (as if a had shown it a b of its own) refuses
+    // b's proofs: nothing is sent.
+    let mut misled = alice.state().clone();
+    misled.peer_logs.get_mut("b.test").unwrap().public_key = hex::encode([7u8; 32]);
+    let mut misled = Device::from_state(trio.a.api(alice_id).await, misled).unwrap();
+    let other = misled.create_room("misled", vec![], "").await.unwrap();
+    let err = misled
+        .invite(&other, &on("b.test", bob_id), History::All, false)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("the tree head of b.test at size"),
+        "{err}"
+    );
     bob.send_text(&room, "hi from b").await.unwrap();
     assert_eq!(
         reads(&mut alice, &room).await,
