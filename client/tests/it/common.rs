@@ -37,7 +37,7 @@ impl Backend {
     /// `CI_REQUIRE_POSTGRES=1` and it is missing.
     pub fn postgres() -> Option<Backend> {
         match std::env::var("DATABASE_URL") {
-            Ok(url) if !url.is_empty() => Some(Backend::Postgres(url)),
+            Ok(url) if !url.is_empty() => Some(Backend::Postgres(client_database(&url))),
             _ => {
                 if std::env::var("CI_REQUIRE_POSTGRES").as_deref() == Ok("1") {
                     panic!("CI_REQUIRE_POSTGRES=1 but DATABASE_URL is not set");
@@ -47,6 +47,48 @@ impl Backend {
             }
         }
     }
+}
+
+/// The database of the client tests beside `DATABASE_URL`'s (`<name>_client_tests`,
+/// created once): one key-transparency log signed by one key (`with_shared_log_key`),
+/// which the server's own tests — servers with keys of their own on `DATABASE_URL`'s
+/// database — never re-sign.
+fn client_database(url: &str) -> String {
+    static URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    URL.get_or_init(|| {
+        let (base, db) = url.rsplit_once('/').expect("DATABASE_URL names a database");
+        let db = db.split('?').next().unwrap_or(db);
+        let name = format!("{db}_client_tests");
+        let admin = url.to_string();
+        let create = name.clone();
+        // Off every test's runtime: a small one of its own.
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let pool = sqlx::PgPool::connect(&admin).await.expect("DATABASE_URL");
+                let exists: Option<i32> =
+                    sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
+                        .bind(&create)
+                        .fetch_optional(&pool)
+                        .await
+                        .expect("pg_database");
+                if exists.is_none() {
+                    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {create}")))
+                        .execute(&pool)
+                        .await
+                        .expect("CREATE DATABASE (the role needs CREATEDB)");
+                }
+                pool.close().await;
+            })
+        })
+        .join()
+        .expect("create the client tests' database");
+        format!("{base}/{name}")
+    })
+    .clone()
 }
 
 /// Runs each `async fn name(backend: Backend)` as `sqlite::name` and `postgres::name`.
