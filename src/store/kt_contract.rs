@@ -202,6 +202,7 @@ async fn check_all(store: &DynStore, public: &[u8]) -> Vec<LogEntry> {
             .kt_read(&KtQuery {
                 user: None,
                 consistency_from: h.tree_size,
+                head: None,
             })
             .await
             .unwrap();
@@ -229,6 +230,7 @@ async fn check_all(store: &DynStore, public: &[u8]) -> Vec<LogEntry> {
                     map_depth: None,
                 }),
                 consistency_from: 0,
+                head: None,
             })
             .await
             .unwrap();
@@ -251,6 +253,7 @@ async fn check_all(store: &DynStore, public: &[u8]) -> Vec<LogEntry> {
                         map_depth: Some(256),
                     }),
                     consistency_from: 0,
+                    head: None,
                 })
                 .await
                 .unwrap();

@@ -19,6 +19,7 @@ mod errors;
 pub mod kt;
 #[cfg(test)]
 mod kt_contract;
+pub mod kt_rows;
 mod migrations;
 mod page;
 pub mod postgres;

@@ -219,6 +219,7 @@ mod events;
 mod federation;
 mod keys;
 mod kt;
+mod kt_proof;
 pub mod notify;
 mod rooms;
 
