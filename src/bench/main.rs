@@ -3,13 +3,16 @@
 //! ```text
 //! secretd-bench SCENARIO --server URL [--posters N] [--streams N] [--payload BYTES]
 //!   [--duration SECS] [--subscribers N] [--rate PER_SEC] [--backlog N] [--json]
-//!   [--jwt-secret S] [--server-pid PID]
+//!   [--jwt-secret S] [--server-pid PID] [--users N] [--first-user ID] [--consistency]
+//!   [--epoch-ms MS] [--seed-from K]
 //! ```
-//! Scenarios: `post`, `hot`, `fanout`, `idle`, `catchup` (see README.md and
-//! BENCHMARKS.md). Tokens are minted with `SECRETD_JWT_SECRET` (or `--jwt-secret`), the
-//! secret the server was started with. With `--json` each scenario prints one JSON object
+//! Scenarios: `post`, `hot`, `fanout`, `idle`, `catchup`, and the key transparency ones
+//! `keys-seed`, `keys`, `keys-post` (see README.md, BENCHMARKS.md and `bench/kt`).
+//! Tokens are minted with `SECRETD_JWT_SECRET` (or `--jwt-secret`), the secret the server
+//! was started with. With `--json` each scenario prints one JSON object
 //! on stdout; otherwise a table, with a progress line on stderr for longer runs.
 
+mod keys;
 mod listening;
 mod posting;
 mod support;
@@ -61,6 +64,22 @@ pub struct Args {
     /// A label copied into the JSON output (e.g. "group commit off").
     #[arg(long, default_value = "")]
     pub label: String,
+    /// Users with a key (keys-seed seeds them; keys fetches theirs).
+    #[arg(long, default_value_t = 100_000)]
+    pub users: u64,
+    /// The first seeded user's id (keys-seed and keys must agree).
+    #[arg(long, default_value_t = 10_000_000_000_000)]
+    pub first_user: u64,
+    /// keys-seed: start at this user of the `--users` (the others were seeded before).
+    #[arg(long, default_value_t = 0)]
+    pub seed_from: u64,
+    /// keys: send a random `known_tree_size` below the head, so every proof carries a
+    /// consistency proof (else 0: none).
+    #[arg(long)]
+    pub consistency: bool,
+    /// keys-post: the server's `kt_epoch_ms`, which PostKey's wait is compared with.
+    #[arg(long, default_value_t = 500)]
+    pub epoch_ms: u64,
 }
 
 /// The scenarios.
@@ -76,6 +95,12 @@ pub enum Scenario {
     Idle,
     /// Resume a backlog of B events from 0.
     Catchup,
+    /// PostKey for N users, then wait until the key transparency log holds them all.
+    KeysSeed,
+    /// FetchKey of random seeded users: proof bytes, server CPU per call, latency.
+    Keys,
+    /// PostKey of new users: time until the answer with its proof, against the epoch.
+    KeysPost,
 }
 
 #[tokio::main]
@@ -87,6 +112,9 @@ async fn main() {
         Scenario::Fanout => listening::fanout(&args).await,
         Scenario::Idle => listening::idle(&args).await,
         Scenario::Catchup => posting::catchup(&args).await,
+        Scenario::KeysSeed => keys::seed(&args).await,
+        Scenario::Keys => keys::fetch(&args).await,
+        Scenario::KeysPost => keys::post(&args).await,
     };
     match result {
         Ok(report) => report.print(args.json),

@@ -164,6 +164,10 @@ pub struct Settings {
     /// while keys posted before key transparency existed are logged at the first start.
     /// Default 1000; at least 1.
     pub kt_max_entries_per_epoch: usize,
+    /// Whether FetchKey of a local user carries its key transparency proof. Default true;
+    /// false exists only as the baseline of the `keys` benchmark (BENCHMARKS.md): clients
+    /// verify every key, so a server that leaves proofs out fails their checks.
+    pub kt_proofs_in_fetch_key: bool,
 
     // Limits (README "Limits"). Rate limits count per user and per replica; a rate of 0
     // turns that limit off.
@@ -371,6 +375,7 @@ fn with_defaults() -> Result<Builder, config::ConfigError> {
         .set_default("max_past_keys", 100)?
         .set_default("kt_epoch_ms", 500)?
         .set_default("kt_max_entries_per_epoch", 1000)?
+        .set_default("kt_proofs_in_fetch_key", true)?
         .set_default("rate_pairs_per_sec", 2.0)?
         .set_default("rate_pairs_burst", 100)?
         .set_default("rate_invites_per_sec", 20.0)?

@@ -24,8 +24,8 @@ pub mod check;
 mod proof;
 pub mod verify;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -54,6 +54,9 @@ pub struct Kt {
     epoch: Duration,
     server_name: String,
     published: watch::Sender<u64>,
+    /// The newest head this process's publisher saw (None until the first epoch, and
+    /// after an epoch failed): proofs are read against it, one statement fewer (`proof.rs`).
+    newest: Mutex<Option<TreeHead>>,
     warned_foreign_head: AtomicBool,
     signal: Signal,
 }
@@ -83,6 +86,7 @@ impl Kt {
             },
             epoch: Duration::from_millis(settings.kt_epoch_ms),
             published: watch::channel(0).0,
+            newest: Mutex::new(None),
             warned_foreign_head: AtomicBool::new(false),
             signal,
         })
@@ -160,11 +164,15 @@ impl Kt {
             }
             Err(e) => {
                 crate::telemetry::kt_epoch("failed", 0, 0);
+                // Proofs read the newest head from the database until an epoch works.
+                *self.newest.lock().expect("not poisoned") = None;
                 tracing::warn!("key transparency: the epoch failed and is retried: {e}");
                 None
             }
         };
         if let Some(head) = newest {
+            // Before the waiters are woken, so that they read against it.
+            self.remember(&head);
             self.published.send_if_modified(|known| {
                 let grew = head.tree_size > *known;
                 *known = (*known).max(head.tree_size);
@@ -191,6 +199,23 @@ impl Kt {
                  reject the heads"
             );
         }
+    }
+
+    /// Keeps `head` as the newest known unless a newer one is kept already (a larger
+    /// tree, or the same one signed later).
+    fn remember(&self, head: &TreeHead) {
+        let mut newest = self.newest.lock().expect("not poisoned");
+        let newer = newest
+            .as_ref()
+            .is_none_or(|n| (head.tree_size, head.timestamp_ms) > (n.tree_size, n.timestamp_ms));
+        if newer {
+            *newest = Some(head.clone());
+        }
+    }
+
+    /// The newest head this process's publisher saw, if its last epoch worked.
+    pub fn newest_head(&self) -> Option<TreeHead> {
+        self.newest.lock().expect("not poisoned").clone()
     }
 
     /// A receiver of the newest published tree size known here.

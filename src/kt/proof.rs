@@ -1,9 +1,10 @@
 //! Proofs against the newest head: a user's newest entries with the map path of the
 //! newest, and the consistency proof from the client's last head. The store reads them
-//! on one connection, statement by statement (`store::kt::read`); an epoch that commits
-//! between those statements shows as a map path that does not lead to the head read
-//! first, and the read is made again. Nothing is served that was not checked here
-//! against the head it goes out with.
+//! on one connection (`store::kt::read`), against the head the publisher last saw (kept
+//! in memory; another replica's newer head is learnt at the next epoch) or else the
+//! newest stored one; an epoch that commits in between shows as a map path that does not
+//! lead to that head, and the read is made again against the newest stored head. Nothing
+//! is served that was not checked here against the head it goes out with.
 
 use std::time::Instant;
 
@@ -112,6 +113,7 @@ impl Kt {
         let query = KtQuery {
             user: None,
             consistency_from: known,
+            head: None,
         };
         let rows = self.store.kt_read(&query).await?;
         let head = rows.head.as_ref().ok_or_else(no_head)?;
@@ -129,6 +131,12 @@ impl Kt {
     pub async fn proof(&self, r: &ProofRequest) -> Result<proto::KeyProof> {
         let map_key = records::map_key(&self.server_name, r.user.get().max(0) as u64);
         let mut depth = None;
+        // The first read is against the head the publisher last saw (unless the client
+        // knows a larger tree: another replica published it); the others, after the map
+        // moved on, against the newest stored one.
+        let mut against = self
+            .newest_head()
+            .filter(|h| h.tree_size >= r.known_tree_size);
         for _ in 0..ATTEMPTS {
             let query = KtQuery {
                 user: Some(UserQuery {
@@ -139,6 +147,7 @@ impl Kt {
                     map_depth: depth,
                 }),
                 consistency_from: r.known_tree_size,
+                head: against.take(),
             };
             let rows = self.store.kt_read(&query).await?;
             let head = rows.head.as_ref().ok_or_else(no_head)?;
@@ -150,6 +159,7 @@ impl Kt {
                     MapPath::Proved(path) => path.into_iter().map(|h| h.to_vec()).collect(),
                     MapPath::Deeper => {
                         depth = Some(256);
+                        against = rows.head.clone();
                         continue;
                     }
                     MapPath::Moved => continue,

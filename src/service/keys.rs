@@ -86,6 +86,8 @@ pub(super) async fn fetch_key(
     r: FetchKey,
 ) -> Result<proto::FetchKeyResponse> {
     let who = match r.user.resolve(&st.settings.server_name) {
+        // Without a proof only as a benchmark's baseline (`kt_proofs_in_fetch_key`).
+        Ok(local) if !st.settings.kt_proofs_in_fetch_key => return local_keys(st, local).await,
         Ok(local) => return local_keys_with_proof(st, local, r.known_tree_size).await,
         Err(foreign) => foreign,
     };

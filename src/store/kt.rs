@@ -184,6 +184,10 @@ pub struct KtQuery {
     pub user: Option<UserQuery>,
     /// The log size a consistency proof starts from (0 = none).
     pub consistency_from: u64,
+    /// Read against this head (the newest the publisher knows of, kept in memory)
+    /// instead of reading the newest stored one: one statement fewer. Rows read after it
+    /// may be newer, as always; the caller checks them against it.
+    pub head: Option<TreeHead>,
 }
 
 /// What [`KtQuery`] read. Rows read after the head may be newer than it (another epoch
@@ -369,6 +373,54 @@ pub trait KtConn: Send {
     async fn map_nodes(&mut self, prefixes: &[Prefix]) -> Result<Vec<(Prefix, Stored)>>;
     /// The stored log subtrees among these (absent ones left out).
     async fn log_nodes(&mut self, nodes: &[Node]) -> Result<Vec<(Node, Hash)>>;
+    /// What a proof reads after its head, as [`KtConn::user_entries`] (when `entries` is
+    /// given), [`KtConn::map_nodes`] (when the user has an entry: a backend that reads
+    /// all in one statement may return the nodes anyway) and [`KtConn::log_nodes`] do.
+    /// One statement per part here; Postgres makes it one round trip.
+    async fn proof_rows(
+        &mut self,
+        entries: Option<EntriesQuery>,
+        prefixes: &[Prefix],
+        nodes: &[Node],
+    ) -> Result<ProofRows> {
+        let mut out = ProofRows::default();
+        if let Some(q) = entries {
+            out.entries = self
+                .user_entries(q.user, q.after_seq, q.below_leaf, q.limit)
+                .await?;
+            if !out.entries.is_empty() {
+                out.map = self.map_nodes(prefixes).await?;
+            }
+        }
+        if !nodes.is_empty() {
+            out.log = self.log_nodes(nodes).await?;
+        }
+        Ok(out)
+    }
+}
+
+/// The entries [`KtConn::proof_rows`] reads: as [`KtConn::user_entries`]'s arguments.
+#[derive(Debug, Clone, Copy)]
+pub struct EntriesQuery {
+    /// The user.
+    pub user: i64,
+    /// Entries with a seq above this.
+    pub after_seq: u64,
+    /// Entries with a leaf index below this (the head's size).
+    pub below_leaf: u64,
+    /// Most entries, newest first.
+    pub limit: usize,
+}
+
+/// What [`KtConn::proof_rows`] read.
+#[derive(Debug, Default)]
+pub struct ProofRows {
+    /// The user's entries, newest first.
+    pub entries: Vec<LogEntry>,
+    /// The map nodes found.
+    pub map: Vec<(Prefix, Stored)>,
+    /// The log nodes found.
+    pub log: Vec<(Node, Hash)>,
 }
 
 /// An epoch's changes, written by [`KtTx::write`].
@@ -444,35 +496,63 @@ pub async fn pause_before_commit(limits: &PublishLimits, published: &Published) 
 
 /// Reads what `query` asks for on one connection.
 pub async fn read(conn: &mut dyn KtConn, query: &KtQuery) -> Result<KtRows> {
-    let Some(head) = conn.latest_head().await? else {
+    let head = match &query.head {
+        Some(head) => Some(head.clone()),
+        None => conn.latest_head().await?,
+    };
+    let Some(head) = head else {
         return Ok(KtRows::default());
     };
     let size = head.tree_size;
     let mut rows = KtRows::default();
-    if let Some(q) = &query.user {
-        let user = q.user.get();
-        rows.entries = conn
-            .user_entries(user, q.after_seq, size, q.max_entries.max(1))
-            .await?;
-        if rows.entries.is_empty() && q.after_seq > 0 {
-            rows.entries = conn.user_entries(user, 0, size, 1).await?;
-        }
-        if !rows.entries.is_empty() {
-            let depth = q.map_depth.unwrap_or_else(|| default_depth(size));
-            let prefixes = map::needed(&q.map_key, depth);
-            rows.map = prefixes.iter().map(|p| (*p, None)).collect();
-            for (p, s) in conn.map_nodes(&prefixes).await? {
-                rows.map.insert(p, Some(s));
-            }
-        }
-    }
     let from = query.consistency_from;
-    if from > 0 && from < size {
-        let nodes = log::needed_for_consistency(from, size);
-        rows.log = conn.log_nodes(&nodes).await?.into_iter().collect();
+    let nodes = match from > 0 && from < size {
+        true => log::needed_for_consistency(from, size),
+        false => Vec::new(),
+    };
+    let prefixes = match &query.user {
+        Some(q) => map::needed(
+            &q.map_key,
+            q.map_depth.unwrap_or_else(|| default_depth(size)),
+        ),
+        None => Vec::new(),
+    };
+    let entries = query.user.as_ref().map(|q| EntriesQuery {
+        user: q.user.get(),
+        after_seq: q.after_seq,
+        below_leaf: size,
+        limit: q.max_entries.max(1),
+    });
+    let read = conn.proof_rows(entries, &prefixes, &nodes).await?;
+    rows.entries = read.entries;
+    rows.log = read.log.into_iter().collect();
+    if let Some(q) = &query.user {
+        if rows.entries.is_empty() && q.after_seq > 0 {
+            // Nothing above after_seq: the newest entry still comes.
+            let newest = EntriesQuery {
+                user: q.user.get(),
+                after_seq: 0,
+                below_leaf: size,
+                limit: 1,
+            };
+            let again = conn.proof_rows(Some(newest), &prefixes, &[]).await?;
+            rows.entries = again.entries;
+            rows.map = found(&prefixes, again.map);
+        } else if !rows.entries.is_empty() {
+            rows.map = found(&prefixes, read.map);
+        }
     }
     rows.head = Some(head);
     Ok(rows)
+}
+
+/// Every prefix read, with the node found there (None: nothing).
+fn found(prefixes: &[Prefix], nodes: Vec<(Prefix, Stored)>) -> HashMap<Prefix, Option<Stored>> {
+    let mut map: HashMap<Prefix, Option<Stored>> = prefixes.iter().map(|p| (*p, None)).collect();
+    for (p, s) in nodes {
+        map.insert(p, Some(s));
+    }
+    map
 }
 
 /// Publishes one epoch through `tx` (see the module doc); the caller commits.

@@ -95,7 +95,8 @@ macro_rules! on_both {
 on_both!(
     epochs_append_chain_and_sign,
     deep_map_paths_are_read_to_the_bottom,
-    evidence_is_kept_once
+    evidence_is_kept_once,
+    reads_against_a_given_head_stop_at_its_size
 );
 
 use super::kt_evidence_contract::evidence_is_kept_once;
@@ -205,6 +206,7 @@ async fn check_all(store: &DynStore, public: &[u8]) -> Vec<LogEntry> {
             .kt_read(&KtQuery {
                 user: None,
                 consistency_from: h.tree_size,
+                head: None,
             })
             .await
             .unwrap();
@@ -232,6 +234,7 @@ async fn check_all(store: &DynStore, public: &[u8]) -> Vec<LogEntry> {
                     map_depth: None,
                 }),
                 consistency_from: 0,
+                head: None,
             })
             .await
             .unwrap();
@@ -254,6 +257,7 @@ async fn check_all(store: &DynStore, public: &[u8]) -> Vec<LogEntry> {
                         map_depth: Some(256),
                     }),
                     consistency_from: 0,
+                    head: None,
                 })
                 .await
                 .unwrap();
@@ -408,4 +412,56 @@ async fn deep_map_paths_are_read_to_the_bottom(store: &DynStore) {
     store.kt_publish(&signer, &limits(10), 3).await.unwrap();
     let entries = check_all(store, &public).await;
     assert_eq!(entries.len(), 3);
+}
+
+/// A read against a head given by the caller (the one the publisher last saw) returns that
+/// head and only the entries within it; without one, the newest stored head. A user with
+/// no entry above `after_seq` still gets the newest, with the nodes of its map path.
+async fn reads_against_a_given_head_stop_at_its_size(store: &DynStore) {
+    let (signer, _) = signer();
+    store.kt_publish(&signer, &limits(10), 1).await.unwrap();
+    let a = UserId::trusted(5);
+    store.post_public_key(a, &key(1), 1_000).await.unwrap();
+    let Published::Appended { head: old, .. } =
+        store.kt_publish(&signer, &limits(10), 2).await.unwrap()
+    else {
+        panic!("nothing appended")
+    };
+    store.post_public_key(a, &key(2), 2_000).await.unwrap();
+    store.kt_publish(&signer, &limits(10), 3).await.unwrap();
+    let query = |head: Option<TreeHead>, after_seq: u64, from: u64| KtQuery {
+        user: Some(UserQuery {
+            user: a,
+            map_key: records::map_key(SERVER, 5),
+            after_seq,
+            max_entries: 10,
+            map_depth: None,
+        }),
+        consistency_from: from,
+        head,
+    };
+    let rows = store
+        .kt_read(&query(Some(old.clone()), 0, 0))
+        .await
+        .unwrap();
+    assert_eq!(rows.head.as_ref(), Some(&old));
+    let seqs: Vec<u64> = rows.entries.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [1]);
+    assert!(rows.map.values().any(Option::is_some));
+    let rows = store.kt_read(&query(None, 0, 1)).await.unwrap();
+    assert_eq!(rows.head.as_ref().map(|h| h.tree_size), Some(2));
+    let seqs: Vec<u64> = rows.entries.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [2, 1], "newest first");
+    assert!(
+        !rows.log.is_empty(),
+        "the consistency proof's nodes from size 1"
+    );
+    let rows = store.kt_read(&query(None, 2, 0)).await.unwrap();
+    let seqs: Vec<u64> = rows.entries.iter().map(|e| e.seq).collect();
+    assert_eq!(
+        seqs,
+        [2],
+        "the newest entry even when it is not above after_seq"
+    );
+    assert!(rows.map.values().any(Option::is_some));
 }

@@ -22,6 +22,7 @@ mod kt_contract;
 pub mod kt_evidence;
 #[cfg(test)]
 mod kt_evidence_contract;
+pub mod kt_rows;
 mod migrations;
 mod page;
 pub mod postgres;

@@ -1,14 +1,18 @@
 //! Key transparency on Postgres: one replica publishes at a time, under a
 //! transaction-scoped advisory lock taken first in the epoch's transaction (another
-//! replica that finds it taken skips that epoch); bulk writes as `UNNEST` arrays.
+//! replica that finds it taken skips that epoch); bulk writes as `UNNEST` arrays. A
+//! proof's rows after its head come in one statement (`kt_proof.rs`): each round trip
+//! costs the server more CPU than the lookups themselves.
 
+use super::kt_proof::PROOF_ROWS;
 use super::*;
 use crate::merkle::log::{Hash, Node};
 use crate::merkle::map::{Prefix, Stored};
 use crate::store::kt::{
-    self, EntryRow, Epoch, HeadRow, HeadSigner, KtConn, KtQuery, KtRows, KtStore, KtTx, LogEntry,
-    PendingKey, PublishLimits, Published, TreeHead, hash32, signed,
+    self, EntriesQuery, EntryRow, Epoch, HeadRow, HeadSigner, KtConn, KtQuery, KtRows, KtStore,
+    KtTx, LogEntry, PendingKey, ProofRows, PublishLimits, Published, TreeHead, hash32, signed,
 };
+use crate::store::kt_rows::{ProofRow, proof_parts};
 
 /// The advisory lock key of the publisher ("secretkt").
 const PUBLISH_LOCK: i64 = 0x7365_6372_6574_6b74;
@@ -72,6 +76,38 @@ impl KtConn for PgKt<'_> {
         .fetch_all(&mut *self.0)
         .await?;
         map_rows(rows)
+    }
+
+    async fn proof_rows(
+        &mut self,
+        entries: Option<EntriesQuery>,
+        prefixes: &[Prefix],
+        nodes: &[Node],
+    ) -> Result<ProofRows> {
+        // No entries asked: a user that matches nothing (user ids are positive) and LIMIT 0.
+        let q = entries.unwrap_or(EntriesQuery {
+            user: 0,
+            after_seq: 0,
+            below_leaf: 0,
+            limit: 0,
+        });
+        let rows: Vec<ProofRow> = sqlx::query_as(PROOF_ROWS)
+            .bind(q.user)
+            .bind(signed(q.after_seq))
+            .bind(signed(q.below_leaf))
+            .bind(q.limit as i64)
+            .bind(prefixes.iter().map(|p| p.bits as i16).collect::<Vec<_>>())
+            .bind(
+                prefixes
+                    .iter()
+                    .map(|p| kt::path_bytes(p).to_vec())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(nodes.iter().map(|n| i16::from(n.level)).collect::<Vec<_>>())
+            .bind(nodes.iter().map(|n| signed(n.index)).collect::<Vec<_>>())
+            .fetch_all(&mut *self.0)
+            .await?;
+        proof_parts(q.user, rows)
     }
 
     async fn log_nodes(&mut self, nodes: &[Node]) -> Result<Vec<(Node, Hash)>> {

@@ -220,6 +220,7 @@ mod federation;
 mod keys;
 mod kt;
 mod kt_evidence;
+mod kt_proof;
 pub mod notify;
 mod rooms;
 

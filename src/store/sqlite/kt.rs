@@ -1,7 +1,10 @@
 //! Key transparency on SQLite: the single writer connection is the publisher's lock (one
 //! process per database file); proofs are read on the reader pool. Lookups of many nodes
-//! go in chunks of `(bits, path) IN (VALUES …)`, writes row by row inside the epoch's
-//! transaction (SQLite runs them in-process).
+//! go in chunks of `(VALUES …) JOIN` the table on its primary key (SQLite plans a row-value
+//! `(bits, path) IN (VALUES …)` as a scan of the whole table: O(users) per proof), writes
+//! row by row inside the epoch's transaction (SQLite runs them in-process). A proof reads
+//! its parts statement by statement (the default `KtConn::proof_rows`): one statement of
+//! three parts, as on Postgres, measured slower here (BENCHMARKS.md, "Key transparency").
 
 use super::*;
 use crate::merkle::log::{Hash, Node};
@@ -63,8 +66,9 @@ impl KtConn for SqliteKt<'_> {
         let mut out = Vec::new();
         for chunk in prefixes.chunks(CHUNK) {
             let sql = format!(
-                "SELECT bits, path, interior_hash, leaf_key, leaf_value FROM kt_map_nodes \
-                 WHERE (bits, path) IN (VALUES {})",
+                "SELECT n.bits, n.path, n.interior_hash, n.leaf_key, n.leaf_value \
+                 FROM (VALUES {}) AS q JOIN kt_map_nodes n \
+                 ON n.bits = q.column1 AND n.path = q.column2",
                 pairs(chunk.len())
             );
             let mut q = sqlx::query_as::<_, MapRow>(sqlx::AssertSqlSafe(sql));
@@ -80,7 +84,8 @@ impl KtConn for SqliteKt<'_> {
         let mut out = Vec::new();
         for chunk in nodes.chunks(CHUNK) {
             let sql = format!(
-                "SELECT level, idx, hash FROM kt_log_nodes WHERE (level, idx) IN (VALUES {})",
+                "SELECT n.level, n.idx, n.hash FROM (VALUES {}) AS q JOIN kt_log_nodes n \
+                 ON n.level = q.column1 AND n.idx = q.column2",
                 pairs(chunk.len())
             );
             let mut q = sqlx::query_as::<_, (i64, i64, Vec<u8>)>(sqlx::AssertSqlSafe(sql));
