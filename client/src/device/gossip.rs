@@ -8,14 +8,12 @@ use std::collections::HashSet;
 
 use crate::error::{Error, Result};
 use crate::proto::secret::TreeHead;
+use crate::state::LogView;
 use crate::transparency::verify::Head;
 
 use super::Device;
-use super::keylog::{from_seen, hashes, head_of, seen};
-
-/// How many times the two reads that compare a gossiped head with this device's are
-/// retried when a new epoch lands between them.
-const ATTEMPTS: usize = 3;
+use super::consistency::{Fork, Proved, one_log};
+use super::keylog::{from_seen, head_of, seen};
 
 /// The heads already found consistent (size, log root), so an event costs no round trip
 /// once its sender's head was checked. Bounded: cleared when it grows past this.
@@ -81,71 +79,13 @@ impl Device {
     }
 
     /// Whether the homeserver proves `theirs` and this device's newest head to be heads
-    /// of one log: its newest head read twice in a row, once with the consistency proof
-    /// from `theirs` and once from this device's head (keeping it, as every read does).
-    /// `Ok(false)`: the log grew between the reads every time (no conclusion).
-    async fn prove_consistent(&mut self, theirs: &Head) -> std::result::Result<bool, Fork> {
-        let mine = self.known_tree_size();
-        for _ in 0..ATTEMPTS {
-            let from_theirs = match self.api.tree_head(theirs.tree_size).await {
-                Ok(a) => a,
-                Err(e) if e.code() == Some(tonic::Code::InvalidArgument) => {
-                    return Err(Fork(format!(
-                        "the homeserver signed a head of size {} for a member, but says its \
-                         log never reached that size ({e})",
-                        theirs.tree_size
-                    )));
-                }
-                // Unreachable now: nothing learned, nothing alarmed.
-                Err(_) => return Ok(false),
-            };
-            let Some(newest) = from_theirs.head.as_ref().and_then(|h| head_of(h).ok()) else {
-                return Ok(false);
-            };
-            if newest.verify_signature(&self.pinned_log_key()).is_err() {
-                return Ok(false);
-            }
-            let proof = hashes(&from_theirs.consistency, "a consistency hash")
-                .map_err(|e| Fork(e.to_string()))?;
-            if newest.tree_size == theirs.tree_size {
-                if newest.log_root != theirs.log_root || newest.map_root != theirs.map_root {
-                    return Err(Fork(format!(
-                        "two heads of size {} with different roots, both signed by the \
-                         homeserver",
-                        theirs.tree_size
-                    )));
-                }
-            } else if let Err(e) = newest.verify_extends(theirs, &proof) {
-                return Err(Fork(format!(
-                    "the homeserver's newest head (size {}) does not extend the member's \
-                     (size {}): {e}",
-                    newest.tree_size, theirs.tree_size
-                )));
-            }
-            // The same newest head must extend this device's own.
-            let from_mine = match self.api.tree_head(mine).await {
-                Ok(b) => b,
-                Err(_) => return Ok(false),
-            };
-            let Some(head) = from_mine.head.as_ref() else {
-                return Ok(false);
-            };
-            let again = match self.accept_head(head, &from_mine.consistency).await {
-                Ok(h) => h,
-                Err(e @ Error::Untrusted(_)) => return Err(Fork(e.to_string())),
-                Err(_) => return Ok(false),
-            };
-            if again.tree_size == newest.tree_size {
-                if again.log_root != newest.log_root {
-                    return Err(Fork(format!(
-                        "two heads of size {} with different roots in two reads",
-                        newest.tree_size
-                    )));
-                }
-                return Ok(true);
-            }
-        }
-        Ok(false)
+    /// of one log (no conclusion before this device verified a head of its own).
+    async fn prove_consistent(&mut self, theirs: &Head) -> Proved {
+        let Some(mine) = self.state.home_log.as_ref().and_then(|v| v.head.as_ref()) else {
+            return Ok(false);
+        };
+        let mine = from_seen(mine).map_err(|e| Fork(e.to_string()))?;
+        one_log(&self.api, &self.pinned_log_key(), theirs, &mine).await
     }
 
     /// The pinned key of the homeserver's log (empty before first contact: nothing
@@ -154,7 +94,7 @@ impl Device {
         self.state
             .home_log
             .as_ref()
-            .and_then(|v| hex::decode(&v.public_key).ok())
+            .map(LogView::key)
             .unwrap_or_default()
     }
 
@@ -197,6 +137,3 @@ impl Device {
         n
     }
 }
-
-/// Why a gossiped head and this device's view cannot both be true.
-struct Fork(String);

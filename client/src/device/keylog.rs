@@ -18,6 +18,22 @@ use super::Device;
 /// its newest head every minute when nothing changes.
 pub const MAX_HEAD_AGE_MS: u64 = 10 * 60 * 1000;
 
+/// Refuses a head dated more than [`MAX_HEAD_AGE_MS`] before or after `now_ms`.
+pub(crate) fn check_fresh(head: &Head, now_ms: i64) -> Result<()> {
+    let now = now_ms.max(0) as u64;
+    if head.timestamp_ms.saturating_add(MAX_HEAD_AGE_MS) < now
+        || head.timestamp_ms > now.saturating_add(MAX_HEAD_AGE_MS)
+    {
+        return Err(refused(format!(
+            "the tree head of homeserver {} is dated {} ms from now: a stale head is being \
+             replayed, or that log is not kept current",
+            head.server_name,
+            head.timestamp_ms as i128 - now as i128
+        )));
+    }
+    Ok(())
+}
+
 pub(crate) fn refused(what: String) -> Error {
     Error::Untrusted(format!("key transparency: {what}"))
 }
@@ -178,16 +194,8 @@ impl Device {
                 head.server_name, view.server_name
             )));
         }
-        let key = hex::decode(&view.public_key).unwrap_or_default();
-        head.verify_signature(&key)?;
-        let now = now_ms().max(0) as u64;
-        if head.timestamp_ms + MAX_HEAD_AGE_MS < now || head.timestamp_ms > now + MAX_HEAD_AGE_MS {
-            return Err(refused(format!(
-                "the homeserver's newest tree head is dated {} ms from now: its log is not \
-                 being kept current (or a stale head is being replayed)",
-                head.timestamp_ms as i128 - now as i128
-            )));
-        }
+        head.verify_signature(&view.key())?;
+        check_fresh(&head, now_ms())?;
         if let Some(last) = &view.head {
             let last = from_seen(last)?;
             head.verify_extends(&last, &hashes(consistency, "a consistency hash")?)?;
@@ -245,7 +253,7 @@ impl Device {
         if let Some(foreign) = fresh.iter().rev().find(|e| e.fingerprint != mine) {
             let evidence = serde_json::json!({
                 "head": seen(&head),
-                "server_public_key": self.home_log().await?.public_key,
+                "server_public_key": view.public_key,
                 "user": self.me.user_id,
                 "this_device_key": hex::encode(mine),
                 "entries": entries.iter().map(|e| serde_json::json!({
@@ -344,5 +352,35 @@ impl Device {
             )));
         }
         Ok(Some((head, entries)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head_at(timestamp_ms: u64) -> Head {
+        Head {
+            server_name: "h".into(),
+            tree_size: 1,
+            log_root: [0; 32],
+            map_root: [0; 32],
+            timestamp_ms,
+            signature: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_head_older_or_newer_than_the_window_is_refused() {
+        let now = 1_000_000_000_000i64;
+        let at = |offset: i64| head_at((now + offset) as u64);
+        let window = MAX_HEAD_AGE_MS as i64;
+        for ok in [0, -window, window, -1, 1] {
+            assert!(check_fresh(&at(ok), now).is_ok(), "{ok}");
+        }
+        for stale in [-window - 1, window + 1, -now] {
+            let e = check_fresh(&at(stale), now).unwrap_err().to_string();
+            assert!(e.contains("a stale head is being replayed"), "{e}");
+        }
     }
 }

@@ -9,6 +9,7 @@
 //! events that were processed.
 
 pub mod accepting;
+mod consistency;
 pub mod epochs;
 mod gossip;
 pub mod identity;

@@ -15,7 +15,8 @@ use crate::transparency::verify::{Hash, Head};
 use crate::user::UserRef;
 
 use super::Device;
-use super::keylog::{MAX_HEAD_AGE_MS, check_proof, from_seen, hashes, head_of, refused, seen};
+use super::consistency::{Fork, one_log};
+use super::keylog::{check_fresh, check_proof, from_seen, head_of, refused, seen};
 
 impl Device {
     /// Checks the keys served for `who`, a user of another homeserver, against that
@@ -103,30 +104,19 @@ impl Device {
                 head.server_name
             )));
         }
-        let key = hex::decode(&view.public_key).unwrap_or_default();
+        let key = view.key();
         head.verify_signature(&key)?;
-        let now = now_ms().max(0) as u64;
-        if head.timestamp_ms + MAX_HEAD_AGE_MS < now || head.timestamp_ms > now + MAX_HEAD_AGE_MS {
-            return Err(refused(format!(
-                "the tree head of homeserver {server} served with a key is dated {} ms from \
-                 now: a stale head is being replayed, or that log is not kept current",
-                head.timestamp_ms as i128 - now as i128
-            )));
-        }
+        check_fresh(&head, now_ms())?;
         let Some(last) = view.head.as_ref().map(from_seen).transpose()? else {
             self.keep_peer_head(server, &head);
             return Ok(head);
         };
-        if last.tree_size == head.tree_size {
-            // Same size: the same head, or two logs.
-            head.verify_extends(&last, &[])?;
-        } else {
-            let (older, newer) = if last.tree_size < head.tree_size {
-                (&last, &head)
-            } else {
-                (&head, &last)
-            };
-            one_log(&api, &key, older, newer).await?;
+        // One log with the head kept (read from that homeserver when the sizes differ; a
+        // log that grew between the reads leaves it for the next fetch).
+        if let Err(Fork(why)) = one_log(&api, &key, &last, &head).await {
+            return Err(refused(format!(
+                "homeserver {server} shows two logs: {why}"
+            )));
         }
         if head.tree_size >= last.tree_size {
             self.keep_peer_head(server, &head);
@@ -139,36 +129,4 @@ impl Device {
             v.head = Some(seen(head));
         }
     }
-}
-
-/// Proves with homeserver reads that `older` and `newer` (sizes differ) are heads of one
-/// log: its newest head `n` extends `older`, and `newer` too (the same head when of `n`'s
-/// size). When the log grew between the two reads, no conclusion is drawn (both heads
-/// verified under the key; the next fetch checks again).
-async fn one_log(api: &Api, key: &[u8], older: &Head, newer: &Head) -> Result<()> {
-    let server = &older.server_name;
-    let read = async |size: u64| -> Result<(Head, Vec<Hash>)> {
-        let answer = api.tree_head(size).await.map_err(|e| {
-            refused(format!(
-                "homeserver {server} cannot prove that its tree head of size {size}, which it \
-                 signed, is of its log: {e}"
-            ))
-        })?;
-        let n =
-            head_of(answer.head.as_ref().ok_or_else(|| {
-                refused(format!("GetTreeHead at {server} answered without a head"))
-            })?)?;
-        n.verify_signature(key)?;
-        Ok((n, hashes(&answer.consistency, "a consistency hash")?))
-    };
-    let (n, proof) = read(older.tree_size).await?;
-    n.verify_extends(older, &proof)?;
-    if newer.tree_size == n.tree_size {
-        return newer.verify_extends(&n, &[]);
-    }
-    let (again, proof) = read(newer.tree_size).await?;
-    if again.tree_size == n.tree_size && again.log_root == n.log_root {
-        again.verify_extends(newer, &proof)?;
-    }
-    Ok(())
 }

@@ -58,30 +58,23 @@ impl Frame {
 
     /// A user as the pair's homeserver names them → as this device's homeserver does.
     pub fn to_home(&self, r: &UserRef) -> UserRef {
-        if self.pair.is_empty() {
-            return r.clone();
-        }
-        let homeserver = if r.homeserver.is_empty() {
-            self.pair.clone()
-        } else if r.homeserver == self.home {
-            String::new()
-        } else {
-            r.homeserver.clone()
-        };
-        UserRef {
-            homeserver,
-            user_id: r.user_id,
-        }
+        self.rename(r, &self.pair, &self.home)
     }
 
     /// A user as this device's homeserver names them → as the pair's homeserver does.
     pub fn to_room(&self, r: &UserRef) -> UserRef {
+        self.rename(r, &self.home, &self.pair)
+    }
+
+    /// From one naming to the other: "" (the source's own users) becomes `source`, and
+    /// `target` (the target's own users) becomes "". A local room names everyone alike.
+    fn rename(&self, r: &UserRef, source: &str, target: &str) -> UserRef {
         if self.pair.is_empty() {
             return r.clone();
         }
         let homeserver = if r.homeserver.is_empty() {
-            self.home.clone()
-        } else if r.homeserver == self.pair {
+            source.to_string()
+        } else if r.homeserver == target {
             String::new()
         } else {
             r.homeserver.clone()

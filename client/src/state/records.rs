@@ -122,6 +122,13 @@ pub struct LogView {
     pub forks_acknowledged: Vec<String>,
 }
 
+impl LogView {
+    /// The pinned key's bytes (empty if the saved hex is damaged: nothing verifies).
+    pub fn key(&self) -> Vec<u8> {
+        hex::decode(&self.public_key).unwrap_or_default()
+    }
+}
+
 /// A signed tree head, as kept and as gossiped (hex for the bytes).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeenHead {

@@ -343,39 +343,21 @@ async fn main() -> ExitCode {
     let json = cli.json;
     let out = Out { json };
     let dir = StateDir::new(&cli.state);
-    match run(cli).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e @ Error::KeyAlarm { .. }) => {
-            if json {
-                println!("{}", json!({ "error": e.to_string() }));
-            }
-            eprintln!("error: {e}");
-            let Error::KeyAlarm {
-                newest_seq,
-                evidence,
-                ..
-            } = &e
-            else {
-                unreachable!("matched above")
-            };
-            alarm(out, &dir, *newest_seq, evidence)
-        }
-        Err(Error::LogFork { what, evidence }) => {
-            let e = Error::LogFork {
-                what,
-                evidence: evidence.clone(),
-            };
-            if json {
-                println!("{}", json!({ "error": e.to_string() }));
-            }
-            eprintln!("error: {e}");
-            fork_alarm(out, &dir, &evidence)
-        }
-        Err(e) => {
-            if json {
-                println!("{}", json!({ "error": e.to_string() }));
-            }
-            eprintln!("error: {e}");
+    let Err(e) = run(cli).await else {
+        return ExitCode::SUCCESS;
+    };
+    if json {
+        println!("{}", json!({ "error": e.to_string() }));
+    }
+    eprintln!("error: {e}");
+    match &e {
+        Error::KeyAlarm {
+            newest_seq,
+            evidence,
+            ..
+        } => alarm(out, &dir, *newest_seq, evidence),
+        Error::LogFork { evidence, .. } => fork_alarm(out, &dir, evidence),
+        _ => {
             if let Some(hint) = hint(&e) {
                 eprintln!("hint: {hint}");
             }
