@@ -165,6 +165,18 @@ impl From<sqlx::Error> for Error {
                     "the database is unavailable right now; retry in a few seconds".into(),
                 )
             }
+            // statement_timeout is set to db_timeout_ms: Postgres reached the server's own
+            // deadline first, and says so as the deadline does (which of the two fires
+            // first is a race).
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("57014") => {
+                tracing::warn!(error = %cause_chain(&err), "statement timeout");
+                Error::Unavailable(
+                    "the database did not answer within db_timeout_ms (it cancelled the \
+                     statement); retry in a few seconds (a post retried with the same counter \
+                     and bytes is stored once)"
+                        .into(),
+                )
+            }
             sqlx::Error::Database(db) if is_transient(db.code().as_deref()) => {
                 tracing::warn!(error = %cause_chain(&err), "transient database error");
                 Error::Unavailable("the database is busy or shutting down; retry".into())
