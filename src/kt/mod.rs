@@ -20,6 +20,7 @@
 //! `federation.signing_key_file`. Replicas must share it (the same file): heads signed
 //! by two keys fail every client's check, and the publisher warns when it sees one.
 
+mod cache;
 pub mod check;
 mod proof;
 pub mod verify;
@@ -57,6 +58,8 @@ pub struct Kt {
     /// The newest head this process's publisher saw (None until the first epoch, and
     /// after an epoch failed): proofs are read against it, one statement fewer (`proof.rs`).
     newest: Mutex<Option<TreeHead>>,
+    /// The map's upper levels of the newest head proofs were verified against.
+    map_cache: cache::MapCache,
     warned_foreign_head: AtomicBool,
     signal: Signal,
 }
@@ -87,6 +90,7 @@ impl Kt {
             epoch: Duration::from_millis(settings.kt_epoch_ms),
             published: watch::channel(0).0,
             newest: Mutex::new(None),
+            map_cache: cache::MapCache::default(),
             warned_foreign_head: AtomicBool::new(false),
             signal,
         })

@@ -9,12 +9,14 @@
 use std::time::Instant;
 
 use super::Kt;
+use super::cache::{CACHED_BITS, Known};
 use crate::domain::UserId;
 use crate::error::{Error, Result};
 use crate::merkle::log::{self, Hash};
-use crate::merkle::map;
+use crate::merkle::map::{self, Prefix, Stored};
 use crate::merkle::records;
 use crate::proto;
+use crate::store::StoredKey;
 use crate::store::kt::{KtQuery, KtRows, TreeHead, UserQuery};
 use crate::wire;
 
@@ -87,11 +89,17 @@ enum MapPath {
     Moved,
 }
 
-/// The map path of `key` with the newest entry's hash as value, checked against `head`.
-fn map_path(key: &Hash, value: &Hash, head: &TreeHead, rows: &KtRows) -> MapPath {
+/// The map path of `key` with the newest entry's hash as value, checked against `head`;
+/// `get` gives the node at a prefix (None: not read; Some(None): read, nothing there).
+fn map_path(
+    key: &Hash,
+    value: &Hash,
+    head: &TreeHead,
+    get: &dyn Fn(&Prefix) -> Option<Option<Stored>>,
+) -> MapPath {
     let mut deeper = false;
     let proved = map::prove(key, &mut |p| {
-        rows.map.get(p).copied().unwrap_or_else(|| {
+        get(p).unwrap_or_else(|| {
             deeper = true;
             None
         })
@@ -107,6 +115,17 @@ fn map_path(key: &Hash, value: &Hash, head: &TreeHead, rows: &KtRows) -> MapPath
     }
 }
 
+/// What one read of a proof came to.
+enum Step {
+    /// The proof, checked against its head.
+    Proved(proto::KeyProof),
+    /// The user's leaf lies deeper than what was read: read again to the bottom,
+    /// against this head.
+    Deeper(TreeHead),
+    /// The map moved on since the head: read again against the newest stored one.
+    Moved,
+}
+
 impl Kt {
     /// This server's newest head and the consistency proof from `known`.
     pub async fn head(&self, known: u64) -> Result<proto::GetTreeHeadResponse> {
@@ -114,6 +133,7 @@ impl Kt {
             user: None,
             consistency_from: known,
             head: None,
+            keys: 0,
         };
         let rows = self.store.kt_read(&query).await?;
         let head = rows.head.as_ref().ok_or_else(no_head)?;
@@ -129,54 +149,121 @@ impl Kt {
     /// The proof of a user's newest entries against the newest head; `entries` is empty
     /// when the user has no entry in it.
     pub async fn proof(&self, r: &ProofRequest) -> Result<proto::KeyProof> {
-        let map_key = records::map_key(&self.server_name, r.user.get().max(0) as u64);
         let mut depth = None;
         // The first read is against the head the publisher last saw (unless the client
         // knows a larger tree: another replica published it); the others, after the map
         // moved on, against the newest stored one.
-        let mut against = self
-            .newest_head()
-            .filter(|h| h.tree_size >= r.known_tree_size);
+        let mut against = self.first_head(r);
         for _ in 0..ATTEMPTS {
-            let query = KtQuery {
-                user: Some(UserQuery {
-                    user: r.user,
-                    map_key,
-                    after_seq: r.after_seq,
-                    max_entries: r.max_entries,
-                    map_depth: depth,
-                }),
-                consistency_from: r.known_tree_size,
-                head: against.take(),
-            };
-            let rows = self.store.kt_read(&query).await?;
-            let head = rows.head.as_ref().ok_or_else(no_head)?;
-            check_known(r.known_tree_size, head)?;
-            let consistency = consistency(r.known_tree_size, head, &rows)?;
-            let map_path = match rows.entries.first() {
-                None => Vec::new(),
-                Some(newest) => match map_path(&map_key, &newest.entry_hash, head, &rows) {
-                    MapPath::Proved(path) => path.into_iter().map(|h| h.to_vec()).collect(),
-                    MapPath::Deeper => {
-                        depth = Some(256);
-                        against = rows.head.clone();
-                        continue;
-                    }
-                    MapPath::Moved => continue,
-                },
-            };
-            return Ok(proto::KeyProof {
-                head: Some(wire::tree_head(head)),
-                map_path,
-                entries: rows.entries.iter().map(wire::key_log_entry).collect(),
-                consistency,
-            });
+            let (_, step) = self.read_once(r, depth, against.take(), 0).await?;
+            match step? {
+                Step::Proved(proof) => return Ok(proof),
+                Step::Deeper(head) => {
+                    depth = Some(256);
+                    against = Some(head);
+                }
+                Step::Moved => {}
+            }
         }
         Err(Error::Unavailable(format!(
             "the key log kept changing while the proof of user {} was read, or its map does \
              not hold the user's newest entry; retry (if it persists, run secretd kt-verify)",
             r.user
         )))
+    }
+
+    /// The user's newest public keys (at most `keys`, newest first) and, when one read
+    /// proves them, the proof of `r` — on Postgres in one statement, FetchKey's one round
+    /// trip. The proof is None when that read did not prove (no head yet, the map moved
+    /// on, a leaf deeper than read, a proof that cannot be built): [`Kt::proof_when`]
+    /// reads it again and says why. Only a `known_tree_size` above the head refuses.
+    pub async fn keys_and_proof(
+        &self,
+        r: &ProofRequest,
+        keys: usize,
+    ) -> Result<(Vec<StoredKey>, Option<proto::KeyProof>)> {
+        let (rows, step) = self.read_once(r, None, self.first_head(r), keys).await?;
+        let proof = match step {
+            Ok(Step::Proved(proof)) => Some(proof),
+            Ok(_) => None,
+            Err(e) if e.code() == tonic::Code::InvalidArgument => return Err(e),
+            Err(_) => None,
+        };
+        Ok((rows.keys, proof))
+    }
+
+    /// The head a first read of `r` is made against (None: the newest stored one).
+    fn first_head(&self, r: &ProofRequest) -> Option<TreeHead> {
+        self.newest_head()
+            .filter(|h| h.tree_size >= r.known_tree_size)
+    }
+
+    /// One read of the proof of `r` (and `keys` of the user's keys) against `against`,
+    /// the map's cached upper levels (`cache.rs`) not read again: the rows, and what they
+    /// came to (an error about the proof only: the caller decides; a failed read is the
+    /// outer error).
+    async fn read_once(
+        &self,
+        r: &ProofRequest,
+        depth: Option<u16>,
+        against: Option<TreeHead>,
+        keys: usize,
+    ) -> Result<(KtRows, Result<Step>)> {
+        let map_key = records::map_key(&self.server_name, r.user.get().max(0) as u64);
+        let cached = match &against {
+            Some(head) => self.map_cache.known(&map_key, head),
+            None => Known::default(),
+        };
+        let query = KtQuery {
+            user: Some(UserQuery {
+                user: r.user,
+                map_key,
+                after_seq: r.after_seq,
+                max_entries: r.max_entries,
+                map_depth: depth,
+                map_from_bits: cached.from_bits,
+            }),
+            consistency_from: r.known_tree_size,
+            head: against,
+            keys,
+        };
+        let rows = self.store.kt_read(&query).await?;
+        let step = self.step(r, &map_key, &rows, &cached);
+        Ok((rows, step))
+    }
+
+    /// What `rows` (read with the `cached` nodes left out) prove of `r`.
+    fn step(
+        &self,
+        r: &ProofRequest,
+        map_key: &Hash,
+        rows: &KtRows,
+        cached: &Known,
+    ) -> Result<Step> {
+        let head = rows.head.as_ref().ok_or_else(no_head)?;
+        check_known(r.known_tree_size, head)?;
+        let consistency = consistency(r.known_tree_size, head, rows)?;
+        let proof = |map_path: Vec<Hash>| proto::KeyProof {
+            head: Some(wire::tree_head(head)),
+            map_path: map_path.into_iter().map(|h| h.to_vec()).collect(),
+            entries: rows.entries.iter().map(wire::key_log_entry).collect(),
+            consistency,
+        };
+        let Some(newest) = rows.entries.first() else {
+            return Ok(Step::Proved(proof(Vec::new())));
+        };
+        let get = |p: &Prefix| cached.nodes.get(p).or_else(|| rows.map.get(p)).copied();
+        Ok(match map_path(map_key, &newest.entry_hash, head, &get) {
+            MapPath::Proved(path) => {
+                if cached.from_bits < CACHED_BITS {
+                    self.map_cache
+                        .learn(map_key, &newest.entry_hash, &path, head, &get);
+                }
+                Step::Proved(proof(path))
+            }
+            MapPath::Deeper => Step::Deeper(head.clone()),
+            MapPath::Moved => Step::Moved,
+        })
     }
 
     /// The proof of `r`, read again each time a new head is published until `done` holds

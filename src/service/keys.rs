@@ -12,7 +12,7 @@ use crate::kt::ProofRequest;
 use crate::proto;
 use crate::requests::{FetchKey, MonitorKey, PostKey, PostPrivateKey};
 use crate::service::{AppState, paging};
-use crate::store::PostKeyOutcome;
+use crate::store::{Budget, Paged, PostKeyOutcome, StoredKey, collect_read};
 use crate::time::now_micros;
 use crate::wire;
 
@@ -130,51 +130,74 @@ pub(crate) async fn check_invitee_key(
 }
 
 /// FetchKey of a user of this server: their keys, and the proof of the newest logged
-/// entries (one per key served) against the newest head. A current key posted less than
-/// [`publish_wait`] ago and not logged yet is waited for, as its PostKey waits. The proof
-/// is left out (and why logged) when the user has no logged entry or it cannot be read;
-/// only a bad `known_tree_size` refuses the call.
+/// entries (one per key served) against the newest head — read together, in one
+/// statement on Postgres, when the newest head proves them. A current key posted less
+/// than [`publish_wait`] ago and not logged yet is waited for, as its PostKey waits. The
+/// proof is left out (and why logged) when the user has no logged entry or it cannot be
+/// read; only a bad `known_tree_size` refuses the call.
 pub(crate) async fn local_keys_with_proof(
     st: &AppState,
     user: UserId,
     known_tree_size: u64,
 ) -> Result<proto::FetchKeyResponse> {
-    let mut response = local_keys(st, user).await?;
+    let limit = st.settings.max_past_keys.saturating_add(1);
+    let mut request = ProofRequest {
+        user,
+        after_seq: 0,
+        max_entries: limit,
+        known_tree_size,
+    };
+    // The keys (one more than a page, as a page's query asks) and the proof in one read.
+    let (keys, proof) = st
+        .kt
+        .keys_and_proof(&request, limit.saturating_add(1))
+        .await?;
+    let mut response = keys_response(user, collect_read(keys, limit, key_budget(st)))?;
     let Some(current) = &response.current_key else {
         return Ok(response);
     };
     let fingerprint = current.fingerprint.clone();
-    let request = ProofRequest {
-        user,
-        after_seq: 0,
-        max_entries: 1 + response.past_keys.len(),
-        known_tree_size,
-    };
-    // Wait only while the key's own PostKey would: until `publish_wait` after it was
-    // posted (keys of a backlog being logged are not waited for).
-    let posted_us = current
-        .posted_at
-        .as_ref()
-        .map_or(0, |t| t.seconds.saturating_mul(1_000_000));
-    let age = Duration::from_micros(now_micros().saturating_sub(posted_us).max(0) as u64);
-    let until = Instant::now() + publish_wait(st).saturating_sub(age);
     let covers = |p: &proto::KeyProof| {
         p.entries
             .first()
             .is_some_and(|e| e.fingerprint == fingerprint)
     };
-    match st.kt.proof_when(&request, until, covers).await {
-        Ok(Some(proof)) if !proof.entries.is_empty() => response.proof = Some(proof),
-        Ok(_) => tracing::debug!(
-            user = user.get(),
-            "FetchKey: the user has no logged entry yet"
-        ),
-        Err(e) if e.code() == tonic::Code::InvalidArgument => return Err(e),
-        Err(e) => tracing::warn!(
-            user = user.get(),
-            "FetchKey: answering without a key transparency proof: {e}"
-        ),
-    }
+    request.max_entries = 1 + response.past_keys.len();
+    response.proof = match proof {
+        Some(mut proof) if covers(&proof) => {
+            proof.entries.truncate(request.max_entries);
+            Some(proof)
+        }
+        _ => {
+            // Not proved by that read: read again, waiting only while the key's own
+            // PostKey would — until `publish_wait` after it was posted (keys of a
+            // backlog being logged are not waited for).
+            let posted_us = current
+                .posted_at
+                .as_ref()
+                .map_or(0, |t| t.seconds.saturating_mul(1_000_000));
+            let age = Duration::from_micros(now_micros().saturating_sub(posted_us).max(0) as u64);
+            let until = Instant::now() + publish_wait(st).saturating_sub(age);
+            match st.kt.proof_when(&request, until, covers).await {
+                Ok(Some(proof)) if !proof.entries.is_empty() => Some(proof),
+                Ok(_) => {
+                    tracing::debug!(
+                        user = user.get(),
+                        "FetchKey: the user has no logged entry yet"
+                    );
+                    None
+                }
+                Err(e) if e.code() == tonic::Code::InvalidArgument => return Err(e),
+                Err(e) => {
+                    tracing::warn!(
+                        user = user.get(),
+                        "FetchKey: answering without a key transparency proof: {e}"
+                    );
+                    None
+                }
+            }
+        }
+    };
     // The proof counts against the response's byte budget: the oldest past keys served
     // (and their entries) make room for it. The current key always stays.
     let limit = st.settings.max_response_bytes;
@@ -191,20 +214,19 @@ pub(crate) async fn local_keys_with_proof(
     Ok(response)
 }
 
-/// The current and past keys of a user of this server: FetchKey's answer (before its
-/// proof), and FetchUserKey's for peers.
-pub(crate) async fn local_keys(st: &AppState, user: UserId) -> Result<proto::FetchKeyResponse> {
-    // The current key is the first item of the page (it always comes), then the past
-    // keys, newest first, up to the cap.
+/// The byte budget of FetchKey's keys (the response's, less its envelope).
+fn key_budget(st: &AppState) -> Budget<StoredKey> {
     let envelope = proto::FetchKeyResponse {
         current_key: None,
         past_keys: Vec::new(),
         more_past_keys: true,
         proof: None,
     };
-    let budget = paging::budget(&st.settings, envelope, wire::key_size);
-    let limit = st.settings.max_past_keys.saturating_add(1);
-    let page = st.store.fetch_public_keys(user, limit, budget).await?;
+    paging::budget(&st.settings, envelope, wire::key_size)
+}
+
+/// FetchKey's answer (before its proof) from a page of a user's keys, newest first.
+fn keys_response(user: UserId, page: Paged<StoredKey>) -> Result<proto::FetchKeyResponse> {
     let mut keys = page.items.into_iter();
     let current = keys
         .next()
@@ -215,6 +237,19 @@ pub(crate) async fn local_keys(st: &AppState, user: UserId) -> Result<proto::Fet
         more_past_keys: page.has_more,
         proof: None,
     })
+}
+
+/// The current and past keys of a user of this server: FetchKey's answer (before its
+/// proof), and FetchUserKey's for peers.
+pub(crate) async fn local_keys(st: &AppState, user: UserId) -> Result<proto::FetchKeyResponse> {
+    // The current key is the first item of the page (it always comes), then the past
+    // keys, newest first, up to the cap.
+    let limit = st.settings.max_past_keys.saturating_add(1);
+    let page = st
+        .store
+        .fetch_public_keys(user, limit, key_budget(st))
+        .await?;
+    keys_response(user, page)
 }
 
 /// GetTreeHead: the newest head and the consistency proof from the client's.

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::UserId;
+use super::{StoredKey, UserId};
 use crate::error::{Error, Result};
 use crate::merkle::log::{self, Hash, Node};
 use crate::merkle::map::{self, Prefix, Stored};
@@ -175,6 +175,8 @@ pub struct UserQuery {
     pub max_entries: usize,
     /// How deep to read the map below the root (None: [`default_depth`] of the log).
     pub map_depth: Option<u16>,
+    /// Map prefixes shorter than this are not read (the caller holds them: `kt::cache`).
+    pub map_from_bits: u16,
 }
 
 /// One read of a proof: the newest head and what proves things against it.
@@ -188,6 +190,10 @@ pub struct KtQuery {
     /// instead of reading the newest stored one: one statement fewer. Rows read after it
     /// may be newer, as always; the caller checks them against it.
     pub head: Option<TreeHead>,
+    /// Also read the user's newest public keys, at most this many (0: none), on the same
+    /// connection — in the same statement on Postgres (FetchKey's keys and proof in one
+    /// round trip).
+    pub keys: usize,
 }
 
 /// What [`KtQuery`] read. Rows read after the head may be newer than it (another epoch
@@ -203,6 +209,9 @@ pub struct KtRows {
     /// The log nodes of the consistency proof from `consistency_from` (none when that
     /// is 0 or not below the head's size).
     pub log: HashMap<Node, Hash>,
+    /// The user's public keys when [`KtQuery::keys`] asked for them, newest first (read
+    /// even before the first head).
+    pub keys: Vec<StoredKey>,
 }
 
 /// The database's side of key transparency, on both backends.
@@ -373,17 +382,24 @@ pub trait KtConn: Send {
     async fn map_nodes(&mut self, prefixes: &[Prefix]) -> Result<Vec<(Prefix, Stored)>>;
     /// The stored log subtrees among these (absent ones left out).
     async fn log_nodes(&mut self, nodes: &[Node]) -> Result<Vec<(Node, Hash)>>;
+    /// A user's newest public keys, at most `limit`, newest first.
+    async fn public_keys(&mut self, user: i64, limit: usize) -> Result<Vec<StoredKey>>;
     /// What a proof reads after its head, as [`KtConn::user_entries`] (when `entries` is
     /// given), [`KtConn::map_nodes`] (when the user has an entry: a backend that reads
-    /// all in one statement may return the nodes anyway) and [`KtConn::log_nodes`] do.
-    /// One statement per part here; Postgres makes it one round trip.
+    /// all in one statement may return the nodes anyway), [`KtConn::log_nodes`] and
+    /// [`KtConn::public_keys`] (when `keys` is given) do. One statement per part here;
+    /// Postgres makes it one round trip.
     async fn proof_rows(
         &mut self,
         entries: Option<EntriesQuery>,
         prefixes: &[Prefix],
         nodes: &[Node],
+        keys: Option<KeysQuery>,
     ) -> Result<ProofRows> {
         let mut out = ProofRows::default();
+        if let Some(q) = keys {
+            out.keys = self.public_keys(q.user, q.limit).await?;
+        }
         if let Some(q) = entries {
             out.entries = self
                 .user_entries(q.user, q.after_seq, q.below_leaf, q.limit)
@@ -412,9 +428,20 @@ pub struct EntriesQuery {
     pub limit: usize,
 }
 
+/// The keys [`KtConn::proof_rows`] reads: as [`KtConn::public_keys`]'s arguments.
+#[derive(Debug, Clone, Copy)]
+pub struct KeysQuery {
+    /// The user.
+    pub user: i64,
+    /// Most keys, newest first.
+    pub limit: usize,
+}
+
 /// What [`KtConn::proof_rows`] read.
 #[derive(Debug, Default)]
 pub struct ProofRows {
+    /// The user's public keys, newest first.
+    pub keys: Vec<StoredKey>,
     /// The user's entries, newest first.
     pub entries: Vec<LogEntry>,
     /// The map nodes found.
@@ -500,8 +527,21 @@ pub async fn read(conn: &mut dyn KtConn, query: &KtQuery) -> Result<KtRows> {
         Some(head) => Some(head.clone()),
         None => conn.latest_head().await?,
     };
+    let keys = query
+        .user
+        .as_ref()
+        .filter(|_| query.keys > 0)
+        .map(|q| KeysQuery {
+            user: q.user.get(),
+            limit: query.keys,
+        });
     let Some(head) = head else {
-        return Ok(KtRows::default());
+        // Before the first epoch: the keys alone.
+        let mut rows = KtRows::default();
+        if keys.is_some() {
+            rows.keys = conn.proof_rows(None, &[], &[], keys).await?.keys;
+        }
+        return Ok(rows);
     };
     let size = head.tree_size;
     let mut rows = KtRows::default();
@@ -511,10 +551,14 @@ pub async fn read(conn: &mut dyn KtConn, query: &KtQuery) -> Result<KtRows> {
         false => Vec::new(),
     };
     let prefixes = match &query.user {
-        Some(q) => map::needed(
-            &q.map_key,
-            q.map_depth.unwrap_or_else(|| default_depth(size)),
-        ),
+        Some(q) => {
+            let mut needed = map::needed(
+                &q.map_key,
+                q.map_depth.unwrap_or_else(|| default_depth(size)),
+            );
+            needed.retain(|p| p.bits >= q.map_from_bits);
+            needed
+        }
         None => Vec::new(),
     };
     let entries = query.user.as_ref().map(|q| EntriesQuery {
@@ -523,7 +567,8 @@ pub async fn read(conn: &mut dyn KtConn, query: &KtQuery) -> Result<KtRows> {
         below_leaf: size,
         limit: q.max_entries.max(1),
     });
-    let read = conn.proof_rows(entries, &prefixes, &nodes).await?;
+    let read = conn.proof_rows(entries, &prefixes, &nodes, keys).await?;
+    rows.keys = read.keys;
     rows.entries = read.entries;
     rows.log = read.log.into_iter().collect();
     if let Some(q) = &query.user {
@@ -535,7 +580,7 @@ pub async fn read(conn: &mut dyn KtConn, query: &KtQuery) -> Result<KtRows> {
                 below_leaf: size,
                 limit: 1,
             };
-            let again = conn.proof_rows(Some(newest), &prefixes, &[]).await?;
+            let again = conn.proof_rows(Some(newest), &prefixes, &[], None).await?;
             rows.entries = again.entries;
             rows.map = found(&prefixes, again.map);
         } else if !rows.entries.is_empty() {

@@ -96,7 +96,8 @@ on_both!(
     epochs_append_chain_and_sign,
     deep_map_paths_are_read_to_the_bottom,
     evidence_is_kept_once,
-    reads_against_a_given_head_stop_at_its_size
+    reads_against_a_given_head_stop_at_its_size,
+    keys_come_with_the_proof_rows
 );
 
 use super::kt_evidence_contract::evidence_is_kept_once;
@@ -207,6 +208,7 @@ async fn check_all(store: &DynStore, public: &[u8]) -> Vec<LogEntry> {
                 user: None,
                 consistency_from: h.tree_size,
                 head: None,
+                keys: 0,
             })
             .await
             .unwrap();
@@ -232,9 +234,11 @@ async fn check_all(store: &DynStore, public: &[u8]) -> Vec<LogEntry> {
                     after_seq: 0,
                     max_entries: 10,
                     map_depth: None,
+                    map_from_bits: 0,
                 }),
                 consistency_from: 0,
                 head: None,
+                keys: 0,
             })
             .await
             .unwrap();
@@ -255,9 +259,11 @@ async fn check_all(store: &DynStore, public: &[u8]) -> Vec<LogEntry> {
                         after_seq: 0,
                         max_entries: 1,
                         map_depth: Some(256),
+                        map_from_bits: 0,
                     }),
                     consistency_from: 0,
                     head: None,
+                    keys: 0,
                 })
                 .await
                 .unwrap();
@@ -436,9 +442,11 @@ async fn reads_against_a_given_head_stop_at_its_size(store: &DynStore) {
             after_seq,
             max_entries: 10,
             map_depth: None,
+            map_from_bits: 0,
         }),
         consistency_from: from,
         head,
+        keys: 0,
     };
     let rows = store
         .kt_read(&query(Some(old.clone()), 0, 0))
@@ -464,4 +472,47 @@ async fn reads_against_a_given_head_stop_at_its_size(store: &DynStore) {
         "the newest entry even when it is not above after_seq"
     );
     assert!(rows.map.values().any(Option::is_some));
+}
+
+/// The user's public keys come with a proof's rows when asked (newest first, at most the
+/// number asked), before any head as after one, with a consistency proof as without.
+async fn keys_come_with_the_proof_rows(store: &DynStore) {
+    let (signer, _) = signer();
+    let a = UserId::trusted(9);
+    store.post_public_key(a, &key(1), 1_000).await.unwrap();
+    let query = |keys: usize, from: u64| KtQuery {
+        user: Some(UserQuery {
+            user: a,
+            map_key: records::map_key(SERVER, 9),
+            after_seq: 0,
+            max_entries: 10,
+            map_depth: None,
+            map_from_bits: 0,
+        }),
+        consistency_from: from,
+        head: None,
+        keys,
+    };
+    let fingerprints = |rows: &KtRows| -> Vec<Vec<u8>> {
+        rows.keys.iter().map(|k| k.fingerprint.clone()).collect()
+    };
+    let rows = store.kt_read(&query(5, 0)).await.unwrap();
+    assert!(rows.head.is_none(), "no epoch yet");
+    assert_eq!(fingerprints(&rows), [key(1).fingerprint.to_vec()]);
+    assert_eq!(rows.keys[0].spki_der, key(1).spki_der);
+    assert_eq!(rows.keys[0].posted_at, 1_000);
+    store.kt_publish(&signer, &limits(10), 1).await.unwrap();
+    store.post_public_key(a, &key(2), 2_000).await.unwrap();
+    store.post_public_key(a, &key(3), 3_000).await.unwrap();
+    store.kt_publish(&signer, &limits(10), 2).await.unwrap();
+    let newest_first: Vec<Vec<u8>> = [3, 2, 1].map(|n| key(n).fingerprint.to_vec()).into();
+    let rows = store.kt_read(&query(5, 0)).await.unwrap();
+    assert_eq!(fingerprints(&rows), newest_first);
+    assert_eq!(rows.entries.len(), 3, "the proof's rows as well");
+    assert!(rows.map.values().any(Option::is_some));
+    let rows = store.kt_read(&query(2, 1)).await.unwrap();
+    assert_eq!(fingerprints(&rows), newest_first[..2]);
+    assert!(!rows.log.is_empty(), "and the consistency proof's nodes");
+    let rows = store.kt_read(&query(0, 0)).await.unwrap();
+    assert!(rows.keys.is_empty(), "none unless asked");
 }

@@ -39,7 +39,7 @@ use uuid::Uuid;
 pub use errors::*;
 pub use kt::KtStore;
 pub use kt_evidence::KtEvidenceStore;
-pub use page::{Budget, Paged};
+pub use page::{Budget, Paged, collect_read};
 
 pub use crate::domain::{Foreign, PairId, StreamId, UserId};
 use crate::error::Result;

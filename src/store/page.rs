@@ -78,7 +78,7 @@ pub async fn collect<T>(
     let mut rows = std::pin::pin!(rows);
     let mut items = Vec::new();
     while let Some(item) = rows.try_next().await? {
-        if items.len() >= limit || !budget.take(&item) {
+        if !fits(&items, &item, limit, &mut budget) {
             return Ok(Paged {
                 items,
                 has_more: true,
@@ -92,6 +92,30 @@ pub async fn collect<T>(
     })
 }
 
+/// [`collect`] over rows already read (at most `limit + 1` of them, as a page's query
+/// asks for).
+pub fn collect_read<T>(rows: Vec<T>, limit: usize, mut budget: Budget<T>) -> Paged<T> {
+    let mut items = Vec::new();
+    for item in rows {
+        if !fits(&items, &item, limit, &mut budget) {
+            return Paged {
+                items,
+                has_more: true,
+            };
+        }
+        items.push(item);
+    }
+    Paged {
+        items,
+        has_more: false,
+    }
+}
+
+/// Whether `item` joins a page holding `items`, taking its bytes from `budget` if so.
+fn fits<T>(items: &[T], item: &T, limit: usize, budget: &mut Budget<T>) -> bool {
+    items.len() < limit && budget.take(item)
+}
+
 #[cfg(test)]
 mod tests {
     use futures_util::stream;
@@ -101,9 +125,12 @@ mod tests {
     fn page(sizes: &[usize], limit: usize, bytes: usize) -> Paged<usize> {
         let rows = stream::iter(sizes.iter().copied().map(Ok));
         let budget = Budget::new(bytes, |s: &usize| *s);
-        futures_util::FutureExt::now_or_never(collect(rows, limit, budget))
+        let streamed = futures_util::FutureExt::now_or_never(collect(rows, limit, budget))
             .expect("ready")
-            .expect("no error")
+            .expect("no error");
+        // Rows already read page the same way.
+        assert_eq!(collect_read(sizes.to_vec(), limit, budget), streamed);
+        streamed
     }
 
     #[test]

@@ -9,8 +9,9 @@ use super::*;
 use crate::merkle::log::{Hash, Node};
 use crate::merkle::map::{Prefix, Stored};
 use crate::store::kt::{
-    self, EntriesQuery, EntryRow, Epoch, HeadRow, HeadSigner, KtConn, KtQuery, KtRows, KtStore,
-    KtTx, LogEntry, PendingKey, ProofRows, PublishLimits, Published, TreeHead, hash32, signed,
+    self, EntriesQuery, EntryRow, Epoch, HeadRow, HeadSigner, KeysQuery, KtConn, KtQuery, KtRows,
+    KtStore, KtTx, LogEntry, PendingKey, ProofRows, PublishLimits, Published, TreeHead, hash32,
+    signed,
 };
 use crate::store::kt_rows::{ProofRow, proof_parts};
 
@@ -78,11 +79,21 @@ impl KtConn for PgKt<'_> {
         map_rows(rows)
     }
 
+    async fn public_keys(&mut self, user: i64, limit: usize) -> Result<Vec<StoredKey>> {
+        let rows: Vec<KeyRow> = sqlx::query_as(sql::FETCH_PUBLIC_KEYS)
+            .bind(user)
+            .bind(limit as i64)
+            .fetch_all(&mut *self.0)
+            .await?;
+        Ok(rows.into_iter().map(StoredKey::from).collect())
+    }
+
     async fn proof_rows(
         &mut self,
         entries: Option<EntriesQuery>,
         prefixes: &[Prefix],
         nodes: &[Node],
+        keys: Option<KeysQuery>,
     ) -> Result<ProofRows> {
         // No entries asked: a user that matches nothing (user ids are positive) and LIMIT 0.
         let q = entries.unwrap_or(EntriesQuery {
@@ -105,6 +116,9 @@ impl KtConn for PgKt<'_> {
             )
             .bind(nodes.iter().map(|n| i16::from(n.level)).collect::<Vec<_>>())
             .bind(nodes.iter().map(|n| signed(n.index)).collect::<Vec<_>>())
+            // No keys asked: LIMIT 0.
+            .bind(keys.map_or(0, |k| k.user))
+            .bind(keys.map_or(0, |k| k.limit as i64))
             .fetch_all(&mut *self.0)
             .await?;
         proof_parts(q.user, rows)

@@ -62,6 +62,15 @@ impl KtConn for SqliteKt<'_> {
             .collect()
     }
 
+    async fn public_keys(&mut self, user: i64, limit: usize) -> Result<Vec<StoredKey>> {
+        let rows: Vec<KeyRow> = sqlx::query_as(sql::FETCH_PUBLIC_KEYS)
+            .bind(user)
+            .bind(limit as i64)
+            .fetch_all(&mut *self.0)
+            .await?;
+        Ok(rows.into_iter().map(StoredKey::from).collect())
+    }
+
     async fn map_nodes(&mut self, prefixes: &[Prefix]) -> Result<Vec<(Prefix, Stored)>> {
         let mut out = Vec::new();
         for chunk in prefixes.chunks(CHUNK) {
