@@ -14,11 +14,15 @@
 //! **Bound.** At most 2^([`CACHED_BITS`] + 1) − 1 nodes (8,191, about 1 MiB), one head at
 //! a time: a proof verified against a newer head (a larger tree) starts the cache anew;
 //! re-signed heads (same size and roots) keep it.
+//!
+//! **The log's subtrees** ([`LogCache`]) never change once stored (the log only grows), so
+//! those of a consistency proof covering [`LOG_CACHED_LEVEL`] levels or more are kept as
+//! read, for every head, up to [`LOG_CACHED_NODES`] of them (then no more are added).
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 
-use crate::merkle::log::Hash;
+use crate::merkle::NodeMap;
+use crate::merkle::log::{Hash, Node};
 use crate::merkle::map::{self, Prefix, Stored};
 use crate::store::kt::TreeHead;
 
@@ -35,7 +39,7 @@ pub struct MapCache {
 struct Levels {
     tree_size: u64,
     map_root: Hash,
-    nodes: HashMap<Prefix, Option<Stored>>,
+    nodes: NodeMap<Prefix, Option<Stored>>,
 }
 
 impl Levels {
@@ -48,7 +52,7 @@ impl Levels {
 #[derive(Debug, Default)]
 pub struct Known {
     /// The cached nodes on the path and their siblings, from the root down.
-    pub nodes: HashMap<Prefix, Option<Stored>>,
+    pub nodes: NodeMap<Prefix, Option<Stored>>,
     /// The first level the database must be read from (prefixes of fewer bits are
     /// all in `nodes`).
     pub from_bits: u16,
@@ -141,11 +145,48 @@ impl MapCache {
             *state = Some(Levels {
                 tree_size: head.tree_size,
                 map_root: head.map_root,
-                nodes: HashMap::new(),
+                nodes: NodeMap::default(),
             });
         }
         if let Some(levels) = state.as_mut() {
             levels.nodes.extend(verified);
+        }
+    }
+}
+
+/// Log subtrees kept: those of this level and above (16 entries or more).
+pub const LOG_CACHED_LEVEL: u8 = 4;
+
+/// Most log subtrees kept (about 4 MiB; at 10^6 entries, every subtree of level 4 and
+/// above is 2^20 / 2^4 × 2 ≈ 131,000, so the cache then holds the most read half).
+pub const LOG_CACHED_NODES: usize = 65_536;
+
+/// Stored log subtrees read before (immutable: the log only grows).
+#[derive(Default)]
+pub struct LogCache {
+    nodes: Mutex<NodeMap<Node, Hash>>,
+}
+
+impl LogCache {
+    /// The kept ones among `wanted`.
+    pub fn known(&self, wanted: &[Node]) -> NodeMap<Node, Hash> {
+        let nodes = self.nodes.lock().expect("not poisoned");
+        wanted
+            .iter()
+            .filter_map(|n| nodes.get(n).map(|h| (*n, *h)))
+            .collect()
+    }
+
+    /// Keeps the subtrees of `read` high enough to be worth it, while there is room.
+    pub fn learn(&self, read: &NodeMap<Node, Hash>) {
+        let mut nodes = self.nodes.lock().expect("not poisoned");
+        for (n, h) in read {
+            if nodes.len() >= LOG_CACHED_NODES {
+                return;
+            }
+            if n.level >= LOG_CACHED_LEVEL {
+                nodes.insert(*n, *h);
+            }
         }
     }
 }
@@ -167,11 +208,11 @@ mod tests {
     }
 
     /// A map's stored nodes.
-    type Nodes = HashMap<Prefix, Option<Stored>>;
+    type Nodes = NodeMap<Prefix, Option<Stored>>;
 
     /// A map of `n` keys as its stored nodes, its root and its (key, value) pairs.
     fn build(n: u8) -> (Nodes, Hash, Vec<(Hash, Hash)>) {
-        let mut nodes = Nodes::new();
+        let mut nodes = Nodes::default();
         let mut root = map::EMPTY;
         let mut kv = Vec::new();
         for i in 0..n {
@@ -239,5 +280,22 @@ mod tests {
             0,
             "an older head is not kept"
         );
+    }
+
+    #[test]
+    fn log_subtrees_are_kept_from_their_level_up_and_within_the_bound() {
+        let cache = LogCache::default();
+        let node = |level, index| Node { level, index };
+        let read: NodeMap<Node, Hash> = [(node(3, 1), [1; 32]), (node(4, 2), [2; 32])]
+            .into_iter()
+            .collect();
+        cache.learn(&read);
+        let known = cache.known(&[node(3, 1), node(4, 2), node(9, 0)]);
+        assert_eq!(known, [(node(4, 2), [2; 32])].into_iter().collect());
+        let many: NodeMap<Node, Hash> = (0..LOG_CACHED_NODES as u64 + 10)
+            .map(|i| (node(5, i), [5; 32]))
+            .collect();
+        cache.learn(&many);
+        assert_eq!(cache.nodes.lock().unwrap().len(), LOG_CACHED_NODES);
     }
 }

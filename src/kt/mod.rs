@@ -60,6 +60,8 @@ pub struct Kt {
     newest: Mutex<Option<TreeHead>>,
     /// The map's upper levels of the newest head proofs were verified against.
     map_cache: cache::MapCache,
+    /// Log subtrees read before (they never change).
+    log_cache: cache::LogCache,
     warned_foreign_head: AtomicBool,
     signal: Signal,
 }
@@ -91,6 +93,7 @@ impl Kt {
             published: watch::channel(0).0,
             newest: Mutex::new(None),
             map_cache: cache::MapCache::default(),
+            log_cache: cache::LogCache::default(),
             warned_foreign_head: AtomicBool::new(false),
             signal,
         })

@@ -12,6 +12,7 @@ use super::Kt;
 use super::cache::{CACHED_BITS, Known};
 use crate::domain::UserId;
 use crate::error::{Error, Result};
+use crate::merkle::NodeMap;
 use crate::merkle::log::{self, Hash};
 use crate::merkle::map::{self, Prefix, Stored};
 use crate::merkle::records;
@@ -134,6 +135,7 @@ impl Kt {
             consistency_from: known,
             head: None,
             keys: 0,
+            log_known: NodeMap::default(),
         };
         let rows = self.store.kt_read(&query).await?;
         let head = rows.head.as_ref().ok_or_else(no_head)?;
@@ -210,10 +212,20 @@ impl Kt {
         keys: usize,
     ) -> Result<(KtRows, Result<Step>)> {
         let map_key = records::map_key(&self.server_name, r.user.get().max(0) as u64);
-        let cached = match &against {
-            Some(head) => self.map_cache.known(&map_key, head),
-            None => Known::default(),
+        let (cached, log_known) = match &against {
+            Some(head) => {
+                let from = r.known_tree_size;
+                let log_known = match from > 0 && from < head.tree_size {
+                    true => self
+                        .log_cache
+                        .known(&log::needed_for_consistency(from, head.tree_size)),
+                    false => NodeMap::default(),
+                };
+                (self.map_cache.known(&map_key, head), log_known)
+            }
+            None => (Known::default(), NodeMap::default()),
         };
+        let log_cached = log_known.len();
         let query = KtQuery {
             user: Some(UserQuery {
                 user: r.user,
@@ -226,8 +238,12 @@ impl Kt {
             consistency_from: r.known_tree_size,
             head: against,
             keys,
+            log_known,
         };
         let rows = self.store.kt_read(&query).await?;
+        if rows.log.len() > log_cached {
+            self.log_cache.learn(&rows.log);
+        }
         let step = self.step(r, &map_key, &rows, &cached);
         Ok((rows, step))
     }

@@ -26,6 +26,7 @@ use async_trait::async_trait;
 
 use super::{StoredKey, UserId};
 use crate::error::{Error, Result};
+use crate::merkle::NodeMap;
 use crate::merkle::log::{self, Hash, Node};
 use crate::merkle::map::{self, Prefix, Stored};
 use crate::merkle::records::{self, Entry};
@@ -194,6 +195,9 @@ pub struct KtQuery {
     /// connection — in the same statement on Postgres (FetchKey's keys and proof in one
     /// round trip).
     pub keys: usize,
+    /// Log subtrees the caller holds already (`kt::cache`): not read again, and in
+    /// [`KtRows::log`] as given.
+    pub log_known: NodeMap<Node, Hash>,
 }
 
 /// What [`KtQuery`] read. Rows read after the head may be newer than it (another epoch
@@ -205,10 +209,10 @@ pub struct KtRows {
     /// The user's entries within the head, newest first.
     pub entries: Vec<LogEntry>,
     /// Every map prefix read, with what is stored there (None: nothing).
-    pub map: HashMap<Prefix, Option<Stored>>,
+    pub map: NodeMap<Prefix, Option<Stored>>,
     /// The log nodes of the consistency proof from `consistency_from` (none when that
     /// is 0 or not below the head's size).
-    pub log: HashMap<Node, Hash>,
+    pub log: NodeMap<Node, Hash>,
     /// The user's public keys when [`KtQuery::keys`] asked for them, newest first (read
     /// even before the first head).
     pub keys: Vec<StoredKey>,
@@ -546,10 +550,11 @@ pub async fn read(conn: &mut dyn KtConn, query: &KtQuery) -> Result<KtRows> {
     let size = head.tree_size;
     let mut rows = KtRows::default();
     let from = query.consistency_from;
-    let nodes = match from > 0 && from < size {
+    let mut nodes = match from > 0 && from < size {
         true => log::needed_for_consistency(from, size),
         false => Vec::new(),
     };
+    nodes.retain(|n| !query.log_known.contains_key(n));
     let prefixes = match &query.user {
         Some(q) => {
             let mut needed = map::needed(
@@ -571,6 +576,8 @@ pub async fn read(conn: &mut dyn KtConn, query: &KtQuery) -> Result<KtRows> {
     rows.keys = read.keys;
     rows.entries = read.entries;
     rows.log = read.log.into_iter().collect();
+    rows.log
+        .extend(query.log_known.iter().map(|(n, h)| (*n, *h)));
     if let Some(q) = &query.user {
         if rows.entries.is_empty() && q.after_seq > 0 {
             // Nothing above after_seq: the newest entry still comes.
@@ -592,8 +599,8 @@ pub async fn read(conn: &mut dyn KtConn, query: &KtQuery) -> Result<KtRows> {
 }
 
 /// Every prefix read, with the node found there (None: nothing).
-fn found(prefixes: &[Prefix], nodes: Vec<(Prefix, Stored)>) -> HashMap<Prefix, Option<Stored>> {
-    let mut map: HashMap<Prefix, Option<Stored>> = prefixes.iter().map(|p| (*p, None)).collect();
+fn found(prefixes: &[Prefix], nodes: Vec<(Prefix, Stored)>) -> NodeMap<Prefix, Option<Stored>> {
+    let mut map: NodeMap<Prefix, Option<Stored>> = prefixes.iter().map(|p| (*p, None)).collect();
     for (p, s) in nodes {
         map.insert(p, Some(s));
     }

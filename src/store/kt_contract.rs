@@ -209,6 +209,7 @@ async fn check_all(store: &DynStore, public: &[u8]) -> Vec<LogEntry> {
                 consistency_from: h.tree_size,
                 head: None,
                 keys: 0,
+                log_known: Default::default(),
             })
             .await
             .unwrap();
@@ -239,6 +240,7 @@ async fn check_all(store: &DynStore, public: &[u8]) -> Vec<LogEntry> {
                 consistency_from: 0,
                 head: None,
                 keys: 0,
+                log_known: Default::default(),
             })
             .await
             .unwrap();
@@ -264,6 +266,7 @@ async fn check_all(store: &DynStore, public: &[u8]) -> Vec<LogEntry> {
                     consistency_from: 0,
                     head: None,
                     keys: 0,
+                    log_known: Default::default(),
                 })
                 .await
                 .unwrap();
@@ -447,6 +450,7 @@ async fn reads_against_a_given_head_stop_at_its_size(store: &DynStore) {
         consistency_from: from,
         head,
         keys: 0,
+        log_known: Default::default(),
     };
     let rows = store
         .kt_read(&query(Some(old.clone()), 0, 0))
@@ -492,6 +496,7 @@ async fn keys_come_with_the_proof_rows(store: &DynStore) {
         consistency_from: from,
         head: None,
         keys,
+        log_known: Default::default(),
     };
     let fingerprints = |rows: &KtRows| -> Vec<Vec<u8>> {
         rows.keys.iter().map(|k| k.fingerprint.clone()).collect()
@@ -513,6 +518,13 @@ async fn keys_come_with_the_proof_rows(store: &DynStore) {
     let rows = store.kt_read(&query(2, 1)).await.unwrap();
     assert_eq!(fingerprints(&rows), newest_first[..2]);
     assert!(!rows.log.is_empty(), "and the consistency proof's nodes");
+    // Subtrees the caller holds are not read again: they come back as given.
+    let (held, _) = rows.log.iter().next().map(|(n, h)| (*n, *h)).unwrap();
+    let mut again = query(2, 1);
+    again.log_known = [(held, [7; 32])].into_iter().collect();
+    let reread = store.kt_read(&again).await.unwrap();
+    assert_eq!(reread.log[&held], [7; 32]);
+    assert_eq!(reread.log.len(), rows.log.len());
     let rows = store.kt_read(&query(0, 0)).await.unwrap();
     assert!(rows.keys.is_empty(), "none unless asked");
 }
