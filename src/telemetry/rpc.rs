@@ -38,161 +38,85 @@ pub const BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// One served method: its path, the `service` and `method` labels, and whether the
-/// response is a stream (measured to its headers).
+/// One served method: its service, its name, and whether the response is a stream
+/// (measured to its headers).
 #[derive(Debug, Clone, Copy)]
 pub struct Method {
-    /// The HTTP/2 path, `/package.Service/Method`.
-    pub path: &'static str,
+    /// The start of the service's paths, `/package.Service/`.
+    pub prefix: &'static str,
     /// The `service` label (the service's name without its package).
     pub service: &'static str,
-    /// The `method` label.
+    /// The `method` label, the rest of the path.
     pub method: &'static str,
     /// True when the client or the server streams (measured to the response headers).
     pub streaming: bool,
 }
 
-const fn m(path: &'static str, service: &'static str, method: &'static str) -> Method {
+impl Method {
+    /// Whether this is the method of `path`.
+    fn is(&self, path: &str) -> bool {
+        path.strip_prefix(self.prefix) == Some(self.method)
+    }
+}
+
+/// A service: the start of its paths and its label.
+type Service = (&'static str, &'static str);
+
+const fn m(service: Service, method: &'static str) -> Method {
     Method {
-        path,
-        service,
+        prefix: service.0,
+        service: service.1,
         method,
         streaming: false,
     }
 }
 
-const fn s(path: &'static str, service: &'static str, method: &'static str) -> Method {
+const fn s(service: Service, method: &'static str) -> Method {
     Method {
-        path,
-        service,
-        method,
         streaming: true,
+        ..m(service, method)
     }
 }
 
-const SECRET: &str = "SecretService";
-const FED: &str = "SecretFederationService";
+const SECRET: Service = ("/protocol.secret.v1.SecretService/", "SecretService");
+const FED: Service = (
+    "/protocol.secret.federation.v1.SecretFederationService/",
+    "SecretFederationService",
+);
+const HEALTH: Service = ("/grpc.health.v1.Health/", "Health");
+const REFLECTION: Service = ("/grpc.reflection.v1.ServerReflection/", "ServerReflection");
+const REFLECTION_ALPHA: Service = (
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "ServerReflection",
+);
 
-/// Every path the server serves (a test checks it against the services' descriptors).
-pub const METHODS: [Method; 26] = [
-    m(
-        "/protocol.secret.v1.SecretService/PostKey",
-        SECRET,
-        "PostKey",
-    ),
-    m(
-        "/protocol.secret.v1.SecretService/FetchKey",
-        SECRET,
-        "FetchKey",
-    ),
-    m(
-        "/protocol.secret.v1.SecretService/PostPrivateKey",
-        SECRET,
-        "PostPrivateKey",
-    ),
-    m(
-        "/protocol.secret.v1.SecretService/FetchPrivateKey",
-        SECRET,
-        "FetchPrivateKey",
-    ),
-    m(
-        "/protocol.secret.v1.SecretService/GenerateChannelPair",
-        SECRET,
-        "GenerateChannelPair",
-    ),
-    m(
-        "/protocol.secret.v1.SecretService/SendInvite",
-        SECRET,
-        "SendInvite",
-    ),
-    m(
-        "/protocol.secret.v1.SecretService/FetchInvites",
-        SECRET,
-        "FetchInvites",
-    ),
-    m(
-        "/protocol.secret.v1.SecretService/ListChannelPairs",
-        SECRET,
-        "ListChannelPairs",
-    ),
-    m(
-        "/protocol.secret.v1.SecretService/LeaveChannelPair",
-        SECRET,
-        "LeaveChannelPair",
-    ),
-    m(
-        "/protocol.secret.v1.SecretService/RemoveMember",
-        SECRET,
-        "RemoveMember",
-    ),
-    m(
-        "/protocol.secret.v1.SecretService/PostMessage",
-        SECRET,
-        "PostMessage",
-    ),
-    m(
-        "/protocol.secret.v1.SecretService/FetchMessages",
-        SECRET,
-        "FetchMessages",
-    ),
-    s(
-        "/protocol.secret.v1.SecretService/StreamMessagePosting",
-        SECRET,
-        "StreamMessagePosting",
-    ),
-    m(
-        "/protocol.secret.v1.SecretService/Federate",
-        SECRET,
-        "Federate",
-    ),
-    s(
-        "/protocol.secret.v1.SecretService/Subscribe",
-        SECRET,
-        "Subscribe",
-    ),
-    m(
-        "/protocol.secret.v1.SecretService/GetTreeHead",
-        SECRET,
-        "GetTreeHead",
-    ),
-    m(
-        "/protocol.secret.v1.SecretService/MonitorKey",
-        SECRET,
-        "MonitorKey",
-    ),
-    m(
-        "/protocol.secret.federation.v1.SecretFederationService/ServerKey",
-        FED,
-        "ServerKey",
-    ),
-    m(
-        "/protocol.secret.federation.v1.SecretFederationService/FetchUserKey",
-        FED,
-        "FetchUserKey",
-    ),
-    m(
-        "/protocol.secret.federation.v1.SecretFederationService/DeliverInvite",
-        FED,
-        "DeliverInvite",
-    ),
-    m(
-        "/protocol.secret.federation.v1.SecretFederationService/ExchangeHeads",
-        FED,
-        "ExchangeHeads",
-    ),
-    m("/grpc.health.v1.Health/Check", "Health", "Check"),
-    s("/grpc.health.v1.Health/Watch", "Health", "Watch"),
-    s("/grpc.health.v1.Health/List", "Health", "List"),
-    s(
-        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-        "ServerReflection",
-        "ServerReflectionInfo",
-    ),
-    s(
-        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-        "ServerReflection",
-        "ServerReflectionInfo",
-    ),
+/// Every method the server serves (a test checks it against the services' descriptors).
+pub const METHODS: [Method; 25] = [
+    m(SECRET, "PostKey"),
+    m(SECRET, "FetchKey"),
+    m(SECRET, "PostPrivateKey"),
+    m(SECRET, "FetchPrivateKey"),
+    m(SECRET, "GenerateChannelPair"),
+    m(SECRET, "SendInvite"),
+    m(SECRET, "FetchInvites"),
+    m(SECRET, "ListChannelPairs"),
+    m(SECRET, "LeaveChannelPair"),
+    m(SECRET, "RemoveMember"),
+    m(SECRET, "PostMessage"),
+    m(SECRET, "FetchMessages"),
+    s(SECRET, "StreamMessagePosting"),
+    m(SECRET, "Federate"),
+    s(SECRET, "Subscribe"),
+    m(SECRET, "GetTreeHead"),
+    m(SECRET, "MonitorKey"),
+    m(FED, "ServerKey"),
+    m(FED, "FetchUserKey"),
+    m(FED, "DeliverInvite"),
+    m(FED, "ExchangeHeads"),
+    m(HEALTH, "Check"),
+    s(HEALTH, "Watch"),
+    s(REFLECTION, "ServerReflectionInfo"),
+    s(REFLECTION_ALPHA, "ServerReflectionInfo"),
 ];
 
 /// Where any other path is counted.
@@ -225,7 +149,7 @@ const UNKNOWN_CODE: usize = 2;
 
 /// The method a path names, if the server serves it.
 pub fn method_of(path: &str) -> Option<&'static Method> {
-    METHODS.iter().find(|m| m.path == path)
+    METHODS.iter().find(|m| m.is(path))
 }
 
 /// The histogram handles, registered on first use of each label set.
@@ -306,7 +230,7 @@ where
 
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
         let path = req.uri().path();
-        let (method, streaming) = match METHODS.iter().position(|m| m.path == path) {
+        let (method, streaming) = match METHODS.iter().position(|m| m.is(path)) {
             Some(i) => (i, METHODS[i].streaming),
             None => (UNKNOWN, false),
         };
