@@ -89,6 +89,8 @@ pub struct Committer {
     shards: Arc<Vec<mpsc::Sender<Job>>>,
     queue_depth: usize,
     queue_timeout: Duration,
+    /// Posts waiting in all queues (`secretd_commit_queued_posts`).
+    queued: metrics::Gauge,
 }
 
 /// The writer tasks. They stop taking posts when the shutdown reaches
@@ -123,11 +125,12 @@ impl Committer {
         let max_gap = i64::try_from(config.max_gap).unwrap_or(i64::MAX);
         let mut shards = Vec::with_capacity(writers);
         let mut handles = Vec::with_capacity(writers);
+        let queued = crate::telemetry::commit_queues(writers.max(1) * config.queue_depth.max(1));
         for _ in 0..writers.max(1) {
             let (tx, rx) = mpsc::channel(config.queue_depth.max(1));
             shards.push(tx);
             handles.push(tokio::spawn(writer(
-                rx,
+                (rx, queued.clone()),
                 shutdown.clone(),
                 store.clone(),
                 hub.clone(),
@@ -141,6 +144,7 @@ impl Committer {
                 shards: Arc::new(shards),
                 queue_depth: config.queue_depth.max(1),
                 queue_timeout: config.queue_timeout,
+                queued,
             },
             Writers { handles },
         )
@@ -154,8 +158,11 @@ impl Committer {
             .send_timeout(Job { request, reply }, self.queue_timeout)
             .await
         {
-            Ok(()) => {}
-            Err(SendTimeoutError::Timeout(_)) => return Err(self.overloaded()),
+            Ok(()) => self.queued.increment(1.0),
+            Err(SendTimeoutError::Timeout(_)) => {
+                crate::telemetry::commit_queue_full();
+                return Err(self.overloaded());
+            }
             Err(SendTimeoutError::Closed(_)) => {
                 return Err(Error::Unavailable(
                     "the server is shutting down; retry".into(),
@@ -187,7 +194,8 @@ impl Committer {
 }
 
 async fn writer(
-    mut rx: mpsc::Receiver<Job>,
+    // The writer's queue, and the gauge of posts waiting in all queues.
+    (mut rx, queued): (mpsc::Receiver<Job>, metrics::Gauge),
     shutdown: Signal,
     store: DynStore,
     hub: Arc<Hub>,
@@ -217,6 +225,7 @@ async fn writer(
         if got == 0 {
             return;
         }
+        queued.decrement(got as f64);
         let (requests, replies): (Vec<AppendRequest>, Vec<_>) =
             jobs.drain(..).map(|j| (j.request, j.reply)).unzip();
         crate::telemetry::batch(requests.len());

@@ -342,6 +342,20 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
     let verifier = Arc::new(Verifier::from_settings(&settings)?);
     // The server key signs key transparency heads, with federation on or off.
     let server_key = Arc::new(crate::federation::key::load_or_create(&settings)?);
+    // First, so that the hub, the committer and the RPC layer register their metrics
+    // with it.
+    if let Some(metrics_listen) = settings.metrics_listen {
+        crate::telemetry::install_exporter(metrics_listen)?;
+        crate::telemetry::rate_limit_classes(crate::limits::RateClass::ALL.map(|c| c.name()));
+        if settings.federation.enabled {
+            let peers = settings.federation.peers.iter();
+            crate::telemetry::federation_peers(peers.map(|p| p.server_name.as_str()));
+        }
+        tracing::info!(
+            %metrics_listen,
+            "Prometheus metrics at http://{metrics_listen}/metrics"
+        );
+    }
     let database = settings.database()?;
     let replica = Uuid::new_v4();
     let store = store::open_with_deadline(
@@ -386,14 +400,6 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
             signal.clone(),
         ));
     }
-    if let Some(metrics_listen) = settings.metrics_listen {
-        crate::telemetry::install_exporter(metrics_listen)?;
-        tracing::info!(
-            %metrics_listen,
-            "Prometheus metrics at http://{metrics_listen}/metrics"
-        );
-    }
-
     let federation =
         crate::federation::Federation::start(&settings, server_key.clone(), store.clone())?;
     let signer = {
@@ -473,6 +479,8 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
         .trace_fn(|req| tracing::info_span!("rpc", path = %req.uri().path()))
         .layer(cors)
         .layer(tonic_web::GrpcWebLayer::new())
+        // Inside gRPC-Web: browser calls are measured as the gRPC calls they become.
+        .layer(crate::telemetry::rpc::RpcMetricsLayer::new())
         .add_service(secret)
         .add_service(health_service)
         .add_service(reflection_v1)

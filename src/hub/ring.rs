@@ -11,6 +11,8 @@ use super::Frame;
 pub struct Budget {
     limit: usize,
     used: AtomicUsize,
+    /// `used`, as `secretd_fanout_ring_bytes`.
+    gauge: metrics::Gauge,
 }
 
 impl Budget {
@@ -19,6 +21,7 @@ impl Budget {
         Arc::new(Budget {
             limit,
             used: AtomicUsize::new(0),
+            gauge: crate::telemetry::ring_budget(limit),
         })
     }
 
@@ -30,15 +33,21 @@ impl Budget {
 
     /// Takes `n` bytes if they fit.
     fn take(&self, n: usize) -> bool {
-        self.used
+        let taken = self
+            .used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
                 used.checked_add(n).filter(|&u| u <= self.limit)
             })
-            .is_ok()
+            .is_ok();
+        if taken {
+            self.gauge.increment(n as f64);
+        }
+        taken
     }
 
     fn give(&self, n: usize) {
         self.used.fetch_sub(n, Ordering::AcqRel);
+        self.gauge.decrement(n as f64);
     }
 }
 
@@ -73,6 +82,7 @@ impl Ring {
             self.pop_front();
         }
         if !self.budget.take(len) {
+            crate::telemetry::ring_budget_spent();
             self.clear();
             if !self.budget.take(len) {
                 return false;

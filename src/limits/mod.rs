@@ -168,6 +168,7 @@ impl RateLimits {
                 .unwrap_or(u64::MAX)
                 .max(1);
             let name = class.name();
+            crate::telemetry::rate_limited(name);
             Error::Throttled {
                 message: format!(
                     "too many {}: the limit is {} per second after a burst of {} (config keys \

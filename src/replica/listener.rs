@@ -125,6 +125,7 @@ pub async fn run_listener(
             }
         }
         crate::telemetry::listener_connected(false);
+        crate::telemetry::listener_reconnect();
     }
 }
 

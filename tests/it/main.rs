@@ -36,6 +36,7 @@ mod keys;
 mod kt;
 mod limits;
 mod messages;
+mod monitoring;
 mod paging;
 mod private_keys;
 mod process;

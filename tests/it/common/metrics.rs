@@ -13,6 +13,16 @@ pub fn unused_port() -> u16 {
 /// The value of the unlabelled metric `name` at the endpoint `addr` (0 when absent: the
 /// exporter shows a metric only once it was recorded).
 pub async fn metric(addr: &str, name: &str) -> f64 {
+    metrics_page(addr)
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .map(|v| v.trim().parse().expect("a number"))
+        .unwrap_or(0.0)
+}
+
+/// The whole answer (HTTP headers included) of `GET /metrics` at the endpoint `addr`.
+pub async fn metrics_page(addr: &str) -> String {
     let mut s = tokio::net::TcpStream::connect(addr)
         .await
         .expect("metrics endpoint");
@@ -23,10 +33,7 @@ pub async fn metric(addr: &str, name: &str) -> f64 {
         .await
         .expect("metrics within 5 s")
         .unwrap();
-    page.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .map(|v| v.trim().parse().expect("a number"))
-        .unwrap_or(0.0)
+    page
 }
 
 /// Waits (up to `secs`) until `metric(addr, name)` equals `want`; returns the last value.

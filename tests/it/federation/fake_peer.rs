@@ -2,8 +2,6 @@
 //! fingerprint is not its SHA-256, a 2048-bit key, a key not in canonical SPKI DER, and
 //! no current key at all. a must answer UNAVAILABLE naming the peer and count it.
 
-use std::time::Duration;
-
 use secretd::proto::FetchKeyRequest;
 use secretd::proto::federation::secret_federation_service_server::{
     SecretFederationService, SecretFederationServiceServer,
@@ -12,7 +10,6 @@ use secretd::proto::federation::{
     DeliverInviteRequest, DeliverInviteResponse, ExchangeHeadsRequest, ExchangeHeadsResponse,
     FetchUserKeyRequest, FetchUserKeyResponse, ServerKeyRequest, ServerKeyResponse,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::{Code, Request, Response, Status};
 
 use super::nodes::{Node, NodeKey, PeerSpec};
@@ -85,19 +82,6 @@ impl SecretFederationService for Liar {
     ) -> Result<Response<ExchangeHeadsResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
-}
-
-/// The metrics page of the endpoint `addr`.
-async fn metrics_page(addr: &str) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    s.write_all(request.as_bytes()).await.unwrap();
-    let mut page = String::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut page))
-        .await
-        .unwrap()
-        .unwrap();
-    page
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -31,7 +31,7 @@ mod hardening;
 mod harness;
 mod invites;
 mod members;
-mod nodes;
+pub(crate) mod nodes;
 mod tls;
 mod tokens;
 mod transparency;

@@ -1,7 +1,13 @@
 //! Logs (tracing, text or JSON) and Prometheus metrics.
 //!
 //! Metrics are recorded through the `metrics` facade; `serve` installs the Prometheus
-//! exporter when `metrics_listen` is set (else recording is a no-op).
+//! exporter when `metrics_listen` is set (else recording is a no-op). The RPC latency
+//! histogram is a tower layer of its own ([`rpc`]).
+//!
+//! Metrics that count rare events (reconnects, refusals, budget spent, …) are registered
+//! at 0 when the exporter starts, so a dashboard shows 0 rather than "no data".
+
+pub mod rpc;
 
 use std::net::SocketAddr;
 
@@ -34,10 +40,111 @@ pub fn init(settings: &Settings) {
 
 /// Starts the Prometheus endpoint on `addr` (`GET /metrics`).
 pub fn install_exporter(addr: SocketAddr) -> anyhow::Result<()> {
-    metrics_exporter_prometheus::PrometheusBuilder::new()
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    PrometheusBuilder::new()
         .with_http_listener(addr)
-        .install()
+        .set_buckets_for_metric(Matcher::Full(rpc::NAME.into()), &rpc::BUCKETS)
+        .and_then(|b| b.install())
         .map_err(|e| anyhow::anyhow!("cannot start the metrics endpoint on {addr}: {e}"))?;
+    describe_operations();
+    describe();
+    build_info();
+    register_zeros();
+    Ok(())
+}
+
+/// The build-info gauge: `secretd_build_info{version,profile} 1`.
+fn build_info() {
+    let profile = match cfg!(debug_assertions) {
+        true => "debug",
+        false => "release",
+    };
+    metrics::gauge!(
+        "secretd_build_info",
+        "version" => env!("CARGO_PKG_VERSION"),
+        "profile" => profile
+    )
+    .set(1.0);
+}
+
+/// Registers at 0 the metrics that only move when something happens.
+fn register_zeros() {
+    for name in [
+        "secretd_listener_watchdog_total",
+        "secretd_listener_reconnects_total",
+        "secretd_fanout_events_read_total",
+        "secretd_catchup_pages_total",
+        "secretd_commit_queue_full_total",
+        "secretd_fanout_ring_budget_spent_total",
+    ] {
+        metrics::counter!(name).absolute(0);
+    }
+    for name in [
+        "secretd_stream_connections",
+        "secretd_subscriptions",
+        "secretd_kt_equivocating_servers",
+    ] {
+        metrics::gauge!(name).set(0.0);
+    }
+    for outcome in ["appended", "resigned", "busy", "failed"] {
+        metrics::counter!("secretd_kt_epochs_total", "outcome" => outcome).absolute(0);
+    }
+}
+
+/// The descriptions of the metrics added with the monitoring kit (ops/grafana,
+/// ops/prometheus).
+fn describe_operations() {
+    metrics::describe_histogram!(
+        rpc::NAME,
+        metrics::Unit::Seconds,
+        "RPC latency by service, method and status code: unary calls to their status, \
+         streaming calls to their response headers (the stream opened or refused); paths \
+         the server does not serve are counted as method \"unknown\""
+    );
+    metrics::describe_gauge!(
+        "secretd_build_info",
+        "Always 1; the labels say the version and build profile of the running binary"
+    );
+    metrics::describe_counter!(
+        "secretd_listener_reconnects_total",
+        "Times the Postgres change listener lost its connection and reconnected"
+    );
+    metrics::describe_counter!(
+        "secretd_rate_limited_total",
+        "Calls refused by a per-user rate limit, by class (config keys rate_<class>_per_sec and rate_<class>_burst)"
+    );
+    metrics::describe_gauge!(
+        "secretd_commit_queued_posts",
+        "Posts waiting in the group-commit queues (all writers)"
+    );
+    metrics::describe_gauge!(
+        "secretd_commit_queue_capacity",
+        "Posts the group-commit queues hold together (commit_queue_depth × writers)"
+    );
+    metrics::describe_counter!(
+        "secretd_commit_queue_full_total",
+        "Posts refused with RESOURCE_EXHAUSTED because their writer's queue stayed full \
+         for commit_queue_timeout_ms"
+    );
+    metrics::describe_gauge!(
+        "secretd_fanout_ring_bytes",
+        metrics::Unit::Bytes,
+        "Bytes the fan-out rings hold together"
+    );
+    metrics::describe_gauge!(
+        "secretd_fanout_ring_budget_bytes",
+        metrics::Unit::Bytes,
+        "The fan-out rings' shared byte budget (fanout_ring_budget_bytes)"
+    );
+    metrics::describe_counter!(
+        "secretd_fanout_ring_budget_spent_total",
+        "Rings emptied because the shared byte budget was spent (their readers catch up \
+         from the database)"
+    );
+}
+
+/// The descriptions of the metrics the server had before the monitoring kit.
+fn describe() {
     metrics::describe_counter!(
         "secretd_rpc_total",
         "RPCs answered, by method and status code"
@@ -99,7 +206,6 @@ pub fn install_exporter(addr: SocketAddr) -> anyhow::Result<()> {
         "secretd_listener_watchdog_total",
         "Change-listener connections dropped because no notification came within listener_watchdog_ms"
     );
-    Ok(())
 }
 
 /// Counts an answered RPC.
@@ -183,4 +289,59 @@ pub fn federation_call(peer: &str, direction: &'static str, outcome: &'static st
         "outcome" => outcome
     )
     .increment(1);
+}
+
+/// Counts a change-listener connection lost (it reconnects).
+pub fn listener_reconnect() {
+    metrics::counter!("secretd_listener_reconnects_total").increment(1);
+}
+
+/// Registers the rate-limit classes at 0 (`secretd_rate_limited_total{class}`).
+pub fn rate_limit_classes(classes: impl IntoIterator<Item = &'static str>) {
+    for class in classes {
+        metrics::counter!("secretd_rate_limited_total", "class" => class).absolute(0);
+    }
+}
+
+/// Counts a call refused by the rate limit of `class`.
+pub fn rate_limited(class: &'static str) {
+    metrics::counter!("secretd_rate_limited_total", "class" => class).increment(1);
+}
+
+/// Registers the configured federation peers at 0 (`secretd_federation_calls_total`
+/// with outcome "ok", both directions).
+pub fn federation_peers<'a>(peers: impl IntoIterator<Item = &'a str>) {
+    for peer in peers {
+        for direction in ["in", "out"] {
+            metrics::counter!(
+                "secretd_federation_calls_total",
+                "peer" => peer.to_string(),
+                "direction" => direction,
+                "outcome" => "ok"
+            )
+            .absolute(0);
+        }
+    }
+}
+
+/// The group-commit queues' gauge of waiting posts, after setting their capacity.
+pub fn commit_queues(capacity: usize) -> metrics::Gauge {
+    metrics::gauge!("secretd_commit_queue_capacity").set(capacity as f64);
+    metrics::gauge!("secretd_commit_queued_posts")
+}
+
+/// Counts a post refused because its writer's queue stayed full.
+pub fn commit_queue_full() {
+    metrics::counter!("secretd_commit_queue_full_total").increment(1);
+}
+
+/// The fan-out rings' gauge of bytes held, after setting their budget.
+pub fn ring_budget(limit: usize) -> metrics::Gauge {
+    metrics::gauge!("secretd_fanout_ring_budget_bytes").set(limit as f64);
+    metrics::gauge!("secretd_fanout_ring_bytes")
+}
+
+/// Counts a ring emptied because the shared budget was spent.
+pub fn ring_budget_spent() {
+    metrics::counter!("secretd_fanout_ring_budget_spent_total").increment(1);
 }
