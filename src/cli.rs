@@ -1,5 +1,5 @@
 //! Command-line interface:
-//! `secretd [serve|migrate|mint-token|health|federation-key|kt-verify]`.
+//! `secretd [serve|migrate|mint-token|health|federation-key|kt-verify|admin]`.
 //!
 //! Flags override the config file and the environment; each flag's environment twin is the
 //! config key in upper case with a `SECRETD_` prefix (see `config/mod.rs`).
@@ -38,6 +38,54 @@ pub enum Command {
     /// compare with every stored head and check each head's signature; exit 1 naming the
     /// first mismatch.
     KtVerify(KtVerifyArgs),
+    /// Operator commands beside a running server: `admin stats`, `admin backup`.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+/// The operator's subcommands (`secretd admin …`).
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Print what the database holds: users with a key, foreign users, pairs, events,
+    /// ciphertext bytes, the oldest event, the key log's size, the size on disk. Read-only
+    /// (safe while the server runs); one sequential read of the events table.
+    Stats(StatsArgs),
+    /// Copy the database to a new file. SQLite: a consistent copy taken while the server
+    /// writes (never overwrites FILE). Postgres: print the pg_dump / pg_restore procedure
+    /// for this database and exit 3 without writing anything.
+    Backup(BackupArgs),
+}
+
+/// Flags of `admin stats`.
+#[derive(Debug, Args, Clone)]
+pub struct StatsArgs {
+    /// Common flags.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// One JSON object instead of the table (for scripts).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Flags of `admin backup`.
+#[derive(Debug, Args, Clone)]
+pub struct BackupArgs {
+    /// Common flags.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The file to write; it must not exist.
+    #[arg(long, value_name = "FILE")]
+    pub to: PathBuf,
+}
+
+impl AdminCommand {
+    /// The common flags of the subcommand.
+    pub fn common(&self) -> &CommonArgs {
+        match self {
+            AdminCommand::Stats(args) => &args.common,
+            AdminCommand::Backup(args) => &args.common,
+        }
+    }
 }
 
 /// Flags of `kt-verify`.

@@ -6,6 +6,7 @@
 
 // The surface the binaries (`main.rs`, `bench/`), the integration tests and the client's
 // tests use; everything else is crate-private, so the compiler reports what is dead.
+pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod config;

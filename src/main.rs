@@ -3,9 +3,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use secretd::cli::{Cli, Command, HealthArgs, ServeArgs};
+use secretd::cli::{AdminCommand, Cli, Command, HealthArgs, ServeArgs};
 use secretd::config::LogFormat;
-use secretd::{auth, config, federation, server, telemetry};
+use secretd::{admin, auth, config, federation, server, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -21,6 +21,7 @@ fn main() -> ExitCode {
         Command::MintToken(args) => (args.common.config.clone(), args.common.overrides()),
         Command::FederationKey(args) => (args.config.clone(), args.overrides()),
         Command::KtVerify(args) => (args.common.config.clone(), args.common.overrides()),
+        Command::Admin(admin) => (admin.common().config.clone(), admin.common().overrides()),
         Command::Health(_) => unreachable!("handled above"),
     };
     let settings = match config::load(file.as_deref(), &overrides) {
@@ -65,6 +66,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Command::Admin(admin) = command {
+        return runtime.block_on(run_admin(&settings, admin));
+    }
     let result = runtime.block_on(async {
         match command {
             Command::Migrate(_) => server::migrate_only(&settings).await,
@@ -77,6 +81,38 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => failure(log_format, &err),
+    }
+}
+
+/// Runs `secretd admin …`: its report on stdout, exit 0; a failure as [`failure`] says;
+/// `admin backup` on Postgres prints the procedure and exits
+/// [`admin::backup::PROCEDURE_EXIT_CODE`].
+async fn run_admin(settings: &config::Settings, command: AdminCommand) -> ExitCode {
+    let log_format = settings.log_format;
+    match command {
+        AdminCommand::Stats(args) => match admin::stats(settings, args.json).await {
+            Ok(report) => {
+                println!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => failure(log_format, &err),
+        },
+        AdminCommand::Backup(args) => match admin::backup::run(settings, &args.to).await {
+            Ok(admin::backup::Outcome::Written(report)) => {
+                println!("{report}");
+                ExitCode::SUCCESS
+            }
+            Ok(admin::backup::Outcome::Procedure(text)) => {
+                print!("{text}");
+                eprintln!(
+                    "secretd: nothing written: a Postgres database is backed up with pg_dump, \
+                     as printed above (exit {})",
+                    admin::backup::PROCEDURE_EXIT_CODE
+                );
+                ExitCode::from(admin::backup::PROCEDURE_EXIT_CODE)
+            }
+            Err(err) => failure(log_format, &err.into_anyhow()),
+        },
     }
 }
 

@@ -216,7 +216,7 @@ impl Drop for TempFile {
 }
 
 /// Makes the directory's entries durable (the new link).
-fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> anyhow::Result<()> {
     #[cfg(unix)]
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())

@@ -12,6 +12,7 @@
 /// public only for the fuzz targets in `fuzz/`, not part of the server's API.
 #[doc(hidden)]
 pub mod append;
+pub mod backup;
 #[cfg(test)]
 mod contract;
 pub mod deadline;
@@ -28,6 +29,7 @@ mod page;
 pub mod postgres;
 mod sql;
 pub mod sqlite;
+pub mod stats;
 
 use std::sync::Arc;
 use std::time::Duration;

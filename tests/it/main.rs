@@ -23,6 +23,7 @@ fn postgres_half_skipped_set_DATABASE_URL() {
     );
 }
 
+mod admin;
 mod auth;
 mod cli;
 mod cors;
