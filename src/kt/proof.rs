@@ -35,6 +35,9 @@ pub struct ProofRequest {
     pub max_entries: usize,
     /// The client's last verified tree size (0: none).
     pub known_tree_size: u64,
+    /// Read against the newest stored head rather than the one the publisher last saw
+    /// (which lags up to an epoch behind a head another replica published).
+    pub newest_stored: bool,
 }
 
 /// The answer to a read before the first epoch.
@@ -196,6 +199,9 @@ impl Kt {
 
     /// The head a first read of `r` is made against (None: the newest stored one).
     fn first_head(&self, r: &ProofRequest) -> Option<TreeHead> {
+        if r.newest_stored {
+            return None;
+        }
         self.newest_head()
             .filter(|h| h.tree_size >= r.known_tree_size)
     }

@@ -41,6 +41,7 @@ pub(super) async fn post_key(
         after_seq: 0,
         max_entries: POST_KEY_ENTRIES,
         known_tree_size: 0,
+        newest_stored: false,
     };
     let until = Instant::now() + publish_wait(st);
     let logged = |p: &proto::KeyProof| p.entries.iter().any(|e| e.fingerprint == fingerprint);
@@ -146,6 +147,7 @@ pub(crate) async fn local_keys_with_proof(
         after_seq: 0,
         max_entries: limit,
         known_tree_size,
+        newest_stored: false,
     };
     // The keys (one more than a page, as a page's query asks) and the proof in one read.
     let (keys, proof) = st
@@ -163,15 +165,30 @@ pub(crate) async fn local_keys_with_proof(
             .is_some_and(|e| e.fingerprint == fingerprint)
     };
     request.max_entries = 1 + response.past_keys.len();
+    // The one read proves the answer when every key served has its entry in the proof,
+    // in order: the keys and the entries come from one snapshot, but the head they are
+    // checked against may lag behind one another replica published since.
+    let served: Vec<&[u8]> = std::iter::once(current)
+        .chain(&response.past_keys)
+        .map(|k| k.fingerprint.as_slice())
+        .collect();
+    let proves_all = |p: &proto::KeyProof| {
+        p.entries.len() >= served.len()
+            && served
+                .iter()
+                .zip(&p.entries)
+                .all(|(key, entry)| *key == entry.fingerprint.as_slice())
+    };
     response.proof = match proof {
-        Some(mut proof) if covers(&proof) => {
+        Some(mut proof) if proves_all(&proof) => {
             proof.entries.truncate(request.max_entries);
             Some(proof)
         }
         _ => {
-            // Not proved by that read: read again, waiting only while the key's own
-            // PostKey would — until `publish_wait` after it was posted (keys of a
-            // backlog being logged are not waited for).
+            // Not proved by that read: read again against the newest stored head,
+            // waiting only while the key's own PostKey would — until `publish_wait`
+            // after it was posted (keys of a backlog being logged are not waited for).
+            request.newest_stored = true;
             let posted_us = current
                 .posted_at
                 .as_ref()
@@ -281,6 +298,8 @@ pub(super) async fn monitor_key(st: &AppState, r: MonitorKey) -> Result<proto::M
             after_seq: r.after_seq,
             max_entries: st.settings.max_past_keys.saturating_add(1),
             known_tree_size: r.known_tree_size,
+            // The owner's own audit: never against a head behind another replica's.
+            newest_stored: true,
         })
         .await?;
     if proof.entries.is_empty() {

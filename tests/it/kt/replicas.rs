@@ -139,3 +139,67 @@ async fn while_another_holds_the_lock_nothing_is_published_and_nothing_is_lost()
     s.stop().await;
     f.done().await;
 }
+
+/// A replica whose publisher has not seen the newest head (its epochs are far apart, so it
+/// knows only the head of its start) still answers FetchKey with a proof of every key it
+/// serves, against the newest stored head, at once — not a proof against its own stale
+/// head that leaves the current key out (after waiting for an epoch that does not come).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(secretd_no_database_url, ignore = "skipped: DATABASE_URL is not set")]
+async fn a_replica_behind_the_newest_head_proves_the_keys_it_serves() {
+    let Some(b) = postgres() else { return };
+    let f = fresh(&b).await;
+    let one = TestServer::start_with(f.backend.clone(), |s| s.kt_epoch_ms = 50).await;
+    let key_file = one.dir().join("federation-key").display().to_string();
+    let behind = TestServer::start_with(f.backend.clone(), |s| {
+        s.kt_epoch_ms = 600_000;
+        s.federation.signing_key_file = key_file.clone();
+    })
+    .await;
+    let public = server_public_key(one.dir());
+    let alice = random_user();
+    let mut c = one.client(alice).await;
+    for n in [1, 2] {
+        let r = c
+            .post_key(PostKeyRequest {
+                key_data: key_pem(n),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(r.proof.is_some(), "key {n} logged by the first replica");
+    }
+    let url = one.settings.database_url.expose().to_string();
+    let newest = stored_heads(&url).await.last().unwrap().0;
+    let r = behind
+        .client(random_user())
+        .await
+        .fetch_key(secretd::proto::FetchKeyRequest {
+            user_id: alice,
+            homeserver: String::new(),
+            known_tree_size: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let served: Vec<Vec<u8>> = std::iter::once(r.current_key.unwrap())
+        .chain(r.past_keys)
+        .map(|k| k.fingerprint)
+        .collect();
+    assert_eq!(served, [fingerprint_of(2), fingerprint_of(1)]);
+    let proof = r.proof.expect("a proof of the keys served");
+    check_proof(&proof, "localhost", alice, &public, None);
+    let logged: Vec<Vec<u8>> = proof
+        .entries
+        .iter()
+        .map(|e| e.fingerprint.clone())
+        .collect();
+    assert_eq!(logged, served, "one entry per key served, in order");
+    assert!(
+        proof.head.unwrap().tree_size >= newest,
+        "against the newest stored head"
+    );
+    one.stop().await;
+    behind.stop().await;
+    f.done().await;
+}
