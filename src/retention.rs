@@ -82,7 +82,9 @@ impl Sweeper {
                         return Ok(deleted);
                     }
                     let to = t.next_step(self.batch);
-                    deleted += self.store.advance_horizon(t.stream, t.first, to).await?;
+                    let n = self.store.advance_horizon(t.stream, t.first, to).await?;
+                    crate::telemetry::retention_deleted(n);
+                    deleted += n;
                     t.first = to;
                 }
             }
