@@ -720,6 +720,36 @@ mod tests {
     }
 
     #[test]
+    fn retention_settings_are_bounded() {
+        let check = |tweak: fn(&mut Settings)| {
+            let mut s = defaults();
+            tweak(&mut s);
+            s.validate().map_err(|e| e.to_string())
+        };
+        check(|_| {}).unwrap();
+        check(|s| s.retention_days = 30).unwrap();
+        check(|s| {
+            s.max_retention_days = 30;
+            s.retention_days = 30;
+        })
+        .unwrap();
+        // A maximum makes "forever" (0) and anything above it a mistake.
+        let forever = check(|s| s.max_retention_days = 30).unwrap_err();
+        assert!(forever.contains("retention_days is 0"), "{forever}");
+        assert!(
+            check(|s| {
+                s.max_retention_days = 30;
+                s.retention_days = 31;
+            })
+            .is_err()
+        );
+        let fast = check(|s| s.retention_sweep_ms = 1).unwrap_err();
+        assert!(fast.contains("retention_sweep_ms"), "{fast}");
+        let batch = check(|s| s.retention_batch = 0).unwrap_err();
+        assert!(batch.contains("retention_batch"), "{batch}");
+    }
+
+    #[test]
     fn short_secrets_are_refused() {
         assert!(check_secret("jwt_secret", &"x".repeat(31)).is_err());
         assert!(check_secret("jwt_secret", &"x".repeat(32)).is_ok());
