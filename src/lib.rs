@@ -30,6 +30,7 @@ pub(crate) mod kt;
 pub(crate) mod merkle;
 pub(crate) mod private_files;
 pub(crate) mod requests;
+pub(crate) mod retention;
 pub(crate) mod shutdown;
 pub(crate) mod store;
 pub(crate) mod wire;

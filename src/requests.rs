@@ -248,6 +248,35 @@ impl TryFrom<proto::RemoveMemberRequest> for RemoveMember {
     }
 }
 
+/// SetRetention: a pair's retention (each limit 0 = none of that kind).
+#[derive(Debug)]
+pub struct SetRetention {
+    /// The pair.
+    pub pair: PairId,
+    /// Maximum age in seconds (0 ..= 2^63-1).
+    pub max_age_secs: i64,
+    /// Events kept per stream (0 ..= 2^63-1).
+    pub max_events: i64,
+}
+
+impl TryFrom<proto::SetRetentionRequest> for SetRetention {
+    type Error = Error;
+    fn try_from(r: proto::SetRetentionRequest) -> Result<Self, Error> {
+        let signed = |name: &str, v: u64| {
+            i64::try_from(v).map_err(|_| {
+                Error::invalid(format!(
+                    "{name} is {v}; it must be at most 2^63-1 (0 = no limit)"
+                ))
+            })
+        };
+        Ok(SetRetention {
+            pair: PairId::parse("pair_id", &r.pair_id)?,
+            max_age_secs: signed("max_age_secs", r.max_age_secs)?,
+            max_events: signed("max_events", r.max_events)?,
+        })
+    }
+}
+
 /// PostMessage: the ciphertext for a stream and its ratchet counter.
 #[derive(Debug)]
 pub struct PostMessage {

@@ -290,6 +290,7 @@ pub struct Running {
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     writers: Writers,
     publisher: JoinHandle<()>,
+    sweeper: JoinHandle<()>,
     store: DynStore,
     hub: Arc<Hub>,
     grace: Duration,
@@ -327,6 +328,13 @@ impl Running {
             .is_err()
         {
             tracing::warn!("the key transparency epoch in progress did not end in time");
+        }
+        // The retention sweeper stopped at Draining too, after its batch in progress.
+        if tokio::time::timeout(self.grace, self.sweeper)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the retention batch in progress did not end in time");
         }
         self.store.close().await;
     }
@@ -412,6 +420,7 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
     };
     let kt = crate::kt::Kt::new(store.clone(), signer, &settings, signal.clone());
     let publisher = kt.start().await;
+    let sweeper = crate::retention::Sweeper::new(store.clone(), &settings, signal.clone()).spawn();
     if let Some(federation) = &federation {
         // Evidence of equivocation stored before refuses those servers' users from the
         // first call; then the ExchangeHeads rounds (docs/kt.md §9).
@@ -524,6 +533,7 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
         server,
         writers: writer_tasks,
         publisher,
+        sweeper,
         store,
         hub,
         grace: Duration::from_secs(settings.shutdown_grace_secs),

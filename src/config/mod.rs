@@ -169,6 +169,22 @@ pub struct Settings {
     /// verify every key, so a server that leaves proofs out fails their checks.
     pub kt_proofs_in_fetch_key: bool,
 
+    // Retention (README "Retention").
+    /// Days an event is kept when its pair has no SetRetention setting (0 = keep
+    /// forever). Default 0. With `max_retention_days` set, 1 to that maximum.
+    pub retention_days: u64,
+    /// The longest a pair's owner may keep events with SetRetention, in days
+    /// (`max_age_secs` at most this × 86400, and never 0 = forever); 0 = no maximum.
+    /// Default 0.
+    pub max_retention_days: u64,
+    /// How often, in milliseconds, each replica's sweeper deletes expired events. Default
+    /// 60000; 10 to 86400000.
+    pub retention_sweep_ms: u64,
+    /// Most events the sweeper deletes in one transaction (one stream's oldest); a pass
+    /// goes on batch by batch until every stream is within its retention. Default 500;
+    /// 1 to 100000.
+    pub retention_batch: u64,
+
     // Limits (README "Limits"). Rate limits count per user and per replica; a rate of 0
     // turns that limit off.
     /// GenerateChannelPair calls per user per second (0 = off). Default 2.
@@ -376,6 +392,10 @@ fn with_defaults() -> Result<Builder, config::ConfigError> {
         .set_default("kt_epoch_ms", 500)?
         .set_default("kt_max_entries_per_epoch", 1000)?
         .set_default("kt_proofs_in_fetch_key", true)?
+        .set_default("retention_days", 0)?
+        .set_default("max_retention_days", 0)?
+        .set_default("retention_sweep_ms", 60_000)?
+        .set_default("retention_batch", 500)?
         .set_default("rate_pairs_per_sec", 2.0)?
         .set_default("rate_pairs_burst", 100)?
         .set_default("rate_invites_per_sec", 20.0)?
@@ -434,6 +454,30 @@ impl Settings {
             return bad(format!(
                 "kt_epoch_ms is {}; it must be between 10 and 60000 (milliseconds)",
                 self.kt_epoch_ms
+            ));
+        }
+        if self.max_retention_days > 0
+            && !(1..=self.max_retention_days).contains(&self.retention_days)
+        {
+            return bad(format!(
+                "retention_days is {} but max_retention_days is {}: the default must keep \
+                 events between 1 day and that maximum (0 = forever is above it)",
+                self.retention_days, self.max_retention_days
+            ));
+        }
+        if self.retention_days > 1_000_000 || self.max_retention_days > 1_000_000 {
+            return bad("retention_days and max_retention_days must be at most 1000000".into());
+        }
+        if !(10..=86_400_000).contains(&self.retention_sweep_ms) {
+            return bad(format!(
+                "retention_sweep_ms is {}; it must be between 10 and 86400000 (milliseconds)",
+                self.retention_sweep_ms
+            ));
+        }
+        if !(1..=100_000).contains(&self.retention_batch) {
+            return bad(format!(
+                "retention_batch is {}; it must be between 1 and 100000",
+                self.retention_batch
             ));
         }
         if self.kt_max_entries_per_epoch == 0 {
@@ -673,6 +717,36 @@ mod tests {
             s.rate_reads_burst = 0;
         });
         off.check_rates().unwrap();
+    }
+
+    #[test]
+    fn retention_settings_are_bounded() {
+        let check = |tweak: fn(&mut Settings)| {
+            let mut s = defaults();
+            tweak(&mut s);
+            s.validate().map_err(|e| e.to_string())
+        };
+        check(|_| {}).unwrap();
+        check(|s| s.retention_days = 30).unwrap();
+        check(|s| {
+            s.max_retention_days = 30;
+            s.retention_days = 30;
+        })
+        .unwrap();
+        // A maximum makes "forever" (0) and anything above it a mistake.
+        let forever = check(|s| s.max_retention_days = 30).unwrap_err();
+        assert!(forever.contains("retention_days is 0"), "{forever}");
+        assert!(
+            check(|s| {
+                s.max_retention_days = 30;
+                s.retention_days = 31;
+            })
+            .is_err()
+        );
+        let fast = check(|s| s.retention_sweep_ms = 1).unwrap_err();
+        assert!(fast.contains("retention_sweep_ms"), "{fast}");
+        let batch = check(|s| s.retention_batch = 0).unwrap_err();
+        assert!(batch.contains("retention_batch"), "{batch}");
     }
 
     #[test]

@@ -66,7 +66,8 @@ impl RateClass {
     /// and pair creation, both limited, made).
     pub fn of_method(method: &str) -> Option<RateClass> {
         Some(match method {
-            "GenerateChannelPair" => RateClass::Pairs,
+            // SetRetention: a pair's settings, counted with the pairs created.
+            "GenerateChannelPair" | "SetRetention" => RateClass::Pairs,
             "SendInvite" => RateClass::Invites,
             "PostKey" => RateClass::Keys,
             "PostPrivateKey" => RateClass::PrivateKeys,

@@ -45,6 +45,11 @@ pub(super) async fn fetch_messages(
             .into_iter()
             .map(wire::into_posted_message)
             .collect(),
+        history_starts_at: crate::store::retention::history_starts_at(
+            r.page,
+            result.first_event_id,
+            result.has_more,
+        ),
         has_more: result.has_more,
         head_event_id: result.head_event_id as u64,
     })

@@ -7,6 +7,7 @@
 pub(crate) mod keys;
 mod messages;
 mod paging;
+mod retention;
 mod rooms;
 pub mod router;
 pub mod streaming;
@@ -265,6 +266,17 @@ impl SecretService for SecretApi {
         answer(
             "MonitorKey",
             async { keys::monitor_key(&self.state, r.try_into()?).await }.await,
+        )
+    }
+
+    async fn set_retention(
+        &self,
+        req: Request<proto::SetRetentionRequest>,
+    ) -> StatusResult<proto::SetRetentionResponse> {
+        let (user, r) = parts(req)?;
+        answer(
+            "SetRetention",
+            async { retention::set_retention(&self.state, user, r.try_into()?).await }.await,
         )
     }
 

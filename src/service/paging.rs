@@ -26,6 +26,7 @@ pub fn events_budget(settings: &Settings) -> Budget<StoredEvent> {
         messages: Vec::new(),
         has_more: true,
         head_event_id: u64::MAX,
+        history_starts_at: u64::MAX,
     };
     budget(settings, envelope, wire::posted_message_size)
 }

@@ -257,7 +257,7 @@ impl SecretRouter {
 /// server hosts, FetchKey, and the reads of our key transparency log (GetTreeHead,
 /// MonitorKey: public, like keys). The rest (PostKey, PostPrivateKey, FetchPrivateKey,
 /// GenerateChannelPair, FetchInvites, Federate) belongs to the user's own homeserver.
-const FOREIGN_METHODS: [&str; 11] = [
+const FOREIGN_METHODS: [&str; 12] = [
     "FetchKey",
     "GetTreeHead",
     "MonitorKey",
@@ -269,6 +269,7 @@ const FOREIGN_METHODS: [&str; 11] = [
     "FetchMessages",
     "StreamMessagePosting",
     "Subscribe",
+    "SetRetention",
 ];
 
 /// The answer to a unary call that ran past `unary_timeout_ms`.
@@ -289,7 +290,7 @@ fn past_deadline(deadline: Duration) -> Status {
 /// The method name of a SecretService path (`/protocol.secret.v1.SecretService/PostKey` →
 /// `PostKey`), as a static string for metrics; "unknown" for anything else.
 fn method_name(path: &str) -> &'static str {
-    const METHODS: [&str; 17] = [
+    const METHODS: [&str; 18] = [
         "PostKey",
         "FetchKey",
         "PostPrivateKey",
@@ -307,6 +308,7 @@ fn method_name(path: &str) -> &'static str {
         "Subscribe",
         "GetTreeHead",
         "MonitorKey",
+        "SetRetention",
     ];
     let name = path.rsplit('/').next().unwrap_or_default();
     METHODS

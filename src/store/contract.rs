@@ -82,8 +82,13 @@ on_both!(
     invites,
     pairs_and_membership,
     stream_access,
-    foreign_users
+    foreign_users,
+    retention
 );
+
+#[path = "retention_contract.rs"]
+mod retention_contract;
+use retention_contract::retention;
 
 /// post_public_key, fetch_public_keys (newest first, limit, has_more), a retired key.
 async fn public_keys(store: &DynStore) {

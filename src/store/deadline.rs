@@ -412,3 +412,32 @@ impl Store for Deadline {
         }
     }
 }
+
+#[async_trait]
+impl RetentionStore for Deadline {
+    async fn set_retention(
+        &self,
+        owner: UserId,
+        pair: PairId,
+        policy: retention::Retention,
+        now: i64,
+    ) -> Result<()> {
+        let op = self.inner.set_retention(owner, pair, policy, now);
+        self.bound("set_retention", op).await
+    }
+
+    async fn sweep_targets(
+        &self,
+        default: retention::Retention,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<retention::SweepTarget>> {
+        let op = self.inner.sweep_targets(default, now, limit);
+        self.bound("sweep_targets", op).await
+    }
+
+    async fn advance_horizon(&self, stream: Uuid, from: i64, to: i64) -> Result<u64> {
+        let op = self.inner.advance_horizon(stream, from, to);
+        self.bound("advance_horizon", op).await
+    }
+}

@@ -27,6 +27,7 @@ pub mod kt_rows;
 mod migrations;
 mod page;
 pub mod postgres;
+pub mod retention;
 mod sql;
 pub mod sqlite;
 pub mod stats;
@@ -42,6 +43,7 @@ pub use errors::*;
 pub use kt::KtStore;
 pub use kt_evidence::KtEvidenceStore;
 pub use page::{Budget, Paged, collect_read};
+pub use retention::RetentionStore;
 
 pub use crate::domain::{Foreign, PairId, StreamId, UserId};
 use crate::error::Result;
@@ -372,6 +374,9 @@ pub struct EventPage {
     pub head_event_id: i64,
     /// The stream's membership epoch at the time of the read (the reader was a member).
     pub member_epoch: i64,
+    /// The stream's horizon at the time of the read: events below it were deleted by
+    /// retention (0 or 1: none were).
+    pub first_event_id: i64,
 }
 
 /// Events read for the fan-out, with the stream's membership epoch at read time (never
@@ -625,7 +630,14 @@ pub trait FederationStore: Send + Sync {
 /// `kt_evidence.rs`).
 #[async_trait]
 pub trait Store:
-    KeyStore + RoomStore + EventStore + FederationStore + KtStore + KtEvidenceStore + 'static
+    KeyStore
+    + RoomStore
+    + EventStore
+    + FederationStore
+    + KtStore
+    + KtEvidenceStore
+    + RetentionStore
+    + 'static
 {
     /// Which backend this is.
     fn backend(&self) -> Backend;

@@ -76,6 +76,7 @@ fn register_zeros() {
         "secretd_catchup_pages_total",
         "secretd_commit_queue_full_total",
         "secretd_fanout_ring_budget_spent_total",
+        "secretd_retention_deleted_events_total",
     ] {
         metrics::counter!(name).absolute(0);
     }
@@ -182,6 +183,10 @@ fn describe() {
          peer) and outcome (ok, or what went wrong)"
     );
     metrics::describe_counter!(
+        "secretd_retention_deleted_events_total",
+        "Events the retention sweeper deleted (README \"Retention\")"
+    );
+    metrics::describe_counter!(
         "secretd_kt_epochs_total",
         "Key transparency epochs by outcome: appended (a new head), resigned (the newest \
          head re-signed), busy (another replica published), failed"
@@ -252,6 +257,11 @@ pub fn db_deadline(operation: &'static str) {
 /// Counts a listener connection dropped by the watchdog.
 pub fn listener_watchdog() {
     metrics::counter!("secretd_listener_watchdog_total").increment(1);
+}
+
+/// Counts events the retention sweeper deleted.
+pub fn retention_deleted(events: u64) {
+    metrics::counter!("secretd_retention_deleted_events_total").increment(events);
 }
 
 /// Counts a key transparency epoch: `outcome` (appended, resigned, busy, failed), the

@@ -43,6 +43,7 @@ mod private_keys;
 mod process;
 mod races;
 mod replicas;
+mod retention;
 mod rooms;
 mod status_text;
 mod streaming;

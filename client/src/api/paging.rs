@@ -62,20 +62,33 @@ impl Api {
     pub async fn fetch_messages_after(
         &self,
         stream_id: &str,
-        mut after: u64,
+        after: u64,
     ) -> Result<Vec<PostedMessage>> {
+        Ok(self.fetch_history_after(stream_id, after).await?.0)
+    }
+
+    /// Every event of a stream after `after` (all pages), ascending, and where the
+    /// stream's history starts when the room's retention removed events after `after`
+    /// (the server's `history_starts_at`; 0 = nothing asked for was removed).
+    pub async fn fetch_history_after(
+        &self,
+        stream_id: &str,
+        mut after: u64,
+    ) -> Result<(Vec<PostedMessage>, u64)> {
         let mut out = Vec::new();
+        let mut starts_at = 0;
         loop {
             let page = self
                 .fetch_messages_page(stream_id, after, PAGE_LIMIT)
                 .await?;
+            starts_at = starts_at.max(page.history_starts_at);
             let Some(last) = page.messages.last().map(|m| m.event_id) else {
-                return Ok(out);
+                return Ok((out, starts_at));
             };
             after = last;
             out.extend(page.messages);
             if !page.has_more {
-                return Ok(out);
+                return Ok((out, starts_at));
             }
         }
     }

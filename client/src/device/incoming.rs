@@ -32,6 +32,10 @@ pub enum Content {
         /// Who was excluded.
         removed: Vec<UserRef>,
     },
+    /// Not an event: the server said the room's retention removed the stream's events
+    /// before this one (`history_starts_at`), events this device never read. The
+    /// notice's `event_id` is that first kept event; its sender and times are empty.
+    HistoryRemoved,
 }
 
 /// One received event, decrypted and authenticated, or why not.
@@ -60,6 +64,22 @@ pub struct Incoming {
 }
 
 impl Incoming {
+    /// The notice that the stream's history before `starts_at` was removed by the room's
+    /// retention ([`Content::HistoryRemoved`]).
+    pub(super) fn history_removed(pair_id: &str, stream: StreamKind, starts_at: u64) -> Incoming {
+        Incoming {
+            pair_id: pair_id.to_string(),
+            stream,
+            event_id: starts_at,
+            counter: 0,
+            sender: UserRef::default(),
+            posted_at_ms: 0,
+            client_time_ms: 0,
+            stale_epoch: false,
+            content: Ok(Content::HistoryRemoved),
+        }
+    }
+
     /// The event `m` of a room's stream with what opening it gave: the content or why
     /// not, whether its epoch is an older one, and the sender's clock.
     /// Users in it are named as this device's homeserver names them (`frame`).

@@ -82,12 +82,21 @@ impl Device {
         let stream = self.stream_of(pair_id, kind)?;
         let (stream_id, after) = (stream.stream_id.clone(), stream.last_event_id);
         let api = self.api_for(pair_id).await?;
-        let events = match api.fetch_messages_after(&stream_id, after).await {
-            Ok(events) => events,
+        let (events, starts_at) = match api.fetch_history_after(&stream_id, after).await {
+            Ok(read) => read,
             Err(e) => return Err(self.room_refused(pair_id, e).await),
         };
+        let mut gap = self.max_gap;
+        if starts_at > after.saturating_add(1) {
+            // The room's retention removed events this device never read: say so, and let
+            // the ratchet advance past their counters (each moved it by at most max_gap).
+            self.processed
+                .push(Incoming::history_removed(pair_id, kind, starts_at));
+            gap = horizon_gap(self.max_gap, starts_at - after - 1);
+        }
         for m in events {
-            self.process(pair_id, kind, m).await?;
+            self.process(pair_id, kind, m, gap).await?;
+            gap = self.max_gap;
         }
         Ok(())
     }
@@ -101,7 +110,8 @@ impl Device {
         };
         let last = self.stream_of(&pair_id, kind)?.last_event_id;
         if Some(m.event_id) == last.checked_add(1) {
-            self.process(&pair_id, kind, m).await?;
+            let gap = self.max_gap;
+            self.process(&pair_id, kind, m, gap).await?;
         } else if m.event_id > last {
             self.catch_up(&pair_id, kind).await?;
         }
@@ -109,30 +119,32 @@ impl Device {
     }
 
     /// Checks, decrypts, authenticates and applies the next event of a stream, moving
-    /// the cursor past it whatever the outcome.
-    async fn process(&mut self, pair_id: &str, kind: StreamKind, m: PostedMessage) -> Result<()> {
+    /// the cursor past it whatever the outcome; its counter may be at most `gap` past
+    /// the stream's head counter.
+    async fn process(
+        &mut self,
+        pair_id: &str,
+        kind: StreamKind,
+        m: PostedMessage,
+        gap: u64,
+    ) -> Result<()> {
         let counter = counter_of(&m);
         let stream = self.stream_of(pair_id, kind)?;
-        let ordered = check_order(
-            counter,
-            stream.accepted_counter,
-            stream.last_counter,
-            self.max_gap,
-        );
+        let ordered = check_order(counter, stream.accepted_counter, stream.last_counter, gap);
         let in_order = ordered.is_ok();
         let mut content = match ordered {
-            Ok(()) => self.authenticate_next(pair_id, kind, &m).await,
+            Ok(()) => self.authenticate_next(pair_id, kind, &m, gap).await,
             Err(e) => Err(e),
         };
         if matches!(content, Err(Error::UnknownEpoch { .. })) {
             // A rotation we have not heard of: its invite may be waiting.
             self.accept_invites().await?;
-            content = self.authenticate_next(pair_id, kind, &m).await;
+            content = self.authenticate_next(pair_id, kind, &m, gap).await;
         }
         if kind == StreamKind::Message && matches!(content, Err(Error::Untrusted(_))) {
             // A TrustKey may have landed on the state stream since we read it.
             Box::pin(self.catch_up(pair_id, StreamKind::State)).await?;
-            content = self.authenticate_next(pair_id, kind, &m).await;
+            content = self.authenticate_next(pair_id, kind, &m, gap).await;
         }
         let stream = self.stream_mut(pair_id, kind)?;
         stream.last_event_id = m.event_id;
@@ -208,14 +220,16 @@ impl Device {
         Ok(())
     }
 
-    /// Decrypts the next event with the stream's cursors and authenticates it.
+    /// Decrypts the next event with the stream's cursors (advancing at most `gap`) and
+    /// authenticates it.
     async fn authenticate_next(
         &mut self,
         pair_id: &str,
         kind: StreamKind,
         m: &PostedMessage,
+        gap: u64,
     ) -> Result<Opened> {
-        let opened = open_with(self.stream_of(pair_id, kind)?, kind, m, self.max_gap)?;
+        let opened = open_with(self.stream_of(pair_id, kind)?, kind, m, gap)?;
         self.authenticate(pair_id, m, opened).await
     }
 
@@ -246,4 +260,16 @@ impl Device {
         }
         Ok(())
     }
+}
+
+/// The most the ratchet derives in one step past a retention horizon: a server claiming a
+/// far horizon must not make the device hash for long (2^22 steps: a few seconds).
+const MAX_HORIZON_GAP: u64 = 1 << 22;
+
+/// How far the first event after a horizon may move the counter: `max_gap` for it and
+/// for each of the `removed` events before it, within [`MAX_HORIZON_GAP`].
+fn horizon_gap(max_gap: u64, removed: u64) -> u64 {
+    max_gap
+        .saturating_mul(removed.saturating_add(1))
+        .clamp(max_gap, MAX_HORIZON_GAP.max(max_gap))
 }

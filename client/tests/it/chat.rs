@@ -18,7 +18,8 @@ pub fn marker() -> String {
     format!("PLAINTEXT-MARKER-{}", hex::encode(r))
 }
 
-fn texts(events: &[Incoming]) -> Vec<String> {
+/// The texts of `events`, each of which must have decrypted to one.
+pub fn texts(events: &[Incoming]) -> Vec<String> {
     events
         .iter()
         .map(|e| match &e.content {

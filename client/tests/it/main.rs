@@ -8,6 +8,7 @@ mod common;
 mod federated;
 mod hostile;
 mod removal;
+mod retention;
 mod rotation;
 mod subscription;
 mod tamper;

@@ -160,6 +160,15 @@ impl Call {
         if sub.cursor != cursor || sub.live {
             return; // repositioned meanwhile: the next step starts over
         }
+        if page.first_event_id > cursor.saturating_add(1) {
+            // Retention deleted events after the cursor: the page starts at the horizon,
+            // and the CaughtUp at the end of this backlog says so (a subscription that was
+            // live gets one too), never a silent gap.
+            sub.history_starts_at = sub.history_starts_at.max(page.first_event_id);
+            if sub.catch_up_to.is_none() {
+                sub.catch_up_to = Some(page.head_event_id.max(cursor));
+            }
+        }
         // One page may exceed the queue's capacity; the next step waits for room.
         for (event_id, frame) in frames {
             sub.queue(ready, event_id, frame);
@@ -191,6 +200,7 @@ impl Sub {
             ready.push_back(wire::frame(Event::CaughtUp(CaughtUp {
                 stream_id: self.name.clone(),
                 head_event_id: self.cursor as u64,
+                history_starts_at: std::mem::take(&mut self.history_starts_at) as u64,
             })));
         }
     }

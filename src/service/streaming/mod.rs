@@ -249,6 +249,9 @@ pub(crate) struct Sub {
     verified_epoch: i64,
     /// Send CaughtUp once the cursor reaches this.
     catch_up_to: Option<i64>,
+    /// The stream's horizon when a database read found events after the cursor deleted
+    /// by retention (0 = none): said in the next CaughtUp (`history_starts_at`).
+    history_starts_at: i64,
     /// Served by the response stream from the ring (else the session owns it).
     live: bool,
 }

@@ -268,6 +268,7 @@ impl Session {
                             db_head: head,
                             verified_epoch: access.member_epoch,
                             catch_up_to: Some(head),
+                            history_starts_at: 0,
                             live: false,
                         },
                     );
@@ -280,6 +281,7 @@ impl Session {
                         sub.db_head = head;
                         sub.verified_epoch = access.member_epoch;
                         sub.catch_up_to = Some(head);
+                        sub.history_starts_at = 0;
                         sub.live = false;
                     }
                 }

@@ -52,6 +52,7 @@ async fn setup(from: i64, head: i64, cursor: i64, target: i64) -> (Arc<Hub>, Cal
             db_head: target,
             verified_epoch: 0,
             catch_up_to: Some(target),
+            history_starts_at: 0,
             live: false,
         },
     );

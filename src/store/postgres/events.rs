@@ -170,7 +170,7 @@ impl EventStore for PgStore {
         let (sql, bound) = match page {
             Page::After(after) => (
                 concat!(
-                    "SELECT s.head_event_id, s.member_epoch, e.event_id, e.counter, e.sender, e.posted_at, e.body, ",
+                    "SELECT s.head_event_id, s.member_epoch, s.first_event_id, e.event_id, e.counter, e.sender, e.posted_at, e.body, ",
                     sql::sender_origin!(),
                     " \
                  FROM streams s JOIN members m ON m.pair_id = s.pair_id AND m.user_id = $1 \
@@ -182,7 +182,7 @@ impl EventStore for PgStore {
             ),
             Page::Before(before) => (
                 concat!(
-                    "SELECT s.head_event_id, s.member_epoch, e.event_id, e.counter, e.sender, e.posted_at, e.body, ",
+                    "SELECT s.head_event_id, s.member_epoch, s.first_event_id, e.event_id, e.counter, e.sender, e.posted_at, e.body, ",
                     sql::sender_origin!(),
                     " \
                  FROM streams s JOIN members m ON m.pair_id = s.pair_id AND m.user_id = $1 \
@@ -203,12 +203,13 @@ impl EventStore for PgStore {
         let first = rows.try_next().await?.ok_or_else(stream_denied)?;
         let head_event_id: i64 = first.try_get(0)?;
         let member_epoch: i64 = first.try_get(1)?;
+        let first_event_id: i64 = first.try_get(2)?;
         let events = stream::once(async { Ok(first) })
             .chain(rows)
             .map_err(Error::from)
             .try_filter_map(|r| async move {
-                match r.try_get::<Option<i64>, _>(2)? {
-                    Some(_) => Ok(Some(stored_event(stream, &r, 2)?)),
+                match r.try_get::<Option<i64>, _>(3)? {
+                    Some(_) => Ok(Some(stored_event(stream, &r, 3)?)),
                     None => Ok(None),
                 }
             });
@@ -221,6 +222,7 @@ impl EventStore for PgStore {
             has_more: paged.has_more,
             head_event_id,
             member_epoch,
+            first_event_id,
         })
     }
 

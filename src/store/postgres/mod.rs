@@ -222,6 +222,7 @@ mod kt;
 mod kt_evidence;
 mod kt_proof;
 pub mod notify;
+mod retention;
 mod rooms;
 
 #[async_trait]

@@ -152,6 +152,11 @@ impl EventStore for SqliteStore {
             .fetch_optional(&mut *tx)
             .await?;
         let (head_event_id, member_epoch) = head.ok_or_else(stream_denied)?;
+        let first_event_id: i64 =
+            sqlx::query_scalar("SELECT first_event_id FROM streams WHERE stream_id = ?")
+                .bind(stream)
+                .fetch_one(&mut *tx)
+                .await?;
         // Rows come nearest the cursor first (descending for a backward page).
         let (sql, bound) = match page {
             Page::After(after) => (
@@ -189,6 +194,7 @@ impl EventStore for SqliteStore {
             has_more: paged.has_more,
             head_event_id,
             member_epoch,
+            first_event_id,
         })
     }
 

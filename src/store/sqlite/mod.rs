@@ -169,6 +169,7 @@ mod federation;
 mod keys;
 mod kt;
 mod kt_evidence;
+mod retention;
 mod rooms;
 
 #[async_trait]

@@ -78,6 +78,14 @@ impl Out {
                     },
                 )
             }
+            Ok(Content::HistoryRemoved) => (
+                "history_removed",
+                json!({ "history_starts_at": e.event_id }),
+                format!(
+                    "* history before event {} was removed by the room's retention",
+                    e.event_id
+                ),
+            ),
             Err(why) => (
                 "rejected",
                 json!({ "error": why }),
