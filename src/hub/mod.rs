@@ -243,6 +243,14 @@ impl Hub {
         }
     }
 
+    /// Forgets the frames cached for `stream` (its events were rewritten by an erasure):
+    /// readers behind the head read them again from the database.
+    pub fn forget_frames(&self, stream: &Uuid) {
+        if let Some(slot) = lock(&self.streams).get(stream).cloned() {
+            lock(&slot.state).ring.clear();
+        }
+    }
+
     /// The streams some local call watches.
     pub fn watched_streams(&self) -> Vec<Uuid> {
         lock(&self.streams).keys().copied().collect()

@@ -35,7 +35,7 @@ pub enum RateClass {
     Pairs,
     /// SendInvite.
     Invites,
-    /// PostKey.
+    /// PostKey and DeleteAccount.
     Keys,
     /// PostPrivateKey.
     PrivateKeys,
@@ -68,7 +68,7 @@ impl RateClass {
         Some(match method {
             "GenerateChannelPair" => RateClass::Pairs,
             "SendInvite" => RateClass::Invites,
-            "PostKey" => RateClass::Keys,
+            "PostKey" | "DeleteAccount" => RateClass::Keys,
             "PostPrivateKey" => RateClass::PrivateKeys,
             "PostMessage" => RateClass::Posts,
             "FetchMessages" | "FetchInvites" | "ListChannelPairs" | "FetchKey"

@@ -141,6 +141,7 @@ impl SecretRouter {
             user: UserId::NOBODY,
             expires_at: foreign.expires_at,
             limit_key: crate::auth::limit_key(&foreign.who),
+            issued_at: None,
         })
     }
 
@@ -289,7 +290,7 @@ fn past_deadline(deadline: Duration) -> Status {
 /// The method name of a SecretService path (`/protocol.secret.v1.SecretService/PostKey` →
 /// `PostKey`), as a static string for metrics; "unknown" for anything else.
 fn method_name(path: &str) -> &'static str {
-    const METHODS: [&str; 17] = [
+    const METHODS: [&str; 18] = [
         "PostKey",
         "FetchKey",
         "PostPrivateKey",
@@ -307,6 +308,7 @@ fn method_name(path: &str) -> &'static str {
         "Subscribe",
         "GetTreeHead",
         "MonitorKey",
+        "DeleteAccount",
     ];
     let name = path.rsplit('/').next().unwrap_or_default();
     METHODS

@@ -42,6 +42,10 @@ const POSTGRES: &[(&str, &str)] = &[
         "0007_kt_evidence.sql",
         include_str!("../../migrations/postgres/0007_kt_evidence.sql"),
     ),
+    (
+        "0008_erasure.sql",
+        include_str!("../../migrations/postgres/0008_erasure.sql"),
+    ),
 ];
 
 /// `(file name, SQL)` of each SQLite migration, in order.
@@ -73,6 +77,10 @@ const SQLITE: &[(&str, &str)] = &[
     (
         "0007_kt_evidence.sql",
         include_str!("../../migrations/sqlite/0007_kt_evidence.sql"),
+    ),
+    (
+        "0008_erasure.sql",
+        include_str!("../../migrations/sqlite/0008_erasure.sql"),
     ),
 ];
 

@@ -16,6 +16,7 @@ pub mod backup;
 #[cfg(test)]
 mod contract;
 pub mod deadline;
+pub mod erase;
 mod errors;
 pub mod kt;
 #[cfg(test)]
@@ -625,7 +626,14 @@ pub trait FederationStore: Send + Sync {
 /// `kt_evidence.rs`).
 #[async_trait]
 pub trait Store:
-    KeyStore + RoomStore + EventStore + FederationStore + KtStore + KtEvidenceStore + 'static
+    KeyStore
+    + RoomStore
+    + EventStore
+    + FederationStore
+    + KtStore
+    + KtEvidenceStore
+    + erase::EraseStore
+    + 'static
 {
     /// Which backend this is.
     fn backend(&self) -> Backend;

@@ -91,7 +91,7 @@ const REFLECTION_ALPHA: Service = (
 );
 
 /// Every method the server serves (a test checks it against the services' descriptors).
-pub const METHODS: [Method; 25] = [
+pub const METHODS: [Method; 26] = [
     m(SECRET, "PostKey"),
     m(SECRET, "FetchKey"),
     m(SECRET, "PostPrivateKey"),
@@ -109,6 +109,7 @@ pub const METHODS: [Method; 25] = [
     s(SECRET, "Subscribe"),
     m(SECRET, "GetTreeHead"),
     m(SECRET, "MonitorKey"),
+    m(SECRET, "DeleteAccount"),
     m(FED, "ServerKey"),
     m(FED, "FetchUserKey"),
     m(FED, "DeliverInvite"),
