@@ -116,6 +116,11 @@ async fn erased_events_keep_ids_and_counters_and_resume_gets_markers(b: Backend)
         g.fetch_private_key(FetchPrivateKeyRequest {}).await,
         Code::NotFound,
     );
+    let blob = PostPrivateKeyRequest {
+        key_data: b"sealed".to_vec(),
+        expected_version: None,
+    };
+    expect_code(g.post_private_key(blob).await, Code::PermissionDenied);
     // Erasing twice changes nothing.
     assert!(!delete(&s, guest, true).await.first_erasure);
     let mut again = expected;
