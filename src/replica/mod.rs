@@ -51,7 +51,7 @@ impl Replica {
                 Change::Membership { pair, user } => {
                     self.hub.membership_changed(&pair, UserId::trusted(user))
                 }
-                Change::Erased { stream } => self.hub.forget_frames(&stream),
+                Change::Erased { stream, epoch } => self.hub.forget_frames(&stream, epoch),
             }
         }
     }

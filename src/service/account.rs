@@ -64,8 +64,8 @@ pub(super) async fn delete_account(
     for pair in &done.left {
         st.hub.membership_changed(pair, user);
     }
-    for stream in &done.rewritten {
-        st.hub.forget_frames(stream);
+    for (stream, epoch) in &done.rewritten {
+        st.hub.forget_frames(stream, *epoch);
     }
     crate::telemetry::erasure(
         "rpc",

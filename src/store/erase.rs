@@ -23,8 +23,9 @@ pub struct Erasure {
     pub first: bool,
     /// The pairs the user was a member of and no longer is.
     pub left: Vec<PairIds>,
-    /// The streams in which events were erased now (their cached frames are stale).
-    pub rewritten: Vec<Uuid>,
+    /// The streams in which events were erased now (their cached frames are stale), each
+    /// with its membership epoch after the erasure (0 until the backend reads it).
+    pub rewritten: Vec<(Uuid, i64)>,
     /// How many events were erased now.
     pub events_erased: u64,
 }
@@ -58,6 +59,9 @@ pub(crate) const POSTED_STREAMS: &str = "SELECT stream_id FROM streams WHERE pai
 /// Erases the events of sender `$2` in stream `$1` not yet erased (`$3`: empty bytes).
 pub(crate) const ERASE_EVENTS: &str = "UPDATE events SET body = $3, erased = TRUE \
      WHERE stream_id = $1 AND sender = $2 AND NOT erased";
+
+/// The membership epoch of stream `$1`.
+pub(crate) const STREAM_EPOCH: &str = "SELECT member_epoch FROM streams WHERE stream_id = $1";
 
 /// The statements that delete the rest of the user's data, each with `$1` = the user.
 pub(crate) const DELETE_USER_DATA: [&str; 4] = [
@@ -104,7 +108,7 @@ macro_rules! erase_data {
                         .rows_affected();
                     if n > 0 {
                         out.events_erased += n;
-                        out.rewritten.push(stream);
+                        out.rewritten.push((stream, 0));
                     }
                 }
             }

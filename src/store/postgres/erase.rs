@@ -28,10 +28,16 @@ impl EraseStore for PgStore {
                 out.left.push(ids);
             }
         }
+        for (stream, epoch) in &mut out.rewritten {
+            *epoch = sqlx::query_scalar(erase::STREAM_EPOCH)
+                .bind(*stream)
+                .fetch_one(&mut *tx)
+                .await?;
+        }
         let rewritten: Vec<Change> = out
             .rewritten
             .iter()
-            .map(|&stream| Change::Erased { stream })
+            .map(|&(stream, epoch)| Change::Erased { stream, epoch })
             .collect();
         self.notify(&mut tx, &rewritten).await?;
         tx.commit().await?;

@@ -40,6 +40,8 @@ pub enum Change {
     Erased {
         /// The stream.
         stream: Uuid,
+        /// Its membership epoch after the erasure.
+        epoch: i64,
     },
 }
 
@@ -58,7 +60,7 @@ pub fn encode(replica: Uuid, changes: &[Change]) -> Vec<String> {
                 pair.message_id.simple(),
                 pair.state_id.simple()
             ),
-            Change::Erased { stream } => format!(" x{}", stream.simple()),
+            Change::Erased { stream, epoch } => format!(" x{}.{epoch}", stream.simple()),
         };
         if cur.len() + item.len() > MAX_PAYLOAD {
             out.push(std::mem::replace(&mut cur, prefix.clone()));
@@ -96,7 +98,8 @@ pub fn decode(payload: &str) -> Option<(Uuid, Vec<Change>)> {
                     user: f.next()?.parse().ok()?,
                 }),
                 "x" => Some(Change::Erased {
-                    stream: Uuid::try_parse(rest).ok()?,
+                    stream: Uuid::try_parse(f.next()?).ok()?,
+                    epoch: f.next()?.parse().ok()?,
                 }),
                 _ => None,
             }
@@ -118,6 +121,7 @@ mod tests {
             Change::Membership { pair, user: 7 },
             Change::Erased {
                 stream: Uuid::new_v4(),
+                epoch: 9,
             },
         ];
         for i in 0..500 {

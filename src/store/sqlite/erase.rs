@@ -16,6 +16,12 @@ impl EraseStore for SqliteStore {
                 out.left.push(ids);
             }
         }
+        for (stream, epoch) in &mut out.rewritten {
+            *epoch = sqlx::query_scalar(erase::STREAM_EPOCH)
+                .bind(*stream)
+                .fetch_one(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(out)
     }
