@@ -38,7 +38,8 @@ pub enum Command {
     /// compare with every stored head and check each head's signature; exit 1 naming the
     /// first mismatch.
     KtVerify(KtVerifyArgs),
-    /// Operator commands beside a running server: `admin stats`, `admin backup`.
+    /// Operator commands beside a running server: `admin stats`, `admin backup`,
+    /// `admin erase-user`.
     #[command(subcommand)]
     Admin(AdminCommand),
 }
@@ -54,6 +55,29 @@ pub enum AdminCommand {
     /// writes (never overwrites FILE). Postgres: print the pg_dump / pg_restore procedure
     /// for this database and exit 3 without writing anything.
     Backup(BackupArgs),
+    /// Erase a user of this server (README "Erase a user"): keys out of service,
+    /// private-key blob, invites from and to them, memberships (ownership passes on),
+    /// live subscriptions ended; with --erase-messages their events' ciphertext too.
+    /// Safe while the server runs, with any number of replicas; erasing twice changes
+    /// nothing.
+    EraseUser(EraseUserArgs),
+}
+
+/// Flags of `admin erase-user`.
+#[derive(Debug, Args, Clone)]
+pub struct EraseUserArgs {
+    /// Common flags.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The user id to erase.
+    #[arg(long, value_name = "ID")]
+    pub user: u64,
+    /// The user's homeserver: omitted, "" or this server's `server_name`.
+    #[arg(long, value_name = "NAME", default_value = "")]
+    pub homeserver: String,
+    /// Also replace the ciphertext of every event they posted by an empty erased marker.
+    #[arg(long)]
+    pub erase_messages: bool,
 }
 
 /// Flags of `admin stats`.
@@ -84,6 +108,7 @@ impl AdminCommand {
         match self {
             AdminCommand::Stats(args) => &args.common,
             AdminCommand::Backup(args) => &args.common,
+            AdminCommand::EraseUser(args) => &args.common,
         }
     }
 }

@@ -46,6 +46,9 @@ pub enum Error {
     /// The caller may not do this (not a member, not the owner).
     #[error("{0}")]
     PermissionDenied(String),
+    /// The token does not allow this call (DeleteAccount with a token that is not fresh).
+    #[error("{0}")]
+    Unauthenticated(String),
     /// The system is not in a state that allows this (e.g. invitee without a key).
     #[error("{0}")]
     FailedPrecondition(String),
@@ -104,6 +107,7 @@ impl Error {
             Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::NotFound(_) => Code::NotFound,
             Error::PermissionDenied(_) => Code::PermissionDenied,
+            Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::FailedPrecondition(_) | Error::CounterRejected { .. } => {
                 Code::FailedPrecondition
             }

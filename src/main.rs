@@ -113,6 +113,17 @@ async fn run_admin(settings: &config::Settings, command: AdminCommand) -> ExitCo
             }
             Err(err) => failure(log_format, &err.into_anyhow()),
         },
+        AdminCommand::EraseUser(args) => {
+            let erased =
+                admin::erase::run(settings, args.user, &args.homeserver, args.erase_messages);
+            match erased.await {
+                Ok(report) => {
+                    println!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(err) => failure(log_format, &err),
+            }
+        }
     }
 }
 

@@ -73,6 +73,9 @@ pub fn into_posted_message(mut e: StoredEvent) -> proto::PostedMessage {
 
 /// `e` in proto form with the ciphertext `body` (`None`: no `message` field).
 fn posted_message_with(e: &StoredEvent, body: Option<Vec<u8>>) -> proto::PostedMessage {
+    // A post is never empty: an empty body is an erased event (store::erase). `e.body`
+    // may have been taken into `body` already.
+    let erased = body.as_ref().map_or(e.body.is_empty(), Vec::is_empty);
     proto::PostedMessage {
         message: body.map(|message| proto::EncryptedMessage {
             message,
@@ -83,6 +86,7 @@ fn posted_message_with(e: &StoredEvent, body: Option<Vec<u8>>) -> proto::PostedM
         sender: user_id(e.sender, e.sender_origin.as_ref()),
         posted_at: Some(to_timestamp(e.posted_at)),
         sender_homeserver: homeserver(e.sender_origin.as_ref()),
+        erased,
     }
 }
 

@@ -1,8 +1,9 @@
 //! Operator commands, `secretd admin …`: `stats` (what the database holds, as a table or
-//! JSON) and `backup` (`backup.rs`). Both run beside a live server and write nothing to
-//! its database.
+//! JSON) and `backup` (`backup.rs`), which run beside a live server and write nothing to
+//! its database, and `erase-user` (`erase.rs`), which erases a user beside it.
 
 pub mod backup;
+pub mod erase;
 
 use std::time::Duration;
 

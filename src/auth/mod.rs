@@ -38,6 +38,9 @@ pub struct Caller {
     /// user; for a user of another homeserver, [`limit_key`] of (issuer, `sub`), known
     /// before any database work.
     pub limit_key: i64,
+    /// Unix seconds when the token was issued (its `iat` claim, rounded down), if it says
+    /// so: DeleteAccount wants a fresh token.
+    pub issued_at: Option<u64>,
 }
 
 /// The key a user of another homeserver is rate-limited by: a keyed hash of (homeserver,

@@ -100,6 +100,7 @@ fn read_secret_file(path: &Path) -> anyhow::Result<Option<String>> {
 struct Claims {
     sub: String,
     exp: u64,
+    iat: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     iss: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -143,6 +144,7 @@ pub fn sign_hs256(
     let claims = Claims {
         sub: user.to_string(),
         exp: now.saturating_add(ttl_secs).max(0) as u64,
+        iat: now.max(0) as u64,
         iss: (!issuer.is_empty()).then(|| issuer.to_string()),
         aud: (!audience.is_empty()).then(|| audience.to_string()),
     };

@@ -230,10 +230,14 @@ fn check_claims(
             return Err("the token's `aud` claim does not name this server's audience".into());
         }
     }
+    // `iat` is optional and only DeleteAccount reads it: a malformed one is as good as
+    // none (that call then refuses), never a reason to refuse every other call.
+    let issued_at = numeric_date(claims, "iat").ok().flatten().map(|d| d.floor);
     Ok(Caller {
         user,
         expires_at,
         limit_key: user.get(),
+        issued_at,
     })
 }
 
@@ -311,6 +315,7 @@ mod tests {
             user: crate::domain::UserId::trusted(7),
             expires_at,
             limit_key: 7,
+            issued_at: None,
         };
         v.verified
             .put(digest("remembered"), now + 100, caller(now + 100));

@@ -192,10 +192,13 @@ impl Hub {
             if f.event_id <= st.head {
                 continue;
             }
-            if f.event_id != st.head + 1 {
+            if f.event_id != st.head + 1 || f.member_epoch < st.min_epoch {
                 st.ring.clear();
             }
             st.head = f.event_id;
+            if f.member_epoch < st.min_epoch {
+                continue;
+            }
             st.ring.push(f, self.ring_events, self.ring_bytes);
         }
         if st.head > before {
@@ -240,6 +243,18 @@ impl Hub {
             for c in list {
                 c.wake_recheck(&pair.streams(), i64::MAX);
             }
+        }
+    }
+
+    /// Forgets the frames cached for `stream` (its events were rewritten by an erasure
+    /// that left the stream at membership epoch `epoch`): readers behind the head read
+    /// them again from the database, and frames of events appended before `epoch` but
+    /// published only now (a commit racing the erasure) are not cached either.
+    pub fn forget_frames(&self, stream: &Uuid, epoch: i64) {
+        if let Some(slot) = lock(&self.streams).get(stream).cloned() {
+            let mut st = lock(&slot.state);
+            st.ring.clear();
+            st.min_epoch = st.min_epoch.max(epoch);
         }
     }
 

@@ -53,6 +53,10 @@ pub(super) struct SlotState {
     pub(super) watchers: Vec<Arc<Connection>>,
     /// Taken out of the hub's map (its last watcher left): nobody may join it any more.
     pub(super) removed: bool,
+    /// Frames appended at a membership epoch below this are never cached (an erasure
+    /// rewrote the stream at this epoch: such a frame, published late, may hold
+    /// ciphertext that is erased now; readers get it from the database instead).
+    pub(super) min_epoch: i64,
 }
 
 /// One stream's live state.
@@ -70,6 +74,7 @@ impl Slot {
                 ring: Ring::new(budget),
                 watchers: Vec::new(),
                 removed: false,
+                min_epoch: 0,
             }),
         }
     }

@@ -196,3 +196,24 @@ async fn a_frame_larger_than_the_budget_is_not_kept_and_readers_go_to_the_databa
     g.connection().swap_live(&mut live);
     assert!(live.contains(&s), "watchers are still woken");
 }
+
+#[tokio::test]
+async fn frames_from_before_an_erasure_are_not_cached_after_it() {
+    let hub = hub();
+    let stream = Uuid::new_v4();
+    let g = hub.register(UserId::trusted(1), 10).unwrap();
+    let w = hub.watch(g.connection(), stream);
+    hub.publish_committed([(&event(stream, 1), 3)]);
+    // The erasure (epoch 4) is applied before event 2, appended at epoch 3, is published.
+    hub.forget_frames(&stream, 4);
+    assert!(matches!(
+        w.read_after(0, 10),
+        Read::FromDatabase { head: 1 }
+    ));
+    hub.publish_committed([(&event(stream, 2), 3)]);
+    let from_database = |cursor| matches!(w.read_after(cursor, 10), Read::FromDatabase { head: 2 });
+    assert!(from_database(0) && from_database(1));
+    // Later events are cached again.
+    hub.publish_committed([(&event(stream, 3), 4)]);
+    assert!(matches!(w.read_after(2, 10), Read::Frames(f) if f.len() == 1));
+}

@@ -35,7 +35,7 @@ pub enum RateClass {
     Pairs,
     /// SendInvite.
     Invites,
-    /// PostKey.
+    /// PostKey and DeleteAccount.
     Keys,
     /// PostPrivateKey.
     PrivateKeys,
@@ -69,7 +69,7 @@ impl RateClass {
             // SetRetention: a pair's settings, counted with the pairs created.
             "GenerateChannelPair" | "SetRetention" => RateClass::Pairs,
             "SendInvite" => RateClass::Invites,
-            "PostKey" => RateClass::Keys,
+            "PostKey" | "DeleteAccount" => RateClass::Keys,
             "PostPrivateKey" => RateClass::PrivateKeys,
             "PostMessage" => RateClass::Posts,
             "FetchMessages" | "FetchInvites" | "ListChannelPairs" | "FetchKey"

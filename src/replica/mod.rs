@@ -51,6 +51,7 @@ impl Replica {
                 Change::Membership { pair, user } => {
                     self.hub.membership_changed(&pair, UserId::trusted(user))
                 }
+                Change::Erased { stream, epoch } => self.hub.forget_frames(&stream, epoch),
             }
         }
     }

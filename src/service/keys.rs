@@ -34,6 +34,7 @@ pub(super) async fn post_key(
     user: UserId,
     r: PostKey,
 ) -> Result<proto::PostKeyResponse> {
+    refuse_erased(st, user, "public keys").await?;
     let outcome = st.store.post_public_key(user, &r.key, now_micros()).await?;
     let fingerprint = r.key.fingerprint;
     let request = ProofRequest {
@@ -154,7 +155,10 @@ pub(crate) async fn local_keys_with_proof(
         .kt
         .keys_and_proof(&request, limit.saturating_add(1))
         .await?;
-    let mut response = keys_response(user, collect_read(keys, limit, key_budget(st)))?;
+    let mut response = match keys_response(user, collect_read(keys, limit, key_budget(st))) {
+        Err(Error::NotFound(_)) => return Err(no_keys(st, user).await),
+        other => other?,
+    };
     let Some(current) = &response.current_key else {
         return Ok(response);
     };
@@ -266,7 +270,37 @@ pub(crate) async fn local_keys(st: &AppState, user: UserId) -> Result<proto::Fet
         .store
         .fetch_public_keys(user, limit, key_budget(st))
         .await?;
-    keys_response(user, page)
+    match keys_response(user, page) {
+        Err(Error::NotFound(_)) => Err(no_keys(st, user).await),
+        other => other,
+    }
+}
+
+/// PERMISSION_DENIED when `user`'s account was erased: an erased id stores no keys again
+/// (`what` names them in the sentence).
+async fn refuse_erased(st: &AppState, user: UserId, what: &str) -> Result<()> {
+    match st.store.erased_at(user).await? {
+        Some(at) => Err(Error::PermissionDenied(format!(
+            "your account (user {user}) was erased at {}; an erased user id cannot store \
+             {what} again",
+            crate::time::to_timestamp(at)
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The NOT_FOUND of a user without keys: one who never posted any, or one whose account
+/// was erased (said so, with when).
+async fn no_keys(st: &AppState, user: UserId) -> Error {
+    match st.store.erased_at(user).await {
+        Ok(Some(at)) => Error::NotFound(format!(
+            "user {user} erased their account at {}; their keys are out of service and \
+             nothing can be encrypted to them",
+            crate::time::to_timestamp(at)
+        )),
+        Ok(None) => Error::NotFound(format!("user {user} has not posted a public key")),
+        Err(e) => e,
+    }
 }
 
 /// GetTreeHead: the newest head and the consistency proof from the client's.
@@ -316,6 +350,7 @@ pub(super) async fn post_private_key(
     user: UserId,
     r: PostPrivateKey,
 ) -> Result<proto::PostPrivateKeyResponse> {
+    refuse_erased(st, user, "a private key").await?;
     let version = st
         .store
         .post_private_key(user, &r.blob, r.expected_version, now_micros())

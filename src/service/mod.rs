@@ -4,6 +4,7 @@
 //! `streaming/` (StreamMessagePosting and Subscribe). `router.rs` routes those two to their
 //! pre-encoded-frame handlers and everything else to the generated server.
 
+mod account;
 pub(crate) mod keys;
 mod messages;
 mod paging;
@@ -277,6 +278,18 @@ impl SecretService for SecretApi {
         answer(
             "SetRetention",
             async { retention::set_retention(&self.state, user, r.try_into()?).await }.await,
+        )
+    }
+
+    async fn delete_account(
+        &self,
+        req: Request<proto::DeleteAccountRequest>,
+    ) -> StatusResult<proto::DeleteAccountResponse> {
+        let caller = crate::auth::Caller::get(&req)?;
+        let foreign = crate::auth::FederatedCaller::of(&req).is_some();
+        answer(
+            "DeleteAccount",
+            account::delete_account(&self.state, caller, foreign, req.into_inner()).await,
         )
     }
 

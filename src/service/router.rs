@@ -141,6 +141,7 @@ impl SecretRouter {
             user: UserId::NOBODY,
             expires_at: foreign.expires_at,
             limit_key: crate::auth::limit_key(&foreign.who),
+            issued_at: None,
         })
     }
 
@@ -290,7 +291,7 @@ fn past_deadline(deadline: Duration) -> Status {
 /// The method name of a SecretService path (`/protocol.secret.v1.SecretService/PostKey` →
 /// `PostKey`), as a static string for metrics; "unknown" for anything else.
 fn method_name(path: &str) -> &'static str {
-    const METHODS: [&str; 18] = [
+    const METHODS: [&str; 19] = [
         "PostKey",
         "FetchKey",
         "PostPrivateKey",
@@ -309,6 +310,7 @@ fn method_name(path: &str) -> &'static str {
         "GetTreeHead",
         "MonitorKey",
         "SetRetention",
+        "DeleteAccount",
     ];
     let name = path.rsplit('/').next().unwrap_or_default();
     METHODS

@@ -396,6 +396,24 @@ impl KtEvidenceStore for Deadline {
 }
 
 #[async_trait]
+impl super::erase::EraseStore for Deadline {
+    async fn erase_user(
+        &self,
+        user: UserId,
+        erase_messages: bool,
+        now: i64,
+    ) -> Result<super::erase::Erasure> {
+        let op = self.inner.erase_user(user, erase_messages, now);
+        self.bound("erase_user", op).await
+    }
+
+    async fn erased_at(&self, user: UserId) -> Result<Option<i64>> {
+        let op = self.inner.erased_at(user);
+        self.bound("erased_at", op).await
+    }
+}
+
+#[async_trait]
 impl Store for Deadline {
     fn backend(&self) -> Backend {
         self.inner.backend()

@@ -43,6 +43,10 @@ const POSTGRES: &[(&str, &str)] = &[
         include_str!("../../migrations/postgres/0007_kt_evidence.sql"),
     ),
     (
+        "0008_erasure.sql",
+        include_str!("../../migrations/postgres/0008_erasure.sql"),
+    ),
+    (
         "0009_retention.sql",
         include_str!("../../migrations/postgres/0009_retention.sql"),
     ),
@@ -77,6 +81,10 @@ const SQLITE: &[(&str, &str)] = &[
     (
         "0007_kt_evidence.sql",
         include_str!("../../migrations/sqlite/0007_kt_evidence.sql"),
+    ),
+    (
+        "0008_erasure.sql",
+        include_str!("../../migrations/sqlite/0008_erasure.sql"),
     ),
     (
         "0009_retention.sql",

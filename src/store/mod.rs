@@ -16,6 +16,7 @@ pub mod backup;
 #[cfg(test)]
 mod contract;
 pub mod deadline;
+pub mod erase;
 mod errors;
 pub mod kt;
 #[cfg(test)]
@@ -637,6 +638,7 @@ pub trait Store:
     + KtStore
     + KtEvidenceStore
     + RetentionStore
+    + erase::EraseStore
     + 'static
 {
     /// Which backend this is.

@@ -87,6 +87,12 @@ fn register_zeros() {
     ] {
         metrics::gauge!(name).set(0.0);
     }
+    for via in ["rpc", "admin"] {
+        for messages in ["true", "false"] {
+            metrics::counter!("secretd_erasures_total", "via" => via, "messages" => messages)
+                .absolute(0);
+        }
+    }
     for outcome in ["appended", "resigned", "busy", "failed"] {
         metrics::counter!("secretd_kt_epochs_total", "outcome" => outcome).absolute(0);
     }
@@ -208,6 +214,11 @@ fn describe() {
         "Homeservers whose users' keys are refused because evidence of their equivocation is held"
     );
     metrics::describe_counter!(
+        "secretd_erasures_total",
+        "Users erased (README \"Erase a user\"), by how (via: rpc = DeleteAccount, admin = \
+         secretd admin erase-user) and whether their messages were erased too"
+    );
+    metrics::describe_counter!(
         "secretd_listener_watchdog_total",
         "Change-listener connections dropped because no notification came within listener_watchdog_ms"
     );
@@ -252,6 +263,32 @@ pub fn catchup_page() {
 /// Counts a database operation abandoned at its deadline.
 pub fn db_deadline(operation: &'static str) {
     metrics::counter!("secretd_db_deadline_total", "operation" => operation).increment(1);
+}
+
+/// One erasure of a user (README "Erase a user"): its audit log line (target
+/// `secretd::audit`) and its count. `via` is "rpc" or "admin"; `first` false when the
+/// user had been erased before; `pairs` and `events` say what this call changed.
+pub fn erasure(
+    via: &'static str,
+    user: i64,
+    messages: bool,
+    first: bool,
+    pairs: usize,
+    events: u64,
+) {
+    tracing::info!(
+        target: "secretd::audit",
+        action = "erase-user",
+        via,
+        user,
+        erase_messages = messages,
+        first_erasure = first,
+        pairs_left = pairs,
+        events_erased = events,
+        "user {user} erased"
+    );
+    let messages = if messages { "true" } else { "false" };
+    metrics::counter!("secretd_erasures_total", "via" => via, "messages" => messages).increment(1);
 }
 
 /// Counts a listener connection dropped by the watchdog.

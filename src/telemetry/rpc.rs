@@ -91,7 +91,7 @@ const REFLECTION_ALPHA: Service = (
 );
 
 /// Every method the server serves (a test checks it against the services' descriptors).
-pub const METHODS: [Method; 26] = [
+pub const METHODS: [Method; 27] = [
     m(SECRET, "PostKey"),
     m(SECRET, "FetchKey"),
     m(SECRET, "PostPrivateKey"),
@@ -110,6 +110,7 @@ pub const METHODS: [Method; 26] = [
     m(SECRET, "GetTreeHead"),
     m(SECRET, "MonitorKey"),
     m(SECRET, "SetRetention"),
+    m(SECRET, "DeleteAccount"),
     m(FED, "ServerKey"),
     m(FED, "FetchUserKey"),
     m(FED, "DeliverInvite"),

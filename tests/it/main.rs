@@ -28,6 +28,7 @@ mod auth;
 mod cli;
 mod cors;
 mod data_dir;
+mod erase;
 mod faults;
 mod federation;
 mod fuzz_seeds;

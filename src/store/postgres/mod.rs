@@ -215,6 +215,7 @@ fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
 }
 
+mod erase;
 mod events;
 mod federation;
 mod keys;

@@ -35,6 +35,14 @@ pub enum Change {
         /// The user who lost access.
         user: i64,
     },
+    /// Events of the stream were erased (their sender's account was erased): frames
+    /// cached from before are stale. Replicas of an older version skip the item.
+    Erased {
+        /// The stream.
+        stream: Uuid,
+        /// Its membership epoch after the erasure.
+        epoch: i64,
+    },
 }
 
 /// Encodes changes as one or more payloads of at most ~7.8 KB each.
@@ -52,6 +60,7 @@ pub fn encode(replica: Uuid, changes: &[Change]) -> Vec<String> {
                 pair.message_id.simple(),
                 pair.state_id.simple()
             ),
+            Change::Erased { stream, epoch } => format!(" x{}.{epoch}", stream.simple()),
         };
         if cur.len() + item.len() > MAX_PAYLOAD {
             out.push(std::mem::replace(&mut cur, prefix.clone()));
@@ -88,6 +97,10 @@ pub fn decode(payload: &str) -> Option<(Uuid, Vec<Change>)> {
                     },
                     user: f.next()?.parse().ok()?,
                 }),
+                "x" => Some(Change::Erased {
+                    stream: Uuid::try_parse(f.next()?).ok()?,
+                    epoch: f.next()?.parse().ok()?,
+                }),
                 _ => None,
             }
         })
@@ -106,6 +119,10 @@ mod tests {
         let mut changes = vec![
             Change::Invite { user: 42 },
             Change::Membership { pair, user: 7 },
+            Change::Erased {
+                stream: Uuid::new_v4(),
+                epoch: 9,
+            },
         ];
         for i in 0..500 {
             changes.push(Change::Event {

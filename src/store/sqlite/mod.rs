@@ -164,6 +164,7 @@ async fn drop_member(
     Ok(())
 }
 
+mod erase;
 mod events;
 mod federation;
 mod keys;

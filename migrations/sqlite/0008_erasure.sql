@@ -1,0 +1,14 @@
+-- Erasure of a user (DESIGN §13, README "Erase a user"). Additive only: a replica of the
+-- previous version keeps working on this schema (it never reads the new column or table).
+
+-- An event whose sender was erased with their messages: its body is empty (a post is
+-- never empty) and this flag is set; id, counter, sender and time are kept, so ordering
+-- and resume are unaffected.
+ALTER TABLE events ADD COLUMN erased INTEGER NOT NULL DEFAULT 0;
+
+-- Users whose account was erased, and when (µs). FetchKey of such a user says so, and
+-- PostKey refuses them. Written once: a second erasure keeps the first time.
+CREATE TABLE erased_users (
+    user_id   INTEGER PRIMARY KEY,
+    erased_at INTEGER NOT NULL
+);
