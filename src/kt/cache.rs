@@ -11,7 +11,7 @@
 //! built from cached nodes is checked against the head like any other (`proof.rs`), so a
 //! wrong cache can make a proof fail, never make a wrong one pass.
 //!
-//! **Bound.** At most 2^([`CACHED_BITS`] + 1) − 1 nodes (8,191, about 1 MiB), one head at
+//! **Bound.** At most 2^[`CACHED_BITS`] − 1 nodes (4,095 prefixes of 0 to 11 bits, under half a MiB), one head at
 //! a time: a proof verified against a newer head (a larger tree) starts the cache anew;
 //! re-signed heads (same size and roots) keep it.
 //!
