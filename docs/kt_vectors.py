@@ -94,3 +94,15 @@ print("map_path(42) =", ",".join(h.hex() for h in map_path(entries, map_key("a.t
 print("head_input =", head.hex())
 print("public_key =", public.hex())
 print("signature =", key.sign(head).hex())
+
+# The erased entry (docs/kt.md §1): user 42's keys erased at 5,000 ms, logged as their
+# entry 3 (fingerprint 32 zero bytes) after the three above; the map's value for 42
+# becomes it.
+e4 = entry("a.test", 42, 3, bytes(32), 5000, leaf(e2))
+log_root4 = mth([leaf(e1), leaf(e2), leaf(e3), leaf(e4)])
+entries4 = {map_key("a.test", 42): leaf(e4), map_key("a.test", 7): leaf(e3)}
+print("erased = ", e4.hex(), sep="")
+print("erased.hash =", leaf(e4).hex())
+print("log_root(4) =", log_root4.hex())
+print("map_root(4) =", map_hash(entries4).hex())
+print("map_path(42, 4) =", ",".join(h.hex() for h in map_path(entries4, map_key("a.test", 42))))

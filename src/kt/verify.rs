@@ -12,12 +12,15 @@
 //!    map of each user's newest entry, against the head's roots;
 //! 4. every stored subtree of the log (`kt_log_nodes`) and every map node
 //!    (`kt_map_nodes`) against the recomputed ones, none missing and none extra;
-//! 5. every logged key (`public_keys.kt_leaf`) is recorded by the entry at its leaf.
+//! 5. every logged key (`public_keys.kt_leaf`) is recorded by the entry at its leaf;
+//! 6. every published erasure (`erased_users`, migration 0010) with a leaf points at a
+//!    zero-fingerprint entry of that user, one without a leaf is of a user with no entry,
+//!    and no entry follows a user's erased entry.
 //!
 //! The first difference stops it, named. It holds the map in memory (a few hundred
 //! bytes per user) and one hash per entry.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use ring::signature::{ED25519, UnparsedPublicKey};
 
@@ -26,6 +29,7 @@ use crate::merkle::map::{self, Prefix, Stored};
 use crate::merkle::records;
 use crate::store::DynStore;
 use crate::store::kt::TreeHead;
+use crate::store::kt_publish::ERASED_FINGERPRINT;
 
 /// Rows read per page.
 const PAGE: usize = 5_000;
@@ -125,6 +129,7 @@ pub async fn verify(store: &DynStore, expected: &Expected<'_>) -> anyhow::Result
         done: false,
     };
     let mut lasts: HashMap<i64, (u64, Hash)> = HashMap::new();
+    let mut erased: HashSet<i64> = HashSet::new();
     let mut leaves: Vec<Hash> = Vec::new();
     let mut frontier: Vec<(u8, Hash)> = Vec::new();
     let mut map_nodes: HashMap<Prefix, Stored> = HashMap::new();
@@ -150,6 +155,14 @@ pub async fn verify(store: &DynStore, expected: &Expected<'_>) -> anyhow::Result
             );
             if e.leaf_index != leaf {
                 return Err(mismatch(format!("{at} is where leaf {leaf} should be")));
+            }
+            if erased.contains(&e.user) {
+                return Err(mismatch(format!(
+                    "{at} follows the user's erased entry: an erased user has no keys"
+                )));
+            }
+            if e.fingerprint == ERASED_FINGERPRINT {
+                erased.insert(e.user);
             }
             let (seq, prev) = lasts
                 .get(&e.user)
@@ -217,6 +230,21 @@ pub async fn verify(store: &DynStore, expected: &Expected<'_>) -> anyhow::Result
             "key {seq} of user {user} is marked logged at leaf {leaf} (public_keys.kt_leaf), \
              but that entry does not record it"
         )));
+    }
+    match store.kt_misfiled_erasure().await? {
+        Some((user, Some(leaf))) => {
+            return Err(mismatch(format!(
+                "the erasure of user {user} is logged at leaf {leaf} (erased_users.kt_leaf), \
+                 but that entry is not the user's erased entry (fingerprint of zeros)"
+            )));
+        }
+        Some((user, None)) => {
+            return Err(mismatch(format!(
+                "the erasure of user {user} is marked published without an entry \
+                 (erased_users.kt_leaf is NULL), but the log holds entries of that user"
+            )));
+        }
+        None => {}
     }
     Ok(report)
 }

@@ -175,6 +175,46 @@ mod vectors {
             ("public_key", hex(key.public_key().as_ref())),
             ("signature", hex(signature.as_ref())),
         ];
+        // The erased entry (docs/kt.md §1): user 42's entry 3, fingerprint of zeros.
+        let e4 = Entry {
+            seq: 3,
+            fingerprint: [0; 32],
+            posted_at_ms: 5_000,
+            prev_entry_hash: e2.hash(),
+            ..e1.clone()
+        };
+        nodes.insert(Node { level: 0, index: 3 }, e4.hash());
+        for (n, l, r) in log::completed_by(4) {
+            let h = log::node_hash(&nodes[&l], &nodes[&r]);
+            nodes.insert(n, h);
+        }
+        let log_root4 = log::root(4, &mut |n| nodes[&n]);
+        let mut changes = map::Changes::new();
+        let map_root4 = map::set(
+            &map_key("a.test", 42),
+            &e4.hash(),
+            &mut |p| store.get(p).copied(),
+            &mut changes,
+        );
+        for (p, c) in changes {
+            match c {
+                Some(s) => store.insert(p, s),
+                None => store.remove(&p),
+            };
+        }
+        let (_, path4) =
+            map::prove(&map_key("a.test", 42), &mut |p| store.get(p).copied()).unwrap();
+        let got = got.into_iter().chain([
+            ("erased", hex(&e4.bytes())),
+            ("erased.hash", hex(&e4.hash())),
+            ("log_root(4)", hex(&log_root4)),
+            ("map_root(4)", hex(&map_root4)),
+            (
+                "map_path(42, 4)",
+                path4.iter().map(|h| hex(h)).collect::<Vec<_>>().join(","),
+            ),
+        ]);
+        let got: Vec<(&str, String)> = got.collect();
         let text: String = got.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
         let doc = include_str!("../../docs/kt.md");
         for (k, v) in &got {

@@ -380,6 +380,11 @@ impl KtStore for Deadline {
         let op = self.inner.kt_misfiled_key();
         self.bound("kt_misfiled_key", op).await
     }
+
+    async fn kt_misfiled_erasure(&self) -> Result<Option<(i64, Option<i64>)>> {
+        let op = self.inner.kt_misfiled_erasure();
+        self.bound("kt_misfiled_erasure", op).await
+    }
 }
 
 #[async_trait]

@@ -7,10 +7,13 @@
 //! ([`publish`]) and the reads of a proof ([`read`]) are written once, here, over the
 //! pure functions of `crate::merkle`.
 //!
-//! **An epoch** (one transaction, [`publish`]): read the newest head; take the keys not
-//! yet logged (`public_keys.kt_leaf IS NULL`), oldest first, at most
+//! **An epoch** (one transaction, [`publish`], in `kt_publish.rs`): read the newest head;
+//! take the keys not yet logged (`public_keys.kt_leaf IS NULL`) and the erasures not yet
+//! published (`erased_users.kt_published` false, migration 0010), oldest first, at most
 //! [`PublishLimits::max_entries`] (a user's pending keys always together, in seq order);
-//! append one entry per key, each chained to the user's previous entry; store the log's
+//! append one entry per key, each chained to the user's previous entry, and one "erased"
+//! entry (fingerprint 32 zero bytes) per erasure of a user who has an entry (an erasure
+//! of a user without one is marked done and logs nothing); store the log's
 //! subtrees those appends complete; set each user's map value to their newest entry's
 //! hash (reading the map's nodes through the transaction, with the epoch's own changes
 //! laid over them); compute both roots; sign the head; write it all and the head, then
@@ -19,7 +22,6 @@
 //! the row is updated, so one size still has one row). A fresh database gets a head of
 //! size 0 at the first epoch.
 
-use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -162,6 +164,16 @@ pub struct PendingKey {
     pub posted_at: i64,
 }
 
+/// An erasure waiting for the publisher: an `erased_users` row whose `kt_published` is
+/// false.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingErasure {
+    /// The user.
+    pub user: i64,
+    /// When they were erased (µs).
+    pub erased_at: i64,
+}
+
 /// What a proof for one user reads.
 #[derive(Debug, Clone)]
 pub struct UserQuery {
@@ -255,6 +267,11 @@ pub trait KtStore: Send + Sync {
     /// user or fingerprint at that leaf, or no entry), as (user, seq, leaf); None when
     /// every one does.
     async fn kt_misfiled_key(&self) -> Result<Option<(i64, i64, i64)>>;
+    /// A published erasure that the log does not record as it should, as (user, leaf):
+    /// with a leaf, the entry there is not a zero-fingerprint entry of that user; without
+    /// one, the user has an entry all the same (so the erasure should have been logged).
+    /// None when every one checks out.
+    async fn kt_misfiled_erasure(&self) -> Result<Option<(i64, Option<i64>)>>;
 }
 
 /// How deep a read of the map goes by default for a log of `entries`: about log2 of the
@@ -465,6 +482,9 @@ pub struct Epoch {
     pub map: Vec<(Prefix, Option<Stored>)>,
     /// `public_keys` rows now logged: (user, seq, leaf index).
     pub logged: Vec<(i64, i64, u64)>,
+    /// Erasures now published: (user, the leaf of their erased entry, or None when the
+    /// user had no entry and none was appended).
+    pub erasures: Vec<(i64, Option<u64>)>,
     /// The new head (inserted).
     pub head: Option<TreeHead>,
 }
@@ -475,6 +495,8 @@ pub trait KtTx: KtConn {
     /// Keys not yet logged, oldest first: the users of the oldest `limit` pending rows,
     /// each with all their pending rows in seq order.
     async fn pending(&mut self, limit: usize) -> Result<Vec<PendingKey>>;
+    /// Erasures not yet published, oldest first (erased_at, then user), at most `limit`.
+    async fn pending_erasures(&mut self, limit: usize) -> Result<Vec<PendingErasure>>;
     /// The newest entry of each of these users who has one: (user, seq, entry hash).
     async fn last_entries(&mut self, users: &[i64]) -> Result<Vec<(i64, u64, Hash)>>;
     /// Writes an epoch.
@@ -524,6 +546,8 @@ pub async fn pause_before_commit(limits: &PublishLimits, published: &Published) 
         tokio::time::sleep(pause).await;
     }
 }
+
+pub use super::kt_publish::publish;
 
 /// Reads what `query` asks for on one connection.
 pub async fn read(conn: &mut dyn KtConn, query: &KtQuery) -> Result<KtRows> {
@@ -605,212 +629,6 @@ fn found(prefixes: &[Prefix], nodes: Vec<(Prefix, Stored)>) -> NodeMap<Prefix, O
         map.insert(p, Some(s));
     }
     map
-}
-
-/// Publishes one epoch through `tx` (see the module doc); the caller commits.
-pub async fn publish(
-    tx: &mut dyn KtTx,
-    signer: &HeadSigner,
-    limits: &PublishLimits,
-    now_ms: u64,
-) -> Result<Published> {
-    let last = tx.latest_head().await?;
-    let now_ms = now_ms.max(last.as_ref().map_or(0, |h| h.timestamp_ms));
-    let pending = tx.pending(limits.max_entries.max(1)).await?;
-    let sign = |size, log_root, map_root| {
-        let mut head = TreeHead {
-            server_name: signer.server_name.clone(),
-            tree_size: size,
-            log_root,
-            map_root,
-            timestamp_ms: now_ms,
-            signature: Vec::new(),
-            key_id: signer.key_id.clone(),
-        };
-        head.signature = (signer.sign)(&head.signed_bytes());
-        head
-    };
-    if pending.is_empty() {
-        return match last {
-            None => {
-                let head = sign(0, log::empty_root(), map::EMPTY);
-                let epoch = Epoch {
-                    head: Some(head.clone()),
-                    ..Epoch::default()
-                };
-                tx.write(&epoch).await?;
-                Ok(Published::Appended { head, entries: 0 })
-            }
-            Some(h) if now_ms.saturating_sub(h.timestamp_ms) >= limits.refresh_after_ms => {
-                let head = sign(h.tree_size, h.log_root, h.map_root);
-                tx.resign(&head).await?;
-                Ok(Published::Resigned(head))
-            }
-            Some(h) => Ok(Published::Unchanged(h)),
-        };
-    }
-    let start = last.as_ref().map_or(0, |h| h.tree_size);
-    let server = signer.server_name.as_str();
-
-    // The log's right edge: the complete subtrees the old root is made of.
-    let frontier = log::needed_for_consistency(start, start);
-    let mut nodes: HashMap<Node, Hash> = tx.log_nodes(&frontier).await?.into_iter().collect();
-    if let Some(missing) = frontier.iter().find(|n| !nodes.contains_key(n)) {
-        return Err(Error::Internal(format!(
-            "the key log of {start} entries lacks its subtree {missing:?}; run secretd kt-verify"
-        )));
-    }
-
-    // Each user's newest entry so far.
-    let mut users: Vec<i64> = pending.iter().map(|k| k.user).collect();
-    users.sort_unstable();
-    users.dedup();
-    let mut lasts: HashMap<i64, (u64, Hash)> = tx
-        .last_entries(&users)
-        .await?
-        .into_iter()
-        .map(|(u, seq, h)| (u, (seq, h)))
-        .collect();
-
-    // The map's nodes the batch walks through, read at once (deeper ones on demand).
-    let map_keys: HashMap<i64, Hash> = users
-        .iter()
-        .map(|u| (*u, records::map_key(server, (*u).max(0) as u64)))
-        .collect();
-    let depth = default_depth(start + pending.len() as u64);
-    let mut wanted: HashSet<Prefix> = HashSet::new();
-    for key in map_keys.values() {
-        wanted.extend(map::needed(key, depth));
-    }
-    let mut cache: HashMap<Prefix, Option<Stored>> = HashMap::with_capacity(wanted.len());
-    read_map(tx, wanted.into_iter().collect(), &mut cache).await?;
-
-    let mut epoch = Epoch::default();
-    let mut changes = map::Changes::new();
-    let mut map_root = last.as_ref().map_or(map::EMPTY, |h| h.map_root);
-    for (i, key) in pending.iter().enumerate() {
-        if key.user <= 0 {
-            return Err(Error::Internal(format!(
-                "public_keys holds a key of user {}, not a local user",
-                key.user
-            )));
-        }
-        let leaf = start + i as u64;
-        let (seq, prev) = match lasts.get(&key.user) {
-            Some((seq, hash)) => (seq + 1, *hash),
-            None => (1, [0u8; 32]),
-        };
-        let fingerprint = hash32(&key.fingerprint, "public_keys.fingerprint")?;
-        let entry = Entry {
-            server,
-            user: key.user as u64,
-            seq,
-            fingerprint,
-            posted_at_ms: (key.posted_at.max(0) / 1000) as u64,
-            prev_entry_hash: prev,
-        };
-        let hash = entry.hash();
-        lasts.insert(key.user, (seq, hash));
-        nodes.insert(
-            Node {
-                level: 0,
-                index: leaf,
-            },
-            hash,
-        );
-        epoch.log_nodes.push((
-            Node {
-                level: 0,
-                index: leaf,
-            },
-            hash,
-        ));
-        for (node, left, right) in log::completed_by(leaf + 1) {
-            let h = log::node_hash(&nodes[&left], &nodes[&right]);
-            nodes.insert(node, h);
-            epoch.log_nodes.push((node, h));
-        }
-        map_root = set_value(tx, &map_keys[&key.user], &hash, &mut cache, &mut changes).await?;
-        epoch.entries.push(LogEntry {
-            leaf_index: leaf,
-            user: key.user,
-            seq,
-            fingerprint,
-            posted_at_ms: entry.posted_at_ms,
-            prev_entry_hash: prev,
-            entry_hash: hash,
-        });
-        epoch.logged.push((key.user, key.seq, leaf));
-    }
-    let size = start + pending.len() as u64;
-    let log_root = log::root(size, &mut |n| nodes[&n]);
-    let head = sign(size, log_root, map_root);
-    epoch.map = changes.into_iter().collect();
-    epoch.map.sort_by_key(|(p, _)| *p);
-    epoch.head = Some(head.clone());
-    tx.write(&epoch).await?;
-    Ok(Published::Appended {
-        head,
-        entries: pending.len() as u64,
-    })
-}
-
-/// Reads the map nodes at `prefixes` into `cache` (None for an empty one).
-async fn read_map(
-    tx: &mut dyn KtTx,
-    prefixes: Vec<Prefix>,
-    cache: &mut HashMap<Prefix, Option<Stored>>,
-) -> Result<()> {
-    let found = tx.map_nodes(&prefixes).await?;
-    for p in prefixes {
-        cache.insert(p, None);
-    }
-    for (p, s) in found {
-        cache.insert(p, Some(s));
-    }
-    Ok(())
-}
-
-/// Sets `key` to `value` over the nodes read so far and the epoch's `changes`; reads the
-/// key's path down to the bottom first if it goes deeper than what was read. The new
-/// root.
-async fn set_value(
-    tx: &mut dyn KtTx,
-    key: &Hash,
-    value: &Hash,
-    cache: &mut HashMap<Prefix, Option<Stored>>,
-    changes: &mut map::Changes,
-) -> Result<Hash> {
-    for attempt in 0..2 {
-        let mut missed = false;
-        let mut mine = map::Changes::new();
-        let root = map::set(
-            key,
-            value,
-            &mut |p| match changes.get(p) {
-                Some(c) => *c,
-                None => cache.get(p).copied().unwrap_or_else(|| {
-                    missed = true;
-                    None
-                }),
-            },
-            &mut mine,
-        );
-        if !missed {
-            changes.extend(mine);
-            return Ok(root);
-        }
-        if attempt == 0 {
-            let deeper: Vec<Prefix> = map::needed(key, 256)
-                .into_iter()
-                .filter(|p| !cache.contains_key(p))
-                .collect();
-            read_map(tx, deeper, cache).await?;
-        }
-    }
-    Err(Error::Internal(
-        "the key map reads a prefix below 256 bits".into(),
-    ))
 }
 
 #[cfg(test)]

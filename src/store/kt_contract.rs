@@ -97,7 +97,8 @@ on_both!(
     deep_map_paths_are_read_to_the_bottom,
     evidence_is_kept_once,
     reads_against_a_given_head_stop_at_its_size,
-    keys_come_with_the_proof_rows
+    keys_come_with_the_proof_rows,
+    erasures_append_an_erased_entry
 );
 
 use super::kt_evidence_contract::evidence_is_kept_once;
@@ -527,4 +528,81 @@ async fn keys_come_with_the_proof_rows(store: &DynStore) {
     assert_eq!(reread.log.len(), rows.log.len());
     let rows = store.kt_read(&query(0, 0)).await.unwrap();
     assert!(rows.keys.is_empty(), "none unless asked");
+}
+
+/// An erasure (migration 0010) of a user with entries appends one entry of 32 zero bytes,
+/// chained to their last, dated when they were erased, and makes it their map value;
+/// erasing again appends nothing; erasing a user without an entry appends nothing (the
+/// epoch re-signs the head); a key posted but not logged at the erasure is gone with it
+/// and never logged. Erasures take their place among keys oldest first, within
+/// `max_entries`.
+async fn erasures_append_an_erased_entry(store: &DynStore) {
+    let (signer, public) = signer();
+    let (a, b, c, d) = (
+        UserId::trusted(11),
+        UserId::trusted(22),
+        UserId::trusted(33),
+        UserId::trusted(44),
+    );
+    store.kt_publish(&signer, &limits(10), 1_000).await.unwrap();
+    store.post_public_key(a, &key(1), 10_000).await.unwrap();
+    store.post_public_key(b, &key(2), 20_000).await.unwrap();
+    let got = store.kt_publish(&signer, &limits(10), 2_000).await.unwrap();
+    assert!(
+        matches!(got, Published::Appended { entries: 2, .. }),
+        "{got:?}"
+    );
+
+    // a is erased; b posts a second key and is erased before it is logged; c never
+    // posted one; d posts after the erasures.
+    store.erase_user(a, false, 30_000).await.unwrap();
+    store.post_public_key(b, &key(3), 35_000).await.unwrap();
+    store.erase_user(b, false, 40_000).await.unwrap();
+    store.erase_user(a, false, 45_000).await.unwrap();
+    store.erase_user(c, false, 50_000).await.unwrap();
+    store.post_public_key(d, &key(1), 60_000).await.unwrap();
+    // One entry per epoch: a's erasure first (the oldest), then b's, then c's (nothing
+    // to append: the head is re-signed), then d's key.
+    let got = store.kt_publish(&signer, &limits(1), 3_000).await.unwrap();
+    assert!(
+        matches!(got, Published::Appended { entries: 1, .. }),
+        "{got:?}"
+    );
+    let got = store.kt_publish(&signer, &limits(1), 4_000).await.unwrap();
+    assert!(
+        matches!(got, Published::Appended { entries: 1, .. }),
+        "{got:?}"
+    );
+    let got = store.kt_publish(&signer, &limits(1), 5_000).await.unwrap();
+    let Published::Resigned(head) = got else {
+        panic!("{got:?}")
+    };
+    assert_eq!((head.tree_size, head.timestamp_ms), (4, 5_000));
+    let got = store.kt_publish(&signer, &limits(1), 6_000).await.unwrap();
+    assert!(
+        matches!(got, Published::Appended { entries: 1, .. }),
+        "{got:?}"
+    );
+    let idle = store.kt_publish(&signer, &limits(1), 7_000).await.unwrap();
+    assert!(matches!(idle, Published::Unchanged(_)), "{idle:?}");
+
+    let entries = check_all(store, &public).await;
+    let summary: Vec<_> = entries
+        .iter()
+        .map(|e| (e.user, e.seq, e.fingerprint == [0; 32], e.posted_at_ms))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (11, 1, false, 10),
+            (22, 1, false, 20),
+            (11, 2, true, 30),
+            (22, 2, true, 40),
+            (44, 1, false, 60),
+        ],
+        "erased entries dated at the (first) erasure; b's unlogged key never logged"
+    );
+    assert_eq!(entries[2].prev_entry_hash, entries[0].entry_hash);
+    assert_eq!(store.kt_misfiled_erasure().await.unwrap(), None);
+    assert_eq!(store.kt_misfiled_key().await.unwrap(), None);
 }

@@ -50,6 +50,10 @@ const POSTGRES: &[(&str, &str)] = &[
         "0009_retention.sql",
         include_str!("../../migrations/postgres/0009_retention.sql"),
     ),
+    (
+        "0010_kt_erased.sql",
+        include_str!("../../migrations/postgres/0010_kt_erased.sql"),
+    ),
 ];
 
 /// `(file name, SQL)` of each SQLite migration, in order.
@@ -89,6 +93,10 @@ const SQLITE: &[(&str, &str)] = &[
     (
         "0009_retention.sql",
         include_str!("../../migrations/sqlite/0009_retention.sql"),
+    ),
+    (
+        "0010_kt_erased.sql",
+        include_str!("../../migrations/sqlite/0010_kt_erased.sql"),
     ),
 ];
 

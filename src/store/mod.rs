@@ -24,6 +24,7 @@ mod kt_contract;
 pub mod kt_evidence;
 #[cfg(test)]
 mod kt_evidence_contract;
+pub mod kt_publish;
 pub mod kt_rows;
 mod migrations;
 mod page;

@@ -192,6 +192,26 @@ pub(crate) const KT_ENTRIES_AFTER: &str = concat!(
 pub(crate) const KT_PENDING_USERS: &str = "SELECT user_id FROM public_keys \
      WHERE kt_leaf IS NULL ORDER BY posted_at, user_id, seq LIMIT $1";
 
+/// Erasures not yet published by the key transparency publisher, oldest first, at most
+/// `$1`: (user, erased_at).
+pub(crate) const KT_PENDING_ERASURES: &str = "SELECT user_id, erased_at FROM erased_users \
+     WHERE NOT kt_published ORDER BY erased_at, user_id LIMIT $1";
+
+/// Marks the erasure of `$1` published, with the leaf `$2` of its erased entry (NULL: the
+/// user had no entry, none was appended).
+pub(crate) const KT_ERASURE_PUBLISHED: &str = "UPDATE erased_users \
+     SET kt_published = TRUE, kt_leaf = $2 WHERE user_id = $1 AND NOT kt_published";
+
+/// The first published erasure the log does not record as it should: (user, leaf). With
+/// a leaf, the entry there is not a zero-fingerprint (`$1`) entry of the user; without
+/// one, the user has an entry all the same.
+pub(crate) const KT_MISFILED_ERASURE: &str = "SELECT u.user_id, u.kt_leaf \
+     FROM erased_users u LEFT JOIN kt_entries e ON e.leaf_index = u.kt_leaf \
+     WHERE u.kt_published AND ((u.kt_leaf IS NOT NULL AND (e.leaf_index IS NULL \
+     OR e.user_id <> u.user_id OR e.fingerprint <> $1)) OR (u.kt_leaf IS NULL AND EXISTS \
+     (SELECT 1 FROM kt_entries x WHERE x.user_id = u.user_id))) \
+     ORDER BY u.user_id LIMIT 1";
+
 /// Log subtrees of level `$1` with an index above `$2`, ascending, at most `$3`.
 pub(crate) const KT_LOG_NODES_AFTER: &str = "SELECT idx, hash FROM kt_log_nodes \
      WHERE level = $1 AND idx > $2 ORDER BY idx LIMIT $3";

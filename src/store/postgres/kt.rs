@@ -10,8 +10,8 @@ use crate::merkle::log::{Hash, Node};
 use crate::merkle::map::{Prefix, Stored};
 use crate::store::kt::{
     self, EntriesQuery, EntryRow, Epoch, HeadRow, HeadSigner, KeysQuery, KtConn, KtQuery, KtRows,
-    KtStore, KtTx, LogEntry, PendingKey, ProofRows, PublishLimits, Published, TreeHead, hash32,
-    signed,
+    KtStore, KtTx, LogEntry, PendingErasure, PendingKey, ProofRows, PublishLimits, Published,
+    TreeHead, hash32, signed,
 };
 use crate::store::kt_rows::{ProofRow, proof_parts};
 
@@ -206,6 +206,17 @@ impl KtTx for PgKt<'_> {
             .collect())
     }
 
+    async fn pending_erasures(&mut self, limit: usize) -> Result<Vec<PendingErasure>> {
+        let rows: Vec<(i64, i64)> = sqlx::query_as(sql::KT_PENDING_ERASURES)
+            .bind(limit as i64)
+            .fetch_all(&mut *self.0)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(user, erased_at)| PendingErasure { user, erased_at })
+            .collect())
+    }
+
     async fn last_entries(&mut self, users: &[i64]) -> Result<Vec<(i64, u64, Hash)>> {
         let rows: Vec<(i64, i64, Vec<u8>)> = sqlx::query_as(
             "SELECT DISTINCT ON (user_id) user_id, seq, entry_hash FROM kt_entries \
@@ -321,6 +332,19 @@ impl KtTx for PgKt<'_> {
                     "{} of {} keys to log changed during the epoch",
                     l.len() as u64 - marked,
                     l.len()
+                )));
+            }
+        }
+        for &(user, leaf) in &epoch.erasures {
+            let marked = sqlx::query(sql::KT_ERASURE_PUBLISHED)
+                .bind(user)
+                .bind(leaf.map(signed))
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+            if marked != 1 {
+                return Err(crate::error::Error::Internal(format!(
+                    "the erasure of user {user} changed during the epoch"
                 )));
             }
         }
@@ -442,6 +466,13 @@ impl KtStore for PgStore {
 
     async fn kt_misfiled_key(&self) -> Result<Option<(i64, i64, i64)>> {
         Ok(sqlx::query_as(sql::KT_MISFILED_KEY)
+            .fetch_optional(&mut *self.conn().await?)
+            .await?)
+    }
+
+    async fn kt_misfiled_erasure(&self) -> Result<Option<(i64, Option<i64>)>> {
+        Ok(sqlx::query_as(sql::KT_MISFILED_ERASURE)
+            .bind(&crate::store::kt_publish::ERASED_FINGERPRINT[..])
             .fetch_optional(&mut *self.conn().await?)
             .await?)
     }

@@ -11,7 +11,7 @@ use crate::merkle::log::{Hash, Node};
 use crate::merkle::map::{Prefix, Stored};
 use crate::store::kt::{
     self, EntryRow, Epoch, HeadRow, HeadSigner, KtConn, KtQuery, KtRows, KtStore, KtTx, LogEntry,
-    PendingKey, PublishLimits, Published, TreeHead, hash32, signed,
+    PendingErasure, PendingKey, PublishLimits, Published, TreeHead, hash32, signed,
 };
 
 /// Pairs of parameters one lookup statement binds at most.
@@ -165,6 +165,17 @@ impl KtTx for SqliteKt<'_> {
         Ok(out)
     }
 
+    async fn pending_erasures(&mut self, limit: usize) -> Result<Vec<PendingErasure>> {
+        let rows: Vec<(i64, i64)> = sqlx::query_as(sql::KT_PENDING_ERASURES)
+            .bind(limit as i64)
+            .fetch_all(&mut *self.0)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(user, erased_at)| PendingErasure { user, erased_at })
+            .collect())
+    }
+
     async fn last_entries(&mut self, users: &[i64]) -> Result<Vec<(i64, u64, Hash)>> {
         let mut out = Vec::new();
         for &user in users {
@@ -252,6 +263,19 @@ impl KtTx for SqliteKt<'_> {
             if marked != 1 {
                 return Err(crate::error::Error::Internal(format!(
                     "key {seq} of user {user} changed during the epoch"
+                )));
+            }
+        }
+        for &(user, leaf) in &epoch.erasures {
+            let marked = sqlx::query(sql::KT_ERASURE_PUBLISHED)
+                .bind(user)
+                .bind(leaf.map(signed))
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+            if marked != 1 {
+                return Err(crate::error::Error::Internal(format!(
+                    "the erasure of user {user} changed during the epoch"
                 )));
             }
         }
@@ -365,6 +389,13 @@ impl KtStore for SqliteStore {
 
     async fn kt_misfiled_key(&self) -> Result<Option<(i64, i64, i64)>> {
         Ok(sqlx::query_as(sql::KT_MISFILED_KEY)
+            .fetch_optional(&self.readers)
+            .await?)
+    }
+
+    async fn kt_misfiled_erasure(&self) -> Result<Option<(i64, Option<i64>)>> {
+        Ok(sqlx::query_as(sql::KT_MISFILED_ERASURE)
+            .bind(&crate::store::kt_publish::ERASED_FINGERPRINT[..])
             .fetch_optional(&self.readers)
             .await?)
     }
