@@ -182,6 +182,14 @@ impl TestServer {
         Self::launch(self.backend.clone(), settings, self.dir).await
     }
 
+    /// Stops the server gracefully and keeps its data: the test works on the database
+    /// with no server running, then [`TestServer::restart`] starts a new one on it.
+    pub async fn halt(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.stop().await;
+        }
+    }
+
     /// Stops the server gracefully.
     pub async fn stop(mut self) {
         if let Some(r) = self.running.take() {

@@ -7,6 +7,7 @@
 //! Postgres each test makes a fresh database ([`fresh`]), since one database is one log.
 
 mod crash;
+mod erased;
 mod proofs;
 mod replicas;
 mod verify_cli;

@@ -9,7 +9,11 @@ use super::*;
 both_backends!(kt_verify_passes_and_names_what_was_tampered_with);
 
 /// Runs `secretd kt-verify` on the database at `url` with the data directory `dir`.
-fn kt_verify(url: &str, dir: &std::path::Path, extra: &[&str]) -> (bool, String, String) {
+pub(super) fn kt_verify(
+    url: &str,
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> (bool, String, String) {
     let data = dir.display().to_string();
     let mut args = vec!["kt-verify", "--database-url", url, "--data-dir", &data];
     args.extend_from_slice(extra);
@@ -23,7 +27,7 @@ fn kt_verify(url: &str, dir: &std::path::Path, extra: &[&str]) -> (bool, String,
 
 /// Runs kt-verify and expects a failure whose message contains `wanted`.
 #[track_caller]
-fn fails_naming(url: &str, dir: &std::path::Path, extra: &[&str], wanted: &str) {
+pub(super) fn fails_naming(url: &str, dir: &std::path::Path, extra: &[&str], wanted: &str) {
     let (ok, stdout, stderr) = kt_verify(url, dir, extra);
     assert!(!ok, "kt-verify passed: {stdout}");
     assert!(
