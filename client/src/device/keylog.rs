@@ -116,6 +116,7 @@ pub(crate) fn check_proof(
         &hashes(&proof.map_path, "a map path hash")?,
         &head.map_root,
     )?;
+    verify::refuse_erased(&head.server_name, &name, &entries)?;
     let served = hash32(
         &crate::crypto::sha256(&keys.current.key_data),
         "a fingerprint",
@@ -251,6 +252,25 @@ impl Device {
         let mine = self.fingerprint();
         let fresh: Vec<&Entry> = entries.iter().filter(|e| e.seq > after).collect();
         if let Some(foreign) = fresh.iter().rev().find(|e| e.fingerprint != mine) {
+            // This device never erases its account: an erased entry is the server's.
+            let what = match foreign.is_erasure() {
+                true => format!(
+                    "entry {} (logged at {}) records that the homeserver erased this account \
+                     (user {}): the server logged the account as erased, and this device did \
+                     not ask for it; its key {} is no longer served",
+                    foreign.seq,
+                    crate::time::format_utc_ms(foreign.posted_at_ms as i64),
+                    self.me.user_id,
+                    hex::encode(mine)
+                ),
+                false => format!(
+                    "entry {} (key {}, logged at {}) is not this device's key {}",
+                    foreign.seq,
+                    hex::encode(foreign.fingerprint),
+                    crate::time::format_utc_ms(foreign.posted_at_ms as i64),
+                    hex::encode(mine)
+                ),
+            };
             let evidence = serde_json::json!({
                 "head": seen(&head),
                 "server_public_key": view.public_key,
@@ -262,13 +282,7 @@ impl Device {
                 })).collect::<Vec<_>>(),
             });
             return Err(Error::KeyAlarm {
-                what: format!(
-                    "entry {} (key {}, logged at {}) is not this device's key {}",
-                    foreign.seq,
-                    hex::encode(foreign.fingerprint),
-                    crate::time::format_utc_ms(foreign.posted_at_ms as i64),
-                    hex::encode(mine)
-                ),
+                what,
                 newest_seq: entries[0].seq,
                 evidence: evidence.to_string(),
             });

@@ -39,6 +39,10 @@ pub struct Entry {
     pub prev_entry_hash: Hash,
 }
 
+/// The fingerprint of an erased entry: the entry records that the user's keys were
+/// erased (docs/kt.md §1), and is never a usable key.
+pub const ERASED: Hash = [0; 32];
+
 fn refused(what: String) -> Error {
     Error::Untrusted(format!("key transparency: {what}"))
 }
@@ -125,6 +129,11 @@ impl Entry {
         out
     }
 
+    /// Whether it records an erasure (its fingerprint is [`ERASED`]).
+    pub fn is_erasure(&self) -> bool {
+        self.fingerprint == ERASED
+    }
+
     /// Its hash: SHA-256(0x00 ‖ bytes).
     pub fn hash(&self, server: &str, user: u64) -> Hash {
         let mut h = Sha256::new();
@@ -200,6 +209,22 @@ pub fn verify_chain(server: &str, user: u64, entries: &[Entry]) -> Result<Hash> 
     Ok(newest.hash(server, user))
 }
 
+/// Refuses the keys of a user whose served entries (newest first) hold an erased entry:
+/// the log records that their keys were erased (docs/kt.md §1), so no key served for
+/// them is theirs to use — the newest entry erased means the server serves a key of an
+/// erased account, an older one that a key was logged after the erasure. `who` names the
+/// user in the sentence, `server` their homeserver.
+pub fn refuse_erased(server: &str, who: &str, entries: &[Entry]) -> Result<()> {
+    match entries.iter().find(|e| e.is_erasure()) {
+        Some(e) => Err(refused(format!(
+            "the log of {server} records that user {who}'s account was erased (entry {}, \
+             logged at {} ms): no key served for them is usable, and this one is refused",
+            e.seq, e.posted_at_ms
+        ))),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,6 +277,30 @@ mod tests {
         let mut forged = head.clone();
         forged.map_root[0] ^= 1;
         assert!(forged.verify_signature(&public).is_err());
+        // The erased entry of §6: it chains to entry 2, its map path leads to the map
+        // root of the log of four, and it is never a usable key.
+        let erased = Entry {
+            seq: 3,
+            fingerprint: ERASED,
+            posted_at_ms: 5_000,
+            prev_entry_hash: e2.hash("a.test", 42),
+        };
+        assert_eq!(hex::encode(erased.bytes("a.test", 42)), value("erased"));
+        assert_eq!(hex::encode(erased.hash("a.test", 42)), value("erased.hash"));
+        let chain = [erased.clone(), e2.clone(), e1.clone()];
+        let newest = verify_chain("a.test", 42, &chain).unwrap();
+        let root4: Hash = unhex(&value("map_root(4)"));
+        let path4: Vec<Hash> = value("map_path(42, 4)").split(',').map(unhex).collect();
+        verify_map_path(&map_key("a.test", 42), &newest, &path4, &root4).unwrap();
+        assert!(erased.is_erasure() && !e2.is_erasure());
+        let refusal = refuse_erased("a.test", "42", &chain)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refusal.contains("user 42's account was erased (entry 3, logged at 5000 ms)"),
+            "{refusal}"
+        );
+        assert!(refuse_erased("a.test", "42", &chain[1..]).is_ok());
         // A chain with a hole is refused.
         let mut broken = e2;
         broken.prev_entry_hash[0] ^= 1;

@@ -5,6 +5,7 @@
 //! refuses with a clear error and its state is left as it was.
 
 mod epochs;
+mod erased;
 mod events;
 mod fork;
 mod invites;
@@ -121,6 +122,48 @@ impl Db {
             );
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
+    }
+
+    /// Waits (up to 30 s) until the server's publisher took the user's erasure (the
+    /// erased entry appended, or none for a user without a logged key).
+    pub async fn wait_erasure_logged(&self, user: u64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while scalar!(
+            self,
+            "SELECT COUNT(*) FROM erased_users WHERE user_id = $1 AND kt_published",
+            user as i64
+        ) == 0
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "erasure of {user} never logged"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Records an erasure of `user` that nobody asked for: the publisher logs it.
+    pub async fn record_erasure(&self, user: u64) {
+        exec!(
+            self,
+            "INSERT INTO erased_users (user_id, erased_at) VALUES ($1, $2)",
+            user as i64,
+            secretd_client::time::now_ms() * 1000
+        );
+    }
+
+    /// Serves `spki` as the user's current key again, as the row stood before their
+    /// erasure: logged at the leaf of their first entry (so the publisher leaves it be).
+    pub async fn restore_key(&self, user: u64, spki: &[u8]) {
+        exec!(
+            self,
+            "INSERT INTO public_keys (user_id, seq, spki_der, fingerprint, posted_at, kt_leaf) \
+             VALUES ($1, 1, $2, $3, 0, (SELECT leaf_index FROM kt_entries \
+             WHERE user_id = $1 AND seq = 1))",
+            user as i64,
+            spki.to_vec(),
+            Sha256::digest(spki).to_vec()
+        );
     }
 
     /// Lists `spki` among the user's past keys (older than every key they posted), once the server logged it.
