@@ -324,6 +324,17 @@ fn fork_alarm(out: Out, dir: &StateDir, evidence: &str) -> ExitCode {
 /// Keeps a key alarm's evidence and says what to do.
 fn alarm(out: Out, dir: &StateDir, newest_seq: u64, evidence: &str) -> ExitCode {
     keep_evidence(out, dir, evidence, json!({ "newest_seq": newest_seq }));
+    if logs_an_erasure(evidence) {
+        eprintln!(
+            "advice: your homeserver (or whoever controls its database) logged your account \
+             as erased, and this device did not erase it: your contacts can no longer fetch \
+             your key, and clients refuse any key served for you from now on. Report it to \
+             your homeserver's operator with the evidence file, and tell your contacts over \
+             another channel. Then run `secretd-chat acknowledge-key-alarm {newest_seq}` (on a \
+             new device: `secretd-chat login ... --acknowledge-key-alarm {newest_seq}`) to go on."
+        );
+        return ExitCode::from(KEY_ALARM_EXIT);
+    }
     eprintln!(
         "advice: your homeserver (or whoever controls its database or signing key) published \
          a key for you that this device never posted; whoever holds it can read invites and \
@@ -335,6 +346,20 @@ fn alarm(out: Out, dir: &StateDir, newest_seq: u64, evidence: &str) -> ExitCode 
          login ... --acknowledge-key-alarm {newest_seq}`) to go on."
     );
     ExitCode::from(KEY_ALARM_EXIT)
+}
+
+/// Whether a key alarm's evidence holds an erased entry (a fingerprint of 32 zero bytes,
+/// docs/kt.md §1): the server logged the account as erased.
+fn logs_an_erasure(evidence: &str) -> bool {
+    let erased = "00".repeat(32);
+    serde_json::from_str::<serde_json::Value>(evidence)
+        .ok()
+        .and_then(|v| {
+            v["entries"]
+                .as_array()
+                .map(|es| es.iter().any(|e| e["fingerprint"] == erased.as_str()))
+        })
+        .unwrap_or(false)
 }
 
 #[tokio::main(flavor = "current_thread")]

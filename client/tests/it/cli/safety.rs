@@ -1,7 +1,8 @@
 //! Pins and safety numbers on the command line: two `secretd-chat` users see the same
 //! safety number and mark each other verified; when the server swaps one side's key, the
 //! other side is warned (invite refused, `members` and `whoami` say so) until it accepts
-//! the new key on purpose.
+//! the new key on purpose. A key, or an erasure of the account, that the user never made
+//! stops every command with the key alarm until acknowledged.
 
 use secretd_client::crypto::identity::{Identity, fingerprint_hex};
 
@@ -173,5 +174,45 @@ async fn a_key_the_user_never_posted_stops_every_command_until_acknowledged() {
     ok(chat(&b_dir, "pb", &["rooms"])).await;
     ok(login(&["--acknowledge-key-alarm", "2"])).await;
     ok(chat(&c_dir, "pb", &["rooms"])).await;
+    server.stop().await;
+}
+
+/// The server logs an erasure of Bob that he did not ask for: every command stops on the
+/// key alarm (exit code 3), says the server logged the account as erased, and keeps the
+/// evidence, until he acknowledges it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_erasure_the_user_did_not_ask_for_stops_every_command() {
+    let server = Server::start(Backend::Sqlite).await;
+    let home = tempfile::tempdir().unwrap();
+    let b_dir = home.path().join("bob");
+    let (bob, _) = super::new_device(&server, &b_dir, "pb").await;
+    let db = Db::of(&server).await;
+    ok(chat(&b_dir, "pb", &["whoami"])).await;
+    db.record_erasure(bob).await;
+    db.wait_erasure_logged(bob).await;
+    let (lines, stderr) = alarms(chat(&b_dir, "pb", &["rooms"])).await;
+    assert!(
+        stderr.contains("entry 2 (logged at ")
+            && stderr.contains(&format!(
+                "records that the homeserver erased this account (user {bob}): the server logged \
+             the account as erased"
+            ))
+            && stderr.contains(
+                "advice: your homeserver (or whoever controls its database) \
+             logged your account as erased, and this device did not erase it"
+            )
+            && stderr.contains("secretd-chat acknowledge-key-alarm 2"),
+        "{stderr}"
+    );
+    let kept = lines.iter().find(|l| l["evidence"].is_string()).unwrap();
+    let path = std::path::PathBuf::from(kept["evidence"].as_str().unwrap());
+    let evidence: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(
+        evidence["entries"][0]["fingerprint"],
+        "00".repeat(32).as_str()
+    );
+    ok(chat(&b_dir, "pb", &["acknowledge-key-alarm", "2"])).await;
+    ok(chat(&b_dir, "pb", &["rooms"])).await;
     server.stop().await;
 }
