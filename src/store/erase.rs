@@ -2,7 +2,9 @@
 //! (`postgres/erase.rs`, `sqlite/erase.rs`) over the SQL here, which both run as is.
 //!
 //! What goes: the user's public keys (out of service: FetchKey answers NOT_FOUND saying
-//! so; the key transparency log keeps its entries), the private-key blob, the invites
+//! so; the key transparency log keeps its entries and gets an "erased" one at the next
+//! epoch, from the `erased_users` row left pending: `store::kt_publish`), the private-key
+//! blob, the invites
 //! from and to them, their memberships (each a departure, as if they had left: ownership
 //! passes to the oldest remaining member and the streams' membership epoch moves, so
 //! their subscriptions end), and with `erase_messages` the ciphertext of every event they
