@@ -1,7 +1,8 @@
 //! Checks of another homeserver's key transparency data against the Ed25519 key pinned
 //! for it (docs/kt.md §5, §9): a tree head's signature and freshness, and a FetchUserKey
 //! answer's proof — the map path of the newest entry to the head's map root, the chain of
-//! the entries, and that the keys served are the entries'. Pure functions: federation
+//! the entries, that none of them records an erasure, and that the keys served are the
+//! entries'. Pure functions: federation
 //! (`crate::federation::client`, `crate::federation::heads`) calls them with what a peer
 //! sent and says the peer's name when one fails.
 
@@ -161,6 +162,19 @@ pub fn check_key_proof(
             return Err(format!("entry {} of user {user} starts no chain", e.seq));
         }
     }
+    // An erased entry (docs/kt.md §1) is never a usable key: the peer logged the
+    // account as erased, and serves a key for it all the same.
+    if let Some(e) = proof
+        .entries
+        .iter()
+        .find(|e| e.fingerprint.len() == 32 && e.fingerprint.iter().all(|b| *b == 0))
+    {
+        return Err(format!(
+            "the log records that user {user}'s account was erased (entry {}): no key \
+             served for them is usable",
+            e.seq
+        ));
+    }
     if newest.fingerprint != current.fingerprint {
         return Err(format!(
             "the current key served is not user {user}'s newest logged key (entry {})",
@@ -176,4 +190,82 @@ pub fn check_key_proof(
         }
     }
     Ok(head)
+}
+
+#[cfg(test)]
+mod tests {
+    use ring::signature::{Ed25519KeyPair, KeyPair};
+
+    use super::*;
+
+    const SERVER: &str = "b.test";
+    const USER: u64 = 42;
+
+    fn entry(seq: u64, fingerprint: Hash, prev: &[u8], leaf: u64) -> proto::KeyLogEntry {
+        proto::KeyLogEntry {
+            seq,
+            fingerprint: fingerprint.to_vec(),
+            posted_at_ms: seq * 1_000,
+            prev_entry_hash: prev.to_vec(),
+            leaf_index: leaf,
+        }
+    }
+
+    /// A proof of `entries` (newest first) in a map holding only this user, signed by
+    /// `pair` now.
+    fn proof(pair: &Ed25519KeyPair, entries: Vec<proto::KeyLogEntry>) -> proto::KeyProof {
+        let value = entry_hash(SERVER, USER, &entries[0]).unwrap();
+        let mut head = TreeHead {
+            server_name: SERVER.into(),
+            tree_size: 2,
+            log_root: [7; 32],
+            map_root: map::leaf_hash(&records::map_key(SERVER, USER), &value),
+            timestamp_ms: 1_000_000,
+            signature: Vec::new(),
+            key_id: crate::federation::key::key_id(pair.public_key().as_ref()),
+        };
+        head.signature = pair.sign(&head.signed_bytes()).as_ref().to_vec();
+        proto::KeyProof {
+            head: Some(proto::TreeHead {
+                server_name: head.server_name,
+                tree_size: head.tree_size,
+                log_root: head.log_root.to_vec(),
+                map_root: head.map_root.to_vec(),
+                timestamp_ms: head.timestamp_ms,
+                signature: head.signature,
+                key_id: head.key_id,
+            }),
+            map_path: Vec::new(),
+            entries,
+            consistency: Vec::new(),
+        }
+    }
+
+    /// A peer that serves a key for a user its log records as erased is refused, naming
+    /// the erasure; the same key with the entry before the erasure verifies.
+    #[test]
+    fn a_key_of_an_erased_account_does_not_verify() {
+        let pair = Ed25519KeyPair::from_seed_unchecked(&[3; 32]).unwrap();
+        let public = pair.public_key().as_ref().to_vec();
+        let pinned = Pinned {
+            server_name: SERVER,
+            public_key: &public,
+        };
+        let key = proto::Key {
+            key_data: Vec::new(),
+            fingerprint: vec![0x11; 32],
+            posted_at: None,
+        };
+        let first = entry(1, [0x11; 32], &[0; 32], 0);
+        let before = proof(&pair, vec![first.clone()]);
+        check_key_proof(&before, USER, &key, &[], pinned, 1_000_000).unwrap();
+        let erased = entry(2, [0; 32], &entry_hash(SERVER, USER, &first).unwrap(), 1);
+        let after = proof(&pair, vec![erased, first]);
+        let err = check_key_proof(&after, USER, &key, &[], pinned, 1_000_000).unwrap_err();
+        assert_eq!(
+            err,
+            "the log records that user 42's account was erased (entry 2): no key served for \
+             them is usable"
+        );
+    }
 }
