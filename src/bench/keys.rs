@@ -14,11 +14,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use prost::Message;
 use secretd::proto::{FetchKeyRequest, GetTreeHeadRequest, PostKeyRequest};
 
 use crate::Args;
+use crate::cpu::Cpu;
 use crate::support::*;
 
 /// Three real 4096-bit public keys, handed out round-robin.
@@ -27,19 +28,6 @@ const KEYS: [&[u8]; 3] = [
     include_bytes!("../../tests/fixtures/rsa4096_2.pub.pem"),
     include_bytes!("../../tests/fixtures/rsa4096_3.pub.pem"),
 ];
-
-/// The server's CPU time (user + system) in seconds, from /proc/PID/stat (clock ticks
-/// of 1/100 s, Linux's USER_HZ).
-pub fn cpu_secs(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("cannot read /proc/{pid}/stat (is --server-pid right?)"))?;
-    // The command name may hold spaces: fields are counted after its closing parenthesis.
-    let rest = &stat[stat.rfind(')').context("bad /proc stat")? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
-    Ok(ticks as f64 / 100.0)
-}
 
 /// The newest head's tree size.
 async fn tree_size(c: &mut Client) -> anyhow::Result<u64> {
@@ -218,7 +206,8 @@ pub async fn fetch(args: &Args) -> anyhow::Result<Report> {
         }));
     }
     tokio::time::sleep_until(measure_from.into()).await;
-    let cpu0 = args.server_pid.map(cpu_secs).transpose()?;
+    let cpu = Cpu::new(args);
+    let cpu0 = cpu.sample()?;
     let progress = Progress::start("keys", count.clone(), duration, false);
     let mut all = Fetched::default();
     for t in tasks {
@@ -231,7 +220,6 @@ pub async fn fetch(args: &Args) -> anyhow::Result<Report> {
         all.response_bytes += f.response_bytes;
         all.map_levels += f.map_levels;
     }
-    let cpu1 = args.server_pid.map(cpu_secs).transpose()?;
     let elapsed = measure_from.elapsed().as_secs_f64();
     drop(progress);
     let per = |x: u64, n: u64| round(x as f64 / n.max(1) as f64);
@@ -247,13 +235,7 @@ pub async fn fetch(args: &Args) -> anyhow::Result<Report> {
     r.set("proof_bytes_max", all.proof_max);
     r.set("map_levels_avg", per(all.map_levels, all.with_proof));
     r.set("response_bytes_avg", per(all.response_bytes, all.calls));
-    if let (Some(a), Some(b)) = (cpu0, cpu1) {
-        r.set("server_cpu_s", round(b - a));
-        r.set(
-            "server_cpu_us_per_call",
-            round((b - a) * 1e6 / all.calls.max(1) as f64),
-        );
-    }
+    cpu.report_since(cpu0, &mut r, all.calls, "call")?;
     r.latencies(&mut all.lat);
     Ok(r)
 }

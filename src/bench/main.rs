@@ -3,15 +3,21 @@
 //! ```text
 //! secretd-bench SCENARIO --server URL [--posters N] [--streams N] [--payload BYTES]
 //!   [--duration SECS] [--subscribers N] [--rate PER_SEC] [--backlog N] [--json]
-//!   [--jwt-secret S] [--server-pid PID] [--users N] [--first-user ID] [--consistency]
-//!   [--epoch-ms MS] [--seed-from K]
+//!   [--jwt-secret S] [--server-pid PID] [--postgres-pid PID] [--users N]
+//!   [--first-user ID] [--consistency] [--epoch-ms MS] [--seed-from K]
 //! ```
 //! Scenarios: `post`, `hot`, `fanout`, `idle`, `catchup`, and the key transparency ones
-//! `keys-seed`, `keys`, `keys-post` (see README.md, BENCHMARKS.md and `bench/kt`).
+//! `keys-seed`, `keys`, `keys-post` (see README.md, BENCHMARKS.md and `bench/kt`), and
+//! `cpu` (cumulative CPU of the processes below, for scripts).
+//! With `--server-pid` (and `--postgres-pid`, the postmaster's pid: the first line of
+//! `postmaster.pid` in the data directory) each scenario also reports the CPU the server
+//! (and Postgres) spent over its measured window, in seconds and in µs per operation
+//! (`server_cpu_us_per_post`, `postgres_cpu_us_per_post`, …; see `cpu.rs`).
 //! Tokens are minted with `SECRETD_JWT_SECRET` (or `--jwt-secret`), the secret the server
 //! was started with. With `--json` each scenario prints one JSON object
 //! on stdout; otherwise a table, with a progress line on stderr for longer runs.
 
+mod cpu;
 mod keys;
 mod listening;
 mod posting;
@@ -55,9 +61,13 @@ pub struct Args {
     /// HS256 secret of the server (default: $SECRETD_JWT_SECRET).
     #[arg(long, env = "SECRETD_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: String,
-    /// Pid of the server process, for RSS figures (idle).
+    /// Pid of the server process: its CPU per operation (every scenario) and RSS (idle).
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// Pid of the Postgres postmaster (first line of `postmaster.pid`): the CPU of it and
+    /// all its children per operation.
+    #[arg(long)]
+    pub postgres_pid: Option<u32>,
     /// HTTP/2 connections the load is spread over.
     #[arg(long, default_value_t = 8)]
     pub connections: usize,
@@ -101,6 +111,8 @@ pub enum Scenario {
     Keys,
     /// PostKey of new users: time until the answer with its proof, against the epoch.
     KeysPost,
+    /// The cumulative CPU ticks of --server-pid and --postgres-pid now (no server needed).
+    Cpu,
 }
 
 #[tokio::main]
@@ -115,6 +127,7 @@ async fn main() {
         Scenario::KeysSeed => keys::seed(&args).await,
         Scenario::Keys => keys::fetch(&args).await,
         Scenario::KeysPost => keys::post(&args).await,
+        Scenario::Cpu => cpu::now(&args),
     };
     match result {
         Ok(report) => report.print(args.json),

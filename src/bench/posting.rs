@@ -10,6 +10,7 @@ use secretd::proto::{ManageStream, StreamCursor};
 use tonic::Code;
 
 use crate::Args;
+use crate::cpu::Cpu;
 use crate::listening::open_call;
 use crate::support::*;
 
@@ -63,6 +64,8 @@ pub async fn posting(args: &Args, hot: bool) -> anyhow::Result<Report> {
         duration,
         false,
     );
+    let cpu = Cpu::new(args);
+    let cpu0 = cpu.sample()?;
     let start = Instant::now();
     let deadline = start + duration;
     let mut tasks = Vec::new();
@@ -117,6 +120,8 @@ pub async fn posting(args: &Args, hot: bool) -> anyhow::Result<Report> {
     if hot {
         r.set("rejected", rejected.load(Ordering::Relaxed));
     }
+    // Per acknowledged post: in `hot` the refused posts' cost is part of it.
+    cpu.report_since(cpu0, &mut r, n, "post")?;
     r.latencies(&mut lat);
     Ok(r)
 }
@@ -166,6 +171,8 @@ pub async fn catchup(args: &Args) -> anyhow::Result<Report> {
     fresh.connections = 1;
     let reader = Pool::connect(&fresh).await?;
     let mut c = reader.client(owner, 0);
+    let cpu = Cpu::new(args);
+    let cpu0 = cpu.sample()?;
     let t0 = Instant::now();
     let manage = ManageStream {
         resume_from: vec![StreamCursor {
@@ -195,5 +202,6 @@ pub async fn catchup(args: &Args) -> anyhow::Result<Report> {
     r.set("complete", in_order && head == next - 1 && next > total);
     r.set("seconds", round(secs));
     r.set("events_per_sec", round((next - 1) as f64 / secs));
+    cpu.report_since(cpu0, &mut r, next - 1, "event")?;
     Ok(r)
 }

@@ -1,6 +1,7 @@
 //! Shared pieces of the benchmark: connections, tokens, latency statistics, progress and
 //! the report.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -198,22 +199,22 @@ pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
 /// One scenario's result: ordered (key, value) pairs printed as a table or as JSON.
 pub struct Report {
     /// The pairs, `scenario` first.
-    pub fields: Vec<(&'static str, serde_json::Value)>,
+    pub fields: Vec<(Cow<'static, str>, serde_json::Value)>,
 }
 
 impl Report {
     /// A report for `scenario`.
     pub fn new(scenario: &str, args: &Args) -> Report {
-        let mut fields = vec![("scenario", serde_json::json!(scenario))];
+        let mut fields = vec![("scenario".into(), serde_json::json!(scenario))];
         if !args.label.is_empty() {
-            fields.push(("label", serde_json::json!(args.label)));
+            fields.push(("label".into(), serde_json::json!(args.label)));
         }
         Report { fields }
     }
 
     /// Adds a field.
-    pub fn set(&mut self, key: &'static str, value: impl Into<serde_json::Value>) {
-        self.fields.push((key, value.into()));
+    pub fn set(&mut self, key: impl Into<Cow<'static, str>>, value: impl Into<serde_json::Value>) {
+        self.fields.push((key.into(), value.into()));
     }
 
     /// Adds p50/p99/p99.9 fields.
