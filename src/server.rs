@@ -79,7 +79,15 @@ pub async fn kt_verify(
     let key_id = crate::federation::key::key_id(&public);
     let database = settings.database()?;
     let limit = Duration::from_millis(settings.db_timeout_ms);
-    let store = match store::open_with_deadline(database.url(), 2, limit, Uuid::new_v4()).await {
+    let store = match store::open_with_deadline(
+        database.url(),
+        2,
+        limit,
+        settings.sqlite_mmap_mb,
+        Uuid::new_v4(),
+    )
+    .await
+    {
         Ok(store) => store,
         Err(e) => return Err(database_error(&database, "open", e).await),
     };
@@ -370,6 +378,7 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
         database.url(),
         settings.db_max_connections,
         Duration::from_millis(settings.db_timeout_ms),
+        settings.sqlite_mmap_mb,
         replica,
     )
     .await;

@@ -37,9 +37,15 @@ pub async fn run(
     let user = UserId::trusted(user as i64);
     let database = settings.database()?;
     let limit = Duration::from_millis(settings.db_timeout_ms);
-    let store = store::open_with_deadline(database.url(), 2, limit, Uuid::new_v4())
-        .await
-        .map_err(|e| e.context(format!("cannot open {database}")))?;
+    let store = store::open_with_deadline(
+        database.url(),
+        2,
+        limit,
+        settings.sqlite_mmap_mb,
+        Uuid::new_v4(),
+    )
+    .await
+    .map_err(|e| e.context(format!("cannot open {database}")))?;
     let done = store
         .erase_user(user, erase_messages, crate::time::now_micros())
         .await;

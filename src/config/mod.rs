@@ -114,6 +114,11 @@ pub struct Settings {
     /// also get it as `statement_timeout` and `idle_in_transaction_session_timeout`.
     /// Default 5000.
     pub db_timeout_ms: u64,
+    /// SQLite: how much of the database file each connection reads through a memory map
+    /// (`PRAGMA mmap_size`), in MiB; 0 reads every page with a system call. The mapped
+    /// pages are the kernel's page cache, shared by all connections, not extra memory.
+    /// Default 256.
+    pub sqlite_mmap_mb: u64,
     /// Watchdog of the Postgres change listener, in milliseconds: the listener pings
     /// itself through the database every half of this, and a listener connection that
     /// brings no notification for this long is dropped and reconnected, and every local
@@ -378,6 +383,7 @@ fn with_defaults() -> Result<Builder, config::ConfigError> {
         .set_default("max_stream_ids_per_message", 2000)?
         .set_default("db_max_connections", 16)?
         .set_default("db_timeout_ms", 5000)?
+        .set_default("sqlite_mmap_mb", 256)?
         .set_default("listener_watchdog_ms", 10_000)?
         .set_default("commit_max_batch", 512)?
         .set_default("commit_writers", 1)?

@@ -655,25 +655,38 @@ pub type DynStore = Arc<dyn Store>;
 /// default of `db_timeout_ms`).
 pub const DEFAULT_DB_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How much of a SQLite file each connection maps into memory when none is configured
+/// (the default of `sqlite_mmap_mb`), in MiB.
+pub const DEFAULT_SQLITE_MMAP_MB: u64 = 256;
+
 /// Opens the store named by `url` with the default deadline (see [`open_with_deadline`]).
 pub async fn open(url: &str, max_connections: u32, replica_id: Uuid) -> anyhow::Result<DynStore> {
-    open_with_deadline(url, max_connections, DEFAULT_DB_TIMEOUT, replica_id).await
+    open_with_deadline(
+        url,
+        max_connections,
+        DEFAULT_DB_TIMEOUT,
+        DEFAULT_SQLITE_MMAP_MB,
+        replica_id,
+    )
+    .await
 }
 
 /// Opens the store named by `url` (`postgres://`, `postgresql://`, `sqlite:`) and runs its
 /// migrations. Every operation of the returned store answers within `limit`
-/// (UNAVAILABLE when the database does not; see [`deadline`]). `replica_id` tags this
-/// process's change notifications (Postgres).
+/// (UNAVAILABLE when the database does not; see [`deadline`]). `sqlite_mmap_mb`: how much
+/// of a SQLite file each connection reads through a memory map (0: none; Postgres: unused).
+/// `replica_id` tags this process's change notifications (Postgres).
 pub async fn open_with_deadline(
     url: &str,
     max_connections: u32,
     limit: Duration,
+    sqlite_mmap_mb: u64,
     replica_id: Uuid,
 ) -> anyhow::Result<DynStore> {
     let inner: DynStore = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Arc::new(postgres::PgStore::open(url, max_connections, limit, replica_id).await?)
     } else if url.starts_with("sqlite:") {
-        Arc::new(sqlite::SqliteStore::open(url, max_connections, limit).await?)
+        Arc::new(sqlite::SqliteStore::open(url, max_connections, limit, sqlite_mmap_mb).await?)
     } else {
         anyhow::bail!(
             "database_url is neither postgres://… nor sqlite://…; leave it empty for the \
