@@ -3,18 +3,18 @@
 //! go in chunks of `(VALUES …) JOIN` the table on its primary key (SQLite plans a row-value
 //! `(bits, path) IN (VALUES …)` as a scan of the whole table: O(users) per proof), writes
 //! row by row inside the epoch's transaction (SQLite runs them in-process). A proof reads
-//! its parts in one statement (`kt_proof.rs`).
+//! its parts statement by statement (the default `KtConn::proof_rows`): one statement of
+//! all parts, as on Postgres, measured slower here twice — with `(VALUES …)` lists and with
+//! `json_each` node lists (BENCHMARKS.md, "Key transparency" and "FetchKey after issue
+//! 21's third round").
 
-use super::kt_proof;
 use super::*;
 use crate::merkle::log::{Hash, Node};
 use crate::merkle::map::{Prefix, Stored};
 use crate::store::kt::{
-    self, EntriesQuery, EntryRow, Epoch, HeadRow, HeadSigner, KeysQuery, KtConn, KtQuery, KtRows,
-    KtStore, KtTx, LogEntry, PendingErasure, PendingKey, ProofRows, PublishLimits, Published,
-    TreeHead, hash32, signed,
+    self, EntryRow, Epoch, HeadRow, HeadSigner, KtConn, KtQuery, KtRows, KtStore, KtTx, LogEntry,
+    PendingErasure, PendingKey, PublishLimits, Published, TreeHead, hash32, signed,
 };
-use crate::store::kt_rows::{ProofRow, proof_parts};
 
 /// Pairs of parameters one lookup statement binds at most.
 const CHUNK: usize = 250;
@@ -71,35 +71,6 @@ impl KtConn for SqliteKt<'_> {
             .fetch_all(&mut *self.0)
             .await?;
         Ok(rows.into_iter().map(StoredKey::from).collect())
-    }
-
-    async fn proof_rows(
-        &mut self,
-        entries: Option<EntriesQuery>,
-        prefixes: &[Prefix],
-        nodes: &[Node],
-        keys: Option<KeysQuery>,
-    ) -> Result<ProofRows> {
-        // No entries asked: a user that matches nothing (user ids are positive) and LIMIT 0.
-        let q = entries.unwrap_or(EntriesQuery {
-            user: 0,
-            after_seq: 0,
-            below_leaf: 0,
-            limit: 0,
-        });
-        let rows: Vec<ProofRow> = sqlx::query_as(kt_proof::PROOF_ROWS)
-            .bind(q.user)
-            .bind(signed(q.after_seq))
-            .bind(signed(q.below_leaf))
-            .bind(q.limit as i64)
-            .bind(kt_proof::prefixes_json(prefixes))
-            .bind(kt_proof::nodes_json(nodes))
-            // No keys asked: LIMIT 0.
-            .bind(keys.map_or(0, |k| k.user))
-            .bind(keys.map_or(0, |k| k.limit as i64))
-            .fetch_all(&mut *self.0)
-            .await?;
-        proof_parts(q.user, rows)
     }
 
     async fn map_nodes(&mut self, prefixes: &[Prefix]) -> Result<Vec<(Prefix, Stored)>> {

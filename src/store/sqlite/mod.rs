@@ -184,7 +184,6 @@ mod federation;
 mod keys;
 mod kt;
 mod kt_evidence;
-mod kt_proof;
 mod retention;
 mod rooms;
 
