@@ -128,7 +128,8 @@ pub struct KtVerifyArgs {
 /// Flags of `health`.
 #[derive(Debug, Args, Clone)]
 pub struct HealthArgs {
-    /// Address of the server.
+    /// Address of the server: HOST:PORT, or an `http://` or `https://` URL (`https://`
+    /// speaks TLS, as `--tls`).
     #[arg(long, default_value = "127.0.0.1:50051")]
     pub addr: String,
     /// Seconds to wait for an answer.

@@ -159,8 +159,23 @@ fn health(args: &HealthArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let addr = &args.addr;
-    let tls = args.tls || args.ca_file.is_some() || args.tls_name.is_some();
+    // A URL is taken as what it means (people paste the one their clients use): `http://`
+    // is HOST:PORT, `https://` is HOST:PORT with `--tls`.
+    let (addr, url_tls) = match args.addr.split_once("://") {
+        None => (args.addr.as_str(), false),
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => (rest, false),
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("https") => (rest, true),
+        Some((scheme, _)) => {
+            eprintln!(
+                "secretd: --addr {:?} has the scheme {scheme:?}; give HOST:PORT (or an \
+                 http:// or https:// URL), e.g. --addr 127.0.0.1:50051",
+                args.addr
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = addr.trim_end_matches('/');
+    let tls = url_tls || args.tls || args.ca_file.is_some() || args.tls_name.is_some();
     let scheme = if tls { "https" } else { "http" };
     let Ok(mut endpoint) = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))
     else {

@@ -105,6 +105,11 @@ async fn mint_token_signs_with_the_secret_serve_uses() {
     let health = secretd(&["health", "--addr", &p.addr], dir.path(), &[]);
     assert!(health.status.success());
     assert_eq!(String::from_utf8_lossy(&health.stdout).trim(), "SERVING");
+    // The URL a client is given works too.
+    let url = format!("http://{}/", p.addr);
+    let health = secretd(&["health", "--addr", &url], dir.path(), &[]);
+    assert!(health.status.success(), "{url}: {health:?}");
+    assert_eq!(String::from_utf8_lossy(&health.stdout).trim(), "SERVING");
     let addr = p.addr.clone();
     let status = terminate(p).await;
     assert!(status.success(), "exit after SIGTERM: {status:?}");
@@ -421,6 +426,13 @@ async fn health_says_what_went_wrong_and_what_to_check() {
             )
         })
     };
+    // A URL of another scheme.
+    let (_, err) = health("ftp://127.0.0.1:50051".into()).await.unwrap();
+    assert_eq!(
+        err,
+        "secretd: --addr \"ftp://127.0.0.1:50051\" has the scheme \"ftp\"; give HOST:PORT \
+         (or an http:// or https:// URL), e.g. --addr 127.0.0.1:50051"
+    );
     // Nothing listens.
     let closed = format!("127.0.0.1:{}", free_port());
     let (_, err) = health(closed.clone()).await.unwrap();
