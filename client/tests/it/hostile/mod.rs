@@ -8,6 +8,7 @@ mod epochs;
 mod erased;
 mod events;
 mod fork;
+mod horizon;
 mod invites;
 mod keys;
 
@@ -314,6 +315,61 @@ impl Db {
             "INSERT INTO members (pair_id, user_id, joined_at) VALUES ($1, $2, 0)",
             Uuid::parse_str(pair).unwrap(),
             user as i64
+        );
+    }
+
+    /// Moves the stream's retention horizon (`first_event_id`) to `first` and its head to
+    /// at least `head`, as the sweeper moves it, whether or not any retention was set.
+    pub async fn set_horizon(&self, stream: &str, first: u64, head: u64) {
+        exec!(
+            self,
+            "UPDATE streams SET first_event_id = $2, \
+             head_event_id = CASE WHEN head_event_id < $3 THEN $3 ELSE head_event_id END \
+             WHERE stream_id = $1",
+            Uuid::parse_str(stream).unwrap(),
+            first as i64,
+            head as i64
+        );
+    }
+
+    /// Deletes the stream's events with ids in `from..=to`; how many.
+    pub async fn delete_events(&self, stream: &str, from: i64, to: i64) -> u64 {
+        exec!(
+            self,
+            "DELETE FROM events WHERE stream_id = $1 AND event_id >= $2 AND event_id <= $3",
+            Uuid::parse_str(stream).unwrap(),
+            from,
+            to
+        )
+    }
+
+    /// Serves event `from` of the stream under the id `to` instead (the id is not part of
+    /// what the sender signed); the stream's head follows when `to` is above it.
+    pub async fn renumber_event(&self, stream: &str, from: i64, to: i64) {
+        let id = Uuid::parse_str(stream).unwrap();
+        exec!(
+            self,
+            "UPDATE events SET event_id = $3 WHERE stream_id = $1 AND event_id = $2",
+            id,
+            from,
+            to
+        );
+        exec!(
+            self,
+            "UPDATE streams SET head_event_id = $2 WHERE stream_id = $1 AND head_event_id < $2",
+            id,
+            to
+        );
+    }
+
+    /// Sets the stream's head counter, the one the server refuses posts at or below (and
+    /// names in the refusal, from which a sender takes its next counter).
+    pub async fn set_head_counter(&self, stream: &str, counter: u64) {
+        exec!(
+            self,
+            "UPDATE streams SET head_counter = $2 WHERE stream_id = $1",
+            Uuid::parse_str(stream).unwrap(),
+            counter as i64
         );
     }
 
