@@ -80,6 +80,35 @@ impl Incoming {
         }
     }
 
+    /// The report that events `from..=to` of a stream are missing where the server
+    /// announced no retention horizon: event ids are dense, so the server withheld or
+    /// deleted them. An error entry at `from`, its sender and times empty.
+    pub(super) fn events_missing(
+        pair_id: &str,
+        stream: StreamKind,
+        from: u64,
+        to: u64,
+    ) -> Incoming {
+        let which = match from == to {
+            true => format!("event {from} is"),
+            false => format!("events {from} to {to} are"),
+        };
+        Incoming {
+            pair_id: pair_id.to_string(),
+            stream,
+            event_id: from,
+            counter: 0,
+            sender: UserRef::default(),
+            posted_at_ms: 0,
+            client_time_ms: 0,
+            stale_epoch: false,
+            content: Err(format!(
+                "{which} missing: the server withheld or deleted them without a retention \
+                 horizon (event ids have no gaps on an honest server)"
+            )),
+        }
+    }
+
     /// The event `m` of a room's stream with what opening it gave: the content or why
     /// not, whether its epoch is an older one, and the sender's clock.
     /// Users in it are named as this device's homeserver names them (`frame`).

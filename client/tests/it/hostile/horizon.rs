@@ -11,9 +11,10 @@
 //!   counters ahead posts twice; served first after a horizon, its event 2^22 + 1 ahead
 //!   is refused, and (after another horizon) its event exactly 2^22 ahead is accepted.
 //! - Events deleted in the middle of a stream, the horizon left where it was, are no
-//!   retention: no notice, and only the usual gap limit applies — a jump above it is
-//!   refused (and the stream stays stuck for this reader), a jump within it goes
-//!   through unnoticed (the reader does not check that event ids are contiguous).
+//!   retention: no retention notice; each hole is reported as events the server withheld
+//!   or deleted (event ids are dense on an honest server), and only the usual gap limit
+//!   applies to the events after it — a jump above it is refused (the stream stays stuck
+//!   for this reader, who at least sees why), a jump within it decrypts.
 //! - A horizon claimed in a room whose owner never set retention cannot be told from
 //!   real retention by the reader: the deletion is at least shown, with the first kept
 //!   event's id, never silent.
@@ -31,7 +32,7 @@ use crate::on_both_stores;
 on_both_stores!(
     a_far_horizon_cannot_make_the_reader_hash_for_long,
     the_horizon_allowance_is_capped_at_exactly_two_to_the_22,
-    a_silent_gap_is_not_a_horizon,
+    a_silent_gap_is_reported_not_taken_for_a_horizon,
     a_horizon_without_retention_is_shown,
 );
 
@@ -200,7 +201,7 @@ async fn the_horizon_allowance_is_capped_at_exactly_two_to_the_22(backend: Backe
     server.stop().await;
 }
 
-async fn a_silent_gap_is_not_a_horizon(backend: Backend) {
+async fn a_silent_gap_is_reported_not_taken_for_a_horizon(backend: Backend) {
     let server = Server::start(backend).await;
     let db = Db::of(&server).await;
     let (_, mut alice) = server.new_user("pa").await;
@@ -232,13 +233,32 @@ async fn a_silent_gap_is_not_a_horizon(backend: Backend) {
     );
     let ids: Vec<u64> = seen.iter().map(|e| e.event_id).collect();
     let at = |i: usize| sent[i - 1].event_id;
-    assert_eq!(ids, [at(1), at(4), at(10), at(11), at(12)]);
-    // Within the gap limit the deletion goes through unnoticed.
-    assert_eq!(texts(&seen[..2]), ["m1", "m4"]);
+    assert_eq!(ids, [at(1), at(2), at(4), at(5), at(10), at(11), at(12)]);
+    // Each hole is reported where it starts: event ids are dense on an honest server.
+    assert_eq!(
+        seen[1].content,
+        Err(format!(
+            "events {} to {} are missing: the server withheld or deleted them without a \
+             retention horizon (event ids have no gaps on an honest server)",
+            at(2),
+            at(3)
+        ))
+    );
+    assert_eq!(
+        seen[3].content,
+        Err(format!(
+            "events {} to {} are missing: the server withheld or deleted them without a \
+             retention horizon (event ids have no gaps on an honest server)",
+            at(5),
+            at(9)
+        ))
+    );
+    // Within the gap limit the events around the hole decrypt.
+    assert_eq!(texts(&[seen[0].clone(), seen[2].clone()]), ["m1", "m4"]);
     // Above it the usual limit (4), not the horizon's allowance, refuses m10, and every
     // later event is measured from m4's counter too.
     let c4 = sent[3].counter;
-    let refusals: Vec<_> = seen[2..].iter().map(|e| e.content.clone()).collect();
+    let refusals: Vec<_> = seen[4..].iter().map(|e| e.content.clone()).collect();
     let refused = |i: usize| {
         let c = sent[i - 1].counter;
         Err(format!(
