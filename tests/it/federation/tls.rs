@@ -88,19 +88,24 @@ async fn a_peer_certificate_not_trusted_is_unavailable_naming_the_peer() {
             assert!(!st.message().contains(hidden), "{hidden}: {st:?}");
         }
     }
-    // a's log says why, naming the peer and its endpoint.
-    let mut log = Vec::new();
-    while let Ok(line) = a.process.stderr_lines.try_recv() {
-        log.push(line);
-    }
-    for (peer, node) in [("b.test", &b), ("c.test", &c)] {
-        assert!(
-            log.iter().any(|l| l.contains("cannot reach the peer")
-                && l.contains(peer)
-                && l.contains(&node.addr)
-                && l.contains("certificate")),
-            "{log:#?}"
-        );
+    // a's log says why, naming the peer and its endpoint. The lines reach the test through
+    // a reader of a's stderr, so they are awaited (up to 10 s), not polled once.
+    let says_why = |l: &str, peer: &str, node: &Node| {
+        l.contains("cannot reach the peer")
+            && l.contains(peer)
+            && l.contains(&node.addr)
+            && l.contains("certificate")
+    };
+    let mut log: Vec<String> = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while ![("b.test", &b), ("c.test", &c)]
+        .iter()
+        .all(|(peer, node)| log.iter().any(|l| says_why(l, peer, node)))
+    {
+        match tokio::time::timeout_at(deadline, a.process.stderr_lines.recv()).await {
+            Ok(Some(line)) => log.push(line),
+            Ok(None) | Err(_) => panic!("a's log does not say why for both peers: {log:#?}"),
+        }
     }
 }
 
