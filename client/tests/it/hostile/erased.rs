@@ -24,9 +24,10 @@ on_both_stores!(
 async fn a_key_served_for_an_erased_account_is_refused(backend: Backend) {
     let server = Server::start(backend).await;
     let db = Db::of(&server).await;
-    let (_, mut alice) = server.new_user("pa").await;
+    let (alice_id, mut alice) = server.new_user("pa").await;
     let (bob_id, bob) = server.new_user("pb").await;
     let bob_ref = local(bob_id);
+    db.wait_logged(alice_id, &alice.fingerprint()).await;
     db.wait_logged(bob_id, &bob.fingerprint()).await;
     let spki = identity_of(&bob).public().spki().to_vec();
     server
@@ -40,6 +41,8 @@ async fn a_key_served_for_an_erased_account_is_refused(backend: Backend) {
         .await
         .expect("DeleteAccount");
     db.wait_erasure_logged(bob_id).await;
+    db.wait_server_knows_erasure(&server, alice_id, bob_id)
+        .await;
 
     // The honest server: no key for Bob.
     let room = alice.create_room("r", vec![], "").await.unwrap();

@@ -143,6 +143,44 @@ impl Db {
         }
     }
 
+    /// Waits (up to 30 s) until `server` itself proves keys against a head that holds
+    /// `user`'s erased entry, reading the proof `server` gives of `witness`'s logged key.
+    /// On Postgres the client tests' servers are replicas of one log: another one may have
+    /// published the erasure, and `server` learns that head at its own next epoch (until
+    /// then it proves against the head before, as a replica behind may).
+    pub async fn wait_server_knows_erasure(&self, server: &Server, witness: u64, user: u64) {
+        let leaf = scalar!(
+            self,
+            "SELECT kt_leaf FROM erased_users WHERE user_id = $1 AND kt_published",
+            user as i64
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let api = server.api(witness).await;
+        loop {
+            let size = api
+                .stub()
+                .fetch_key(secretd_client::proto::secret::FetchKeyRequest {
+                    user_id: witness,
+                    homeserver: String::new(),
+                    known_tree_size: 0,
+                })
+                .await
+                .expect("FetchKey of the witness")
+                .into_inner()
+                .proof
+                .and_then(|p| p.head)
+                .map_or(0, |h| h.tree_size);
+            if size > leaf as u64 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server never proved against a head holding {user}'s erasure"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// Records an erasure of `user` that nobody asked for: the publisher logs it.
     pub async fn record_erasure(&self, user: u64) {
         exec!(
