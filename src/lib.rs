@@ -20,6 +20,7 @@ pub mod telemetry;
 pub mod time;
 pub mod tls;
 
+pub(crate) mod coalesce;
 pub(crate) mod commit;
 pub(crate) mod cors;
 pub(crate) mod domain;

@@ -8,12 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use futures_util::TryStreamExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tonic::service::interceptor::InterceptedService;
 use uuid::Uuid;
 
 use crate::auth::{AuthInterceptor, Verifier};
+use crate::coalesce::Coalescing;
 use crate::commit::{CommitSettings, Committer, Writers};
 use crate::config::{Database, Settings};
 use crate::hub::Hub;
@@ -514,7 +516,8 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
     let server = match &tls {
         Some(cert) => {
             reload_on_sighup(cert.clone(), signal)?;
-            let incoming = crate::tls::incoming(listener, cert.server_config());
+            let incoming =
+                crate::tls::incoming(listener, cert.server_config()).map_ok(Coalescing::new);
             tokio::spawn(router.serve_with_incoming_shutdown(incoming, draining))
         }
         None => {
@@ -522,6 +525,7 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
             // set it, and Nagle plus delayed ACKs added 40 ms to small responses.
             let incoming =
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            let incoming = incoming.map_ok(Coalescing::new);
             tokio::spawn(router.serve_with_incoming_shutdown(incoming, draining))
         }
     };
