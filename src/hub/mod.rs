@@ -33,7 +33,7 @@ mod connection;
 mod ring;
 mod slot;
 
-pub use connection::{Connection, ConnectionGuard, SessionWork};
+pub use connection::{Connection, ConnectionGuard, SessionWork, StreamSet};
 pub use ring::Budget;
 pub use slot::{Frame, Read, Slot, Watch};
 

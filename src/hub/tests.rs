@@ -1,7 +1,5 @@
 //! Unit tests of the hub.
 
-use std::collections::HashSet;
-
 use super::*;
 use crate::domain::UserId;
 use bytes::Bytes;
@@ -55,7 +53,7 @@ async fn one_encoding_is_shared_by_every_watcher() {
     }
     // Both connections were woken for the stream.
     for g in [&g1, &g2] {
-        let mut live = HashSet::new();
+        let mut live = StreamSet::default();
         g.connection().swap_live(&mut live);
         assert!(live.contains(&stream));
     }
@@ -120,7 +118,7 @@ async fn a_watch_racing_the_last_unwatch_joins_a_live_slot() {
     let slot = hub.watch(new.connection(), stream);
     assert!(hub.is_watched(&stream), "the stream is still watched");
     hub.publish_committed([(&event(stream, 1), 0)]);
-    let mut live = HashSet::new();
+    let mut live = StreamSet::default();
     new.connection().swap_live(&mut live);
     assert!(live.contains(&stream), "the new watcher is woken");
     let Read::Frames(f) = slot.read_after(0, 10) else {
@@ -192,7 +190,7 @@ async fn a_frame_larger_than_the_budget_is_not_kept_and_readers_go_to_the_databa
         Read::FromDatabase { head: 2 }
     ));
     assert!(matches!(w.read_after(2, 10), Read::UpToDate));
-    let mut live = HashSet::new();
+    let mut live = StreamSet::default();
     g.connection().swap_live(&mut live);
     assert!(live.contains(&s), "watchers are still woken");
 }

@@ -11,6 +11,7 @@
 //! also translates the answer back.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -27,17 +28,23 @@ const PREFIX: usize = 5;
 #[derive(Default)]
 pub struct Tripped {
     status: Mutex<Option<Status>>,
+    /// Set after `status` (a response polled for every delivery skips the lock until then).
+    set: AtomicBool,
     response: AtomicWaker,
 }
 
 impl Tripped {
     fn trip(&self, status: Status) {
         *self.status.lock().unwrap_or_else(|e| e.into_inner()) = Some(status);
+        self.set.store(true, Ordering::Release);
         self.response.wake();
     }
 
     /// The refusal, if the request went over the limit (taken once).
     pub fn take(&self) -> Option<Status> {
+        if !self.set.load(Ordering::Acquire) {
+            return None;
+        }
         self.status.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }

@@ -26,7 +26,7 @@ pub mod subscribe;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -38,7 +38,7 @@ use tokio_stream::Stream;
 use tonic::{Code, Request, Response, Status, Streaming};
 use uuid::Uuid;
 
-use crate::hub::{Connection, Read, Watch};
+use crate::hub::{Connection, Read, StreamSet, Watch};
 use crate::proto::{ManageStream, PreEncoded};
 use crate::service::AppState;
 
@@ -121,7 +121,7 @@ pub(crate) fn open(
     let outbound = Outbound {
         call,
         conn: conn.clone(),
-        live: HashSet::new(),
+        live: StreamSet::default(),
         expiry: Box::pin(tokio::time::sleep(until(caller.expires_at))),
         done: false,
     };
@@ -220,7 +220,7 @@ pub(crate) struct Call {
 
 #[derive(Default)]
 pub(crate) struct CallInner {
-    subs: HashMap<Uuid, Sub>,
+    subs: HashMap<Uuid, Sub, foldhash::fast::RandomState>,
     ready: VecDeque<PreEncoded>,
     /// The session waits for room in `ready`.
     waiting_for_room: bool,
@@ -265,7 +265,7 @@ pub struct Outbound {
     call: Arc<Call>,
     conn: Arc<Connection>,
     /// Reused buffer for the streams with news.
-    live: HashSet<Uuid>,
+    live: StreamSet,
     /// Fires when the caller's token expires.
     expiry: Pin<Box<tokio::time::Sleep>>,
     done: bool,
@@ -326,7 +326,7 @@ impl Drop for Outbound {
 }
 
 /// Moves frames of live subscriptions with news from the rings into the ready queue.
-fn serve_live(inner: &mut CallInner, streams: &mut HashSet<Uuid>, conn: &Connection, cap: usize) {
+fn serve_live(inner: &mut CallInner, streams: &mut StreamSet, conn: &Connection, cap: usize) {
     let CallInner { subs, ready, .. } = inner;
     for stream in streams.drain() {
         if ready.len() >= cap {
