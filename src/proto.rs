@@ -81,3 +81,41 @@ impl prost::Message for PreEncoded {
         self.0 = bytes::Bytes::new();
     }
 }
+
+/// The codec of the streaming calls (StreamMessagePosting, Subscribe): prost's, with a
+/// decode buffer of [`STREAMING_DECODE_BUFFER`] bytes where tonic allocates 8 KiB for every
+/// call. A call's requests are rare and small (a ManageStream names streams; Subscribe
+/// has one request), so that buffer mostly sat idle; it grows by that step for a larger
+/// message, as tonic's does. The encode buffer stays tonic's (8 KiB): every delivery is
+/// encoded into it, and a smaller one cost more CPU per delivery than it saved.
+pub struct StreamingCodec<T, U>(std::marker::PhantomData<(T, U)>);
+
+/// The first allocation (and growth step) of a streaming call's decode buffer.
+pub const STREAMING_DECODE_BUFFER: usize = 1024;
+
+impl<T, U> Default for StreamingCodec<T, U> {
+    fn default() -> Self {
+        StreamingCodec(std::marker::PhantomData)
+    }
+}
+
+impl<T, U> tonic::codec::Codec for StreamingCodec<T, U>
+where
+    T: prost::Message + Send + 'static,
+    U: prost::Message + Default + Send + 'static,
+{
+    type Encode = T;
+    type Decode = U;
+    type Encoder = tonic_prost::ProstEncoder<T>;
+    type Decoder = tonic_prost::ProstDecoder<U>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        tonic_prost::ProstEncoder::new(tonic::codec::BufferSettings::default())
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        // tonic's yield threshold (it applies to encoding only).
+        let settings = tonic::codec::BufferSettings::new(STREAMING_DECODE_BUFFER, 32 * 1024);
+        tonic_prost::ProstDecoder::new(settings)
+    }
+}

@@ -29,7 +29,7 @@ use crate::domain::UserId;
 use crate::limits::in_flight::{self, InFlight, Slot};
 use crate::limits::{RateClass, request_size};
 use crate::proto::secret_service_server::{SERVICE_NAME, SecretServiceServer};
-use crate::proto::{ManageStream, PreEncoded, SubscribeRequest};
+use crate::proto::{ManageStream, PreEncoded, StreamingCodec, SubscribeRequest};
 
 /// Path of the bidirectional streaming method.
 pub const STREAM_PATH: &str = "/protocol.secret.v1.SecretService/StreamMessagePosting";
@@ -214,7 +214,7 @@ impl SecretRouter {
                 if let Err(status) = resolve(&mut req).await {
                     return refused(status);
                 }
-                let codec = tonic_prost::ProstCodec::<PreEncoded, ManageStream>::default();
+                let codec = StreamingCodec::<PreEncoded, ManageStream>::default();
                 let mut grpc = tonic::server::Grpc::new(codec)
                     .apply_max_message_size_config(Some(limit), None);
                 let response = grpc.streaming(handler, req).await;
@@ -226,7 +226,7 @@ impl SecretRouter {
                 if let Err(status) = resolve(&mut req).await {
                     return refused(status);
                 }
-                let codec = tonic_prost::ProstCodec::<PreEncoded, SubscribeRequest>::default();
+                let codec = StreamingCodec::<PreEncoded, SubscribeRequest>::default();
                 let mut grpc = tonic::server::Grpc::new(codec)
                     .apply_max_message_size_config(Some(limit), None);
                 let response = grpc.server_streaming(handler, req).await;
