@@ -97,7 +97,7 @@ impl Session {
             }
             let mut busy = false;
             while let Ok(m) = control.try_recv() {
-                self.manage(m.map_err(Stop::With)?).await?;
+                self.manage((*m).map_err(Stop::With)?).await?;
                 busy = true;
             }
             conn.swap_session_work(&mut work);
