@@ -101,10 +101,7 @@ pub async fn seed(args: &Args) -> anyhow::Result<Report> {
             }
         }));
     }
-    let mut lat = Latencies::default();
-    for t in tasks {
-        lat.extend(t.await??);
-    }
+    let mut lat = join_latencies(tasks).await?;
     let posted_secs = start.elapsed().as_secs_f64();
     drop(progress);
     // Wait for the publisher to take the rest.

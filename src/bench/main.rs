@@ -7,8 +7,9 @@
 //!   [--first-user ID] [--consistency] [--epoch-ms MS] [--seed-from K]
 //! ```
 //! Scenarios: `post`, `hot`, `fanout`, `idle`, `catchup`, and the key transparency ones
-//! `keys-seed`, `keys`, `keys-post` (see README.md, BENCHMARKS.md and `bench/kt`), and
-//! `cpu` (cumulative CPU of the processes below, for scripts).
+//! `keys-seed`, `keys`, `keys-post` (see README.md, BENCHMARKS.md and `bench/kt`),
+//! `cpu` (cumulative CPU of the processes below, for scripts), and the unary floor:
+//! `health` (Health/Check calls) and `floor` (a bare tonic server for them; `bench/floor`).
 //! With `--server-pid` (and `--postgres-pid`, the postmaster's pid: the first line of
 //! `postmaster.pid` in the data directory) each scenario also reports the CPU the server
 //! (and Postgres) spent over its measured window, in seconds and in µs per operation
@@ -18,6 +19,7 @@
 //! on stdout; otherwise a table, with a progress line on stderr for longer runs.
 
 mod cpu;
+mod floor;
 mod keys;
 mod listening;
 mod posting;
@@ -90,6 +92,9 @@ pub struct Args {
     /// keys-post: the server's `kt_epoch_ms`, which PostKey's wait is compared with.
     #[arg(long, default_value_t = 500)]
     pub epoch_ms: u64,
+    /// floor: the address the bare tonic server listens on.
+    #[arg(long, default_value = "127.0.0.1:50799")]
+    pub listen: String,
 }
 
 /// The scenarios.
@@ -113,6 +118,10 @@ pub enum Scenario {
     KeysPost,
     /// The cumulative CPU ticks of --server-pid and --postgres-pid now (no server needed).
     Cpu,
+    /// Health/Check calls (no token, no database), --posters at a time on one connection.
+    Health,
+    /// Serve a bare tonic server (health service only) on --listen: the unary floor.
+    Floor,
 }
 
 #[tokio::main]
@@ -128,6 +137,8 @@ async fn main() {
         Scenario::Keys => keys::fetch(&args).await,
         Scenario::KeysPost => keys::post(&args).await,
         Scenario::Cpu => cpu::now(&args),
+        Scenario::Health => floor::health(&args).await,
+        Scenario::Floor => floor::floor(&args).await,
     };
     match result {
         Ok(report) => report.print(args.json),

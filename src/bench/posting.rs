@@ -104,10 +104,7 @@ pub async fn posting(args: &Args, hot: bool) -> anyhow::Result<Report> {
             Ok(lat)
         }));
     }
-    let mut lat = Latencies::default();
-    for t in tasks {
-        lat.extend(t.await??);
-    }
+    let mut lat = join_latencies(tasks).await?;
     let elapsed = start.elapsed().as_secs_f64();
     drop(progress);
     let n = acked.load(Ordering::Relaxed);

@@ -141,6 +141,17 @@ impl Latencies {
     }
 }
 
+/// Waits for load tasks and merges the latencies they recorded (the first error ends it).
+pub async fn join_latencies(
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<Latencies>>>,
+) -> anyhow::Result<Latencies> {
+    let mut lat = Latencies::default();
+    for t in tasks {
+        lat.extend(t.await??);
+    }
+    Ok(lat)
+}
+
 /// Prints a progress line every second to stderr until dropped (runs over 3 s only).
 pub struct Progress {
     task: Option<tokio::task::JoinHandle<()>>,
