@@ -1,5 +1,6 @@
 //! Routes `/protocol.secret.v1.SecretService/*`: StreamMessagePosting and Subscribe go to
-//! the streaming handlers, which send frames encoded once per event ([`PreEncoded`]);
+//! the streaming handlers (tonic reads their requests; their bodies,
+//! [`streaming::Frames`], send frames encoded once per event, [`PreEncoded`]);
 //! every other method goes to the tonic-generated server.
 //!
 //! Before either, in this order: the caller's rate limit for the method's class (refused
@@ -210,6 +211,7 @@ impl SecretRouter {
         };
         if req.uri().path() == STREAM_PATH {
             let handler = streaming::Handler::new(self.state.clone());
+            let opened = handler.opened();
             Box::pin(async move {
                 if let Err(status) = resolve(&mut req).await {
                     return refused(status);
@@ -217,11 +219,12 @@ impl SecretRouter {
                 let codec = StreamingCodec::<PreEncoded, ManageStream>::default();
                 let mut grpc = tonic::server::Grpc::new(codec)
                     .apply_max_message_size_config(Some(limit), None);
-                let response = grpc.streaming(handler, req).await;
+                let response = opened.respond(grpc.streaming(handler, req).await);
                 Ok(response.map(|body| Body::new(request_size::Trailing::new(body, tripped))))
             })
         } else if req.uri().path() == SUBSCRIBE_PATH {
             let handler = streaming::subscribe::Handler::new(self.state.clone());
+            let opened = handler.opened();
             Box::pin(async move {
                 if let Err(status) = resolve(&mut req).await {
                     return refused(status);
@@ -229,7 +232,7 @@ impl SecretRouter {
                 let codec = StreamingCodec::<PreEncoded, SubscribeRequest>::default();
                 let mut grpc = tonic::server::Grpc::new(codec)
                     .apply_max_message_size_config(Some(limit), None);
-                let response = grpc.server_streaming(handler, req).await;
+                let response = opened.respond(grpc.server_streaming(handler, req).await);
                 Ok(response.map(|body| Body::new(request_size::Trailing::new(body, tripped))))
             })
         } else {

@@ -20,6 +20,7 @@
 //! from being polled, its cursors stay put, and nothing is dropped or buffered without
 //! bound. Response headers are sent as soon as the call is accepted.
 
+mod body;
 mod catchup;
 mod session;
 pub mod subscribe;
@@ -46,34 +47,49 @@ use crate::service::AppState;
 /// request body (HTTP/2 flow control then holds the client back).
 pub const CONTROL_QUEUE: usize = 4;
 
-/// The streaming-call handler plugged into [`super::router::SecretRouter`].
+pub use body::{Frames, NoFrames, Opened};
+
+/// The streaming-call handler plugged into [`super::router::SecretRouter`]: it opens the
+/// call and leaves its response stream in [`Handler::opened`] (tonic gets no stream to
+/// encode; the router sends the frames through [`Frames`]).
 pub struct Handler {
     state: Arc<AppState>,
+    opened: Opened,
 }
 
 impl Handler {
     /// A handler over the shared state.
     pub fn new(state: Arc<AppState>) -> Self {
-        Handler { state }
+        Handler {
+            state,
+            opened: Opened::default(),
+        }
+    }
+
+    /// Where the call's response stream is left once the call is open.
+    pub fn opened(&self) -> Opened {
+        self.opened.clone()
     }
 }
 
 pub(crate) type CallFuture =
-    Pin<Box<dyn Future<Output = Result<Response<Outbound>, Status>> + Send>>;
+    Pin<Box<dyn Future<Output = Result<Response<NoFrames>, Status>> + Send>>;
 
 impl tonic::server::StreamingService<ManageStream> for Handler {
     type Response = PreEncoded;
-    type ResponseStream = Outbound;
+    type ResponseStream = NoFrames;
     type Future = CallFuture;
 
     fn call(&mut self, req: Request<Streaming<ManageStream>>) -> Self::Future {
         let state = self.state.clone();
+        let opened = self.opened.clone();
         Box::pin(async move {
             let caller = crate::auth::Caller::get(&req)?;
             let max_ids = state.settings.max_stream_ids_per_message;
             let (outbound, control) = open(state, &caller, "StreamMessagePosting")?;
             tokio::spawn(read_inbound(req.into_inner(), control, max_ids));
-            Ok(Response::new(outbound))
+            opened.put(outbound);
+            Ok(Response::new(tokio_stream::empty()))
         })
     }
 }

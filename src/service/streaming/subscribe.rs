@@ -11,29 +11,40 @@ use std::sync::Arc;
 
 use tonic::{Code, Request, Response, Status};
 
-use super::{CallFuture, Outbound};
+use super::{CallFuture, NoFrames, Opened};
 use crate::proto::{ManageStream, PreEncoded, SubscribeRequest};
 use crate::service::AppState;
 
-/// The Subscribe handler plugged into [`crate::service::router::SecretRouter`].
+/// The Subscribe handler plugged into [`crate::service::router::SecretRouter`]; like
+/// StreamMessagePosting's, it leaves the call's response stream in [`Handler::opened`].
 pub struct Handler {
     state: Arc<AppState>,
+    opened: Opened,
 }
 
 impl Handler {
     /// A handler over the shared state.
     pub fn new(state: Arc<AppState>) -> Self {
-        Handler { state }
+        Handler {
+            state,
+            opened: Opened::default(),
+        }
+    }
+
+    /// Where the call's response stream is left once the call is open.
+    pub fn opened(&self) -> Opened {
+        self.opened.clone()
     }
 }
 
 impl tonic::server::ServerStreamingService<SubscribeRequest> for Handler {
     type Response = PreEncoded;
-    type ResponseStream = Outbound;
+    type ResponseStream = NoFrames;
     type Future = CallFuture;
 
     fn call(&mut self, req: Request<SubscribeRequest>) -> Self::Future {
         let state = self.state.clone();
+        let opened = self.opened.clone();
         Box::pin(async move {
             let caller = crate::auth::Caller::get(&req)?;
             let request = req.into_inner();
@@ -49,7 +60,8 @@ impl tonic::server::ServerStreamingService<SubscribeRequest> for Handler {
             }
             let (outbound, control) = super::open(state, &caller, "Subscribe")?;
             control.send_only(manage_stream(request));
-            Ok(Response::new(outbound))
+            opened.put(outbound);
+            Ok(Response::new(tokio_stream::empty()))
         })
     }
 }

@@ -17,13 +17,16 @@ fn drain(call: &Call) -> Vec<i64> {
     call.lock()
         .ready
         .drain(..)
-        .map(
-            |f| match StreamMessagePostingResponse::decode(f.0).unwrap().event {
+        .map(|f| {
+            match StreamMessagePostingResponse::decode(f.message())
+                .unwrap()
+                .event
+            {
                 Some(Event::Message(m)) => m.event_id as i64,
                 Some(Event::CaughtUp(c)) => -(c.head_event_id as i64),
                 other => panic!("unexpected {other:?}"),
-            },
-        )
+            }
+        })
         .collect()
 }
 
