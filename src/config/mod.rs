@@ -106,7 +106,9 @@ pub struct Settings {
     /// INVALID_ARGUMENT. Default 2000: enough to drop 1,000 streams and resume 1,000
     /// others in one message.
     pub max_stream_ids_per_message: usize,
-    /// Database connections in the pool (Postgres) / readers (SQLite). Default 16.
+    /// Database connections in the pool (Postgres) / readers (SQLite). Default 16. At most
+    /// four database operations per connection are in progress at once; the rest wait for
+    /// their turn within `db_timeout_ms` (`store::deadline`).
     pub db_max_connections: u32,
     /// Client-side deadline of every database operation, in milliseconds: an operation
     /// the database does not finish by then (a black-holed connection included) answers

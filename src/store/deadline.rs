@@ -36,23 +36,54 @@ tokio::task_local! {
     static ABANDONED: Arc<AtomicBool>;
 }
 
-/// A store whose every operation answers within `limit` (UNAVAILABLE when it cannot).
+/// A store whose every operation answers within `limit` (UNAVAILABLE when it cannot), at
+/// most [`Deadline::in_progress`] of them at a time.
 pub struct Deadline {
     inner: DynStore,
     limit: Duration,
+    /// Operations in progress. One that finds none free waits here, within its deadline,
+    /// as a small future: the backend's future of an operation (several KiB on Postgres,
+    /// held while it waits for a pooled connection) is only made once it may run.
+    /// Without this, 10,000 streaming calls opening at once held 10,000 of them, and
+    /// the allocator kept that peak resident after they were freed.
+    permits: tokio::sync::Semaphore,
 }
 
+/// Store operations in progress per pooled connection (`db_max_connections`); more wait
+/// for their turn (within their deadline), each holding a few bytes.
+pub const IN_PROGRESS_PER_CONNECTION: usize = 4;
+
 impl Deadline {
-    /// Wraps `inner`.
-    pub fn new(inner: DynStore, limit: Duration) -> Self {
-        Deadline { inner, limit }
+    /// Wraps `inner`, whose pool holds `connections` connections.
+    pub fn new(inner: DynStore, limit: Duration, connections: u32) -> Self {
+        let permits = Self::in_progress(connections);
+        Deadline {
+            inner,
+            limit,
+            permits: tokio::sync::Semaphore::new(permits),
+        }
     }
 
-    /// Runs `op` within the deadline. On expiry the operation is marked abandoned
-    /// *before* it is dropped, so the connection it holds is closed, not reused.
-    async fn bound<T>(&self, what: &'static str, op: impl Future<Output = Result<T>>) -> Result<T> {
+    /// How many operations run at once over a pool of `connections`:
+    /// [`IN_PROGRESS_PER_CONNECTION`] per connection, so the pool always has work queued
+    /// and an operation waiting for SQLite's single writer does not hold back the readers.
+    pub fn in_progress(connections: u32) -> usize {
+        (connections.max(1) as usize).saturating_mul(IN_PROGRESS_PER_CONNECTION)
+    }
+
+    /// Runs the operation `op` makes within the deadline, once it may start. On expiry
+    /// the operation is marked abandoned *before* it is dropped, so the connection it
+    /// holds is closed, not reused.
+    async fn bound<T, F>(&self, what: &'static str, op: impl FnOnce() -> F) -> Result<T>
+    where
+        F: Future<Output = Result<T>>,
+    {
         let abandoned = Arc::new(AtomicBool::new(false));
-        let op = ABANDONED.scope(abandoned.clone(), op);
+        let op = ABANDONED.scope(abandoned.clone(), async {
+            // Never closed, so acquiring fails only if it were; then run unbounded.
+            let _permit = self.permits.acquire().await.ok();
+            op().await
+        });
         tokio::pin!(op);
         tokio::select! {
             biased;
@@ -135,8 +166,10 @@ impl KeyStore for Deadline {
         key: &CanonicalKey,
         now: i64,
     ) -> Result<PostKeyOutcome> {
-        let op = self.inner.post_public_key(user, key, now);
-        self.bound("post_public_key", op).await
+        self.bound("post_public_key", || {
+            self.inner.post_public_key(user, key, now)
+        })
+        .await
     }
 
     async fn fetch_public_keys(
@@ -145,8 +178,10 @@ impl KeyStore for Deadline {
         limit: usize,
         budget: Budget<StoredKey>,
     ) -> Result<Paged<StoredKey>> {
-        let op = self.inner.fetch_public_keys(user, limit, budget);
-        self.bound("fetch_public_keys", op).await
+        self.bound("fetch_public_keys", || {
+            self.inner.fetch_public_keys(user, limit, budget)
+        })
+        .await
     }
 
     async fn post_private_key(
@@ -156,21 +191,23 @@ impl KeyStore for Deadline {
         expected: Option<u64>,
         now: i64,
     ) -> Result<u64> {
-        let op = self.inner.post_private_key(user, blob, expected, now);
-        self.bound("post_private_key", op).await
+        self.bound("post_private_key", || {
+            self.inner.post_private_key(user, blob, expected, now)
+        })
+        .await
     }
 
     async fn fetch_private_key(&self, user: UserId) -> Result<Option<(Vec<u8>, u64)>> {
-        let op = self.inner.fetch_private_key(user);
-        self.bound("fetch_private_key", op).await
+        self.bound("fetch_private_key", || self.inner.fetch_private_key(user))
+            .await
     }
 }
 
 #[async_trait]
 impl RoomStore for Deadline {
     async fn create_pair(&self, owner: UserId, ids: &PairIds, now: i64) -> Result<()> {
-        let op = self.inner.create_pair(owner, ids, now);
-        self.bound("create_pair", op).await
+        self.bound("create_pair", || self.inner.create_pair(owner, ids, now))
+            .await
     }
 
     async fn send_invite(
@@ -182,8 +219,10 @@ impl RoomStore for Deadline {
         now: i64,
         caps: InviteCaps,
     ) -> Result<InviteRecord> {
-        let op = self.inner.send_invite(from, pair, to, body, now, caps);
-        self.bound("send_invite", op).await
+        self.bound("send_invite", || {
+            self.inner.send_invite(from, pair, to, body, now, caps)
+        })
+        .await
     }
 
     async fn fetch_invites(
@@ -193,13 +232,15 @@ impl RoomStore for Deadline {
         limit: usize,
         budget: Budget<InviteRecord>,
     ) -> Result<Paged<InviteRecord>> {
-        let op = self.inner.fetch_invites(user, after, limit, budget);
-        self.bound("fetch_invites", op).await
+        self.bound("fetch_invites", || {
+            self.inner.fetch_invites(user, after, limit, budget)
+        })
+        .await
     }
 
     async fn last_invite_id(&self, user: UserId) -> Result<i64> {
-        let op = self.inner.last_invite_id(user);
-        self.bound("last_invite_id", op).await
+        self.bound("last_invite_id", || self.inner.last_invite_id(user))
+            .await
     }
 
     async fn list_pairs(
@@ -210,15 +251,16 @@ impl RoomStore for Deadline {
         limit: usize,
         budget: Budget<PairInfo>,
     ) -> Result<Paged<PairInfo>> {
-        let op = self
-            .inner
-            .list_pairs(user, after, include_departed, limit, budget);
-        self.bound("list_pairs", op).await
+        self.bound("list_pairs", || {
+            self.inner
+                .list_pairs(user, after, include_departed, limit, budget)
+        })
+        .await
     }
 
     async fn leave_pair(&self, user: UserId, pair: PairId, now: i64) -> Result<PairIds> {
-        let op = self.inner.leave_pair(user, pair, now);
-        self.bound("leave_pair", op).await
+        self.bound("leave_pair", || self.inner.leave_pair(user, pair, now))
+            .await
     }
 
     async fn remove_member(
@@ -228,8 +270,10 @@ impl RoomStore for Deadline {
         user: UserId,
         now: i64,
     ) -> Result<PairIds> {
-        let op = self.inner.remove_member(owner, pair, user, now);
-        self.bound("remove_member", op).await
+        self.bound("remove_member", || {
+            self.inner.remove_member(owner, pair, user, now)
+        })
+        .await
     }
 }
 
@@ -241,13 +285,15 @@ impl EventStore for Deadline {
         max_gap: i64,
         now: i64,
     ) -> Result<Vec<Result<Appended>>> {
-        let op = self.inner.append_batch(batch, max_gap, now);
-        self.bound("append_batch", op).await
+        self.bound("append_batch", || {
+            self.inner.append_batch(batch, max_gap, now)
+        })
+        .await
     }
 
     async fn stream_access(&self, user: UserId, stream: StreamId) -> Result<StreamAccess> {
-        let op = self.inner.stream_access(user, stream);
-        self.bound("stream_access", op).await
+        self.bound("stream_access", || self.inner.stream_access(user, stream))
+            .await
     }
 
     async fn fetch_events(
@@ -258,8 +304,10 @@ impl EventStore for Deadline {
         limit: usize,
         budget: Budget<StoredEvent>,
     ) -> Result<EventPage> {
-        let op = self.inner.fetch_events(user, stream, page, limit, budget);
-        self.bound("fetch_events", op).await
+        self.bound("fetch_events", || {
+            self.inner.fetch_events(user, stream, page, limit, budget)
+        })
+        .await
     }
 
     async fn read_events(
@@ -269,21 +317,23 @@ impl EventStore for Deadline {
         up_to: i64,
         limit: usize,
     ) -> Result<EventRun> {
-        let op = self.inner.read_events(stream, after, up_to, limit);
-        self.bound("read_events", op).await
+        self.bound("read_events", || {
+            self.inner.read_events(stream, after, up_to, limit)
+        })
+        .await
     }
 
     async fn stream_heads(&self, streams: &[Uuid]) -> Result<Vec<(Uuid, i64, i64)>> {
-        let op = self.inner.stream_heads(streams);
-        self.bound("stream_heads", op).await
+        self.bound("stream_heads", || self.inner.stream_heads(streams))
+            .await
     }
 }
 
 #[async_trait]
 impl FederationStore for Deadline {
     async fn foreign_user(&self, who: &Foreign) -> Result<Option<UserId>> {
-        let op = self.inner.foreign_user(who);
-        self.bound("foreign_user", op).await
+        self.bound("foreign_user", || self.inner.foreign_user(who))
+            .await
     }
 
     async fn check_new_member(
@@ -293,8 +343,10 @@ impl FederationStore for Deadline {
         to: &Foreign,
         caps: InviteCaps,
     ) -> Result<PairIds> {
-        let op = self.inner.check_new_member(from, pair, to, caps);
-        self.bound("check_new_member", op).await
+        self.bound("check_new_member", || {
+            self.inner.check_new_member(from, pair, to, caps)
+        })
+        .await
     }
 
     async fn add_member(
@@ -305,8 +357,10 @@ impl FederationStore for Deadline {
         caps: InviteCaps,
         now: i64,
     ) -> Result<(PairIds, UserId)> {
-        let op = self.inner.add_member(from, pair, to, caps, now);
-        self.bound("add_member", op).await
+        self.bound("add_member", || {
+            self.inner.add_member(from, pair, to, caps, now)
+        })
+        .await
     }
 
     async fn deliver_invite(
@@ -316,8 +370,10 @@ impl FederationStore for Deadline {
         now: i64,
         caps: DeliveryCaps,
     ) -> Result<InviteRecord> {
-        let op = self.inner.deliver_invite(to, invite, now, caps);
-        self.bound("deliver_invite", op).await
+        self.bound("deliver_invite", || {
+            self.inner.deliver_invite(to, invite, now, caps)
+        })
+        .await
     }
 }
 
@@ -329,23 +385,24 @@ impl KtStore for Deadline {
         limits: &kt::PublishLimits,
         now_ms: u64,
     ) -> Result<kt::Published> {
-        let op = self.inner.kt_publish(signer, limits, now_ms);
-        self.bound("kt_publish", op).await
+        self.bound("kt_publish", || {
+            self.inner.kt_publish(signer, limits, now_ms)
+        })
+        .await
     }
 
     async fn kt_latest_head(&self) -> Result<Option<kt::TreeHead>> {
-        let op = self.inner.kt_latest_head();
-        self.bound("kt_latest_head", op).await
+        self.bound("kt_latest_head", || self.inner.kt_latest_head())
+            .await
     }
 
     async fn kt_read(&self, query: &kt::KtQuery) -> Result<kt::KtRows> {
-        let op = self.inner.kt_read(query);
-        self.bound("kt_read", op).await
+        self.bound("kt_read", || self.inner.kt_read(query)).await
     }
 
     async fn kt_heads_after(&self, after: Option<u64>, limit: usize) -> Result<Vec<kt::TreeHead>> {
-        let op = self.inner.kt_heads_after(after, limit);
-        self.bound("kt_heads_after", op).await
+        self.bound("kt_heads_after", || self.inner.kt_heads_after(after, limit))
+            .await
     }
 
     async fn kt_entries_after(
@@ -353,8 +410,10 @@ impl KtStore for Deadline {
         after: Option<u64>,
         limit: usize,
     ) -> Result<Vec<kt::LogEntry>> {
-        let op = self.inner.kt_entries_after(after, limit);
-        self.bound("kt_entries_after", op).await
+        self.bound("kt_entries_after", || {
+            self.inner.kt_entries_after(after, limit)
+        })
+        .await
     }
 
     async fn kt_log_nodes_after(
@@ -363,8 +422,10 @@ impl KtStore for Deadline {
         after: Option<u64>,
         limit: usize,
     ) -> Result<Vec<(u64, crate::merkle::log::Hash)>> {
-        let op = self.inner.kt_log_nodes_after(level, after, limit);
-        self.bound("kt_log_nodes_after", op).await
+        self.bound("kt_log_nodes_after", || {
+            self.inner.kt_log_nodes_after(level, after, limit)
+        })
+        .await
     }
 
     async fn kt_map_nodes_after(
@@ -372,31 +433,33 @@ impl KtStore for Deadline {
         after: Option<crate::merkle::map::Prefix>,
         limit: usize,
     ) -> Result<Vec<(crate::merkle::map::Prefix, crate::merkle::map::Stored)>> {
-        let op = self.inner.kt_map_nodes_after(after, limit);
-        self.bound("kt_map_nodes_after", op).await
+        self.bound("kt_map_nodes_after", || {
+            self.inner.kt_map_nodes_after(after, limit)
+        })
+        .await
     }
 
     async fn kt_misfiled_key(&self) -> Result<Option<(i64, i64, i64)>> {
-        let op = self.inner.kt_misfiled_key();
-        self.bound("kt_misfiled_key", op).await
+        self.bound("kt_misfiled_key", || self.inner.kt_misfiled_key())
+            .await
     }
 
     async fn kt_misfiled_erasure(&self) -> Result<Option<(i64, Option<i64>)>> {
-        let op = self.inner.kt_misfiled_erasure();
-        self.bound("kt_misfiled_erasure", op).await
+        self.bound("kt_misfiled_erasure", || self.inner.kt_misfiled_erasure())
+            .await
     }
 }
 
 #[async_trait]
 impl KtEvidenceStore for Deadline {
     async fn kt_add_evidence(&self, e: &kt_evidence::Evidence) -> Result<bool> {
-        let op = self.inner.kt_add_evidence(e);
-        self.bound("kt_add_evidence", op).await
+        self.bound("kt_add_evidence", || self.inner.kt_add_evidence(e))
+            .await
     }
 
     async fn kt_evidence(&self, limit: usize) -> Result<Vec<kt_evidence::Evidence>> {
-        let op = self.inner.kt_evidence(limit);
-        self.bound("kt_evidence", op).await
+        self.bound("kt_evidence", || self.inner.kt_evidence(limit))
+            .await
     }
 }
 
@@ -408,13 +471,14 @@ impl super::erase::EraseStore for Deadline {
         erase_messages: bool,
         now: i64,
     ) -> Result<super::erase::Erasure> {
-        let op = self.inner.erase_user(user, erase_messages, now);
-        self.bound("erase_user", op).await
+        self.bound("erase_user", || {
+            self.inner.erase_user(user, erase_messages, now)
+        })
+        .await
     }
 
     async fn erased_at(&self, user: UserId) -> Result<Option<i64>> {
-        let op = self.inner.erased_at(user);
-        self.bound("erased_at", op).await
+        self.bound("erased_at", || self.inner.erased_at(user)).await
     }
 }
 
@@ -445,8 +509,10 @@ impl RetentionStore for Deadline {
         policy: retention::Retention,
         now: i64,
     ) -> Result<()> {
-        let op = self.inner.set_retention(owner, pair, policy, now);
-        self.bound("set_retention", op).await
+        self.bound("set_retention", || {
+            self.inner.set_retention(owner, pair, policy, now)
+        })
+        .await
     }
 
     async fn sweep_targets(
@@ -455,12 +521,116 @@ impl RetentionStore for Deadline {
         now: i64,
         limit: usize,
     ) -> Result<Vec<retention::SweepTarget>> {
-        let op = self.inner.sweep_targets(default, now, limit);
-        self.bound("sweep_targets", op).await
+        self.bound("sweep_targets", || {
+            self.inner.sweep_targets(default, now, limit)
+        })
+        .await
     }
 
     async fn advance_horizon(&self, stream: Uuid, from: i64, to: i64) -> Result<u64> {
-        let op = self.inner.advance_horizon(stream, from, to);
-        self.bound("advance_horizon", op).await
+        self.bound("advance_horizon", || {
+            self.inner.advance_horizon(stream, from, to)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use tokio::sync::Notify;
+
+    use super::*;
+
+    /// A deadline store over a real (SQLite) store; the tests run their own operations
+    /// through `bound`.
+    async fn deadline(limit: Duration, connections: u32) -> (Deadline, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("d.db").display());
+        let inner = open(&url, 1, Uuid::new_v4()).await.unwrap();
+        (Deadline::new(inner, limit, connections), dir)
+    }
+
+    /// Lets spawned operations run until they block.
+    async fn settle() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_operation_past_the_limit_is_made_only_when_one_finishes() {
+        let (store, _dir) = deadline(Duration::from_secs(30), 1).await;
+        let store = Arc::new(store);
+        let n = Deadline::in_progress(1);
+        let (release, made) = (Arc::new(Notify::new()), Arc::new(AtomicUsize::new(0)));
+        let mut running = Vec::new();
+        for _ in 0..=n {
+            let (store, release, made) = (store.clone(), release.clone(), made.clone());
+            running.push(tokio::spawn(async move {
+                store
+                    .bound("test", || {
+                        made.fetch_add(1, Ordering::SeqCst);
+                        async move {
+                            release.notified().await;
+                            Ok(())
+                        }
+                    })
+                    .await
+            }));
+        }
+        settle().await;
+        assert_eq!(
+            made.load(Ordering::SeqCst),
+            n,
+            "the one past the limit was made"
+        );
+        release.notify_one();
+        settle().await;
+        assert_eq!(
+            made.load(Ordering::SeqCst),
+            n + 1,
+            "a finished one let the next start"
+        );
+        for _ in 0..n {
+            release.notify_one();
+            settle().await;
+        }
+        for r in running {
+            r.await.unwrap().unwrap();
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn waiting_for_a_turn_counts_against_the_deadline() {
+        let limit = Duration::from_millis(200);
+        let (store, _dir) = deadline(limit, 1).await;
+        let store = Arc::new(store);
+        let hold = Arc::new(Notify::new());
+        let mut holders = Vec::new();
+        for _ in 0..Deadline::in_progress(1) {
+            let (store, hold) = (store.clone(), hold.clone());
+            holders.push(tokio::spawn(async move {
+                store
+                    .bound("hold", || async move {
+                        hold.notified().await;
+                        Ok(())
+                    })
+                    .await
+            }));
+        }
+        settle().await;
+        let started = tokio::time::Instant::now();
+        let waited = store.bound("wait", || async { Ok(()) }).await;
+        let Err(Error::Unavailable(message)) = waited else {
+            panic!("{waited:?}");
+        };
+        assert!(message.contains("db_timeout_ms"), "{message}");
+        assert!(started.elapsed() >= limit);
+        // The holders themselves meet the same deadline.
+        for h in holders {
+            assert!(matches!(h.await.unwrap(), Err(Error::Unavailable(_))));
+        }
     }
 }

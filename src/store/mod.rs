@@ -693,7 +693,11 @@ pub async fn open_with_deadline(
              embedded SQLite file in the data directory"
         )
     };
-    Ok(Arc::new(deadline::Deadline::new(inner, limit)))
+    Ok(Arc::new(deadline::Deadline::new(
+        inner,
+        limit,
+        max_connections,
+    )))
 }
 
 /// Runs the migrations of the store named by `url` and closes it.
