@@ -606,31 +606,28 @@ mod tests {
     async fn waiting_for_a_turn_counts_against_the_deadline() {
         let limit = Duration::from_millis(200);
         let (store, _dir) = deadline(limit, 1).await;
-        let store = Arc::new(store);
-        let hold = Arc::new(Notify::new());
-        let mut holders = Vec::new();
-        for _ in 0..Deadline::in_progress(1) {
-            let (store, hold) = (store.clone(), hold.clone());
-            holders.push(tokio::spawn(async move {
-                store
-                    .bound("hold", || async move {
-                        hold.notified().await;
-                        Ok(())
-                    })
-                    .await
-            }));
-        }
-        settle().await;
+        // Every turn taken, and kept past the deadline.
+        let taken = store
+            .permits
+            .acquire_many(Deadline::in_progress(1) as u32)
+            .await
+            .unwrap();
+        let made = AtomicUsize::new(0);
         let started = tokio::time::Instant::now();
-        let waited = store.bound("wait", || async { Ok(()) }).await;
+        let waited = store
+            .bound("wait", || {
+                made.fetch_add(1, Ordering::SeqCst);
+                async { Ok(()) }
+            })
+            .await;
         let Err(Error::Unavailable(message)) = waited else {
             panic!("{waited:?}");
         };
         assert!(message.contains("db_timeout_ms"), "{message}");
         assert!(started.elapsed() >= limit);
-        // The holders themselves meet the same deadline.
-        for h in holders {
-            assert!(matches!(h.await.unwrap(), Err(Error::Unavailable(_))));
-        }
+        assert_eq!(made.load(Ordering::SeqCst), 0, "made without a turn");
+        drop(taken);
+        let ran = store.bound("after", || async { Ok(7) }).await;
+        assert_eq!(ran.unwrap(), 7);
     }
 }
