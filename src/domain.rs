@@ -16,6 +16,11 @@
 //! of a (2), and only the edges (the auth layer, the wire conversions, the SQL that reads
 //! names back) ever deal with homeservers.
 
+/// The hasher of the hot in-memory maps keyed by values the server made (stream ids, key
+/// transparency node keys): foldhash, where SipHash showed in the profiles. Not for keys
+/// a client chooses freely.
+pub type FastHash = foldhash::fast::RandomState;
+
 use std::fmt;
 use std::sync::Arc;
 

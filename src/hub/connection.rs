@@ -13,7 +13,7 @@ use crate::domain::UserId;
 
 /// A set of stream ids, hashed with foldhash: the live set is filled and drained once per
 /// delivery, where SipHash showed in the profile. Keys are stream ids the server made.
-pub type StreamSet = HashSet<Uuid, foldhash::fast::RandomState>;
+pub type StreamSet = HashSet<Uuid, crate::domain::FastHash>;
 
 /// Work for a call's session task (the slow path).
 #[derive(Default, Debug)]

@@ -9,4 +9,4 @@ pub mod records;
 /// A hash map of Merkle nodes (prefixes, subtrees) with a fast hasher: a proof looks up
 /// dozens of them, and SipHash over their 34-byte keys showed in its profile. The keys are
 /// positions derived from SHA-256 outputs, not chosen by clients.
-pub type NodeMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+pub type NodeMap<K, V> = std::collections::HashMap<K, V, crate::domain::FastHash>;

@@ -237,7 +237,7 @@ pub(crate) struct Call {
 
 #[derive(Default)]
 pub(crate) struct CallInner {
-    subs: HashMap<Uuid, Sub, foldhash::fast::RandomState>,
+    subs: HashMap<Uuid, Sub, crate::domain::FastHash>,
     ready: VecDeque<PreEncoded>,
     /// The session waits for room in `ready`.
     waiting_for_room: bool,
