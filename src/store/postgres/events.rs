@@ -17,11 +17,9 @@ impl EventStore for PgStore {
         let mut streams: Vec<Uuid> = batch.iter().map(|p| p.stream_id).collect();
         streams.sort_unstable();
         streams.dedup();
-        let mut pairs_senders: Vec<(Uuid, i64)> =
-            batch.iter().map(|p| (p.stream_id, p.sender)).collect();
-        pairs_senders.sort_unstable();
-        pairs_senders.dedup();
-        let (ps, pu): (Vec<Uuid>, Vec<i64>) = pairs_senders.into_iter().unzip();
+        let mut senders: Vec<(Uuid, i64)> = batch.iter().map(|p| (p.stream_id, p.sender)).collect();
+        senders.sort_unstable();
+        senders.dedup();
 
         let mut conn = self.conn().await?;
 
@@ -44,17 +42,29 @@ impl EventStore for PgStore {
                 },
             );
         }
-        let members: HashSet<(Uuid, i64)> = sqlx::query_as::<_, (Uuid, i64)>(
-            "SELECT r.stream_id, r.user_id FROM UNNEST($1::uuid[], $2::int8[]) AS r(stream_id, user_id) \
-             JOIN streams s ON s.stream_id = r.stream_id \
-             JOIN members m ON m.pair_id = s.pair_id AND m.user_id = r.user_id",
-        )
-        .bind(&ps)
-        .bind(&pu)
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .collect();
+        // Senders verified at the epoch their stream's head row shows now are members
+        // still (members.rs); the others are read, after the lock, and remembered.
+        let epoch_of = |s: &Uuid| heads.get(s).map(|h: &HeadRow| h.member_epoch);
+        let (known, ask) = self.members.split(senders, epoch_of);
+        let mut members: HashSet<(Uuid, i64)> = known.into_iter().collect();
+        if !ask.is_empty() {
+            let (ps, pu): (Vec<Uuid>, Vec<i64>) = ask.into_iter().unzip();
+            let verified = sqlx::query_as::<_, (Uuid, i64)>(
+                "SELECT r.stream_id, r.user_id FROM UNNEST($1::uuid[], $2::int8[]) AS r(stream_id, user_id) \
+                 JOIN streams s ON s.stream_id = r.stream_id \
+                 JOIN members m ON m.pair_id = s.pair_id AND m.user_id = r.user_id",
+            )
+            .bind(&ps)
+            .bind(&pu)
+            .fetch_all(&mut *tx)
+            .await?;
+            self.members.remember(
+                verified
+                    .iter()
+                    .filter_map(|&key| Some((key, epoch_of(&key.0)?))),
+            );
+            members.extend(verified);
+        }
         let wanted = lookups_needed(batch, &heads);
         let mut existing = HashMap::new();
         if !wanted.is_empty() {

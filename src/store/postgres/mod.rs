@@ -26,6 +26,8 @@ use notify::Change;
 pub struct PgStore {
     pool: PgPool,
     replica: Uuid,
+    /// Memberships the appends verified, by epoch (`members.rs`).
+    members: members::MemberCache,
 }
 
 impl PgStore {
@@ -83,7 +85,11 @@ impl PgStore {
                 ("statement_timeout", ms),
                 ("idle_in_transaction_session_timeout", ms),
             ]));
-        Ok(PgStore { pool, replica })
+        Ok(PgStore {
+            pool,
+            replica,
+            members: members::MemberCache::default(),
+        })
     }
 
     /// A connection for one operation (closed, not reused, if the operation is abandoned
@@ -222,6 +228,7 @@ mod keys;
 mod kt;
 mod kt_evidence;
 mod kt_proof;
+mod members;
 pub mod notify;
 mod retention;
 mod rooms;
