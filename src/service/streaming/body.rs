@@ -3,7 +3,7 @@
 //!
 //! tonic still reads the request (decoding, size limit, compression refusal, the Subscribe
 //! request's one message) and builds the response's headers; the handler then leaves the
-//! call's [`Outbound`] in an [`Opened`] slot instead of giving tonic a stream to encode, and
+//! call's response stream in an [`Opened`] slot instead of giving tonic a stream to encode, and
 //! the router puts a [`Frames`] body over it in place of tonic's. tonic's encoder copied
 //! every delivery into a buffer of 8 KiB that each call kept for its whole life; a frame
 //! here is already the gRPC message (prefix included), so a delivery ready alone goes to
@@ -21,20 +21,33 @@ use tokio_stream::Stream;
 use tonic::Status;
 use tonic::body::Body;
 
-use super::Outbound;
 use crate::proto::{PreEncoded, YIELD_THRESHOLD};
 
 /// The stream a handler gives tonic: none (the frames go through [`Frames`]).
 pub type NoFrames = tokio_stream::Empty<Result<PreEncoded, Status>>;
 
-/// Where a handler leaves the response stream of the call it opened, for the router to
-/// send through [`Frames`].
-#[derive(Clone, Default)]
-pub struct Opened(Arc<Mutex<Option<Outbound>>>);
+/// Where a handler leaves the response stream `S` of the call it opened, for the router
+/// to send through [`Frames`].
+pub struct Opened<S>(Arc<Mutex<Option<S>>>);
 
-impl Opened {
+impl<S> Clone for Opened<S> {
+    fn clone(&self) -> Self {
+        Opened(self.0.clone())
+    }
+}
+
+impl<S> Default for Opened<S> {
+    fn default() -> Self {
+        Opened(Arc::default())
+    }
+}
+
+impl<S> Opened<S>
+where
+    S: Stream<Item = Result<PreEncoded, Status>> + Unpin + Send + 'static,
+{
     /// Keeps the call's response stream (the handler's last step).
-    pub(crate) fn put(&self, outbound: Outbound) {
+    pub(crate) fn put(&self, outbound: S) {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(outbound);
     }
 
@@ -51,7 +64,7 @@ impl Opened {
 
 /// A streaming call's response body: its frames, then the trailers of its final status
 /// (OK when the call's response stream ended, else the status it ended with).
-pub struct Frames<S = Outbound> {
+pub struct Frames<S> {
     outbound: S,
     /// The status to send as trailers at the next poll (the stream has ended).
     ending: Option<Status>,

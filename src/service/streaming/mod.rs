@@ -47,7 +47,10 @@ use crate::service::AppState;
 /// request body (HTTP/2 flow control then holds the client back).
 pub const CONTROL_QUEUE: usize = 4;
 
-pub use body::{Frames, NoFrames, Opened};
+pub use body::{Frames, NoFrames};
+
+/// Where a streaming handler leaves its call's response stream (`body.rs`).
+pub type Opened = body::Opened<Outbound>;
 
 /// The streaming-call handler plugged into [`super::router::SecretRouter`]: it opens the
 /// call and leaves its response stream in [`Handler::opened`] (tonic gets no stream to
