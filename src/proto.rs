@@ -59,7 +59,12 @@ impl PreEncoded {
 
     /// The encoded message, without the frame's prefix.
     pub fn message(&self) -> bytes::Bytes {
-        self.0.slice(GRPC_PREFIX.min(self.0.len())..)
+        self.0.slice(self.message_start()..)
+    }
+
+    /// Where the message begins in the frame (0 for the empty default value).
+    fn message_start(&self) -> usize {
+        GRPC_PREFIX.min(self.0.len())
     }
 
     /// The frame's length in bytes (the message's plus [`GRPC_PREFIX`]).
@@ -81,7 +86,7 @@ impl std::fmt::Debug for PreEncoded {
 
 impl prost::Message for PreEncoded {
     fn encode_raw(&self, buf: &mut impl bytes::BufMut) {
-        buf.put_slice(&self.0[GRPC_PREFIX.min(self.0.len())..]);
+        buf.put_slice(&self.0[self.message_start()..]);
     }
 
     fn merge_field(
@@ -96,7 +101,7 @@ impl prost::Message for PreEncoded {
     }
 
     fn encoded_len(&self) -> usize {
-        self.0.len().saturating_sub(GRPC_PREFIX)
+        self.0.len() - self.message_start()
     }
 
     fn clear(&mut self) {

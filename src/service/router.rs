@@ -210,8 +210,8 @@ impl SecretRouter {
             Ok(status.into_http())
         };
         if req.uri().path() == STREAM_PATH {
-            let handler = streaming::Handler::new(self.state.clone());
-            let opened = handler.opened();
+            let opened = streaming::Opened::default();
+            let handler = streaming::Handler::new(self.state.clone(), opened.clone());
             Box::pin(async move {
                 if let Err(status) = resolve(&mut req).await {
                     return refused(status);
@@ -223,8 +223,8 @@ impl SecretRouter {
                 Ok(response.map(|body| Body::new(request_size::Trailing::new(body, tripped))))
             })
         } else if req.uri().path() == SUBSCRIBE_PATH {
-            let handler = streaming::subscribe::Handler::new(self.state.clone());
-            let opened = handler.opened();
+            let opened = streaming::Opened::default();
+            let handler = streaming::subscribe::Handler::new(self.state.clone(), opened.clone());
             Box::pin(async move {
                 if let Err(status) = resolve(&mut req).await {
                     return refused(status);

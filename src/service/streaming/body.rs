@@ -101,6 +101,13 @@ where
             Poll::Pending => Poll::Pending,
         }
     }
+
+    /// The trailers of the status the stream ended with; the body is done after them.
+    fn end(&mut self) -> Frame<Bytes> {
+        self.done = true;
+        let status = self.ending.take().unwrap_or_else(|| Status::ok(""));
+        Frame::trailers(trailers(status))
+    }
 }
 
 /// The trailers that carry `status` (a status whose message cannot be put in a header
@@ -129,18 +136,13 @@ where
         if this.done {
             return Poll::Ready(None);
         }
-        if let Some(status) = this.ending.take() {
-            this.done = true;
-            return Poll::Ready(Some(Ok(Frame::trailers(trailers(status)))));
+        if this.ending.is_some() {
+            return Poll::Ready(Some(Ok(this.end())));
         }
         let first = match this.next(cx) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(Some(frame)) => frame,
-            Poll::Ready(None) => {
-                this.done = true;
-                let status = this.ending.take().unwrap_or_else(|| Status::ok(""));
-                return Poll::Ready(Some(Ok(Frame::trailers(trailers(status)))));
-            }
+            Poll::Ready(None) => return Poll::Ready(Some(Ok(this.end()))),
         };
         // Alone, the frame goes as it is; with others ready, they leave in one chunk.
         let mut chunk: Option<BytesMut> = None;

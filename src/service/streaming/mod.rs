@@ -53,25 +53,17 @@ pub use body::{Frames, NoFrames};
 pub type Opened = body::Opened<Outbound>;
 
 /// The streaming-call handler plugged into [`super::router::SecretRouter`]: it opens the
-/// call and leaves its response stream in [`Handler::opened`] (tonic gets no stream to
-/// encode; the router sends the frames through [`Frames`]).
+/// call and leaves its response stream in the router's [`Opened`] slot (tonic gets no
+/// stream to encode; the router sends the frames through [`Frames`]).
 pub struct Handler {
     state: Arc<AppState>,
     opened: Opened,
 }
 
 impl Handler {
-    /// A handler over the shared state.
-    pub fn new(state: Arc<AppState>) -> Self {
-        Handler {
-            state,
-            opened: Opened::default(),
-        }
-    }
-
-    /// Where the call's response stream is left once the call is open.
-    pub fn opened(&self) -> Opened {
-        self.opened.clone()
+    /// A handler over the shared state that leaves the call's response stream in `opened`.
+    pub fn new(state: Arc<AppState>, opened: Opened) -> Self {
+        Handler { state, opened }
     }
 }
 

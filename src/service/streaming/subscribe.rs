@@ -16,24 +16,17 @@ use crate::proto::{ManageStream, PreEncoded, SubscribeRequest};
 use crate::service::AppState;
 
 /// The Subscribe handler plugged into [`crate::service::router::SecretRouter`]; like
-/// StreamMessagePosting's, it leaves the call's response stream in [`Handler::opened`].
+/// StreamMessagePosting's, it leaves the call's response stream in the router's
+/// [`Opened`] slot.
 pub struct Handler {
     state: Arc<AppState>,
     opened: Opened,
 }
 
 impl Handler {
-    /// A handler over the shared state.
-    pub fn new(state: Arc<AppState>) -> Self {
-        Handler {
-            state,
-            opened: Opened::default(),
-        }
-    }
-
-    /// Where the call's response stream is left once the call is open.
-    pub fn opened(&self) -> Opened {
-        self.opened.clone()
+    /// A handler over the shared state that leaves the call's response stream in `opened`.
+    pub fn new(state: Arc<AppState>, opened: Opened) -> Self {
+        Handler { state, opened }
     }
 }
 
